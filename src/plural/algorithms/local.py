@@ -1,0 +1,53 @@
+"""Local training: every client trains its own model alone; nothing is communicated.
+
+The lower reference of personalized FL (each client's data only). All clients start from
+the same initial model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from plural.core.algorithm import Algorithm, ServerState, Update
+from plural.core.params import Params
+from plural.core.trainer import LocalTrainer
+from plural.data.federated import ClientData
+from plural.registry import ALGORITHMS
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalConfig:
+    """Local has no settings of its own; training settings are under ``train``."""
+
+
+@ALGORITHMS.register("local", LocalConfig, "Local: each client trains alone, no communication")
+class Local(Algorithm):
+    name = "local"
+
+    def init_client(self, server: ServerState, client_id: int) -> Params:
+        return server.params
+
+    def broadcast(self, server: ServerState) -> None:
+        return None
+
+    def client_update(
+        self,
+        message: None,
+        state: Params,
+        client: ClientData,
+        trainer: LocalTrainer,
+        rng: torch.Generator,
+    ) -> tuple[Update, Params]:
+        train = client.train
+        fit = trainer.fit(state, train.x, train.y, rng=rng)
+        return Update(len(train), loss=fit.mean_loss), fit.params
+
+    def aggregate(
+        self, server: ServerState, updates: list[Update], rng: np.random.Generator
+    ) -> ServerState:
+        return server
+
+    def personalized(self, server: ServerState, state: Params | None, client_id: int) -> Params:
+        return server.params if state is None else state

@@ -1,0 +1,225 @@
+"""The ``plural`` command: ``demo``, ``run``, ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plural
+from plural.config import ConfigError, describe
+from plural.core.trainer import TrainConfig
+from plural.data.datasets import DatasetUnavailable
+from plural.engine.loop import Results, run
+from plural.experiment import (
+    BackendConfig,
+    EvalConfig,
+    RunSettings,
+    SamplingConfig,
+    SplitConfig,
+    load_config,
+)
+from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, Registry
+
+DEMO_CONFIG: dict[str, Any] = {
+    "name": "demo",
+    "seed": 0,
+    "rounds": 30,
+    "dataset": {"name": "digits"},
+    "partition": {"name": "dirichlet", "num_clients": 20, "alpha": 0.3, "min_samples": 30},
+    "split": {"val": 0.15, "test": 0.25},
+    "model": {"name": "mlp", "hidden": [64]},
+    "algorithm": {"name": "fedavg"},
+    "train": {"lr": 0.05, "momentum": 0.9, "batch_size": 16, "local_epochs": 1},
+    "eval": {"every": 5},
+    "backend": {"threads_per_worker": 1},
+}
+
+REGISTRIES: dict[str, Registry[Any]] = {
+    "datasets": DATASETS,
+    "partitioners": PARTITIONERS,
+    "models": MODELS,
+    "algorithms": ALGORITHMS,
+}
+SECTIONS: dict[str, type] = {
+    "(top level)": RunSettings,
+    "split": SplitConfig,
+    "train": TrainConfig,
+    "sampling": SamplingConfig,
+    "eval": EvalConfig,
+    "backend": BackendConfig,
+}
+
+
+def format_table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned first column, right-aligned others, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def results_table(results: Sequence[Results], split: str = "test") -> str:
+    """Per-algorithm summary of per-client accuracy on ``split`` at the last round."""
+    header = [
+        "algorithm",
+        "mean",
+        "worst10%",
+        "best10%",
+        "std",
+        "weighted",
+        "clients",
+        "MB sent",
+        "time s",
+    ]
+    rows = [header]
+    for r in results:
+        acc = r.summary.get(split, {}).get("accuracy", {})
+        rows.append(
+            [
+                r.config.algorithm.name,
+                *(
+                    f"{acc.get(k, float('nan')):.3f}"
+                    for k in ("mean", "worst10", "best10", "std", "weighted_mean")
+                ),
+                str(acc.get("clients", 0)),
+                f"{r.summary['bytes']['total'] / 1e6:.2f}",
+                f"{r.summary['wall_time_s']:.1f}",
+            ]
+        )
+    return format_table(rows)
+
+
+def demo_algorithms() -> list[str]:
+    """Registered algorithms that run on the demo's federation and model."""
+    return [e.name for e in ALGORITHMS if getattr(e.target, "in_demo", True)]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"runs/demo-{stamp}")
+    overrides = [f"rounds={args.rounds}"] if args.rounds else []
+    results = []
+    names = demo_algorithms()
+    config = load_config(DEMO_CONFIG, overrides)
+    print(
+        f"plural demo: {config.dataset.name}, {config.partition.name} "
+        f"(alpha={config.partition.settings.alpha}) over "
+        f"{config.partition.settings.num_clients} clients, "
+        f"{config.model.name}, {config.rounds} rounds; algorithms: {', '.join(names)}"
+    )
+    for name in names:
+        cfg = load_config(config, [f"algorithm={{name: {name}}}", f"name=demo-{name}"])
+        results.append(run(cfg, out=out / name, progress=None if not args.quiet else False))
+    print(
+        f"\nPer-client test accuracy at round {config.rounds} (mean over clients; tails are the "
+        "mean of the worst/best 10% of clients):"
+    )
+    print(results_table(results))
+    print(
+        f"\nRun files: {out}/<algorithm>/ "
+        "(config.yaml, metrics.parquet, summary.json, checkpoint.pt)"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    results = run(config, out=out, resume=args.resume, progress=False if args.quiet else None)
+    print(results_table([results]))
+    print(f"\nRun files: {out}")
+    return 0
+
+
+def _settings_lines(cls: type, indent: str = "    ") -> list[str]:
+    lines = []
+    for info in describe(cls):
+        default = list(info.default) if isinstance(info.default, tuple) else info.default
+        lines.append(f"{indent}{info.name}: {info.type} = {default!r}  # {info.help}")
+    return lines
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    lines: list[str] = []
+    for kind in kinds:
+        lines.append(f"{kind}:")
+        for entry in REGISTRIES[kind]:
+            lines.append(f"  {entry.name} - {entry.description}")
+            lines += _settings_lines(entry.config_cls)
+        if kind == "models":
+            lines.append(
+                "  package.module:factory - any torch.nn.Module factory by import path; other "
+                "keys are its keyword arguments (input_shape/num_classes passed if accepted)"
+            )
+        lines.append("")
+    if not args.kind:
+        lines.append("experiment sections:")
+        for section, cls in SECTIONS.items():
+            lines.append(f"  {section}")
+            lines += _settings_lines(cls)
+    print("\n".join(lines).rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plural", description=plural.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"plural {plural.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo", help="run every suitable algorithm on a built-in heterogeneous federation"
+    )
+    demo.add_argument("--out", help="directory for the runs (default: runs/demo-<time>)")
+    demo.add_argument("--rounds", type=int, help="override the number of rounds")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+    run_cmd = sub.add_parser("run", help="run one experiment from a YAML config")
+    run_cmd.add_argument("config", help="path to the YAML config")
+    run_cmd.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.lr=0.1 (repeatable)",
+    )
+    run_cmd.add_argument("--out", help="run directory (default: runs/<config name>)")
+    run_cmd.add_argument(
+        "--resume", action="store_true", help="continue from the run directory's checkpoint"
+    )
+    run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    run_cmd.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser(
+        "list", help="datasets, partitioners, models, algorithms and their settings"
+    )
+    lst.add_argument("kind", nargs="?", choices=list(REGISTRIES))
+    lst.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, DatasetUnavailable) as err:
+        print(f"plural: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "plural: interrupted; finished rounds are saved, continue with --resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

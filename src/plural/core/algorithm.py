@@ -1,0 +1,136 @@
+"""The Algorithm interface, the messages that cross the server/client boundary, and state.
+
+An algorithm is a set of small pure functions over explicit state. The engine owns the round
+loop, the client-state store and the backends; an algorithm only says what the server
+broadcasts, what a client does with it, how the server combines what comes back and which
+model evaluates each client. Multi-phase methods override :meth:`Algorithm.round` and still
+send every piece of client work through ``ctx.map`` so that every backend applies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from plural.core.params import Params
+from plural.core.trainer import LocalTrainer
+from plural.data.federated import ClientData
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMessage:
+    """Server to client: a set of parameters."""
+
+    params: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """Client to server: what one client sends back after its local work.
+
+    Only tensors count as communication (``params`` and ``extra``); ``num_samples`` and
+    ``loss`` are small metadata.
+    """
+
+    num_samples: int
+    params: Params | None = None
+    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    loss: float = float("nan")
+
+
+@dataclasses.dataclass
+class ServerState:
+    """The server's state: global parameters plus algorithm-specific tensors or values."""
+
+    params: Params
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class FederationInfo:
+    """What the server may know about the federation when it starts."""
+
+    num_clients: int
+    num_classes: int
+    input_shape: tuple[int, ...]
+    groups: np.ndarray | None
+
+
+class RoundContext(Protocol):
+    """What the engine gives :meth:`Algorithm.round` (see ``plural.engine.loop``)."""
+
+    round: int
+    server: ServerState
+
+    def map(
+        self,
+        phase: str,
+        cohort: Sequence[int],
+        message: Any = None,
+        *,
+        per_client: Mapping[int, Any] | None = None,
+    ) -> list[Any]:
+        """Run ``algorithm.<phase>`` on each client of ``cohort``; replies in cohort order.
+
+        Every client receives ``message``, or its own ``per_client[client_id]``.
+        """
+        ...
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        """A server-side generator derived from (seed, round, purpose)."""
+        ...
+
+
+class Algorithm:
+    """Base class. Subclasses set ``config`` in ``__init__`` and override what differs.
+
+    Client-side phases (``client_update`` and any extra phase an algorithm adds) have the
+    signature ``(message, state, client, trainer, rng) -> (reply, new_state)``; they run in a
+    worker, see only the message, their own state and their own data, and must not mutate
+    their inputs.
+    """
+
+    name: ClassVar[str] = "algorithm"
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
+        """Server state before round 1, from the initial model parameters."""
+        return ServerState(params=params)
+
+    def init_client(self, server: ServerState, client_id: int) -> Any:
+        """A client's state the first time it is needed (None: the algorithm keeps none)."""
+        return None
+
+    def broadcast(self, server: ServerState) -> Any:
+        """What every sampled client receives."""
+        return ModelMessage(server.params)
+
+    def client_update(
+        self,
+        message: Any,
+        state: Any,
+        client: ClientData,
+        trainer: LocalTrainer,
+        rng: torch.Generator,
+    ) -> tuple[Update, Any]:
+        raise NotImplementedError
+
+    def aggregate(
+        self, server: ServerState, updates: list[Update], rng: np.random.Generator
+    ) -> ServerState:
+        raise NotImplementedError
+
+    def personalized(self, server: ServerState, state: Any, client_id: int) -> Params:
+        """The parameters that evaluate ``client_id`` (global methods: the global model)."""
+        return server.params
+
+    def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
+        """One round: broadcast, local updates, aggregation."""
+        updates = ctx.map("client_update", cohort, self.broadcast(server))
+        return self.aggregate(server, updates, ctx.rng("aggregate"))

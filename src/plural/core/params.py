@@ -1,0 +1,54 @@
+"""Model parameters as plain ``dict[str, Tensor]`` and the few operations on them."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+Params = dict[str, torch.Tensor]
+
+
+def state_of(model: nn.Module) -> Params:
+    """A detached copy of ``model``'s parameters and buffers."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def clone(params: Mapping[str, torch.Tensor]) -> Params:
+    return {name: tensor.detach().clone() for name, tensor in params.items()}
+
+
+def subset(params: Mapping[str, torch.Tensor], names: set[str] | list[str]) -> Params:
+    """The entries of ``params`` whose names are in ``names`` (order of ``params`` kept)."""
+    wanted = set(names)
+    return {name: tensor for name, tensor in params.items() if name in wanted}
+
+
+def nbytes(payload: object) -> int:
+    """Bytes of every tensor inside ``payload`` (nested dataclasses, mappings, sequences).
+
+    This is what crosses the server/client boundary; scalars and strings are metadata and
+    are not counted.
+    """
+    if payload is None:
+        return 0
+    if isinstance(payload, torch.Tensor):
+        return payload.numel() * payload.element_size()
+    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        return sum(nbytes(getattr(payload, f.name)) for f in dataclasses.fields(payload))
+    if isinstance(payload, Mapping):
+        return sum(nbytes(v) for v in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(nbytes(v) for v in payload)
+    return 0
+
+
+def max_abs_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Largest absolute entry-wise difference between two parameter sets with equal keys."""
+    if a.keys() != b.keys():
+        raise ValueError(f"parameter names differ: {sorted(set(a) ^ set(b))}")
+    return max(
+        (float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()), default=0.0
+    )

@@ -1,0 +1,177 @@
+"""The one local training loop every algorithm uses.
+
+Algorithms change what is optimised, not how: they pass extra loss terms (FedProx's
+proximal term, SCAFFOLD's correction, Ditto's regulariser), a predicate saying which
+parameters train (FedPer's head, an adapter), and optionally the number of epochs or steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plural.config import setting
+from plural.core.params import Params, state_of
+
+LossTerm = Callable[[Mapping[str, nn.Parameter]], torch.Tensor]
+"""An extra loss term: receives the live named parameters being trained, returns a scalar."""
+
+Trainable = Callable[[str], bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings shared by all algorithms."""
+
+    lr: float = setting(0.05, help="local SGD learning rate", gt=0)
+    momentum: float = setting(0.0, help="SGD momentum (buffer reset every round)", ge=0, lt=1)
+    weight_decay: float = setting(0.0, help="L2 weight decay of local SGD", ge=0)
+    batch_size: int = setting(32, help="local minibatch size", ge=1)
+    local_epochs: int = setting(1, help="passes over the client's training split per round", ge=0)
+    local_steps: int | None = setting(
+        None, help="if set, exactly this many minibatch steps per round instead of epochs", ge=0
+    )
+    max_grad_norm: float | None = setting(None, help="clip the gradient norm to this value", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    """What one local fit returns."""
+
+    params: Params
+    mean_loss: float
+    steps: int
+    samples_seen: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Summed loss and correct predictions over a split (sums, so they add up)."""
+
+    loss_sum: float
+    correct: int
+    count: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.count if self.count else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.count if self.count else float("nan")
+
+
+class LocalTrainer:
+    """Minibatch SGD on one client's data, starting from given parameters.
+
+    ``model`` is a template module; parameters are loaded into it for each fit, so one
+    trainer serves every client. Nothing about a client is kept between calls.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+        self.model = model
+        self.config = config
+
+    def fit(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        rng: torch.Generator,
+        loss_terms: Sequence[LossTerm] = (),
+        trainable: Trainable | None = None,
+        epochs: int | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+    ) -> FitResult:
+        """Train from ``params`` on ``(x, y)``; returns new parameters (inputs untouched)."""
+        cfg = self.config
+        self.model.load_state_dict(params)
+        named = dict(self.model.named_parameters())
+        live = {n: p for n, p in named.items() if trainable is None or trainable(n)}
+        frozen = [p for n, p in named.items() if n not in live]
+        for p in frozen:
+            p.requires_grad_(False)
+        optimizer = torch.optim.SGD(
+            list(live.values()),
+            lr=cfg.lr if lr is None else lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        try:
+            total_loss, done, seen = self._run_batches(
+                x, y, rng, optimizer, live, loss_terms, *self._budget(len(y), epochs, steps)
+            )
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        return FitResult(state_of(self.model), total_loss / max(done, 1), done, seen)
+
+    def _budget(self, n: int, epochs: int | None, steps: int | None) -> tuple[int, int | None]:
+        """(epochs to iterate, step cap or None)."""
+        steps = self.config.local_steps if steps is None else steps
+        epochs = self.config.local_epochs if epochs is None else epochs
+        if steps is not None:
+            per_epoch = -(-n // self.config.batch_size) if n else 1
+            return -(-steps // per_epoch), steps
+        return epochs, None
+
+    def _run_batches(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rng: torch.Generator,
+        optimizer: torch.optim.Optimizer,
+        live: Mapping[str, nn.Parameter],
+        loss_terms: Sequence[LossTerm],
+        epochs: int,
+        step_cap: int | None,
+    ) -> tuple[float, int, int]:
+        model, batch, clip = self.model, self.config.batch_size, self.config.max_grad_norm
+        model.train()
+        n = len(y)
+        total_loss, done, seen = torch.zeros(()), 0, 0
+        if n == 0 or not live:
+            return 0.0, done, seen
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=rng)
+            for start in range(0, n, batch):
+                if step_cap is not None and done >= step_cap:
+                    return float(total_loss), done, seen
+                idx = order[start : start + batch]
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                for term in loss_terms:
+                    loss = loss + term(live)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip is not None:
+                    nn.utils.clip_grad_norm_(list(live.values()), clip)
+                optimizer.step()
+                total_loss += loss.detach()
+                done += 1
+                seen += len(idx)
+        return float(total_loss), done, seen
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 1024,
+    ) -> EvalResult:
+        """Cross-entropy loss sum and correct count of ``params`` on ``(x, y)``."""
+        self.model.load_state_dict(params)
+        self.model.eval()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(y), batch_size):
+            logits = self.model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
+            loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == target).sum())
+        return EvalResult(loss_sum, correct, len(y))

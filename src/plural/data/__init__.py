@@ -1,0 +1,20 @@
+"""Datasets, partitioners and federations; importing this package registers them."""
+
+from plural.data import datasets, partitioners
+from plural.data.datasets import DatasetUnavailable, from_arrays
+from plural.data.federated import ClientData, FederatedDataset, TensorSplit
+from plural.data.partitioners import train_val_test_split
+from plural.data.types import ArrayDataset, Partition
+
+__all__ = [
+    "ArrayDataset",
+    "ClientData",
+    "DatasetUnavailable",
+    "FederatedDataset",
+    "Partition",
+    "TensorSplit",
+    "datasets",
+    "from_arrays",
+    "partitioners",
+    "train_val_test_split",
+]

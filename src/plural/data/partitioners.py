@@ -1,0 +1,587 @@
+"""Partitioners: how a pool of samples is split among federated clients.
+
+Every partitioner is registered in :data:`plural.registry.PARTITIONERS` with a frozen config
+dataclass. ``split(data, rng=...)`` is pure: all randomness comes from ``rng``. Every returned
+:class:`~plural.data.types.Partition` holds each sample index at most once, no empty client,
+and sorted int64 index arrays. Requests that the data cannot satisfy raise
+:class:`~plural.config.ConfigError` before any heavy work.
+
+All label partitioners reduce to one step, :func:`_partition_from_owner`, fed by a per-sample
+owner array; the label-skew ones build that array from a per-client, per-class count matrix
+(:func:`_owner_from_counts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from plural.config import ConfigError, setting
+from plural.data.types import ArrayDataset, Partition
+from plural.registry import PARTITIONERS
+
+__all__ = [
+    "ClassesPerClientConfig",
+    "ClassesPerClientPartitioner",
+    "DirichletConfig",
+    "DirichletPartitioner",
+    "IIDConfig",
+    "IIDPartitioner",
+    "NaturalConfig",
+    "NaturalPartitioner",
+    "PathologicalConfig",
+    "PathologicalPartitioner",
+    "QuantityConfig",
+    "QuantityPartitioner",
+    "train_val_test_split",
+]
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _partition_from_owner(
+    owner: np.ndarray, num_clients: int, groups: np.ndarray | None = None
+) -> Partition:
+    """Turn ``owner[i]`` (client of sample ``i``, or -1 for unused) into a Partition."""
+    order = np.argsort(owner, kind="stable").astype(np.int64)  # stable: ascending within a client
+    used = owner >= 0
+    sizes = np.bincount(owner[used], minlength=num_clients)
+    bounds = np.cumsum(sizes)
+    start = len(owner) - int(used.sum())  # the -1 entries sort first
+    parts = np.split(order[start:], bounds[:-1])
+    if any(len(p) == 0 for p in parts):  # a partitioner bug, not a user error
+        raise RuntimeError("partitioner produced an empty client")
+    return Partition(client_indices=parts, groups=groups)
+
+
+def _owner_from_sizes(order: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarray:
+    """Owner array giving the first ``sizes[0]`` samples of ``order`` to client 0, and so on."""
+    owner = np.full(n, -1, dtype=np.int64)
+    owner[order[: int(sizes.sum())]] = np.repeat(np.arange(len(sizes)), sizes)
+    return owner
+
+
+def _shuffled_class_indices(
+    labels: np.ndarray, num_classes: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The sample indices of each class, each in random order."""
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+
+
+def _owner_from_counts(
+    labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Owner array from ``counts[k, c]`` = samples of class ``c`` for client ``k``.
+
+    Each class's samples are shuffled and dealt out in client order; a class's counts must not
+    exceed its size (left-over samples stay unused).
+    """
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    for c, idx in enumerate(_shuffled_class_indices(labels, counts.shape[1], rng)):
+        column = counts[:, c]
+        owner[idx[: int(column.sum())]] = np.repeat(np.arange(counts.shape[0]), column)
+    return owner
+
+
+def _equal_sizes(total: int, parts: int) -> np.ndarray:
+    """``parts`` sizes summing to ``total`` that differ by at most 1."""
+    sizes = np.full(parts, total // parts, dtype=np.int64)
+    sizes[: total % parts] += 1
+    return sizes
+
+
+def _apportion(
+    weights: np.ndarray,
+    total: int,
+    rng: np.random.Generator,
+    cap: np.ndarray | None = None,
+) -> np.ndarray:
+    """Integer counts proportional to ``weights`` that sum to ``total`` (largest remainder).
+
+    Ties between equal remainders are broken at random. With ``cap`` no count exceeds its
+    cap (``total`` must not exceed ``cap.sum()``); the surplus goes to the next-largest
+    remainders.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if cap is not None and total > int(cap.sum()):
+        raise ValueError(f"cannot apportion {total} within caps summing to {int(cap.sum())}")
+    if total == 0 or weights.sum() <= 0:  # nothing to share, or no one to share it with
+        return np.zeros(len(weights), dtype=np.int64)
+    quota = weights * (total / weights.sum())
+    counts = np.floor(quota).astype(np.int64)
+    if cap is not None:
+        counts = np.minimum(counts, cap)
+    fraction = quota - np.floor(quota)
+    tie_break = rng.random(len(weights))
+    while (left := total - int(counts.sum())) > 0:
+        open_ = np.ones(len(weights), bool) if cap is None else counts < cap
+        # highest remainder first; random order among equal remainders
+        ranked = np.lexsort((tie_break, -fraction))
+        ranked = ranked[open_[ranked]][:left]
+        counts[ranked] += 1
+        fraction[ranked] = -1.0  # each index gets at most one extra unit per pass
+    return counts
+
+
+def _require_clients(name: str, num_clients: int, n: int, min_samples: int | None = None) -> None:
+    """ConfigError unless ``num_clients`` clients of ``min_samples`` (or 1) fit into ``n``."""
+    if min_samples is None:
+        if num_clients > n:
+            raise ConfigError(
+                f"partition ({name}): num_clients = {num_clients} exceeds the {n} samples; "
+                f"use num_clients <= {n}"
+            )
+        return
+    if num_clients * min_samples > n:
+        raise ConfigError(
+            f"partition ({name}): num_clients * min_samples = {num_clients} * {min_samples} = "
+            f"{num_clients * min_samples} exceeds the {n} samples; use num_clients <= "
+            f"{n // min_samples} or min_samples <= {n // num_clients}"
+        )
+
+
+def _dirichlet(rng: np.random.Generator, alpha: float, k: int, rows: int) -> np.ndarray:
+    """``rows`` draws of Dir(alpha * 1_k), computed in log space so tiny alpha never gives NaN.
+
+    Uses Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha) (Marsaglia & Tsang 2000).
+    """
+    uniform = 1.0 - rng.random((rows, k))  # in (0, 1], so the log is finite
+    log_gamma = np.log(rng.gamma(alpha + 1.0, size=(rows, k))) + np.log(uniform) / alpha
+    log_gamma -= log_gamma.max(axis=1, keepdims=True)
+    weights = np.exp(log_gamma)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# iid
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IIDConfig:
+    num_clients: int = setting(10, help="number of clients", ge=1)
+
+
+@PARTITIONERS.register("iid", IIDConfig, "uniform random split into near-equal clients")
+class IIDPartitioner:
+    """A random permutation cut into ``num_clients`` parts whose sizes differ by at most 1."""
+
+    def __init__(self, config: IIDConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        k, n = self.config.num_clients, len(data)
+        _require_clients("iid", k, n)
+        owner = _owner_from_sizes(rng.permutation(n), _equal_sizes(n, k), n)
+        return _partition_from_owner(owner, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# dirichlet
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DirichletConfig:
+    num_clients: int = setting(10, help="number of clients", ge=1)
+    alpha: float = setting(0.5, help="Dirichlet concentration; small = strong label skew", gt=0.0)
+    min_samples: int = setting(
+        10, help="every client gets at least this many samples (guaranteed by repair)", ge=1
+    )
+
+
+def _deficit_level(sizes: np.ndarray, deficit: int) -> int:
+    """The largest level L with sum(max(0, sizes - L)) >= deficit (binary search)."""
+    low, high = 0, int(sizes.max())
+    while low < high:
+        mid = (low + high + 1) // 2
+        if int(np.maximum(sizes - mid, 0).sum()) >= deficit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _repair_minimum(
+    counts: np.ndarray, preferred: np.ndarray, min_samples: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Raise every client of ``counts`` (clients x classes) to ``min_samples``.
+
+    Moves exactly the total deficit D = sum(max(0, min_samples - size)) samples. They are taken
+    from the largest clients, levelled down to one level L >= min_samples (the largest L whose
+    surplus covers D), as random samples of each donor's own classes. The pooled samples are
+    sorted by class and dealt to the under-filled clients ordered by ``preferred`` class, so a
+    receiver mostly gets one class, preferably the one its draw favoured.
+    """
+    counts = counts.copy()
+    sizes = counts.sum(axis=1)
+    need = np.maximum(min_samples - sizes, 0)
+    deficit = int(need.sum())
+    if deficit == 0:
+        return counts
+    level = _deficit_level(sizes, deficit)
+    take = np.maximum(sizes - (level + 1), 0)
+    at_level = np.flatnonzero(sizes >= level + 1)
+    extra = rng.choice(at_level, deficit - int(take.sum()), replace=False)
+    take[extra] += 1
+    pool = np.zeros(counts.shape[1], dtype=np.int64)
+    for donor in np.flatnonzero(take):
+        removed = rng.multivariate_hypergeometric(counts[donor], int(take[donor]))
+        counts[donor] -= removed
+        pool += removed
+    receivers = np.flatnonzero(need)
+    receivers = receivers[np.lexsort((rng.random(len(receivers)), preferred[receivers]))]
+    counts[receivers] += _deal_consecutive(pool, need[receivers])
+    return counts
+
+
+def _deal_consecutive(pool: np.ndarray, amounts: np.ndarray) -> np.ndarray:
+    """Per-receiver class counts when the class-sorted ``pool`` is cut into ``amounts``."""
+    class_edges = np.concatenate([[0], np.cumsum(pool)])
+    cut_edges = np.concatenate([[0], np.cumsum(amounts)])
+    lo = np.maximum(cut_edges[:-1, None], class_edges[None, :-1])
+    hi = np.minimum(cut_edges[1:, None], class_edges[None, 1:])
+    return np.maximum(hi - lo, 0)
+
+
+@PARTITIONERS.register(
+    "dirichlet", DirichletConfig, "label skew: per-class client shares ~ Dirichlet(alpha)"
+)
+class DirichletPartitioner:
+    """Dirichlet label skew (Hsu et al. 2019, "Measuring the effects of non-identical data").
+
+    For each class, proportions over the clients are drawn once from Dir(alpha) and the class's
+    samples are split by them (largest-remainder rounding). There is no redraw loop, so any
+    alpha and client count finish in one pass.
+
+    The minimum is then guaranteed by a deterministic repair (:func:`_repair_minimum`): every
+    client below ``min_samples`` is filled up to exactly ``min_samples`` with samples taken
+    from the largest clients, which are levelled down to a common level that stays
+    >= ``min_samples``. Departure from the pure draw: exactly sum(max(0, min_samples - size))
+    samples move (the fewest any repair can move; zero when the draw already satisfies the
+    minimum); clients at or below that level keep their drawn samples; donors lose random
+    samples of their own classes; receivers get samples sorted by class, ordered by the class
+    their draw favoured, so they stay label-skewed (mostly one class each). Feasibility
+    (``num_clients * min_samples <= n``) is checked first.
+    """
+
+    def __init__(self, config: DirichletConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        cfg = self.config
+        _require_clients("dirichlet", cfg.num_clients, len(data), cfg.min_samples)
+        class_sizes = np.bincount(data.y, minlength=data.num_classes)
+        shares = _dirichlet(rng, cfg.alpha, cfg.num_clients, data.num_classes)  # classes x clients
+        counts = np.stack(
+            [_apportion(shares[c], int(class_sizes[c]), rng) for c in range(data.num_classes)],
+            axis=1,
+        )
+        preferred = np.argmax(shares, axis=0)
+        counts = _repair_minimum(counts, preferred, cfg.min_samples, rng)
+        return _partition_from_owner(_owner_from_counts(data.y, counts, rng), cfg.num_clients)
+
+
+# ---------------------------------------------------------------------------------------------
+# pathological shards
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PathologicalConfig:
+    num_clients: int = setting(100, help="number of clients", ge=1)
+    shards_per_client: int = setting(2, help="label-sorted shards given to each client", ge=1)
+
+
+@PARTITIONERS.register(
+    "pathological", PathologicalConfig, "FedAvg shards: label-sorted shards, a few per client"
+)
+class PathologicalPartitioner:
+    """The pathological non-IID split of McMahan et al. 2017 (FedAvg).
+
+    Samples are sorted by label (ties in random order), cut into
+    ``num_clients * shards_per_client`` near-equal contiguous shards, and each client gets
+    ``shards_per_client`` random shards. MNIST with 100 clients and 2 shards gives exactly the
+    paper's 200 shards of 300. As in the paper, a client may get two shards of the same class
+    (and a shard may straddle two classes).
+    """
+
+    def __init__(self, config: PathologicalConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        cfg, n = self.config, len(data)
+        num_shards = cfg.num_clients * cfg.shards_per_client
+        if num_shards > n:
+            raise ConfigError(
+                f"partition (pathological): num_clients * shards_per_client = {cfg.num_clients}"
+                f" * {cfg.shards_per_client} = {num_shards} shards exceeds the {n} samples; "
+                f"use num_clients <= {n // cfg.shards_per_client} or fewer shards_per_client"
+            )
+        shuffled = rng.permutation(n)
+        by_label = shuffled[np.argsort(data.y[shuffled], kind="stable")]
+        shard_owner = np.empty(num_shards, dtype=np.int64)
+        shard_owner[rng.permutation(num_shards)] = np.repeat(
+            np.arange(cfg.num_clients), cfg.shards_per_client
+        )
+        owner = np.empty(n, dtype=np.int64)
+        owner[by_label] = np.repeat(shard_owner, _equal_sizes(n, num_shards))
+        return _partition_from_owner(owner, cfg.num_clients)
+
+
+# ---------------------------------------------------------------------------------------------
+# classes per client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassesPerClientConfig:
+    num_clients: int = setting(10, help="number of clients", ge=1)
+    classes: int = setting(2, help="distinct classes held by each client", ge=1)
+    share_low: float = setting(
+        1.0, help="client class weights ~ U(share_low, share_high); 1.0/1.0 = equal", gt=0.0
+    )
+    share_high: float = setting(1.0, help="upper end of the class weight range", gt=0.0)
+
+    def __post_init__(self) -> None:
+        if self.share_low > self.share_high:
+            raise ValueError(
+                f"share_low ({self.share_low}) must not exceed share_high ({self.share_high})"
+            )
+
+
+def _assign_classes(
+    num_clients: int, classes: int, available: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """``num_clients x classes`` distinct classes each, every class used as evenly as possible.
+
+    Each client in turn takes the ``classes`` least-used classes (random among equals), which
+    keeps the usage of all classes within 1 of each other.
+    """
+    usage = np.zeros(len(available), dtype=np.float64)
+    chosen = np.empty((num_clients, classes), dtype=np.int64)
+    for k in range(num_clients):
+        pick = np.argpartition(usage + rng.random(len(available)), classes - 1)[:classes]
+        usage[pick] += 1
+        chosen[k] = available[np.sort(pick)]
+    return chosen
+
+
+@PARTITIONERS.register(
+    "classes_per_client",
+    ClassesPerClientConfig,
+    "label skew: each client holds a fixed number of classes",
+)
+class ClassesPerClientPartitioner:
+    """Each client holds exactly ``classes`` distinct classes (a label-skew variant of the
+    FedAvg shards, McMahan et al. 2017; the setting of pFedLoRA's framework).
+
+    Classes are dealt so that every class present in the data is used as evenly as possible.
+    Each client draws a weight ~ U(share_low, share_high) for each of its classes, and each
+    class's samples go to its holders in proportion to those weights (each holder gets at least
+    one). pFedLoRA's setting is ``share_low=0.4, share_high=0.6``; the defaults give equal
+    shares. If ``num_clients * classes`` is below the number of classes, some classes go unused.
+    """
+
+    def __init__(self, config: ClassesPerClientConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        cfg = self.config
+        class_sizes = np.bincount(data.y, minlength=data.num_classes)
+        available = np.flatnonzero(class_sizes)
+        self._check(class_sizes, available)
+        chosen = _assign_classes(cfg.num_clients, cfg.classes, available, rng)
+        weights = np.zeros((cfg.num_clients, data.num_classes))
+        rows = np.repeat(np.arange(cfg.num_clients), cfg.classes)
+        weights[rows, chosen.ravel()] = rng.uniform(cfg.share_low, cfg.share_high, chosen.size)
+        counts = np.zeros_like(weights, dtype=np.int64)
+        for c in available:
+            holders = weights[:, c] > 0
+            spare = int(class_sizes[c]) - int(holders.sum())
+            counts[:, c] = holders + _apportion(weights[:, c], spare, rng)
+        return _partition_from_owner(_owner_from_counts(data.y, counts, rng), cfg.num_clients)
+
+    def _check(self, class_sizes: np.ndarray, available: np.ndarray) -> None:
+        cfg = self.config
+        if cfg.classes > len(available):
+            raise ConfigError(
+                f"partition (classes_per_client): classes = {cfg.classes} but the data has "
+                f"{len(available)} classes with samples (num_classes = {len(class_sizes)}); "
+                f"use classes <= {len(available)}"
+            )
+        holders = -(-cfg.num_clients * cfg.classes // len(available))  # ceil
+        smallest = int(class_sizes[available].min())
+        if smallest < holders:
+            raise ConfigError(
+                f"partition (classes_per_client): up to {holders} clients hold each class "
+                f"(num_clients * classes / {len(available)} classes) but the smallest class has "
+                f"{smallest} samples; use fewer num_clients or classes so that "
+                f"num_clients * classes <= {smallest * len(available)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# quantity skew
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantityConfig:
+    num_clients: int = setting(10, help="number of clients", ge=1)
+    distribution: Literal["power_law", "lognormal"] = setting(
+        "lognormal", help="shape of the client size distribution"
+    )
+    sigma: float = setting(1.0, help="lognormal sigma of the size weights", gt=0.0)
+    exponent: float = setting(
+        1.5, help="power_law: sizes proportional to rank^-exponent (Zipf-like)", gt=0.0
+    )
+    min_samples: int = setting(10, help="every client gets at least this many samples", ge=1)
+
+
+@PARTITIONERS.register("quantity", QuantityConfig, "quantity skew: IID labels, skewed client sizes")
+class QuantityPartitioner:
+    """Quantity skew with IID labels (as in Li et al. 2022, "Federated learning on non-IID data
+    silos"; lognormal sizes follow the FedProx generators, Li et al. 2020).
+
+    Each client first gets ``min_samples``; the other ``n - num_clients * min_samples`` samples
+    are shared in proportion to weights ~ lognormal(0, sigma), or to rank^-exponent over a
+    random ranking of the clients (power_law), with largest-remainder rounding. Sizes sum to
+    ``n`` exactly; samples are a random permutation cut by those sizes.
+    """
+
+    def __init__(self, config: QuantityConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        cfg, n = self.config, len(data)
+        _require_clients("quantity", cfg.num_clients, n, cfg.min_samples)
+        spare = n - cfg.num_clients * cfg.min_samples
+        sizes = cfg.min_samples + _apportion(self._weights(rng), spare, rng)
+        owner = _owner_from_sizes(rng.permutation(n), sizes, n)
+        return _partition_from_owner(owner, cfg.num_clients)
+
+    def _weights(self, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        if cfg.distribution == "lognormal":
+            return rng.lognormal(0.0, cfg.sigma, cfg.num_clients)
+        ranks = rng.permutation(cfg.num_clients) + 1.0
+        return ranks ** (-cfg.exponent)
+
+
+# ---------------------------------------------------------------------------------------------
+# natural clients
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalConfig:
+    min_samples: int = setting(1, help="drop natural clients with fewer samples", ge=1)
+    max_clients: int | None = setting(
+        None, help="keep a random subset of this many clients (null = all)", ge=1
+    )
+
+
+def _majority(client_of_sample: np.ndarray, values: np.ndarray, num_clients: int) -> np.ndarray:
+    """The most common value of ``values`` per client (ties go to the smallest value)."""
+    uniques, inverse = np.unique(values, return_inverse=True)
+    table = np.bincount(
+        client_of_sample * len(uniques) + inverse.ravel(), minlength=num_clients * len(uniques)
+    ).reshape(num_clients, len(uniques))
+    return uniques[np.argmax(table, axis=1)].astype(np.int64)
+
+
+@PARTITIONERS.register(
+    "natural", NaturalConfig, "the dataset's own clients (writers, devices, speakers)"
+)
+class NaturalPartitioner:
+    """The dataset's natural clients from ``data.client_ids`` (as in LEAF, Caldas et al. 2018).
+
+    Clients (ordered by id) with fewer than ``min_samples`` samples are dropped; with
+    ``max_clients`` a random subset of that many remains. Where ``data.sample_groups`` is set,
+    a client's group is the most common group among its samples.
+    """
+
+    def __init__(self, config: NaturalConfig) -> None:
+        self.config = config
+
+    def split(self, data: ArrayDataset, *, rng: np.random.Generator) -> Partition:
+        cfg = self.config
+        if data.client_ids is None:
+            raise ConfigError(
+                f"partition (natural): dataset {data.name!r} has no natural clients; choose "
+                f"iid, dirichlet, pathological, classes_per_client or quantity"
+            )
+        ids, client_of_sample = np.unique(data.client_ids, return_inverse=True)
+        client_of_sample = client_of_sample.ravel().astype(np.int64)
+        sizes = np.bincount(client_of_sample, minlength=len(ids))
+        kept = np.flatnonzero(sizes >= cfg.min_samples)
+        if len(kept) == 0:
+            raise ConfigError(
+                f"partition (natural): min_samples = {cfg.min_samples} drops all {len(ids)} "
+                f"clients of {data.name!r}; the largest has {int(sizes.max())} samples"
+            )
+        if cfg.max_clients is not None and cfg.max_clients < len(kept):
+            kept = np.sort(rng.choice(kept, cfg.max_clients, replace=False))
+        new_id = np.full(len(ids), -1, dtype=np.int64)
+        new_id[kept] = np.arange(len(kept))
+        owner = new_id[client_of_sample]
+        groups = None
+        if data.sample_groups is not None:
+            used = owner >= 0
+            groups = _majority(owner[used], np.asarray(data.sample_groups)[used], len(kept))
+        return _partition_from_owner(owner, len(kept), groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-client train / validation / test
+# ---------------------------------------------------------------------------------------------
+
+
+def _split_totals(n: int, val: float, test: float) -> tuple[int, int]:
+    """round(n * val) and round(n * test) (halves up), reduced so that train keeps >= 1."""
+    n_val, n_test = int(np.floor(n * val + 0.5)), int(np.floor(n * test + 0.5))
+    while n > 0 and n_val + n_test > n - 1:
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return max(n_val, 0), max(n_test, 0)
+
+
+def train_val_test_split(
+    indices: np.ndarray,
+    labels: np.ndarray,
+    *,
+    val: float,
+    test: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split one client's ``indices`` into (train, val, test), stratified by label.
+
+    ``labels`` is the full label array. Validation and test get round(n * val) and
+    round(n * test) samples (fewer only where train would otherwise be empty: the larger of
+    the two gives way first, validation on a tie), apportioned
+    over the client's classes by largest remainder so each class is split in about the same
+    proportions. Train is never empty for a non-empty client. Returns sorted int64 arrays.
+    """
+    if val < 0 or test < 0 or val + test >= 1:
+        raise ValueError(f"need val >= 0, test >= 0 and val + test < 1; got {val}, {test}")
+    indices = np.asarray(indices, dtype=np.int64)
+    n_val, n_test = _split_totals(len(indices), val, test)
+    classes, inverse = np.unique(labels[indices], return_inverse=True)
+    class_sizes = np.bincount(inverse.ravel(), minlength=len(classes))
+    val_counts = _apportion(class_sizes, n_val, rng, cap=class_sizes)
+    test_counts = _apportion(class_sizes, n_test, rng, cap=class_sizes - val_counts)
+    split_of = np.zeros(len(indices), dtype=np.int64)  # 0 train, 1 val, 2 test
+    for c in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(inverse.ravel() == c))
+        v, t = int(val_counts[c]), int(test_counts[c])
+        split_of[members[:v]] = 1
+        split_of[members[v : v + t]] = 2
+    train, valid, tst = (np.sort(indices[split_of == s]) for s in range(3))
+    return train, valid, tst

@@ -1,0 +1,73 @@
+"""Plain data types shared by loaders, partitioners and the federation builder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """A pool of labelled samples, before it is split among clients.
+
+    ``x`` is float32 with shape ``(n, *input_shape)``; ``y`` is int64 class ids in
+    ``[0, num_classes)``. ``client_ids`` (one int per sample) is set where the data has a
+    natural partition (one writer, one device, one speaking role); ``sample_groups`` (one int
+    per sample) where samples carry a known ground-truth group.
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    client_ids: np.ndarray | None = None
+    sample_groups: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if self.x.shape[0] != n:
+            raise ValueError(f"{self.name}: x has {self.x.shape[0]} samples but y has {n}")
+        if tuple(self.x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(
+                f"{self.name}: x has shape {self.x.shape[1:]}, input_shape says {self.input_shape}"
+            )
+        if n and (self.y.min() < 0 or self.y.max() >= self.num_classes):
+            raise ValueError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}), "
+                f"got [{self.y.min()}, {self.y.max()}]"
+            )
+        for field in ("client_ids", "sample_groups"):
+            values = getattr(self, field)
+            if values is not None and len(values) != n:
+                raise ValueError(f"{self.name}: {field} has {len(values)} entries for {n} samples")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Partition:
+    """Which samples of an :class:`ArrayDataset` each client holds.
+
+    ``client_indices[k]`` are sample indices of client ``k``; ``groups[k]`` is the client's
+    ground-truth group where the construction has groups, else ``groups`` is None.
+    """
+
+    client_indices: list[np.ndarray]
+    groups: np.ndarray | None = None
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    def sizes(self) -> np.ndarray:
+        return np.array([len(idx) for idx in self.client_indices], dtype=np.int64)
+
+    def label_histogram(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
+        """Counts of each class per client, shape ``(num_clients, num_classes)``."""
+        return np.stack(
+            [np.bincount(labels[idx], minlength=num_classes) for idx in self.client_indices]
+        )

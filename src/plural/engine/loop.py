@@ -1,0 +1,451 @@
+"""The one round loop.
+
+``run`` validates the config, builds the federation and the model, then for each round:
+samples a cohort, lets the algorithm run its round (client work goes through the backend),
+evaluates every client with the model the algorithm personalises for it, writes the round's
+metrics and a checkpoint. A resumed run continues from the checkpoint and gives exactly the
+results of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from plural.config import ConfigError
+from plural.core.algorithm import Algorithm, FederationInfo, ServerState, Update
+from plural.core.metrics import summarize
+from plural.core.params import nbytes, state_of
+from plural.core.rng import derive_seed, numpy_rng
+from plural.data.federated import FederatedDataset
+from plural.data.types import ArrayDataset
+from plural.engine.backends import (
+    Backend,
+    ClientWork,
+    EvalWork,
+    WorkerSetup,
+    evaluate_client,
+    make_backend,
+    run_client_phase,
+)
+from plural.engine.callbacks import Callback, ProgressBar
+from plural.engine.sampler import sample_cohort
+from plural.engine.store import InMemoryStateStore
+from plural.experiment import ExperimentConfig, load_config
+from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS
+from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+
+CHECKPOINT_VERSION = 1
+# Settings that may change when a run is resumed: they do not change the results.
+RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name")
+
+ModelSource = nn.Module | Callable[..., nn.Module]
+
+
+@dataclasses.dataclass
+class Results:
+    """What a run produced. ``metrics`` has one row per (round, client, split)."""
+
+    config: ExperimentConfig
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    server: ServerState
+    run_dir: Path | None = None
+
+    def final(self, split: str = "test") -> pd.DataFrame:
+        """Per-client rows of ``split`` at the last evaluated round."""
+        rows = self.metrics[self.metrics["split"] == split]
+        return rows[rows["round"] == rows["round"].max()].reset_index(drop=True)
+
+
+def build_federation(
+    config: ExperimentConfig, dataset: ArrayDataset | FederatedDataset | None = None
+) -> FederatedDataset:
+    """The federation of ``config`` (or of the user's ``dataset``), from derived seeds."""
+    if isinstance(dataset, FederatedDataset):
+        return dataset
+    if dataset is None:
+        loader = DATASETS.get(config.dataset.name).target
+        dataset = loader(config.dataset.settings, numpy_rng(config.seed, "dataset"))
+    partitioner = PARTITIONERS.get(config.partition.name).target(config.partition.settings)
+    partition = partitioner.split(dataset, rng=numpy_rng(config.seed, "partition"))
+    return FederatedDataset.build(
+        dataset,
+        partition,
+        val=config.split.val,
+        test=config.split.test,
+        rng=numpy_rng(config.seed, "split"),
+    )
+
+
+def build_model(
+    config: ExperimentConfig, federation: FederatedDataset, model: ModelSource | None = None
+) -> nn.Module:
+    """The initial model: the user's module (copied), the user's factory, or the config's."""
+    if isinstance(model, nn.Module):
+        return copy.deepcopy(model)
+    if model is not None:
+        built = model()
+        if not isinstance(built, nn.Module):
+            raise ConfigError(
+                f"model: the factory returned {type(built).__name__}, not an nn.Module"
+            )
+        return built
+    return config.model.build(
+        federation.input_shape, federation.num_classes, derive_seed(config.seed, "model")
+    )
+
+
+def build_algorithm(config: ExperimentConfig) -> Algorithm:
+    return ALGORITHMS.get(config.algorithm.name).target(config.algorithm.settings)
+
+
+class _Ledger:
+    """Per-client bytes and training statistics of the current round."""
+
+    def __init__(self) -> None:
+        self.up: dict[int, int] = defaultdict(int)
+        self.down: dict[int, int] = defaultdict(int)
+        self.fit: dict[int, Update] = {}
+
+
+class EngineRoundContext:
+    """The engine's side of :class:`plural.core.algorithm.RoundContext` for one round."""
+
+    def __init__(
+        self,
+        round_index: int,
+        seed: int,
+        server: ServerState,
+        algorithm: Algorithm,
+        store: InMemoryStateStore,
+        backend: Backend,
+    ) -> None:
+        self.round = round_index
+        self.seed = seed
+        self.server = server
+        self._algorithm = algorithm
+        self._store = store
+        self._backend = backend
+        self.ledger = _Ledger()
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        return numpy_rng(self.seed, self.round, purpose)
+
+    def _state(self, client_id: int) -> Any:
+        if client_id in self._store:
+            return self._store.get(client_id)
+        return self._algorithm.init_client(self.server, client_id)
+
+    def map(
+        self,
+        phase: str,
+        cohort: Sequence[int],
+        message: Any = None,
+        *,
+        per_client: Mapping[int, Any] | None = None,
+    ) -> list[Any]:
+        if not hasattr(self._algorithm, phase):
+            raise AttributeError(f"{type(self._algorithm).__name__} has no client phase {phase!r}")
+        work = []
+        for cid in cohort:
+            msg = per_client[cid] if per_client is not None else message
+            self.ledger.down[cid] += nbytes(msg)
+            work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
+        replies = []
+        for cid, (reply, state) in zip(
+            cohort, self._backend.map(run_client_phase, work), strict=True
+        ):
+            self._store.put(cid, state)
+            self.ledger.up[cid] += nbytes(reply)
+            if isinstance(reply, Update):
+                self.ledger.fit[cid] = reply
+            replies.append(reply)
+        return replies
+
+
+def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
+    """One 'fit' row per client that took part: local training loss, samples, bytes."""
+    rows = []
+    for cid in sorted(set(ledger.up) | set(ledger.down)):
+        update = ledger.fit.get(cid)
+        rows.append(
+            {
+                "round": round_index,
+                "client": cid,
+                "split": "fit",
+                "loss": update.loss if update else float("nan"),
+                "accuracy": float("nan"),
+                "samples": update.num_samples if update else 0,
+                "bytes_up": ledger.up[cid],
+                "bytes_down": ledger.down[cid],
+            }
+        )
+    return rows
+
+
+def _evaluation_rows(
+    round_index: int,
+    algorithm: Algorithm,
+    server: ServerState,
+    store: InMemoryStateStore,
+    backend: Backend,
+    num_clients: int,
+    splits: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    work = [
+        EvalWork(cid, algorithm.personalized(server, store.get(cid), cid), splits)  # type: ignore[arg-type]
+        for cid in range(num_clients)
+    ]
+    rows = []
+    for cid, results in enumerate(backend.map(evaluate_client, work)):
+        for split, result in results.items():
+            rows.append(
+                {
+                    "round": round_index,
+                    "client": cid,
+                    "split": split,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                    "samples": result.count,
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                }
+            )
+    return rows
+
+
+def summarize_round(metrics: pd.DataFrame, round_index: int) -> dict[str, Any]:
+    """Per-split summaries (accuracy and loss over clients) of one evaluated round."""
+    at_round = metrics[metrics["round"] == round_index]
+    out: dict[str, Any] = {}
+    for split, rows in at_round.groupby("split"):
+        if split == "fit":
+            continue
+        weights = rows["samples"].to_numpy()
+        out[str(split)] = {
+            "accuracy": summarize(rows["accuracy"].to_numpy(), weights),
+            "loss": summarize(rows["loss"].to_numpy(), weights),
+        }
+    return out
+
+
+def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
+    differing = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
+    if differing:
+        raise ConfigError(
+            f"--resume: the config differs from the run in {str(run_dir)!r} "
+            f"in {', '.join(differing)}; "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change on resume. "
+            "Use another --out for a new run."
+        )
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Counters that survive a resume."""
+
+    round: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    wall_time: float = 0.0
+    last_eval: int = 0
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | ExperimentConfig,
+    *,
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    dataset: ArrayDataset | FederatedDataset | None = None,
+    model: ModelSource | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = None,
+) -> Results:
+    """Run one experiment (see the module docstring) and return its results.
+
+    ``out`` is the run directory; ``None`` keeps nothing on disk (and cannot resume).
+    ``dataset`` / ``model`` replace the config's with the user's own data or module.
+    ``progress`` shows a progress bar (default: only when stderr is a terminal).
+    """
+    cfg = load_config(config, overrides)
+    algorithm = build_algorithm(cfg)
+    run_dir = RunDirectory(out) if out is not None else None
+    if resume and run_dir is None:
+        raise ConfigError("resume: needs the run directory (out=...) to resume from")
+    federation = build_federation(cfg, dataset)
+    initial = build_model(cfg, federation, model)
+    info = FederationInfo(
+        federation.num_clients, federation.num_classes, federation.input_shape, federation.groups
+    )
+    server = algorithm.init(state_of(initial), info, numpy_rng(cfg.seed, "init"))
+    store = InMemoryStateStore()
+    counters = _Progress()
+    frames: list[pd.DataFrame] = []
+    if run_dir is not None:
+        if resume and run_dir.has_checkpoint():
+            server, counters = _restore(run_dir, cfg, store)
+            run_dir.drop_metrics_after(counters.round)
+            frames.append(run_dir.read_metrics())
+        run_dir.prepare(cfg.to_dict(), resume=resume)
+        run_dir.write_json(run_dir.federation_path, federation.describe())
+    setup = WorkerSetup(federation, initial, cfg.train, cfg.seed, cfg.eval.batch_size)
+    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+    bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
+    backend = make_backend(
+        cfg.backend.name, setup, cfg.backend.workers, cfg.backend.threads_per_worker
+    )
+    try:
+        server = loop.run(server, backend, [bar, *callbacks])
+    finally:
+        backend.close()
+        bar.close()
+    return loop.results(server)
+
+
+def _restore(
+    run_dir: RunDirectory, cfg: ExperimentConfig, store: InMemoryStateStore
+) -> tuple[ServerState, _Progress]:
+    checkpoint = run_dir.load_checkpoint()
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
+    _check_resumable(checkpoint["config"], cfg.to_dict(), run_dir.path)
+    store.load_state_dict(checkpoint["store"])
+    return checkpoint["server"], _Progress(**checkpoint["progress"])
+
+
+class _Loop:
+    """The round loop of one run, with what it writes as it goes."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        algorithm: Algorithm,
+        federation: FederatedDataset,
+        store: InMemoryStateStore,
+        run_dir: RunDirectory | None,
+        counters: _Progress,
+        frames: list[pd.DataFrame],
+    ) -> None:
+        self.cfg = cfg
+        self.algorithm = algorithm
+        self.federation = federation
+        self.store = store
+        self.run_dir = run_dir
+        self.counters = counters
+        self.frames = frames
+        self.stopped_early = False
+
+    def run(
+        self, server: ServerState, backend: Backend, callbacks: Sequence[Callback]
+    ) -> ServerState:
+        cfg = self.cfg
+        for round_index in range(self.counters.round + 1, cfg.rounds + 1):
+            started = time.perf_counter()
+            cohort = sample_cohort(self.federation.num_clients, cfg.sampling, cfg.seed, round_index)
+            ctx = EngineRoundContext(
+                round_index, cfg.seed, server, self.algorithm, self.store, backend
+            )
+            server = self.algorithm.round(server, cohort, ctx)
+            rows = _training_rows(round_index, ctx.ledger)
+            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
+            if evaluate:
+                rows += _evaluation_rows(
+                    round_index,
+                    self.algorithm,
+                    server,
+                    self.store,
+                    backend,
+                    self.federation.num_clients,
+                    cfg.eval.splits,
+                )
+            self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate)
+            self._checkpoint(server)
+            round_summary = summarize_round(self.frames[-1], round_index) if evaluate else {}
+            if any([cb.on_round_end(round_index, round_summary) for cb in callbacks]):
+                self.stopped_early = round_index < cfg.rounds
+                break
+        return server
+
+    def _record(
+        self,
+        round_index: int,
+        rows: list[dict[str, Any]],
+        ctx: EngineRoundContext,
+        seconds: float,
+        evaluated: bool,
+    ) -> None:
+        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        self.frames.append(frame)
+        counters = self.counters
+        counters.round = round_index
+        counters.bytes_up += sum(ctx.ledger.up.values())
+        counters.bytes_down += sum(ctx.ledger.down.values())
+        counters.wall_time += seconds
+        if evaluated:
+            counters.last_eval = round_index
+        if self.run_dir is not None:
+            self.run_dir.write_round_metrics(round_index, rows)
+            if evaluated:
+                self.run_dir.write_json(self.run_dir.summary_path, self._summary(frame))
+
+    def _checkpoint(self, server: ServerState) -> None:
+        if self.run_dir is None:
+            return
+        self.run_dir.save_checkpoint(
+            {
+                "version": CHECKPOINT_VERSION,
+                "config": self.cfg.to_dict(),
+                "server": server,
+                "store": self.store.state_dict(),
+                "progress": dataclasses.asdict(self.counters),
+            }
+        )
+
+    def _summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "name": self.cfg.name,
+            "algorithm": self.cfg.algorithm.name,
+            "dataset": self.cfg.dataset.name,
+            "seed": self.cfg.seed,
+            "clients": self.federation.num_clients,
+            "round": c.last_eval,
+            "rounds": self.cfg.rounds,
+            "rounds_done": c.round,
+            "complete": c.round == self.cfg.rounds,
+            "stopped_early": self.stopped_early,
+            **summarize_round(metrics, c.last_eval),
+            "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
+            "wall_time_s": round(c.wall_time, 3),
+        }
+
+    def results(self, server: ServerState) -> Results:
+        if self.run_dir is not None:
+            metrics = self.run_dir.consolidate_metrics()
+        else:
+            metrics = (
+                pd.concat(self.frames, ignore_index=True)
+                if self.frames
+                else pd.DataFrame(columns=METRIC_COLUMNS)
+            )
+        summary = self._summary(metrics)
+        if self.run_dir is not None:
+            self.run_dir.write_json(self.run_dir.summary_path, summary)
+        return Results(
+            self.cfg, summary, metrics, server, self.run_dir.path if self.run_dir else None
+        )

@@ -1,0 +1,199 @@
+"""The experiment config: one validated, frozen description of a run.
+
+Loaded from YAML, a dict or keyword arguments, with ``key.path=value`` overrides. Every
+section is checked before any data is loaded or any model trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from plural.config import ConfigError, build, setting, to_dict, unknown_key_error
+from plural.core.trainer import TrainConfig
+from plural.models.zoo import ModelSpec, parse_model
+from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """A registered component chosen by name, with its validated settings."""
+
+    name: str
+    settings: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.settings)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    val: float = setting(0.1, help="fraction of each client's samples for validation", ge=0, lt=1)
+    test: float = setting(0.2, help="fraction of each client's samples for testing", ge=0, lt=1)
+
+    def __post_init__(self) -> None:
+        if self.val + self.test >= 1:
+            raise ValueError(
+                "val + test must be < 1 so clients keep training data; "
+                f"got {self.val} + {self.test}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    fraction: float | None = setting(
+        None, help="fraction of clients sampled per round (default: all clients)", gt=0, le=1
+    )
+    count: int | None = setting(None, help="number of clients sampled per round", ge=1)
+
+    def __post_init__(self) -> None:
+        if self.fraction is not None and self.count is not None:
+            raise ValueError("give either fraction or count, not both")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every: int = setting(1, help="evaluate every N rounds (the last round always)", ge=1)
+    splits: tuple[Literal["train", "val", "test"], ...] = setting(
+        ("val", "test"), help="client splits to evaluate each time"
+    )
+    batch_size: int = setting(1024, help="evaluation batch size", ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConfig:
+    name: Literal["sequential", "process"] = setting(
+        "sequential",
+        help="'sequential': clients one after another in this process; "
+        "'process': a pool of worker processes on this machine",
+    )
+    workers: int | None = setting(None, help="worker processes (default: CPU cores)", ge=1)
+    threads_per_worker: int | None = setting(
+        None,
+        help="torch threads per worker (process default: cores / workers; sequential "
+        "default: torch's current setting)",
+        ge=1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a run. Two equal configs give identical results."""
+
+    dataset: Component
+    partition: Component
+    model: ModelSpec
+    algorithm: Component
+    name: str = "experiment"
+    seed: int = 0
+    rounds: int = 20
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that :func:`load_config` turns back into an equal config."""
+        out: dict[str, Any] = {"name": self.name, "seed": self.seed, "rounds": self.rounds}
+        for section in ("dataset", "partition", "algorithm"):
+            out[section] = getattr(self, section).to_dict()
+        out["model"] = {"name": self.model.name, **to_dict(self.model.settings)}
+        for section in ("split", "train", "sampling", "eval", "backend"):
+            out[section] = to_dict(getattr(self, section))
+        return out
+
+
+_COMPONENTS: dict[str, Registry[Any]] = {
+    "dataset": DATASETS,
+    "partition": PARTITIONERS,
+    "algorithm": ALGORITHMS,
+}
+_PLAIN_SECTIONS: dict[str, type] = {
+    "split": SplitConfig,
+    "train": TrainConfig,
+    "sampling": SamplingConfig,
+    "eval": EvalConfig,
+    "backend": BackendConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The top-level scalar settings of an experiment."""
+
+    name: str = setting("experiment", help="a name for the run (shown in summaries)")
+    seed: int = setting(0, help="the seed every random draw of the run derives from", ge=0)
+    rounds: int = setting(20, help="communication rounds", ge=1)
+
+
+_SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
+TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *_PLAIN_SECTIONS]
+
+
+def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate plain data (from YAML or Python) into an :class:`ExperimentConfig`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise unknown_key_error(str(key), TOP_LEVEL_KEYS, "")
+    for key in (*_COMPONENTS, "model"):
+        if key not in raw:
+            raise ConfigError(f"{key}: required section is missing (e.g. {key}: {{name: ...}})")
+    scalars = build(RunSettings, {k: raw[k] for k in _SCALARS if k in raw}, "")
+    values: dict[str, Any] = dataclasses.asdict(scalars)
+    for key, registry in _COMPONENTS.items():
+        entry, settings = registry.parse(raw[key], key)
+        values[key] = Component(entry.name, settings)
+    values["model"] = parse_model(raw["model"])
+    for key, cls in _PLAIN_SECTIONS.items():
+        if key in raw:
+            values[key] = build(cls, raw[key], key)
+    return ExperimentConfig(**values)
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a copy of ``raw``."""
+    result = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=0.1")
+        value = yaml.safe_load(text) if text.strip() else None
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """An :class:`ExperimentConfig` from a YAML path, a mapping or a config, plus overrides."""
+    if isinstance(source, ExperimentConfig):
+        if not overrides:
+            return source
+        source = source.to_dict()
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            source = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+    return parse_config(apply_overrides(source, overrides))

@@ -1,0 +1,202 @@
+"""A small model zoo and the way any ``torch.nn.Module`` becomes a plural model.
+
+Registered factories take ``(config, input_shape, num_classes)``. A user model is named in a
+config by import path, ``package.module:factory``, and its other keys are passed to the
+factory as keyword arguments (``input_shape`` / ``num_classes`` too, if it accepts them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import itertools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from plural.config import ConfigError, setting
+from plural.registry import MODELS
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRegConfig:
+    """Multinomial logistic regression has no settings."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+    hidden: tuple[int, ...] = setting((200, 200), help="hidden layer widths", ge=1)
+    dropout: float = setting(0.0, help="dropout after each hidden layer", ge=0, lt=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNConfig:
+    channels: tuple[int, ...] = setting(
+        (32, 64), help="output channels of the two 5x5 conv layers", ge=1
+    )
+    hidden: tuple[int, ...] = setting((512,), help="widths of the dense layers after them", ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeNetConfig:
+    """LeNet-5 sizes (6 and 16 channels, 120 and 84 units) are fixed."""
+
+
+def _flat_size(input_shape: tuple[int, ...]) -> int:
+    size = 1
+    for dim in input_shape:
+        size *= dim
+    return size
+
+
+def _dense_stack(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
+    """Linear layers between consecutive ``sizes``, with ReLU (and dropout) between them."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return layers
+
+
+def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model.name: {model!r} needs image input (channels, height, width); the dataset "
+            f"gives shape {tuple(input_shape)}. Use 'logreg' or 'mlp' for vector data."
+        )
+    return input_shape  # type: ignore[return-value]
+
+
+def _conv_net(
+    input_shape: tuple[int, ...],
+    channels: list[int],
+    hidden: list[int],
+    num_classes: int,
+    name: str,
+) -> nn.Sequential:
+    """5x5 'same' convolutions each followed by ReLU and 2x2 max-pool, then dense layers."""
+    in_channels, height, width = _image_shape(name, input_shape)
+    features: list[nn.Module] = []
+    for out_channels in channels:
+        features += [nn.Conv2d(in_channels, out_channels, 5, padding=2), nn.ReLU()]
+        if min(height, width) >= 2:
+            features.append(nn.MaxPool2d(2))
+            height, width = height // 2, width // 2
+        in_channels = out_channels
+    dense = _dense_stack([in_channels * height * width, *hidden, num_classes])
+    return nn.Sequential(*features, nn.Flatten(), *dense)
+
+
+@MODELS.register("logreg", LogRegConfig, "multinomial logistic regression (one linear layer)")
+def logistic_regression(
+    config: LogRegConfig, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(_flat_size(input_shape), num_classes))
+
+
+@MODELS.register(
+    "mlp", MLPConfig, "fully connected ReLU network (FedAvg's 2NN is hidden=[200,200])"
+)
+def mlp(config: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    sizes = [_flat_size(input_shape), *config.hidden, num_classes]
+    return nn.Sequential(nn.Flatten(), *_dense_stack(sizes, config.dropout))
+
+
+@MODELS.register(
+    "cnn", CNNConfig, "the FedAvg paper's CNN: conv32-pool-conv64-pool-fc512 (McMahan et al. 2017)"
+)
+def fedavg_cnn(config: CNNConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return _conv_net(input_shape, list(config.channels), list(config.hidden), num_classes, "cnn")
+
+
+@MODELS.register("lenet", LeNetConfig, "LeNet-5 size CNN: conv6-pool-conv16-pool-fc120-fc84")
+def lenet(config: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return _conv_net(input_shape, [6, 16], [120, 84], num_classes, "lenet")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A validated model choice: a registered name with its settings, or an import path."""
+
+    name: str
+    settings: Any
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+        """The model with initial weights drawn from ``seed``.
+
+        Layers draw their initial weights from torch's global generator; it is forked and
+        restored here, so the caller's global random state is left as it was.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if ":" in self.name:
+                return _call_factory(
+                    _import_factory(self.name), self.settings, input_shape, num_classes
+                )
+            factory = MODELS.get(self.name).target
+            return factory(self.settings, tuple(input_shape), num_classes)
+
+
+def parse_model(section: Mapping[str, Any] | None) -> ModelSpec:
+    """Validate the ``model`` config section (registered name or ``module:factory``)."""
+    if isinstance(section, Mapping) and ":" in str(section.get("name", "")):
+        name = str(section["name"])
+        kwargs = {k: v for k, v in section.items() if k != "name"}
+        _check_factory_arguments(_import_factory(name), kwargs, name)
+        return ModelSpec(name, kwargs)
+    entry, settings = MODELS.parse(section, "model")
+    return ModelSpec(entry.name, settings)
+
+
+def _import_factory(path: str) -> Callable[..., nn.Module]:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"model.name: cannot import module {module_name!r} ({err})") from err
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ConfigError(f"model.name: {module_name!r} has no callable {attribute!r}")
+    return factory
+
+
+_CONTEXT_ARGS = ("input_shape", "num_classes")
+
+
+def _check_factory_arguments(
+    factory: Callable[..., Any], kwargs: Mapping[str, Any], name: str
+) -> None:
+    signature = inspect.signature(factory)
+    given = dict(kwargs)
+    for extra in _CONTEXT_ARGS:
+        if extra in signature.parameters:
+            given[extra] = None
+    try:
+        signature.bind(**given)
+    except TypeError as err:
+        raise ConfigError(
+            f"model: settings {sorted(kwargs)} do not fit {name}{signature}: {err}"
+        ) from err
+
+
+def _call_factory(
+    factory: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> nn.Module:
+    parameters = inspect.signature(factory).parameters
+    context = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    call_kwargs = {**{k: v for k, v in context.items() if k in parameters}, **kwargs}
+    model = factory(**call_kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"model: the factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
