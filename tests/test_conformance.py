@@ -1,0 +1,140 @@
+"""The conformance table: every registered algorithm must pass these on tiny data.
+
+A new algorithm adds one row to ALGORITHM_SETTINGS if it needs non-default settings.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+import plural
+from plural.core.algorithm import FederationInfo
+from plural.core.params import max_abs_difference, state_of
+from plural.core.rng import numpy_rng
+from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
+from plural.engine.loop import build_algorithm, build_federation, build_model
+from plural.experiment import load_config
+from plural.registry import ALGORITHMS
+
+ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {}
+
+NAMES = ALGORITHMS.names()
+
+
+def config_for(name: str, base: dict[str, Any]) -> dict[str, Any]:
+    cfg = copy.deepcopy(base)
+    cfg["algorithm"] = {"name": name, **ALGORITHM_SETTINGS.get(name, {})}
+    return cfg
+
+
+def assert_same_results(a: plural.Results, b: plural.Results) -> None:
+    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    assert max_abs_difference(a.server.params, b.server.params) == 0.0
+
+
+def test_every_algorithm_has_a_row_or_runs_on_defaults() -> None:
+    assert {"fedavg", "local"} <= set(NAMES)
+    assert set(ALGORITHM_SETTINGS) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_gives_identical_results(name: str, tiny_config: dict[str, Any]) -> None:
+    cfg = config_for(name, tiny_config)
+    first = plural.run(cfg)
+    second = plural.run(cfg)
+    assert_same_results(first, second)
+    evaluated = first.metrics[first.metrics["split"] == "test"]
+    assert evaluated["accuracy"].between(0, 1).all()
+    assert set(evaluated["client"]) == set(range(6))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_another_seed_gives_other_results(name: str, tiny_config: dict[str, Any]) -> None:
+    cfg = config_for(name, tiny_config)
+    other = plural.run(cfg, overrides=["seed=4"])
+    assert not plural.run(cfg).metrics.equals(other.metrics)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_process_backend_equals_sequential(name: str, tiny_config: dict[str, Any]) -> None:
+    cfg = config_for(name, tiny_config)
+    sequential = plural.run(cfg)
+    parallel = plural.run(cfg, overrides=["backend.name=process", "backend.workers=2"])
+    assert_same_results(sequential, parallel)
+
+
+class CrashAfter:
+    """A callback that fails after a given round, like a killed run."""
+
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
+        if round_index == self.round_index:
+            raise RuntimeError("simulated crash")
+        return False
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_equals_uninterrupted(name: str, tiny_config: dict[str, Any], tmp_path) -> None:
+    cfg = config_for(name, tiny_config)
+    cfg["rounds"] = 3
+    uninterrupted = plural.run(cfg, out=tmp_path / "full")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        plural.run(cfg, out=tmp_path / "resumed", callbacks=[CrashAfter(2)])
+    resumed = plural.run(cfg, out=tmp_path / "resumed", resume=True)
+    assert_same_results(uninterrupted, resumed)
+    for key in ("test", "val", "bytes"):
+        assert resumed.summary[key] == uninterrupted.summary[key]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_does_not_mutate_its_inputs(name: str, tiny_config: dict[str, Any]) -> None:
+    cfg = config_for(name, tiny_config)
+    frozen_cfg = copy.deepcopy(cfg)
+    parsed = load_config(cfg)
+    federation = build_federation(parsed)
+    model = build_model(parsed, federation)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data_before = [(c.train.x.clone(), c.train.y.clone()) for c in federation.clients]
+    plural.run(cfg, dataset=federation, model=model)
+    assert cfg == frozen_cfg
+    assert max_abs_difference(before, model.state_dict()) == 0.0
+    for (x, y), client in zip(data_before, federation.clients, strict=True):
+        assert torch.equal(x, client.train.x) and torch.equal(y, client.train.y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_client_update_does_not_mutate_message_or_state(
+    name: str, tiny_config: dict[str, Any]
+) -> None:
+    parsed = load_config(config_for(name, tiny_config))
+    federation = build_federation(parsed)
+    model = build_model(parsed, federation)
+    algorithm = build_algorithm(parsed)
+    info = FederationInfo(federation.num_clients, 10, federation.input_shape, None)
+    server = algorithm.init(state_of(model), info, numpy_rng(0, "init"))
+    message = algorithm.broadcast(server)
+    state = algorithm.init_client(server, 0)
+    message_copy, state_copy = copy.deepcopy(message), copy.deepcopy(state)
+    env = WorkerEnv(WorkerSetup(federation, model, parsed.train, parsed.seed))
+    run_client_phase(env, ClientWork(algorithm, "client_update", 0, 1, message, state))
+    assert _equal(message, message_copy) and _equal(state, state_copy)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Deep equality that compares tensors by value."""
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dataclass_fields__"):
+        return all(_equal(getattr(a, f), getattr(b, f)) for f in a.__dataclass_fields__)
+    return a == b

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from plural.config import ConfigError
+from plural.models import parse_model
+from plural.registry import MODELS
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
+def test_every_model_builds_and_predicts_classes(name: str, shape: tuple[int, ...]) -> None:
+    model = parse_model({"name": name}).build(shape, 7, seed=0)
+    assert model(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+def test_same_seed_same_weights_and_global_rng_untouched() -> None:
+    spec = parse_model({"name": "lenet"})
+    state = torch.get_rng_state().clone()
+    a, b, c = (spec.build((1, 28, 28), 10, seed=s).state_dict() for s in (5, 5, 6))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_fedavg_cnn_has_the_papers_parameter_count() -> None:
+    # McMahan et al. 2017 report 1,663,370 parameters for their MNIST CNN.
+    model = parse_model({"name": "cnn"}).build((1, 28, 28), 10, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 1_663_370
+
+
+def test_fedavg_2nn_has_the_papers_parameter_count() -> None:
+    # The 2NN (two hidden layers of 200) has 199,210 parameters.
+    model = parse_model({"name": "mlp", "hidden": [200, 200]}).build((1, 28, 28), 10, seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 199_210
+
+
+def test_image_models_refuse_vector_input_with_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="needs image input"):
+        parse_model({"name": "cnn"}).build((60,), 10, seed=0)
+
+
+def test_model_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="model.hidden"):
+        parse_model({"name": "mlp", "hidden": [0]})
+    with pytest.raises(ConfigError, match="unknown model"):
+        parse_model({"name": "resnet9000"})
