@@ -42,7 +42,7 @@ def test_image_models_refuse_vector_input_with_a_clear_error() -> None:
 
 
 def test_model_settings_are_validated() -> None:
-    with pytest.raises(ConfigError, match="model.hidden"):
+    with pytest.raises(ConfigError, match=r"model\.hidden"):
         parse_model({"name": "mlp", "hidden": [0]})
     with pytest.raises(ConfigError, match="unknown model"):
         parse_model({"name": "resnet9000"})
