@@ -39,6 +39,16 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
+class _Required:
+    """Marks a setting without a default in :func:`describe`."""
+
+    def __repr__(self) -> str:
+        return "(required)"
+
+
+REQUIRED = _Required()
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingInfo:
     """One setting as shown by ``plural list``."""
@@ -79,7 +89,7 @@ def describe(cls: type) -> list[SettingInfo]:
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            default = "(required)"
+            default = REQUIRED
         infos.append(
             SettingInfo(f.name, _type_name(hints[f.name]), default, f.metadata.get("help", ""))
         )

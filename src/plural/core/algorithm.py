@@ -95,6 +95,8 @@ class Algorithm:
     """
 
     name: ClassVar[str] = "algorithm"
+    in_demo: ClassVar[bool] = True
+    """Whether ``plural demo`` runs it (False for methods that need special models or data)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
