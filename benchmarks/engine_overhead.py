@@ -316,8 +316,11 @@ def measure_process(args: argparse.Namespace, reference: Params) -> dict[str, An
         runs.append(timed(run_engine, make_config(args, args.rounds, "process")))
         print(f"  repeat {i + 1}: process {runs[-1].total_s:.3f} s", flush=True)
     out = medians(runs)
-    out["startup_est_s"] = statistics.median(
-        p["round1_s"] - p["steady_round_s"] for p in out["runs"]
+    # Needs a steady round (2..N-1) to subtract: None with fewer than 3 rounds.
+    out["startup_est_s"] = (
+        statistics.median(p["round1_s"] - p["steady_round_s"] for p in out["runs"])
+        if args.rounds >= 3
+        else None
     )
     out["workers"], out["threads_per_worker"] = args.workers, 1
     out["max_abs_param_diff_vs_sequential"] = max(max_abs_diff(r.params, reference) for r in runs)
@@ -362,7 +365,7 @@ def table(rows: list[list[str]]) -> str:
 def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
     header = ["median seconds", "total", "setup", "round 1", "steady rnd", "last rnd", "loop"]
     header.append("after")
-    ratios = ("ratio_total", "", "", "ratio_steady_round", "ratio_last_round", "ratio_loop")
+    ratios = ("ratio_total", "", "", "ratio_steady_round", "ratio_last_round", "ratio_loop", "")
     ratio_row = ["engine / bare", *(f"{seq[k]:.3f}" if k else "" for k in ratios)]
     rows = [
         header,
@@ -371,6 +374,7 @@ def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
         ratio_row,
         row(f"engine process x{proc['workers']}", proc),
     ]
+    startup = "n/a" if proc["startup_est_s"] is None else f"{proc['startup_est_s']:.3f} s"
     verdict = "OK" if seq["ratio_total"] <= TARGET_RATIO else "ABOVE TARGET"
     return "\n".join(
         [
@@ -379,8 +383,8 @@ def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
             f"engine/bare total {seq['ratio_total']:.3f} (target <= {TARGET_RATIO}): {verdict}",
             f"max |engine - bare| parameters {seq['max_abs_param_diff']:.3g}, "
             f"per-client test loss/accuracy {seq['max_test_metric_diff']:.3g}",
-            f"process: worker start-up ~{proc['startup_est_s']:.3f} s (round 1 - steady "
-            f"round); max |process - sequential| parameters "
+            f"process: worker start-up ~{startup} (round 1 - steady round); "
+            "max |process - sequential| parameters "
             f"{proc['max_abs_param_diff_vs_sequential']:.3g}",
         ]
     )

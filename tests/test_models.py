@@ -7,8 +7,10 @@ from plural.config import ConfigError
 from plural.models import parse_model
 from plural.registry import MODELS
 
+BUILT_IN = [name for name in MODELS.names() if name != "python"]
 
-@pytest.mark.parametrize("name", MODELS.names())
+
+@pytest.mark.parametrize("name", BUILT_IN)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
 def test_every_model_builds_and_predicts_classes(name: str, shape: tuple[int, ...]) -> None:
     model = parse_model({"name": name}).build(shape, 7, seed=0)
@@ -46,3 +48,8 @@ def test_model_settings_are_validated() -> None:
         parse_model({"name": "mlp", "hidden": [0]})
     with pytest.raises(ConfigError, match="unknown model"):
         parse_model({"name": "resnet9000"})
+
+
+def test_python_placeholder_explains_itself() -> None:
+    with pytest.raises(ConfigError, match=r"plural.run\(config, model=...\)"):
+        parse_model({"name": "python"}).build((1, 8, 8), 10, seed=0)

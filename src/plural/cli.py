@@ -12,7 +12,7 @@ from typing import Any
 import plural
 from plural.config import ConfigError, describe
 from plural.core.trainer import TrainConfig
-from plural.data.datasets import DatasetUnavailable
+from plural.data.datasets import DataError, DatasetUnavailable
 from plural.engine.loop import Results, run
 from plural.experiment import (
     BackendConfig,
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, DatasetUnavailable) as err:
+    except (ConfigError, DatasetUnavailable, DataError) as err:
         print(f"plural: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -145,6 +146,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -173,6 +176,8 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
 def unknown_key_error(key: str, allowed: list[str], path: str) -> ConfigError:
     """The error for a key that a section does not have, with the closest allowed name."""
     where = f"{path}.{key}" if path else key
+    if not allowed:
+        return ConfigError(f"{where}: unknown setting; this section takes no settings")
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"{where}: unknown setting.{hint} Allowed: {', '.join(sorted(allowed))}")

@@ -7,6 +7,7 @@ section is checked before any data is loaded or any model trained.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,29 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     return ExperimentConfig(**values)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers the YAML 1.2 way: ``1e-3`` is a float, not text."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (numbers as in YAML 1.2)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a copy of ``raw``."""
     result = _deep_copy(raw)
@@ -164,7 +188,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=0.1")
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
         node = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -180,10 +204,21 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
+PYTHON_OBJECT = "python"
+"""The dataset / model name that stands for an object passed to ``plural.run`` directly."""
+
+
 def load_config(
-    source: str | Path | Mapping[str, Any] | ExperimentConfig, overrides: Sequence[str] = ()
+    source: str | Path | Mapping[str, Any] | ExperimentConfig,
+    overrides: Sequence[str] = (),
+    *,
+    provided: Sequence[str] = (),
 ) -> ExperimentConfig:
-    """An :class:`ExperimentConfig` from a YAML path, a mapping or a config, plus overrides."""
+    """An :class:`ExperimentConfig` from a YAML path, a mapping or a config, plus overrides.
+
+    ``provided`` names sections (``dataset``, ``model``) whose objects the caller passes
+    directly; when the config leaves them out they are recorded as ``{name: python}``.
+    """
     if isinstance(source, ExperimentConfig):
         if not overrides:
             return source
@@ -193,7 +228,12 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            source = yaml.safe_load(path.read_text()) or {}
+            source = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
-    return parse_config(apply_overrides(source, overrides))
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(source).__name__}")
+    raw = apply_overrides(source, overrides)
+    for section in provided:
+        raw.setdefault(section, {"name": PYTHON_OBJECT})
+    return parse_config(raw)

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from plural.config import setting
+from plural.config import ConfigError, setting
 from plural.data.types import ArrayDataset
 from plural.registry import DATASETS
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "Cifar10Config",
+    "DataError",
     "DatasetUnavailable",
     "DigitsConfig",
     "FashionMnistConfig",
@@ -50,6 +51,10 @@ __all__ = [
 
 class DatasetUnavailable(RuntimeError):
     """The data of a dataset is not on this machine; the message says how to get it."""
+
+
+class DataError(ValueError):
+    """The data is there but malformed (a missing key or column, a corrupt file, bad labels)."""
 
 
 DIGIT_NAMES = tuple(str(i) for i in range(10))
@@ -303,11 +308,11 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     with _mnist_resource().open("rb") as raw, gzip.open(raw) as fh:
         splits = pickle.load(fh, encoding="latin1")
     if not (isinstance(splits, tuple) and len(splits) == 3):
-        raise ValueError("mnist: mnist.pkl.gz does not hold the expected 3 (x, y) splits")
+        raise DataError("mnist: mnist.pkl.gz does not hold the expected 3 (x, y) splits")
     x = np.concatenate([np.asarray(s[0], dtype=np.float32) for s in splits])
     y = np.concatenate([np.asarray(s[1], dtype=np.int64) for s in splits])
     if x.shape[1:] != (784,) or len(x) != len(y):
-        raise ValueError(f"mnist: unexpected arrays x {x.shape}, y {y.shape} in mnist.pkl.gz")
+        raise DataError(f"mnist: unexpected arrays x {x.shape}, y {y.shape} in mnist.pkl.gz")
     x.flags.writeable = False
     y.flags.writeable = False
     return x, y
@@ -349,20 +354,20 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") as fh:
             data = fh.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(f"{path}: not a readable gzip file ({err})") from err
+        raise DataError(f"{path}: not a readable gzip file ({err})") from err
     if len(data) < 4:
-        raise ValueError(f"{path}: too short for an IDX header ({len(data)} bytes)")
+        raise DataError(f"{path}: too short for an IDX header ({len(data)} bytes)")
     (found,) = struct.unpack(">I", data[:4])
     if found != magic:
-        raise ValueError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+        raise DataError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise DataError(f"{path}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = int(np.prod(dims, dtype=np.int64))
     if len(data) - header != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: IDX header says shape {dims} ({expected} bytes) but the file holds "
             f"{len(data) - header} bytes of data"
         )
@@ -376,11 +381,11 @@ def _read_fashion_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]
     images = _read_idx(images_path, IDX_IMAGES_MAGIC)
     labels = _read_idx(labels_path, IDX_LABELS_MAGIC)
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_path}: images are {images.shape[1:]}, expected (28, 28)")
+        raise DataError(f"{images_path}: images are {images.shape[1:]}, expected (28, 28)")
     if len(images) != len(labels):
-        raise ValueError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{root}: {split} has {len(images)} images but {len(labels)} labels")
     if len(labels) and labels.max() >= 10:
-        raise ValueError(f"{labels_path}: label {labels.max()} is outside 0..9")
+        raise DataError(f"{labels_path}: label {labels.max()} is outside 0..9")
     return images, labels
 
 
@@ -457,7 +462,7 @@ def _pickle_field(batch: dict[Any, Any], key: str, path: Path) -> Any:
     for candidate in (key.encode(), key):
         if candidate in batch:
             return batch[candidate]
-    raise ValueError(f"{path}: no {key!r} entry; entries present: {sorted(map(str, batch))}")
+    raise DataError(f"{path}: no {key!r} entry; entries present: {sorted(map(str, batch))}")
 
 
 def _load_pickle(path: Path) -> dict[Any, Any]:
@@ -466,9 +471,9 @@ def _load_pickle(path: Path) -> dict[Any, Any]:
         with path.open("rb") as fh:
             batch = pickle.load(fh, encoding="bytes")
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable CIFAR pickle ({err})") from err
+        raise DataError(f"{path}: not a readable CIFAR pickle ({err})") from err
     if not isinstance(batch, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+        raise DataError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
     return batch
 
 
@@ -478,7 +483,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(_pickle_field(batch, "data", path), dtype=np.uint8)
     labels = np.asarray(_pickle_field(batch, "labels", path), dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise ValueError(
+        raise DataError(
             f"{path}: data {data.shape} / labels {labels.shape} are not (n, 3072) / (n,)"
         )
     return data, labels
@@ -510,7 +515,7 @@ def load_cifar10(config: Cifar10Config, rng: np.random.Generator) -> ArrayDatase
     pixels = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     if len(labels) and (labels.min() < 0 or labels.max() >= 10):
-        raise ValueError(f"{root}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
+        raise DataError(f"{root}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
     idx = _subset(len(labels), config.max_samples, rng)
     if idx is not None:
         pixels, labels = pixels[idx], labels[idx]
@@ -561,14 +566,14 @@ def _column(values: Any, what: str, n: int) -> np.ndarray:
     """A 1-D array of ``n`` per-sample values; ValueError otherwise."""
     arr = np.asarray(values)
     if arr.ndim != 1:
-        raise ValueError(f"{what} must be 1-D (one value per sample), got shape {arr.shape}")
+        raise DataError(f"{what} must be 1-D (one value per sample), got shape {arr.shape}")
     if len(arr) != n:
-        raise ValueError(f"{what} has {len(arr)} entries but x has {n} samples")
+        raise DataError(f"{what} has {len(arr)} entries but x has {n} samples")
     if arr.dtype.kind == "f" and np.isnan(arr).any():
         rows = np.flatnonzero(np.isnan(arr))[:5]
-        raise ValueError(f"{what} has missing (NaN) values at rows {rows}")
+        raise DataError(f"{what} has missing (NaN) values at rows {rows}")
     if arr.dtype == object and any(v is None for v in arr.tolist()):
-        raise ValueError(f"{what} has missing (None) values")
+        raise DataError(f"{what} has missing (None) values")
     return arr
 
 
@@ -581,13 +586,13 @@ def _labels(
         needed = int(ints.max()) + 1 if len(ints) else 0
         count = needed if num_classes is None else num_classes
         if count < needed:
-            raise ValueError(f"num_classes={num_classes} but the labels go up to {needed - 1}")
+            raise DataError(f"num_classes={num_classes} but the labels go up to {needed - 1}")
         return ints, max(count, 1), None
     ordered, codes = _sorted_unique(y)
     names = [str(v) for v in ordered]
     count = len(names) if num_classes is None else num_classes
     if count < len(names):
-        raise ValueError(f"num_classes={num_classes} but the labels have {len(names)} values")
+        raise DataError(f"num_classes={num_classes} but the labels have {len(names)} values")
     names += [f"unused_{i}" for i in range(len(names), count)]
     return codes, count, tuple(names)
 
@@ -618,15 +623,15 @@ def from_arrays(
     try:
         xa = np.asarray(x, dtype=np.float32)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: x must be numeric ({err})") from err
+        raise DataError(f"{name}: x must be numeric ({err})") from err
     if xa.ndim == 0:
-        raise ValueError(f"{name}: x must have one row per sample, got a scalar")
+        raise DataError(f"{name}: x must have one row per sample, got a scalar")
     if xa.ndim == 1:
         xa = xa[:, None]
     n = xa.shape[0]
     bad = ~np.isfinite(xa.reshape(n, -1)).all(axis=1)
     if bad.any():
-        raise ValueError(f"{name}: x has NaN or infinite values in rows {np.flatnonzero(bad)[:5]}")
+        raise DataError(f"{name}: x has NaN or infinite values in rows {np.flatnonzero(bad)[:5]}")
     ya, count, class_names = _labels(_column(y, f"{name}: y", n), num_classes)
     clients = None if client_ids is None else _ids(_column(client_ids, f"{name}: client_ids", n))
     groups = None
@@ -673,7 +678,7 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"npz: cannot read {path} as .npz ({err})") from err
+        raise DataError(f"npz: cannot read {path} as .npz ({err})") from err
     with archive:
         present = sorted(archive.files)
 
@@ -681,13 +686,13 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
             if key is None:
                 return None
             if key not in present:
-                raise ValueError(
+                raise DataError(
                     f"npz: {path} has no {what} key {key!r}; keys present: {', '.join(present)}"
                 )
             try:
                 return archive[key]
             except ValueError as err:  # object arrays need pickle, which we refuse
-                raise ValueError(
+                raise DataError(
                     f"npz: {path}[{key!r}] is an object array; save it with a plain dtype "
                     "(numbers or fixed-width strings)"
                 ) from err
@@ -720,20 +725,20 @@ class TableConfig:
     def __post_init__(self) -> None:
         suffix = Path(self.path).suffix.lower()
         if suffix not in TABLE_SUFFIXES:
-            raise ValueError(
+            raise DataError(
                 f"path: {self.path!r} must end in .csv, .parquet or .pq (got {suffix or 'none'})"
             )
         special = [c for c in (self.label_column, self.client_column, self.group_column) if c]
         if len(set(special)) != len(special):
-            raise ValueError("label_column, client_column and group_column must differ")
+            raise DataError("label_column, client_column and group_column must differ")
         if self.feature_columns is not None:
             if not self.feature_columns:
-                raise ValueError("feature_columns: give at least one column, or null for all")
+                raise DataError("feature_columns: give at least one column, or null for all")
             if len(set(self.feature_columns)) != len(self.feature_columns):
-                raise ValueError("feature_columns: a column is listed twice")
+                raise DataError("feature_columns: a column is listed twice")
             clash = sorted(set(self.feature_columns) & set(special))
             if clash:
-                raise ValueError(
+                raise DataError(
                     f"feature_columns: {', '.join(clash)} is a label/client/group column"
                 )
 
@@ -759,11 +764,11 @@ def _feature_names(frame: Any, config: TableConfig, special: Sequence[str]) -> l
     if names is None:
         names = [str(c) for c in frame.columns if c not in special]
         if not names:
-            raise ValueError(f"table: {config.path} has no columns left for features")
+            raise DataError(f"table: {config.path} has no columns left for features")
     numeric = [c for c in names if is_numeric_dtype(frame[c]) or is_bool_dtype(frame[c])]
     other = [c for c in names if c not in numeric]
     if other:
-        raise ValueError(
+        raise DataError(
             f"table: feature columns must be numeric; {', '.join(other)} are not. Drop or encode "
             "them, or list the features to use in feature_columns"
         )
@@ -778,14 +783,14 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
     special = [c for c in (config.label_column, config.client_column, config.group_column) if c]
     unknown = [c for c in (*special, *(config.feature_columns or ())) if c not in available]
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"table: {config.path} has no column {', '.join(map(repr, unknown))}; "
             f"columns: {', '.join(available)}"
         )
     features = _feature_names(frame, config, special)
     with_na = [c for c in (*features, *special) if frame[c].isna().any()]
     if with_na:
-        raise ValueError(f"table: columns {', '.join(with_na)} have missing values")
+        raise DataError(f"table: columns {', '.join(with_na)} have missing values")
 
     def column(name: str | None) -> np.ndarray | None:
         return None if name is None else frame[name].to_numpy()
@@ -797,4 +802,17 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
         sample_groups=column(config.group_column),
         num_classes=config.num_classes,
         name="table",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class PythonDataConfig:
+    """Data passed to ``plural.run(..., dataset=...)`` has no settings here."""
+
+
+@DATASETS.register("python", PythonDataConfig, "data passed from Python: plural.run(dataset=...)")
+def load_python_data(config: PythonDataConfig, rng: np.random.Generator) -> ArrayDataset:
+    raise ConfigError(
+        "dataset.name: 'python' stands for data passed as plural.run(config, dataset=...); "
+        "none was passed. Name a dataset (see `plural list datasets`) or pass one."
     )

@@ -282,7 +282,8 @@ def run(
     ``dataset`` / ``model`` replace the config's with the user's own data or module.
     ``progress`` shows a progress bar (default: only when stderr is a terminal).
     """
-    cfg = load_config(config, overrides)
+    given = [name for name, obj in (("dataset", dataset), ("model", model)) if obj is not None]
+    cfg = load_config(config, overrides, provided=given)
     algorithm = build_algorithm(cfg)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
@@ -421,7 +422,7 @@ class _Loop:
         return {
             "name": self.cfg.name,
             "algorithm": self.cfg.algorithm.name,
-            "dataset": self.cfg.dataset.name,
+            "dataset": self.federation.name,
             "seed": self.cfg.seed,
             "clients": self.federation.num_clients,
             "round": c.last_eval,

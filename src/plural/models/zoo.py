@@ -121,6 +121,21 @@ def lenet(config: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -
 
 
 @dataclasses.dataclass(frozen=True)
+class PythonModelConfig:
+    """A module passed to ``plural.run(..., model=...)`` has no settings here."""
+
+
+@MODELS.register("python", PythonModelConfig, "a module passed from Python: plural.run(model=...)")
+def python_model(
+    config: PythonModelConfig, input_shape: tuple[int, ...], num_classes: int
+) -> nn.Module:
+    raise ConfigError(
+        "model.name: 'python' stands for a module passed as plural.run(config, model=...); "
+        "none was passed. Name a model (see `plural list models`) or pass one."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A validated model choice: a registered name with its settings, or an import path."""
 
@@ -156,9 +171,11 @@ def parse_model(section: Mapping[str, Any] | None) -> ModelSpec:
 
 def _import_factory(path: str) -> Callable[..., nn.Module]:
     module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"model.name: {path!r} is not of the form package.module:factory")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
+    except (ImportError, ValueError) as err:
         raise ConfigError(f"model.name: cannot import module {module_name!r} ({err})") from err
     factory = getattr(module, attribute, None)
     if not callable(factory):
@@ -172,7 +189,10 @@ _CONTEXT_ARGS = ("input_shape", "num_classes")
 def _check_factory_arguments(
     factory: Callable[..., Any], kwargs: Mapping[str, Any], name: str
 ) -> None:
-    signature = inspect.signature(factory)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.name: cannot inspect the arguments of {name!r} ({err})") from err
     given = dict(kwargs)
     for extra in _CONTEXT_ARGS:
         if extra in signature.parameters:
