@@ -15,6 +15,8 @@ import math
 import multiprocessing
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -122,10 +124,11 @@ class SequentialBackend:
 _WORKER_ENV: WorkerEnv | None = None
 
 
-def _init_worker(setup_bytes: bytes, threads: int) -> None:
+def _init_worker(setup_path: str, threads: int) -> None:
     global _WORKER_ENV
     torch.set_num_threads(threads)
-    _WORKER_ENV = WorkerEnv(pickle.loads(setup_bytes))
+    with open(setup_path, "rb") as handle:
+        _WORKER_ENV = WorkerEnv(pickle.load(handle))
 
 
 def _run_chunk(task: Callable[[WorkerEnv, Any], Any], payload: bytes) -> bytes:
@@ -141,20 +144,25 @@ def _run_chunk(task: Callable[[WorkerEnv, Any], Any], payload: bytes) -> bytes:
 class ProcessBackend:
     """A pool of persistent worker processes on this machine.
 
-    Each worker receives the federation once at start-up; per round only work items
-    (messages and client states) and replies cross. Workers use ``threads`` torch threads
-    each, so that workers x threads does not exceed the cores.
+    Each worker loads the federation once at start-up, from a file written once (passing
+    it as a start-up argument would make workers start one after another); per round only
+    work items (messages and client states) and replies cross. Workers use ``threads``
+    torch threads each, so that workers x threads does not exceed the cores.
     """
 
     def __init__(self, setup: WorkerSetup, workers: int | None = None, threads: int | None = None):
         cores = os.cpu_count() or 1
         self.workers = workers or cores
         self.threads = threads or max(1, cores // self.workers)
+        self._setup_dir = tempfile.mkdtemp(prefix="plural-workers-")
+        setup_path = os.path.join(self._setup_dir, "setup.pkl")
+        with open(setup_path, "wb") as handle:
+            pickle.dump(setup, handle, protocol=pickle.HIGHEST_PROTOCOL)
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL), self.threads),
+            initargs=(setup_path, self.threads),
         )
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
@@ -172,6 +180,7 @@ class ProcessBackend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
 def make_backend(
