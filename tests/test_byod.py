@@ -297,5 +297,5 @@ def test_objects_from_python_need_no_placeholder_sections(tmp_path: Path) -> Non
     saved = load_config(tmp_path / "config.yaml")
     assert saved.dataset.name == "python" and saved.model.name == "python"
     assert results.summary["test"]["accuracy"]["clients"] == 3
-    with pytest.raises(ConfigError, match="dataset=..."):
+    with pytest.raises(ConfigError, match=r"dataset=\.\.\."):
         plural.run(tmp_path / "config.yaml")  # the data is not in the config: say so

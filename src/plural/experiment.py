@@ -17,7 +17,7 @@ import yaml
 from plural.config import ConfigError, build, setting, to_dict, unknown_key_error
 from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
-from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, Registry
+from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
+    transforms: tuple[Component, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
@@ -106,6 +107,7 @@ class ExperimentConfig:
         out["model"] = {"name": self.model.name, **to_dict(self.model.settings)}
         for section in ("split", "train", "sampling", "eval", "backend"):
             out[section] = to_dict(getattr(self, section))
+        out["transforms"] = [t.to_dict() for t in self.transforms]
         return out
 
 
@@ -133,7 +135,7 @@ class RunSettings:
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
-TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *_PLAIN_SECTIONS]
+TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *_PLAIN_SECTIONS, "transforms"]
 
 
 def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -155,7 +157,24 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     for key, cls in _PLAIN_SECTIONS.items():
         if key in raw:
             values[key] = build(cls, raw[key], key)
+    values["transforms"] = _parse_transforms(raw.get("transforms"))
     return ExperimentConfig(**values)
+
+
+def _parse_transforms(raw: Any) -> tuple[Component, ...]:
+    """The ``transforms`` list: client transforms applied in order after partitioning."""
+    if raw is None:
+        return ()
+    if isinstance(raw, Mapping) or not isinstance(raw, (list, tuple)):
+        raise ConfigError(
+            f"transforms: expected a list of {{name: ...}} entries (one of "
+            f"{', '.join(TRANSFORMS.names())}), got {raw!r}"
+        )
+    parsed = []
+    for index, section in enumerate(raw):
+        entry, settings = TRANSFORMS.parse(section, f"transforms[{index}]")
+        parsed.append(Component(entry.name, settings))
+    return tuple(parsed)
 
 
 class _YamlLoader(yaml.SafeLoader):

@@ -44,11 +44,12 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def get(self, name: str) -> Entry[T]:
+    def get(self, name: str, path: str | None = None) -> Entry[T]:
         """The entry called ``name``; a ConfigError lists the known names otherwise."""
         if name not in self._entries:
-            err = unknown_key_error(name, self.names(), "")
-            raise ConfigError(f"{self.kind}.name: unknown {self.kind} {name!r}. {_tail(err)}")
+            err = unknown_key_error(str(name), self.names(), "")
+            where = path or self.kind
+            raise ConfigError(f"{where}.name: unknown {self.kind} {name!r}. {_tail(err)}")
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -69,7 +70,7 @@ class Registry(Generic[T]):
             raise ConfigError(
                 f"{path}: needs a 'name' (one of {', '.join(self.names())}), got {section!r}"
             )
-        entry = self.get(section["name"])
+        entry = self.get(section["name"], path)
         settings = {k: v for k, v in section.items() if k != "name"}
         return entry, build(entry.config_cls, settings, path)
 
@@ -84,3 +85,4 @@ DATASETS: Registry[Any] = Registry("dataset")
 PARTITIONERS: Registry[Any] = Registry("partition")
 MODELS: Registry[Any] = Registry("model")
 ALGORITHMS: Registry[Any] = Registry("algorithm")
+TRANSFORMS: Registry[Any] = Registry("transform")

@@ -1,8 +1,14 @@
-"""A federation: per-client train / validation / test tensors and known group ids."""
+"""A federation: per-client train / validation / test tensors and known group ids.
+
+Clients may drift over time (temporal skew): a drifting client holds the data it has once
+drifted and, per sample, the round from which that sample is drifted. ``client(cid, round)``
+gives the data of that round, so the engine hands every client its current data.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import numpy as np
@@ -27,6 +33,24 @@ class TensorSplit:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Drift:
+    """How a client's data changes over rounds.
+
+    ``after`` holds the same samples as the client, transformed the way they are once
+    drifted; ``switch_round[split][i]`` is the first round in which sample ``i`` of that
+    split is drifted (an abrupt switch uses one round for all samples, a gradual one spreads
+    them over an interval).
+    """
+
+    after: ClientData
+    switch_round: Mapping[SplitName, torch.Tensor]
+
+    def first_round(self) -> int:
+        rounds = [int(r.min()) for r in self.switch_round.values() if len(r)]
+        return min(rounds) if rounds else 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class ClientData:
     """Everything one client holds. It never leaves the client's worker."""
 
@@ -34,34 +58,102 @@ class ClientData:
     train: TensorSplit
     val: TensorSplit
     test: TensorSplit
+    drift: Drift | None = None
 
     def split(self, name: SplitName) -> TensorSplit:
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
         return getattr(self, name)
 
+    def map_splits(self, fn: Callable[[SplitName, TensorSplit], TensorSplit]) -> ClientData:
+        """A copy with ``fn`` applied to every split (the drifted data too)."""
+        drift = self.drift
+        if drift is not None:
+            drift = Drift(drift.after.map_splits(fn), drift.switch_round)
+        splits = {name: fn(name, self.split(name)) for name in SPLITS}
+        return dataclasses.replace(self, **splits, drift=drift)
+
+    def at(self, round_index: int) -> ClientData:
+        """The client's data in round ``round_index`` (itself if it never drifts)."""
+        if self.drift is None:
+            return self
+        drift = self.drift
+        splits = {}
+        for name in SPLITS:
+            now = drift.switch_round[name] <= round_index
+            before, after = self.split(name), drift.after.split(name)
+            splits[name] = TensorSplit(
+                torch.where(now.view(-1, *([1] * (before.x.dim() - 1))), after.x, before.x),
+                torch.where(now, after.y, before.y),
+            )
+        return ClientData(self.client_id, splits["train"], splits["val"], splits["test"])
+
+
+def combine_groups(group_ids: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """One ground-truth group per client: each distinct combination of the given groupings."""
+    if not group_ids:
+        return None
+    columns = np.stack([np.asarray(g) for g in group_ids.values()], axis=1)
+    _, combined = np.unique(columns, axis=0, return_inverse=True)
+    return combined.reshape(-1).astype(np.int64)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FederatedDataset:
-    """Clients with their own splits, plus what is known about the federation."""
+    """Clients with their own splits, plus what is known about the federation.
+
+    ``group_ids`` holds one grouping per construction step that has groups (the partition,
+    a rotation, a label swap, ...); ``groups`` combines them into one true group per client.
+    """
 
     name: str
     clients: list[ClientData]
     num_classes: int
     input_shape: tuple[int, ...]
-    label_histogram: np.ndarray
-    groups: np.ndarray | None = None
+    group_ids: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     class_names: tuple[str, ...] | None = None
 
     @property
     def num_clients(self) -> int:
         return len(self.clients)
 
-    def client(self, client_id: int) -> ClientData:
-        return self.clients[client_id]
+    @property
+    def groups(self) -> np.ndarray | None:
+        return combine_groups(self.group_ids)
+
+    def client(self, client_id: int, round_index: int = 0) -> ClientData:
+        """Client ``client_id``'s data as it is in round ``round_index``."""
+        return self.clients[client_id].at(round_index)
 
     def sizes(self, split: SplitName = "train") -> np.ndarray:
         return np.array([len(c.split(split)) for c in self.clients], dtype=np.int64)
+
+    def label_histogram(self, round_index: int = 0) -> np.ndarray:
+        """Counts of each class per client over all its splits, ``(clients, classes)``."""
+        rows = []
+        for cid in range(self.num_clients):
+            data = self.client(cid, round_index)
+            labels = torch.cat([data.split(s).y for s in SPLITS])
+            rows.append(np.bincount(labels.numpy(), minlength=self.num_classes))
+        return np.stack(rows) if rows else np.zeros((0, self.num_classes), dtype=np.int64)
+
+    def drift_rounds(self) -> list[int]:
+        """Rounds in which some client's data starts to change (empty if none drifts)."""
+        return sorted({c.drift.first_round() for c in self.clients if c.drift is not None})
+
+    def with_clients(
+        self,
+        clients: list[ClientData],
+        grouping: str | None = None,
+        groups: np.ndarray | None = None,
+    ) -> FederatedDataset:
+        """A copy with new client data and, optionally, one more named grouping of clients."""
+        group_ids = dict(self.group_ids)
+        if grouping is not None and groups is not None:
+            if len(groups) != len(clients):
+                raise ValueError(f"{grouping}: {len(groups)} group ids for {len(clients)} clients")
+            group_ids[grouping] = np.asarray(groups, dtype=np.int64)
+        return dataclasses.replace(self, clients=clients, group_ids=group_ids)
 
     @classmethod
     def build(
@@ -81,25 +173,28 @@ class FederatedDataset:
             parts = train_val_test_split(indices, dataset.y, val=val, test=test, rng=rng)
             splits = [TensorSplit(x[torch.from_numpy(p)], y[torch.from_numpy(p)]) for p in parts]
             clients.append(ClientData(cid, *splits))
+        group_ids = {} if partition.groups is None else {"partition": np.asarray(partition.groups)}
         return cls(
             name=dataset.name,
             clients=clients,
             num_classes=dataset.num_classes,
             input_shape=tuple(dataset.input_shape),
-            label_histogram=partition.label_histogram(dataset.y, dataset.num_classes),
-            groups=None if partition.groups is None else np.asarray(partition.groups),
+            group_ids=group_ids,
             class_names=dataset.class_names,
         )
 
     def describe(self) -> dict[str, object]:
         """Sizes, label histogram and groups, as plain data for ``federation.json``."""
+        groups = self.groups
         return {
             "dataset": self.name,
             "num_clients": self.num_clients,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "sizes": {s: self.sizes(s).tolist() for s in SPLITS},
-            "label_histogram": self.label_histogram.tolist(),
-            "groups": None if self.groups is None else self.groups.tolist(),
+            "label_histogram": self.label_histogram().tolist(),
+            "groups": None if groups is None else groups.tolist(),
+            "group_ids": {name: ids.tolist() for name, ids in self.group_ids.items()},
+            "drift_rounds": self.drift_rounds(),
             "class_names": None if self.class_names is None else list(self.class_names),
         }

@@ -71,13 +71,14 @@ class EvalWork:
     """Evaluate one client's model on some of its splits."""
 
     client_id: int
+    round: int
     params: Params
     splits: tuple[SplitName, ...]
 
 
 def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any]:
     """Call ``algorithm.<phase>`` for one client with its data, the trainer and its rng."""
-    client = env.federation.client(work.client_id)
+    client = env.federation.client(work.client_id, work.round)
     rng = torch_generator(env.seed, work.round, work.client_id, work.phase)
     phase = getattr(work.algorithm, work.phase)
     return phase(work.message, work.state, client, env.trainer, rng)
@@ -85,7 +86,7 @@ def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any]:
 
 def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:
     """Loss and accuracy of ``work.params`` on the client's requested splits."""
-    client = env.federation.client(work.client_id)
+    client = env.federation.client(work.client_id, work.round)
     results = {}
     for split in work.splits:
         data = client.split(split)

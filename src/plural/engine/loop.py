@@ -40,8 +40,8 @@ from plural.engine.backends import (
 from plural.engine.callbacks import Callback, ProgressBar
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import InMemoryStateStore
-from plural.experiment import ExperimentConfig, load_config
-from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS
+from plural.experiment import Component, ExperimentConfig, load_config
+from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 CHECKPOINT_VERSION = 1
@@ -78,13 +78,24 @@ def build_federation(
         dataset = loader(config.dataset.settings, numpy_rng(config.seed, "dataset"))
     partitioner = PARTITIONERS.get(config.partition.name).target(config.partition.settings)
     partition = partitioner.split(dataset, rng=numpy_rng(config.seed, "partition"))
-    return FederatedDataset.build(
+    federation = FederatedDataset.build(
         dataset,
         partition,
         val=config.split.val,
         test=config.split.test,
         rng=numpy_rng(config.seed, "split"),
     )
+    return apply_transforms(federation, config.transforms, config.seed)
+
+
+def apply_transforms(
+    federation: FederatedDataset, transforms: Sequence[Component], seed: int
+) -> FederatedDataset:
+    """Apply the config's client transforms in order, each with its own derived generator."""
+    for index, component in enumerate(transforms):
+        transform = TRANSFORMS.get(component.name).target(component.settings)
+        federation = transform.apply(federation, rng=numpy_rng(seed, "transform", index))
+    return federation
 
 
 def build_model(
@@ -203,7 +214,7 @@ def _evaluation_rows(
     splits: tuple[str, ...],
 ) -> list[dict[str, Any]]:
     work = [
-        EvalWork(cid, algorithm.personalized(server, store.get(cid), cid), splits)  # type: ignore[arg-type]
+        EvalWork(cid, round_index, algorithm.personalized(server, store.get(cid), cid), splits)  # type: ignore[arg-type]
         for cid in range(num_clients)
     ]
     rows = []
