@@ -105,3 +105,28 @@ def test_empty_split_evaluates_to_nan_and_fit_is_a_no_op() -> None:
     x, y = torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)
     assert math.isnan(trainer.evaluate(params, x, y).accuracy)
     assert trainer.fit(params, x, y, rng=torch_generator(0)).steps == 0
+
+
+def test_gradient_matches_autograd_on_the_whole_split() -> None:
+    trainer, params = make()
+    x, y = data(9)
+    grads = trainer.gradient(params, x, y, batch_size=4)  # three uneven batches
+    model = trainer.model
+    model.load_state_dict(params)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_mse_loss_trains_regression_and_has_no_accuracy() -> None:
+    model = nn.Linear(3, 1)
+    trainer = LocalTrainer(model, TrainConfig(loss="mse", lr=0.1, batch_size=16, local_epochs=50))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=gen)
+    y = x @ torch.tensor([1.0, -2.0, 0.5])
+    params = state_of(model)
+    fitted = trainer.fit(params, x, y, rng=torch_generator(0))
+    before, after = trainer.evaluate(params, x, y), trainer.evaluate(fitted.params, x, y)
+    assert after.loss < 0.01 * before.loss
+    assert math.isnan(after.accuracy)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,18 @@ class TrainConfig:
         None, help="if set, exactly this many minibatch steps per round instead of epochs", ge=0
     )
     max_grad_norm: float | None = setting(None, help="clip the gradient norm to this value", gt=0)
+    loss: Literal["cross_entropy", "mse"] = setting(
+        "cross_entropy",
+        help="'cross_entropy' for classification; 'mse' (mean squared error) for regression "
+        "targets (accuracy is then not defined)",
+    )
+
+
+def _mse(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.mse_loss(output.reshape(target.shape), target, reduction=reduction)
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {"cross_entropy": F.cross_entropy, "mse": _mse}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +75,8 @@ class EvalResult:
 
     @property
     def accuracy(self) -> float:
-        return self.correct / self.count if self.count else float("nan")
+        """Fraction correct; NaN for an empty split or a regression loss (``correct < 0``)."""
+        return self.correct / self.count if self.count and self.correct >= 0 else float("nan")
 
 
 class LocalTrainer:
@@ -75,6 +89,7 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, config: TrainConfig) -> None:
         self.model = model
         self.config = config
+        self.loss_fn = LOSSES[config.loss]
 
     def fit(
         self,
@@ -144,7 +159,7 @@ class LocalTrainer:
                 if step_cap is not None and done >= step_cap:
                     return float(total_loss), done, seen
                 idx = order[start : start + batch]
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = self.loss_fn(model(x[idx]), y[idx])
                 for term in loss_terms:
                     loss = loss + term(live)
                 optimizer.zero_grad(set_to_none=True)
@@ -169,9 +184,32 @@ class LocalTrainer:
         self.model.load_state_dict(params)
         self.model.eval()
         loss_sum, correct = 0.0, 0
+        classify = self.config.loss == "cross_entropy"
         for start in range(0, len(y), batch_size):
-            logits = self.model(x[start : start + batch_size])
+            output = self.model(x[start : start + batch_size])
             target = y[start : start + batch_size]
-            loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == target).sum())
-        return EvalResult(loss_sum, correct, len(y))
+            loss_sum += float(self.loss_fn(output, target, reduction="sum"))
+            if classify:
+                correct += int((output.argmax(dim=1) == target).sum())
+        return EvalResult(loss_sum, correct if classify else -1, len(y))
+
+    def gradient(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 1024,
+    ) -> dict[str, torch.Tensor]:
+        """Full-batch gradient of the mean loss at ``params`` (evaluation mode, no dropout)."""
+        self.model.load_state_dict(params)
+        self.model.eval()
+        named = dict(self.model.named_parameters())
+        total = {n: torch.zeros_like(p) for n, p in named.items()}
+        for start in range(0, len(y), batch_size):
+            target = y[start : start + batch_size]
+            loss = self.loss_fn(self.model(x[start : start + batch_size]), target, reduction="sum")
+            grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+            for name, grad in zip(named, grads, strict=True):
+                if grad is not None:
+                    total[name] += grad
+        return {n: g / max(len(y), 1) for n, g in total.items()}
