@@ -161,6 +161,7 @@ def test_run_writes_the_run_directory_and_prints_a_table(
         "samples",
         "bytes_up",
         "bytes_down",
+        "drift",
     ]
     assert set(metrics["round"]) == {1, 2}
     assert set(metrics["split"]) == {"fit", "val", "test"}

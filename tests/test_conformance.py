@@ -34,6 +34,7 @@ def config_for(name: str, base: dict[str, Any]) -> dict[str, Any]:
 
 def assert_same_results(a: plural.Results, b: plural.Results) -> None:
     pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    pd.testing.assert_frame_equal(a.diagnostics, b.diagnostics)
     assert max_abs_difference(a.server.params, b.server.params) == 0.0
 
 
@@ -84,6 +85,7 @@ class CrashAfter:
 def test_resume_equals_uninterrupted(name: str, tiny_config: dict[str, Any], tmp_path) -> None:
     cfg = config_for(name, tiny_config)
     cfg["rounds"] = 3
+    cfg["diagnostics"] = {"gradient_every": 2}
     uninterrupted = plural.run(cfg, out=tmp_path / "full")
     with pytest.raises(RuntimeError, match="simulated crash"):
         plural.run(cfg, out=tmp_path / "resumed", callbacks=[CrashAfter(2)])

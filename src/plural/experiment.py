@@ -82,6 +82,16 @@ class BackendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiagnosticsConfig:
+    gradient_every: int | None = setting(
+        None,
+        help="every N rounds, measure gradient dissimilarity (G^2, B^2) of all clients at the "
+        "global model; costs one full-batch gradient per client (null: never)",
+        ge=1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines a run. Two equal configs give identical results."""
 
@@ -97,6 +107,7 @@ class ExperimentConfig:
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     transforms: tuple[Component, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,7 +116,7 @@ class ExperimentConfig:
         for section in ("dataset", "partition", "algorithm"):
             out[section] = getattr(self, section).to_dict()
         out["model"] = {"name": self.model.name, **to_dict(self.model.settings)}
-        for section in ("split", "train", "sampling", "eval", "backend"):
+        for section in _PLAIN_SECTIONS:
             out[section] = to_dict(getattr(self, section))
         out["transforms"] = [t.to_dict() for t in self.transforms]
         return out
@@ -122,6 +133,7 @@ _PLAIN_SECTIONS: dict[str, type] = {
     "sampling": SamplingConfig,
     "eval": EvalConfig,
     "backend": BackendConfig,
+    "diagnostics": DiagnosticsConfig,
 }
 
 

@@ -52,3 +52,13 @@ def max_abs_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tens
     return max(
         (float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel()), default=0.0
     )
+
+
+def distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """L2 distance between the floating-point entries the two parameter sets share."""
+    total = 0.0
+    for name, tensor in a.items():
+        other = b.get(name)
+        if other is not None and tensor.is_floating_point():
+            total += float((tensor.double() - other.double()).pow(2).sum())
+    return total**0.5

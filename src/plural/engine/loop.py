@@ -22,9 +22,9 @@ import pandas as pd
 from torch import nn
 
 from plural.config import ConfigError
-from plural.core.algorithm import Algorithm, FederationInfo, ServerState, Update
+from plural.core.algorithm import Algorithm, FederationInfo, ModelMessage, ServerState, Update
 from plural.core.metrics import summarize
-from plural.core.params import nbytes, state_of
+from plural.core.params import distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
@@ -38,6 +38,7 @@ from plural.engine.backends import (
     run_client_phase,
 )
 from plural.engine.callbacks import Callback, ProgressBar
+from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import InMemoryStateStore
 from plural.experiment import Component, ExperimentConfig, load_config
@@ -45,8 +46,9 @@ from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 CHECKPOINT_VERSION = 1
+GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
 # Settings that may change when a run is resumed: they do not change the results.
-RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name")
+RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics")
 
 ModelSource = nn.Module | Callable[..., nn.Module]
 
@@ -60,6 +62,8 @@ class Results:
     metrics: pd.DataFrame
     server: ServerState
     run_dir: Path | None = None
+    diagnostics: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    """One row per round: participants' drift (mean, max) and, where measured, G^2 / B^2."""
 
     def final(self, split: str = "test") -> pd.DataFrame:
         """Per-client rows of ``split`` at the last evaluated round."""
@@ -127,6 +131,7 @@ class _Ledger:
         self.up: dict[int, int] = defaultdict(int)
         self.down: dict[int, int] = defaultdict(int)
         self.fit: dict[int, Update] = {}
+        self.drift: dict[int, float] = {}
 
 
 class EngineRoundContext:
@@ -180,12 +185,16 @@ class EngineRoundContext:
             self.ledger.up[cid] += nbytes(reply)
             if isinstance(reply, Update):
                 self.ledger.fit[cid] = reply
+                msg = per_client[cid] if per_client is not None else message
+                if isinstance(msg, ModelMessage) and reply.params is not None:
+                    self.ledger.drift[cid] = distance(reply.params, msg.params)
             replies.append(reply)
         return replies
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
-    """One 'fit' row per client that took part: local training loss, samples, bytes."""
+    """One 'fit' row per client that took part: local training loss, samples, bytes, and the
+    client drift ||w_k - w|| between the model it received and the one it sent back."""
     rows = []
     for cid in sorted(set(ledger.up) | set(ledger.down)):
         update = ledger.fit.get(cid)
@@ -199,6 +208,7 @@ def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
                 "samples": update.num_samples if update else 0,
                 "bytes_up": ledger.up[cid],
                 "bytes_down": ledger.down[cid],
+                "drift": ledger.drift.get(cid, float("nan")),
             }
         )
     return rows
@@ -230,6 +240,7 @@ def _evaluation_rows(
                     "samples": result.count,
                     "bytes_up": 0,
                     "bytes_down": 0,
+                    "drift": float("nan"),
                 }
             )
     return rows
@@ -313,6 +324,7 @@ def run(
             server, counters = _restore(run_dir, cfg, store)
             run_dir.drop_metrics_after(counters.round)
             frames.append(run_dir.read_metrics())
+            run_dir.drop_diagnostics_after(counters.round)
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
     setup = WorkerSetup(federation, initial, cfg.train, cfg.seed, cfg.eval.batch_size)
@@ -361,6 +373,9 @@ class _Loop:
         self.counters = counters
         self.frames = frames
         self.stopped_early = False
+        self.diagnostics: list[dict[str, Any]] = (
+            run_dir.read_diagnostics() if run_dir is not None else []
+        )
 
     def run(
         self, server: ServerState, backend: Backend, callbacks: Sequence[Callback]
@@ -385,6 +400,7 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
+            self._record_diagnostics(round_index, server, ctx, backend)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate)
             self._checkpoint(server)
             round_summary = summarize_round(self.frames[-1], round_index) if evaluate else {}
@@ -414,6 +430,31 @@ class _Loop:
             self.run_dir.write_round_metrics(round_index, rows)
             if evaluated:
                 self.run_dir.write_json(self.run_dir.summary_path, self._summary(frame))
+
+    def _record_diagnostics(
+        self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
+    ) -> None:
+        record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
+        every = self.cfg.diagnostics.gradient_every
+        if every is not None and round_index % every == 0:
+            record.update(self._gradient_dissimilarity(round_index, server, backend))
+        self.diagnostics.append(record)
+        if self.run_dir is not None:
+            self.run_dir.append_diagnostics(record)
+
+    def _gradient_dissimilarity(
+        self, round_index: int, server: ServerState, backend: Backend
+    ) -> dict[str, float]:
+        moments = GradientMoments()
+        clients = list(range(self.federation.num_clients))
+        for start in range(0, len(clients), GRADIENT_CHUNK):
+            work = [
+                GradientWork(c, round_index, server.params)
+                for c in clients[start : start + GRADIENT_CHUNK]
+            ]
+            for samples, gradient in backend.map(client_gradient, work):
+                moments.add(gradient, float(samples))
+        return moments.result()
 
     def _checkpoint(self, server: ServerState) -> None:
         if self.run_dir is None:
@@ -459,5 +500,10 @@ class _Loop:
         if self.run_dir is not None:
             self.run_dir.write_json(self.run_dir.summary_path, summary)
         return Results(
-            self.cfg, summary, metrics, server, self.run_dir.path if self.run_dir else None
+            self.cfg,
+            summary,
+            metrics,
+            server,
+            self.run_dir.path if self.run_dir else None,
+            pd.DataFrame(self.diagnostics),
         )

@@ -36,6 +36,7 @@ METRIC_COLUMNS = [
     "samples",
     "bytes_up",
     "bytes_down",
+    "drift",
 ]
 
 
@@ -56,6 +57,7 @@ class RunDirectory:
         self.metrics_path = self.path / "metrics.parquet"
         self.summary_path = self.path / "summary.json"
         self.checkpoint_path = self.path / "checkpoint.pt"
+        self.diagnostics_path = self.path / "diagnostics.jsonl"
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
@@ -103,6 +105,21 @@ class RunDirectory:
         frame = self.read_metrics()
         _atomic_write(self.metrics_path, lambda tmp: frame.to_parquet(tmp, index=False))
         return frame
+
+    def append_diagnostics(self, record: Mapping[str, Any]) -> None:
+        """Add one round's diagnostics as a JSON line (the file is small and append-only)."""
+        with self.diagnostics_path.open("a") as handle:
+            handle.write(json.dumps(dict(record), default=_json_default) + "\n")
+
+    def read_diagnostics(self) -> list[dict[str, Any]]:
+        if not self.diagnostics_path.is_file():
+            return []
+        lines = self.diagnostics_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def drop_diagnostics_after(self, round_index: int) -> None:
+        kept = [r for r in self.read_diagnostics() if r["round"] <= round_index]
+        self.write_text(self.diagnostics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         _atomic_write(self.checkpoint_path, lambda tmp: torch.save(dict(state), tmp))
