@@ -11,7 +11,7 @@ federations), ``plural.models``, ``plural.algorithms``, ``plural.core`` (trainer
 aggregators, rng), ``plural.engine``.
 """
 
-from plural import algorithms, data, models  # noqa: F401  (registers the components)
+from plural import algorithms, data, models, placeholders  # noqa: F401  (registers components)
 from plural.config import ConfigError
 from plural.engine import EarlyStopping, Results, run
 from plural.experiment import ExperimentConfig, load_config

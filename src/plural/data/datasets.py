@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from plural.config import ConfigError, setting
+from plural.config import setting
 from plural.data.types import ArrayDataset
 from plural.registry import DATASETS
 
@@ -804,15 +804,3 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
         name="table",
     )
 
-
-@dataclasses.dataclass(frozen=True)
-class PythonDataConfig:
-    """Data passed to ``plural.run(..., dataset=...)`` has no settings here."""
-
-
-@DATASETS.register("python", PythonDataConfig, "data passed from Python: plural.run(dataset=...)")
-def load_python_data(config: PythonDataConfig, rng: np.random.Generator) -> ArrayDataset:
-    raise ConfigError(
-        "dataset.name: 'python' stands for data passed as plural.run(config, dataset=...); "
-        "none was passed. Name a dataset (see `plural list datasets`) or pass one."
-    )

@@ -128,8 +128,15 @@ class FederatedDataset:
     def sizes(self, split: SplitName = "train") -> np.ndarray:
         return np.array([len(c.split(split)) for c in self.clients], dtype=np.int64)
 
+    @property
+    def is_classification(self) -> bool:
+        """False for regression targets (floating-point ``y``)."""
+        return not any(c.train.y.is_floating_point() for c in self.clients)
+
     def label_histogram(self, round_index: int = 0) -> np.ndarray:
         """Counts of each class per client over all its splits, ``(clients, classes)``."""
+        if not self.is_classification:
+            raise ValueError(f"{self.name}: regression targets have no label histogram")
         rows = []
         for cid in range(self.num_clients):
             data = self.client(cid, round_index)
@@ -192,7 +199,7 @@ class FederatedDataset:
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "sizes": {s: self.sizes(s).tolist() for s in SPLITS},
-            "label_histogram": self.label_histogram().tolist(),
+            "label_histogram": self.label_histogram().tolist() if self.is_classification else None,
             "groups": None if groups is None else groups.tolist(),
             "group_ids": {name: ids.tolist() for name, ids in self.group_ids.items()},
             "drift_rounds": self.drift_rounds(),

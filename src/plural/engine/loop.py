@@ -305,6 +305,8 @@ def run(
     ``progress`` shows a progress bar (default: only when stderr is a terminal).
     """
     given = [name for name, obj in (("dataset", dataset), ("model", model)) if obj is not None]
+    if isinstance(dataset, FederatedDataset):
+        given.append("partition")
     cfg = load_config(config, overrides, provided=given)
     algorithm = build_algorithm(cfg)
     run_dir = RunDirectory(out) if out is not None else None

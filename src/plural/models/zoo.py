@@ -121,21 +121,6 @@ def lenet(config: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -
 
 
 @dataclasses.dataclass(frozen=True)
-class PythonModelConfig:
-    """A module passed to ``plural.run(..., model=...)`` has no settings here."""
-
-
-@MODELS.register("python", PythonModelConfig, "a module passed from Python: plural.run(model=...)")
-def python_model(
-    config: PythonModelConfig, input_shape: tuple[int, ...], num_classes: int
-) -> nn.Module:
-    raise ConfigError(
-        "model.name: 'python' stands for a module passed as plural.run(config, model=...); "
-        "none was passed. Name a model (see `plural list models`) or pass one."
-    )
-
-
-@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A validated model choice: a registered name with its settings, or an import path."""
 
