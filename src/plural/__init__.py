@@ -15,7 +15,7 @@ from plural import algorithms, data, models, placeholders  # noqa: F401  (regist
 from plural.config import ConfigError
 from plural.engine import EarlyStopping, Results, run
 from plural.experiment import ExperimentConfig, load_config
-from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS
+from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
 
 __version__ = "0.1.0"
 
@@ -24,6 +24,7 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "PARTITIONERS",
+    "TRANSFORMS",
     "ConfigError",
     "EarlyStopping",
     "ExperimentConfig",

@@ -16,13 +16,14 @@ from plural.data.datasets import DataError, DatasetUnavailable
 from plural.engine.loop import Results, run
 from plural.experiment import (
     BackendConfig,
+    DiagnosticsConfig,
     EvalConfig,
     RunSettings,
     SamplingConfig,
     SplitConfig,
     load_config,
 )
-from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, Registry
+from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -43,6 +44,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "partitioners": PARTITIONERS,
     "models": MODELS,
     "algorithms": ALGORITHMS,
+    "transforms": TRANSFORMS,
 }
 SECTIONS: dict[str, type] = {
     "(top level)": RunSettings,
@@ -51,6 +53,7 @@ SECTIONS: dict[str, type] = {
     "sampling": SamplingConfig,
     "eval": EvalConfig,
     "backend": BackendConfig,
+    "diagnostics": DiagnosticsConfig,
 }
 
 
@@ -139,6 +142,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from plural.diagnose import diagnose  # imports matplotlib and scikit-learn only when used
+
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-diagnosis"
+    diagnosis = diagnose(
+        args.config,
+        overrides=args.set or [],
+        out=out,
+        warmup_rounds=args.warmup_rounds,
+        probe=args.probe,
+        probe_rounds=args.probe_rounds,
+    )
+    print(diagnosis.report())
+    return 0
+
+
 def _settings_lines(cls: type, indent: str = "    ") -> list[str]:
     lines = []
     for info in describe(cls):
@@ -170,6 +189,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plural", description=plural.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"plural {plural.__version__}")
@@ -197,6 +230,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     run_cmd.set_defaults(func=cmd_run)
+
+    diag = sub.add_parser(
+        "diagnose", help="measure a federation's heterogeneity and recommend methods"
+    )
+    diag.add_argument("config", help="path to the YAML config")
+    diag.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    diag.add_argument(
+        "--out", help="directory for the report and plots (default: runs/<name>-diagnosis)"
+    )
+    diag.add_argument(
+        "--warmup-rounds",
+        type=_non_negative,
+        default=2,
+        help="FedAvg rounds before measuring gradients and drift (default 2)",
+    )
+    diag.add_argument(
+        "--probe",
+        action="store_true",
+        help="also run the available candidate methods briefly and rank them",
+    )
+    diag.add_argument(
+        "--probe-rounds", type=_positive, default=10, help="rounds per probe run (default 10)"
+    )
+    diag.set_defaults(func=cmd_diagnose)
 
     lst = sub.add_parser(
         "list", help="datasets, partitioners, models, algorithms and their settings"

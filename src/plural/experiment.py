@@ -220,19 +220,43 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=0.1")
         value = load_yaml(text) if text.strip() else None
-        node = result
+        node: Any = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+            node = _child(node, part, item)
+        if isinstance(node, list):
+            node[_list_index(node, parts[-1], item)] = value
+        else:
+            node[parts[-1]] = value
     return result
 
 
-def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+def _list_index(node: list[Any], part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(
+            f"--set {item!r}: {part!r} is not an index of a list of {len(node)} entries "
+            f"(use 0..{len(node) - 1})"
+        )
+    return int(part)
+
+
+def _child(node: Any, part: str, item: str) -> Any:
+    """The section ``part`` of ``node`` (a mapping, or a list indexed by number)."""
+    if isinstance(node, list):
+        child = node[_list_index(node, part, item)]
+    else:
+        child = node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+    return child
+
+
+def _deep_copy(raw: Any) -> Any:
+    if isinstance(raw, Mapping):
+        return {k: _deep_copy(v) for k, v in raw.items()}
+    if isinstance(raw, (list, tuple)):
+        return [_deep_copy(v) for v in raw]
+    return raw
 
 
 PYTHON_OBJECT = "python"

@@ -1,6 +1,6 @@
 """Datasets, partitioners and federations; importing this package registers them."""
 
-from plural.data import datasets, partitioners
+from plural.data import datasets, partitioners, transforms
 from plural.data.datasets import DatasetUnavailable, from_arrays
 from plural.data.federated import ClientData, FederatedDataset, TensorSplit
 from plural.data.partitioners import train_val_test_split
@@ -17,4 +17,5 @@ __all__ = [
     "from_arrays",
     "partitioners",
     "train_val_test_split",
+    "transforms",
 ]

@@ -155,6 +155,11 @@ class FederatedDataset:
         groups: np.ndarray | None = None,
     ) -> FederatedDataset:
         """A copy with new client data and, optionally, one more named grouping of clients."""
+        if len(clients) != self.num_clients:
+            raise ValueError(
+                f"with_clients keeps the {self.num_clients} clients (got {len(clients)}); "
+                "build a new FederatedDataset for another set of clients"
+            )
         group_ids = dict(self.group_ids)
         if grouping is not None and groups is not None:
             if len(groups) != len(clients):
