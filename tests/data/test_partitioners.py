@@ -189,6 +189,169 @@ def test_dirichlet_without_deficit_needs_no_repair() -> None:
     np.testing.assert_array_equal(out, counts)
 
 
+# --- dirichlet with a size law (label skew + quantity skew) -----------------------------------
+
+SIZE_LAWS = ("power_law", "lognormal")
+
+
+def mean_js_divergence(hist: np.ndarray) -> float:
+    """Mean Jensen-Shannon divergence (nats) of each client's label mix from the global one."""
+    p = hist / hist.sum(axis=1, keepdims=True)
+    q = np.broadcast_to(hist.sum(axis=0) / hist.sum(), p.shape)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.where(a > 0, a * np.log(np.where(a > 0, a, 1.0) / b), 0.0).sum(axis=1)
+
+    return float(((kl(p, m) + kl(q, m)) / 2).mean())
+
+
+@pytest.mark.parametrize("sizes", SIZE_LAWS)
+def test_dirichlet_size_law_meets_both_margins_exactly(sizes: str) -> None:
+    labels = random_labels(20000)
+    labels[labels == 3] = 4  # an empty class must stay empty
+    data = make_data(labels)
+    law = {"num_clients": 100, "min_samples": 10, "sigma": 1.5, "exponent": 1.2}
+    part = split("dirichlet", data, 3, alpha=0.3, sizes=sizes, **law)
+    assert_valid(part, len(data))
+    got = part.sizes()
+    assert got.sum() == len(data) and got.min() >= 10
+    # the very sizes the quantity partitioner draws with the same law and rng state
+    target = split("quantity", data, 3, distribution=sizes, **law).sizes()
+    np.testing.assert_array_equal(got, target)
+    assert got.max() / np.median(got) > 4
+    hist = part.label_histogram(data.y, 10)
+    np.testing.assert_array_equal(hist.sum(axis=0), np.bincount(labels, minlength=10))
+
+
+@pytest.mark.parametrize("sizes", SIZE_LAWS)
+def test_dirichlet_size_law_keeps_label_skew(sizes: str) -> None:
+    data = make_data(random_labels(20000))
+    js = {
+        alpha: mean_js_divergence(
+            split("dirichlet", data, alpha=alpha, num_clients=100, sizes=sizes).label_histogram(
+                data.y, 10
+            )
+        )
+        for alpha in (0.1, 100.0)
+    }
+    assert js[0.1] > 0.25  # about as skewed as the default sizes (0.37 here)
+    assert js[100.0] < 0.01
+    assert js[0.1] > 30 * js[100.0]
+
+
+@pytest.mark.parametrize("sizes", SIZE_LAWS)
+def test_dirichlet_size_law_same_seed_same_split(sizes: str, pool: ArrayDataset) -> None:
+    first, again, other = (
+        split("dirichlet", pool, seed, alpha=0.3, sizes=sizes) for seed in (7, 7, 8)
+    )
+    for a, b in zip(first.client_indices, again.client_indices, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(first.client_indices, other.client_indices, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("alpha", "clients", "sizes"),
+    [(1e-3, 500, "power_law"), (1e-3, 500, "lognormal"), (1e-3, 1000, "power_law")],
+)
+def test_dirichlet_size_law_tiny_alpha_is_fast(alpha: float, clients: int, sizes: str) -> None:
+    data = make_data(random_labels(20000))
+    start = time.perf_counter()
+    part = split("dirichlet", data, alpha=alpha, num_clients=clients, min_samples=10, sizes=sizes)
+    assert time.perf_counter() - start < 1.0
+    assert_valid(part, len(data))
+    assert part.num_clients == clients and part.sizes().min() >= 10
+    assert part.sizes().sum() == len(data)
+    # tiny alpha: most clients hold a single class
+    assert np.median(classes_for_mass(part.label_histogram(data.y, 10), 0.99)) == 1
+
+
+def test_dirichlet_default_sizes_is_the_per_class_draw(
+    pool: ArrayDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"alpha": 0.2, "num_clients": 30, "min_samples": 20}
+    default = split("dirichlet", pool, 5, **settings)
+    explicit = split("dirichlet", pool, 5, sizes="dirichlet", **settings)
+    # the construction before sizes existed, step by step from the same rng
+    rng = np.random.default_rng(5)
+    class_sizes = np.bincount(pool.y, minlength=10)
+    shares = P._dirichlet(rng, 0.2, 30, 10)
+    counts = np.stack([P._apportion(shares[c], int(class_sizes[c]), rng) for c in range(10)], 1)
+    counts = P._repair_minimum(counts, np.argmax(shares, axis=0), 20, rng)
+    owner = P._owner_from_counts(pool.y, counts, rng)
+    for a, b, c in zip(
+        default.client_indices,
+        explicit.client_indices,
+        P._partition_from_owner(owner, 30).client_indices,
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the size-law path must not run for sizes='dirichlet'")
+
+    monkeypatch.setattr(P.DirichletPartitioner, "_counts_with_sizes", fail)
+    monkeypatch.setattr(P, "_law_sizes", fail)
+    split("dirichlet", pool, 5, **settings)
+
+
+def test_dirichlet_size_law_exact_even_when_the_fit_is_cut_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = make_data(random_labels(20000))
+    law = {"num_clients": 200, "min_samples": 10}
+    target = split("quantity", data, 1, distribution="power_law", **law).sizes()
+    monkeypatch.setattr(P, "_FIT_MAX_ITER", 1)  # far from converged: the row repair must fix it
+    part = split("dirichlet", data, 1, alpha=0.1, sizes="power_law", **law)
+    assert_valid(part, len(data))
+    np.testing.assert_array_equal(part.sizes(), target)
+    np.testing.assert_array_equal(
+        part.label_histogram(data.y, 10).sum(axis=0), np.bincount(data.y, minlength=10)
+    )
+
+
+def test_fit_margins_converges_from_zero_shares() -> None:
+    mixes = np.zeros((4, 3))
+    mixes[:, 0] = 1.0  # every client wants only class 0 (what tiny alpha gives)
+    rows, cols = np.array([10.0, 20.0, 30.0, 40.0]), np.array([25.0, 25.0, 50.0])
+    fitted = P._fit_margins(mixes, rows, cols)
+    assert np.isfinite(fitted).all() and (fitted >= 0).all()
+    np.testing.assert_allclose(fitted.sum(axis=0), cols)
+    np.testing.assert_allclose(fitted.sum(axis=1), rows, atol=P._FIT_TOL)
+
+
+def test_round_margins_keeps_columns_and_rows() -> None:
+    rng = np.random.default_rng(0)
+    rows = rng.integers(10, 200, 40)
+    cols = P._apportion(rng.random(5), int(rows.sum()), rng)
+    fitted = P._fit_margins(P._dirichlet(rng, 0.5, 5, 40), rows.astype(float), cols.astype(float))
+    counts = P._round_margins(fitted, cols, rng)
+    assert (counts >= 0).all()
+    np.testing.assert_array_equal(counts.sum(axis=0), cols)
+    np.testing.assert_array_equal(counts.sum(axis=1), rows)  # error carrying lands on them
+    assert np.abs(counts - fitted).max() < 2
+
+
+def test_repair_rows_moves_only_the_excess_within_classes() -> None:
+    counts = np.array([[5, 3, 0], [0, 1, 4], [2, 2, 2], [0, 0, 1]])
+    fitted = np.array([[4.2, 2.6, 0.1], [0.3, 1.4, 2.9], [2.0, 2.0, 2.0], [0.5, 1.0, 0.9]])
+    rows = np.array([6, 5, 6, 3])  # client 0 is 2 over, client 3 is 2 under
+    fixed = P._repair_rows(counts, fitted, rows)
+    np.testing.assert_array_equal(fixed.sum(axis=1), rows)
+    np.testing.assert_array_equal(fixed.sum(axis=0), counts.sum(axis=0))
+    assert (fixed >= 0).all()
+    assert np.abs(fixed - counts).sum() == 2 * 2  # two samples moved, nothing else touched
+    np.testing.assert_array_equal(fixed[[1, 2]], counts[[1, 2]])
+    np.testing.assert_array_equal(fixed[3], [1, 1, 1])  # where rounding cut client 3 most
+    np.testing.assert_array_equal(P._repair_rows(fixed, fitted, rows), fixed)  # already exact
+    with pytest.raises(ValueError, match="row sums"):
+        P._repair_rows(counts, fitted, rows + 1)
+
+
 # --- pathological -----------------------------------------------------------------------------
 
 
