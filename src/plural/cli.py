@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument(
         "--warmup-rounds",
         type=_non_negative,
-        default=2,
-        help="FedAvg rounds before measuring gradients and drift (default 2)",
+        default=0,
+        help="FedAvg rounds before measuring gradients and drift (default 0: the initial "
+        "model, where the recommendation thresholds were calibrated)",
     )
     diag.add_argument(
         "--probe",

@@ -803,4 +803,3 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
         num_classes=config.num_classes,
         name="table",
     )
-
