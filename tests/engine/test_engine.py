@@ -110,3 +110,28 @@ def test_existing_run_is_not_overwritten(tiny_config: dict[str, Any], tmp_path) 
     plural.run(tiny_config, out=tmp_path)
     with pytest.raises(ConfigError, match="--resume"):
         plural.run(tiny_config, out=tmp_path)
+
+
+def test_clients_train_and_are_scored_on_the_data_of_the_current_round(
+    tiny_config: dict[str, Any],
+) -> None:
+    # Every client's labels are permuted from round 4 on: a model trained on the old concept
+    # collapses exactly there, because evaluation (and training) use the round's data.
+    tiny_config.update(
+        rounds=4,
+        sampling={},
+        partition={"name": "iid", "num_clients": 4},
+        model={"name": "mlp", "hidden": [32]},
+        train={"lr": 0.1, "momentum": 0.9, "batch_size": 16},
+        transforms=[
+            {
+                "name": "drift",
+                "fraction": 1.0,
+                "start_round": 4,
+                "change": {"name": "label_swap", "groups": 1, "identity_first": False},
+            }
+        ],
+    )
+    results = plural.run(tiny_config)
+    test = results.metrics.query("split == 'test'").groupby("round")["accuracy"].mean()
+    assert test[3] > 0.7 and test[4] < test[3] - 0.4, test.to_dict()
