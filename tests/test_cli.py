@@ -111,7 +111,10 @@ def test_list_one_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0] == "algorithms:"
     names = [ln.split(" - ")[0].strip() for ln in lines if ln.startswith("  ") and " - " in ln]
     assert names == REGISTRIES["algorithms"].names()
-    assert "    weighting: 'samples' | 'uniform' = 'samples'" in out
+    assert (
+        "    weighting: 'samples' | 'uniform' | 'capped' | 'private_samples' | 'fair' = 'samples'"
+        in out
+    )
     for other in ("datasets:", "partitioners:", "models:", "experiment sections:"):
         assert other not in lines
     assert "digits" not in out

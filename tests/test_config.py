@@ -74,7 +74,7 @@ BAD_SETTINGS = [
     # choices
     (["eval.splits=[val, bogus]"], ["eval.splits[1]", "'train', 'val', 'test'", "'bogus'"]),
     (["backend.name=threads"], ["backend.name", "'sequential', 'process'", "'threads'"]),
-    (["algorithm.weighting=equal"], ["algorithm.weighting", "'samples', 'uniform'"]),
+    (["algorithm.weighting=equal"], ["algorithm.weighting", "'samples', 'uniform', 'capped'"]),
     # out of range
     (["train.lr=0"], ["train.lr", "must be > 0"]),
     (["train.lr=-0.1"], ["train.lr", "must be > 0"]),

@@ -1,60 +1,217 @@
 """FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
-Decentralized Data"): clients run local SGD from the global model; the server takes the
-weighted mean of the returned models."""
+Decentralized Data"): clients run local SGD from the global model; the server averages.
+
+:class:`AveragingConfig` holds what every averaging algorithm shares: how clients are
+weighted, the server optimizer applied to the averaged update (Reddi et al. 2021), and
+simulated stragglers (Li et al. 2020). FedProx, SCAFFOLD and q-FedAvg subclass
+:class:`FedAvg` and change only their hooks: extra local loss terms, what a client adds to its
+update, and how the server turns updates into its next model.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
 
 from plural.config import setting
-from plural.core.aggregators import Weighting, client_weight, weighted_mean
+from plural.core.aggregators import (
+    WEIGHTINGS_HELP,
+    Weighting,
+    aggregation_weights,
+    report_count,
+    weighted_mean,
+)
 from plural.core.algorithm import Algorithm, ModelMessage, ServerState, Update
-from plural.core.trainer import LocalTrainer, LossTerm
+from plural.core.params import Params
+from plural.core.server_opt import ServerOptimizer, ServerOptimizerSettings, server_step
+from plural.core.trainer import FitResult, LocalTrainer, LossTerm
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
 
 @dataclasses.dataclass(frozen=True)
-class FedAvgConfig:
-    weighting: Weighting = setting(
-        "samples",
-        help="'samples': weight clients by training-set size (the paper); "
-        "'uniform': every client counts the same (fairer to small clients)",
+class AveragingConfig:
+    """Settings shared by every algorithm that averages client models."""
+
+    weighting: Weighting = setting("samples", help=WEIGHTINGS_HELP)
+    weight_cap: float = setting(
+        0.2, help="'capped': the largest share of the total weight one client may get", gt=0, le=1
     )
+    count_bucket: int = setting(
+        1, help="'private_samples': clients round their count up to a multiple of this", ge=1
+    )
+    count_noise: float = setting(
+        0.0, help="'private_samples': scale of the Laplace noise clients add to their count", ge=0
+    )
+    fairness_q: float = setting(1.0, help="'fair': exponent of the client's loss", ge=0)
+    server_optimizer: ServerOptimizer = setting(
+        "sgd",
+        help="update of the global model from the averaged client model (Reddi et al. 2021): "
+        "'sgd' (server_lr 1 = plain averaging), 'momentum' (FedAvgM), 'adam', 'yogi', 'adagrad'",
+    )
+    server_lr: float = setting(1.0, help="server learning rate", gt=0)
+    server_momentum: float = setting(0.9, help="'momentum': server momentum", ge=0, lt=1)
+    beta1: float = setting(0.9, help="adam/yogi/adagrad: first-moment decay", ge=0, lt=1)
+    beta2: float = setting(0.99, help="adam/yogi: second-moment decay", ge=0, le=1)
+    tau: float = setting(1e-3, help="adam/yogi/adagrad: adaptivity (added to sqrt(v))", gt=0)
+    initial_accumulator: float = setting(
+        0.0, help="adam/yogi/adagrad: initial second moment v", ge=0
+    )
+    stragglers: float = setting(
+        0.0,
+        help="fraction of sampled clients that are slow this round and do only a random "
+        "1..E of their local epochs (or steps): systems heterogeneity, as in FedProx",
+        ge=0,
+        le=1,
+    )
+    drop_stragglers: bool = setting(
+        False,
+        help="discard stragglers' partial work (FedAvg in the FedProx paper) instead of using it",
+    )
+
+    def server_settings(self) -> ServerOptimizerSettings:
+        return ServerOptimizerSettings(
+            self.server_optimizer,
+            self.server_lr,
+            self.server_momentum,
+            self.beta1,
+            self.beta2,
+            self.tau,
+            self.initial_accumulator,
+        )
+
+
+FedAvgConfig = AveragingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkBudget:
+    """How much local work a client does this round."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    complete: bool = True
 
 
 @ALGORITHMS.register("fedavg", FedAvgConfig, "FedAvg: local SGD, weighted model averaging")
 class FedAvg(Algorithm):
-    """Federated averaging. Subclasses change the local objective through
-    :meth:`loss_terms` or the aggregation weights, not the loop."""
+    """Federated averaging, and the base of every averaging algorithm."""
 
     name = "fedavg"
-    config: FedAvgConfig
+    config: AveragingConfig
 
-    def loss_terms(self, message: ModelMessage, state: object) -> list[LossTerm]:
+    # ---- client side -------------------------------------------------------------------------
+
+    def loss_terms(self, message: Any, state: Any) -> list[LossTerm]:
         """Extra local loss terms (none for FedAvg)."""
         return []
+
+    def work_budget(self, trainer: LocalTrainer, rng: torch.Generator) -> WorkBudget:
+        """Full work, or, for a straggler, a random 1..E epochs (or 1..S steps)."""
+        if self.config.stragglers <= 0:
+            return WorkBudget()
+        if float(torch.rand((), generator=rng)) >= self.config.stragglers:
+            return WorkBudget()
+        train = trainer.config
+        full = train.local_steps if train.local_steps is not None else train.local_epochs
+        partial = 1 + int(torch.randint(max(full, 1), (), generator=rng))
+        if train.local_steps is not None:
+            return WorkBudget(steps=partial, complete=partial >= full)
+        return WorkBudget(epochs=partial, complete=partial >= full)
 
     def client_update(
         self,
         message: ModelMessage,
-        state: object,
+        state: Any,
         client: ClientData,
         trainer: LocalTrainer,
         rng: torch.Generator,
-    ) -> tuple[Update, object]:
+    ) -> tuple[Update, Any]:
         train = client.train
+        budget = self.work_budget(trainer, rng)
+        start_loss = self._start_loss(message.params, client, trainer)
         fit = trainer.fit(
-            message.params, train.x, train.y, rng=rng, loss_terms=self.loss_terms(message, state)
+            message.params,
+            train.x,
+            train.y,
+            rng=rng,
+            loss_terms=self.loss_terms(message, state),
+            epochs=budget.epochs,
+            steps=budget.steps,
         )
-        return Update(len(train), fit.params, loss=fit.mean_loss), state
+        update = Update(
+            len(train),
+            fit.params,
+            loss=fit.mean_loss,
+            reported_samples=self._report(len(train), rng),
+            start_loss=start_loss,
+            complete=budget.complete,
+        )
+        return self.finish_update(update, fit, message, state, trainer)
+
+    def finish_update(
+        self, update: Update, fit: FitResult, message: Any, state: Any, trainer: LocalTrainer
+    ) -> tuple[Update, Any]:
+        """Add algorithm-specific payload and the client's new state (FedAvg: nothing)."""
+        return update, state
+
+    def _start_loss(self, params: Params, client: ClientData, trainer: LocalTrainer) -> float:
+        if self.config.weighting != "fair":
+            return float("nan")
+        return trainer.evaluate(params, client.train.x, client.train.y).loss
+
+    def _report(self, num_samples: int, rng: torch.Generator) -> float | None:
+        if self.config.weighting != "private_samples":
+            return None
+        return report_count(num_samples, self.config.count_bucket, self.config.count_noise, rng)
+
+    # ---- server side -------------------------------------------------------------------------
+
+    def used_updates(self, updates: list[Update]) -> list[Update]:
+        """The updates the server uses (stragglers' partial work dropped if so configured)."""
+        if not self.config.drop_stragglers:
+            return updates
+        return [u for u in updates if u.complete]
+
+    def weights(self, updates: list[Update]) -> np.ndarray:
+        counts = [
+            u.num_samples if u.reported_samples is None else u.reported_samples for u in updates
+        ]
+        cfg = self.config
+        return aggregation_weights(
+            counts,
+            cfg.weighting,
+            cap=cfg.weight_cap,
+            losses=[u.start_loss for u in updates],
+            q=cfg.fairness_q,
+        )
+
+    def target(self, server: ServerState, updates: list[Update]) -> Params:
+        """The model the server moves towards: the weighted mean of the client models."""
+        return weighted_mean(
+            [(u.params, float(w)) for u, w in zip(updates, self.weights(updates), strict=True)]
+        )
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
     ) -> ServerState:
-        weighting = self.config.weighting
-        mean = weighted_mean([(u.params, client_weight(u.num_samples, weighting)) for u in updates])
-        return ServerState(params=mean, extra=server.extra)
+        used = self.used_updates(updates)
+        if not used:
+            return server  # every participant was a dropped straggler
+        new_params, opt_state = server_step(
+            server.params,
+            self.target(server, used),
+            server.extra.get("server_opt", {}),
+            self.config.server_settings(),
+        )
+        extra = dict(server.extra)
+        if opt_state:
+            extra["server_opt"] = opt_state
+        return self.finish_aggregate(ServerState(new_params, extra), used)
+
+    def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
+        """Update algorithm-specific server state after the model step (FedAvg: nothing)."""
+        return server

@@ -32,14 +32,20 @@ class ModelMessage:
 class Update:
     """Client to server: what one client sends back after its local work.
 
-    Only tensors count as communication (``params`` and ``extra``); ``num_samples`` and
-    ``loss`` are small metadata.
+    Only tensors count as communication (``params`` and ``extra``); the rest is small
+    metadata: ``num_samples`` trained on, ``loss`` (mean training loss), ``reported_samples``
+    (the count the client chose to reveal, e.g. bucketed and noised for privacy; aggregation
+    weights use it when set), ``start_loss`` (training loss at the model received, for
+    fairness-aware weighting) and ``complete`` (False for a straggler that did less work).
     """
 
     num_samples: int
     params: Params | None = None
-    extra: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     loss: float = float("nan")
+    reported_samples: float | None = None
+    start_loss: float = float("nan")
+    complete: bool = True
 
 
 @dataclasses.dataclass
@@ -58,6 +64,8 @@ class FederationInfo:
     num_classes: int
     input_shape: tuple[int, ...]
     groups: np.ndarray | None
+    parameters: tuple[str, ...] = ()
+    """Names of the model's trainable parameters (the other entries are buffers)."""
 
 
 class RoundContext(Protocol):

@@ -315,7 +315,11 @@ def run(
     federation = build_federation(cfg, dataset)
     initial = build_model(cfg, federation, model)
     info = FederationInfo(
-        federation.num_clients, federation.num_classes, federation.input_shape, federation.groups
+        federation.num_clients,
+        federation.num_classes,
+        federation.input_shape,
+        federation.groups,
+        tuple(name for name, _ in initial.named_parameters()),
     )
     server = algorithm.init(state_of(initial), info, numpy_rng(cfg.seed, "init"))
     store = InMemoryStateStore()
