@@ -1,6 +1,21 @@
 """Algorithms; importing this package registers them all."""
 
-from plural.algorithms.fedavg import FedAvg, FedAvgConfig
+from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.local import Local, LocalConfig
+from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
+from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
 
-__all__ = ["FedAvg", "FedAvgConfig", "Local", "LocalConfig"]
+__all__ = [
+    "AveragingConfig",
+    "FedAvg",
+    "FedAvgConfig",
+    "FedProx",
+    "FedProxConfig",
+    "Local",
+    "LocalConfig",
+    "QFedAvg",
+    "QFedAvgConfig",
+    "Scaffold",
+    "ScaffoldConfig",
+]

@@ -117,7 +117,8 @@ class FedAvg(Algorithm):
             return WorkBudget()
         train = trainer.config
         full = train.local_steps if train.local_steps is not None else train.local_epochs
-        partial = 1 + int(torch.randint(max(full, 1), (), generator=rng))
+        fraction = float(torch.rand((), generator=rng, dtype=torch.float64))
+        partial = 1 + min(int(fraction * full), full - 1) if full > 0 else 0
         if train.local_steps is not None:
             return WorkBudget(steps=partial, complete=partial >= full)
         return WorkBudget(epochs=partial, complete=partial >= full)

@@ -1,0 +1,102 @@
+"""SCAFFOLD (Karimireddy et al. 2020, "SCAFFOLD: Stochastic Controlled Averaging for
+Federated Learning"), option II.
+
+The server keeps a control variate ``c`` and each client its own ``c_i`` (in the engine's
+client-state store). Local steps follow ``g_i(y) - c_i + c``, which is plain SGD on the
+local loss plus the linear term ``<c - c_i, y>``. After ``K`` steps of size ``eta`` a client
+sets ``c_i+ = c_i - c + (x - y) / (K eta)`` and sends ``y`` and ``c_i+ - c_i``; the server
+moves ``x`` by ``server_lr`` towards the averaged ``y`` and ``c`` by ``|S|/N`` times the
+averaged control change. The formula for ``c_i+`` assumes plain local SGD (momentum 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from plural.algorithms.fedavg import AveragingConfig, FedAvg
+from plural.core.algorithm import FederationInfo, ServerState, Update
+from plural.core.params import Params
+from plural.core.trainer import FitResult, LocalTrainer, LossTerm
+from plural.registry import ALGORITHMS
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaffoldConfig(AveragingConfig):
+    """SCAFFOLD's server learning rate is ``server_lr`` (1 in the paper's experiments)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaffoldMessage:
+    """The global model and the server's control variate."""
+
+    params: Params
+    control: Params
+
+
+def correction_term(server_control: Params, client_control: Params | None) -> LossTerm:
+    """``<c - c_i, w>``: its gradient turns the local gradient g_i into g_i - c_i + c."""
+    shift = {
+        n: c - client_control[n] if client_control is not None else c
+        for n, c in server_control.items()
+    }
+
+    def term(live: Mapping[str, nn.Parameter]) -> torch.Tensor:
+        return sum((p * shift[n]).sum() for n, p in live.items() if n in shift)
+
+    return term
+
+
+@ALGORITHMS.register("scaffold", ScaffoldConfig, "SCAFFOLD: control variates correct client drift")
+class Scaffold(FedAvg):
+    name = "scaffold"
+    config: ScaffoldConfig
+
+    def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
+        names = info.parameters or tuple(n for n, t in params.items() if t.is_floating_point())
+        control = {n: torch.zeros_like(params[n]) for n in names}
+        return ServerState(params, {"control": control, "num_clients": info.num_clients})
+
+    def broadcast(self, server: ServerState) -> ScaffoldMessage:
+        return ScaffoldMessage(server.params, server.extra["control"])
+
+    def loss_terms(self, message: ScaffoldMessage, state: Params | None) -> list[LossTerm]:
+        return [correction_term(message.control, state)]
+
+    def finish_update(
+        self,
+        update: Update,
+        fit: FitResult,
+        message: ScaffoldMessage,
+        state: Params | None,
+        trainer: LocalTrainer,
+    ) -> tuple[Update, Params | None]:
+        if fit.steps == 0:
+            return dataclasses.replace(
+                update, extra={"control_delta": _zeros(message.control)}
+            ), state
+        scale = 1.0 / (fit.steps * trainer.config.lr)
+        old = state if state is not None else _zeros(message.control)
+        new = {
+            n: old[n] - c + (message.params[n] - fit.params[n]) * scale
+            for n, c in message.control.items()
+        }
+        delta = {n: new[n] - old[n] for n in new}
+        return dataclasses.replace(update, extra={"control_delta": delta}), new
+
+    def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
+        control = server.extra["control"]
+        fraction = len(updates) / server.extra["num_clients"]
+        new_control = {
+            n: c + fraction * torch.stack([u.extra["control_delta"][n] for u in updates]).mean(0)
+            for n, c in control.items()
+        }
+        return ServerState(server.params, {**server.extra, "control": new_control})
+
+
+def _zeros(like: Params) -> Params:
+    return {n: torch.zeros_like(t) for n, t in like.items()}
