@@ -272,3 +272,18 @@ def test_qffl_lowers_the_spread_of_client_accuracy(fair: dict[str, Any]) -> None
     fairer = np.array([accuracy_spread(fair, s) for s in seeds])
     assert fairer[:, 0].mean() < fedavg[:, 0].mean() - 0.03  # std over clients
     assert fairer[:, 1].mean() > fedavg[:, 1].mean()  # worst 10% of clients
+
+
+def test_scaffold_with_local_momentum_does_not_diverge(tiny_config: dict[str, Any]) -> None:
+    # Option II's control variate divides by the distance local SGD travels; with momentum
+    # 0.9 that is ten times the plain step, and ignoring it made SCAFFOLD collapse.
+    tiny_config.update(
+        rounds=12,
+        sampling={},
+        partition={"name": "dirichlet", "num_clients": 6, "alpha": 0.3, "min_samples": 30},
+        train={"lr": 0.05, "momentum": 0.9, "batch_size": 16},
+        eval={"every": 12},
+    )
+    fedavg = run(tiny_config, {"name": "fedavg"}).summary["test"]["accuracy"]["mean"]
+    scaffold = run(tiny_config, {"name": "scaffold"}).summary["test"]["accuracy"]["mean"]
+    assert scaffold > fedavg - 0.05 and scaffold > 0.7, (scaffold, fedavg)

@@ -6,7 +6,10 @@ client-state store). Local steps follow ``g_i(y) - c_i + c``, which is plain SGD
 local loss plus the linear term ``<c - c_i, y>``. After ``K`` steps of size ``eta`` a client
 sets ``c_i+ = c_i - c + (x - y) / (K eta)`` and sends ``y`` and ``c_i+ - c_i``; the server
 moves ``x`` by ``server_lr`` towards the averaged ``y`` and ``c`` by ``|S|/N`` times the
-averaged control change. The formula for ``c_i+`` assumes plain local SGD (momentum 0).
+averaged control change. The formula for ``c_i+`` divides by the distance plain SGD would
+travel; with local momentum ``beta`` the step size is taken as the heavy-ball effective rate
+``eta / (1 - beta)`` (exact for a constant gradient; without it the control variates come out
+``1/(1 - beta)`` times too large and training diverges).
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ class Scaffold(FedAvg):
             return dataclasses.replace(
                 update, extra={"control_delta": _zeros(message.control)}
             ), state
-        scale = 1.0 / (fit.steps * trainer.config.lr)
+        effective_lr = trainer.config.lr / (1.0 - trainer.config.momentum)
+        scale = 1.0 / (fit.steps * effective_lr)
         old = state if state is not None else _zeros(message.control)
         new = {
             n: old[n] - c + (message.params[n] - fit.params[n]) * scale
