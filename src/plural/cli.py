@@ -11,18 +11,9 @@ from typing import Any
 
 import plural
 from plural.config import ConfigError, describe
-from plural.core.trainer import TrainConfig
 from plural.data.datasets import DataError, DatasetUnavailable
 from plural.engine.loop import Results, run
-from plural.experiment import (
-    BackendConfig,
-    DiagnosticsConfig,
-    EvalConfig,
-    RunSettings,
-    SamplingConfig,
-    SplitConfig,
-    load_config,
-)
+from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 
 DEMO_CONFIG: dict[str, Any] = {
@@ -46,15 +37,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "algorithms": ALGORITHMS,
     "transforms": TRANSFORMS,
 }
-SECTIONS: dict[str, type] = {
-    "(top level)": RunSettings,
-    "split": SplitConfig,
-    "train": TrainConfig,
-    "sampling": SamplingConfig,
-    "eval": EvalConfig,
-    "backend": BackendConfig,
-    "diagnostics": DiagnosticsConfig,
-}
+SECTIONS: dict[str, type] = {"(top level)": RunSettings, **PLAIN_SECTIONS}
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:

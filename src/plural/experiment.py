@@ -116,7 +116,7 @@ class ExperimentConfig:
         for section in ("dataset", "partition", "algorithm"):
             out[section] = getattr(self, section).to_dict()
         out["model"] = {"name": self.model.name, **to_dict(self.model.settings)}
-        for section in _PLAIN_SECTIONS:
+        for section in PLAIN_SECTIONS:
             out[section] = to_dict(getattr(self, section))
         out["transforms"] = [t.to_dict() for t in self.transforms]
         return out
@@ -127,7 +127,7 @@ _COMPONENTS: dict[str, Registry[Any]] = {
     "partition": PARTITIONERS,
     "algorithm": ALGORITHMS,
 }
-_PLAIN_SECTIONS: dict[str, type] = {
+PLAIN_SECTIONS: dict[str, type] = {
     "split": SplitConfig,
     "train": TrainConfig,
     "sampling": SamplingConfig,
@@ -147,7 +147,7 @@ class RunSettings:
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
-TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *_PLAIN_SECTIONS, "transforms"]
+TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms"]
 
 
 def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -166,7 +166,7 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
         entry, settings = registry.parse(raw[key], key)
         values[key] = Component(entry.name, settings)
     values["model"] = parse_model(raw["model"])
-    for key, cls in _PLAIN_SECTIONS.items():
+    for key, cls in PLAIN_SECTIONS.items():
         if key in raw:
             values[key] = build(cls, raw[key], key)
     values["transforms"] = _parse_transforms(raw.get("transforms"))
