@@ -66,6 +66,8 @@ class FederationInfo:
     groups: np.ndarray | None
     parameters: tuple[str, ...] = ()
     """Names of the model's trainable parameters (the other entries are buffers)."""
+    norm_layers: tuple[str, ...] = ()
+    """State-dict names of the model's normalisation layers (for ``@norm`` masks)."""
 
 
 class RoundContext(Protocol):
@@ -73,6 +75,8 @@ class RoundContext(Protocol):
 
     round: int
     server: ServerState
+    evaluating: bool
+    """Whether the engine evaluates every client after this round."""
 
     def map(
         self,
@@ -139,6 +143,11 @@ class Algorithm:
     def personalized(self, server: ServerState, state: Any, client_id: int) -> Params:
         """The parameters that evaluate ``client_id`` (global methods: the global model)."""
         return server.params
+
+    def evaluated(self, server: ServerState, state: Any, client_id: int) -> dict[str, Params]:
+        """Every model to score ``client_id`` with, by name. The unnamed one (``""``) is the
+        client's model; others (e.g. ``"global"``) give rows with split ``"test@global"``."""
+        return {"": self.personalized(server, state, client_id)}
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         """One round: broadcast, local updates, aggregation."""

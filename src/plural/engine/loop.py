@@ -23,6 +23,7 @@ from torch import nn
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, FederationInfo, ModelMessage, ServerState, Update
+from plural.core.masks import norm_layer_names
 from plural.core.metrics import summarize
 from plural.core.params import distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
@@ -145,10 +146,12 @@ class EngineRoundContext:
         algorithm: Algorithm,
         store: InMemoryStateStore,
         backend: Backend,
+        evaluating: bool = False,
     ) -> None:
         self.round = round_index
         self.seed = seed
         self.server = server
+        self.evaluating = evaluating
         self._algorithm = algorithm
         self._store = store
         self._backend = backend
@@ -223,18 +226,19 @@ def _evaluation_rows(
     num_clients: int,
     splits: tuple[str, ...],
 ) -> list[dict[str, Any]]:
-    work = [
-        EvalWork(cid, round_index, algorithm.personalized(server, store.get(cid), cid), splits)  # type: ignore[arg-type]
-        for cid in range(num_clients)
-    ]
+    work, labels = [], []
+    for cid in range(num_clients):
+        for model_name, params in algorithm.evaluated(server, store.get(cid), cid).items():
+            work.append(EvalWork(cid, round_index, params, splits))  # type: ignore[arg-type]
+            labels.append((cid, f"@{model_name}" if model_name else ""))
     rows = []
-    for cid, results in enumerate(backend.map(evaluate_client, work)):
+    for (cid, suffix), results in zip(labels, backend.map(evaluate_client, work), strict=True):
         for split, result in results.items():
             rows.append(
                 {
                     "round": round_index,
                     "client": cid,
-                    "split": split,
+                    "split": split + suffix,
                     "loss": result.loss,
                     "accuracy": result.accuracy,
                     "samples": result.count,
@@ -320,6 +324,7 @@ def run(
         federation.input_shape,
         federation.groups,
         tuple(name for name, _ in initial.named_parameters()),
+        norm_layer_names(initial),
     )
     server = algorithm.init(state_of(initial), info, numpy_rng(cfg.seed, "init"))
     store = InMemoryStateStore()
@@ -390,12 +395,12 @@ class _Loop:
         for round_index in range(self.counters.round + 1, cfg.rounds + 1):
             started = time.perf_counter()
             cohort = sample_cohort(self.federation.num_clients, cfg.sampling, cfg.seed, round_index)
+            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
             ctx = EngineRoundContext(
-                round_index, cfg.seed, server, self.algorithm, self.store, backend
+                round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
             )
             server = self.algorithm.round(server, cohort, ctx)
             rows = _training_rows(round_index, ctx.ledger)
-            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
             if evaluate:
                 rows += _evaluation_rows(
                     round_index,
