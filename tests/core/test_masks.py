@@ -43,7 +43,7 @@ def test_last_is_the_classifier_and_norm_the_normalisation_layers() -> None:
 
 
 def test_a_pattern_matching_nothing_is_an_error() -> None:
-    with pytest.raises(ValueError, match="'head.*' matches no parameter"):
+    with pytest.raises(ValueError, match=r"'head\.\*' matches no parameter"):
         check_patterns(list(net().state_dict()), ["head.*"], "algorithm.personal")
     check_patterns(list(net().state_dict()), ["@last", "@norm", "0.*"], "algorithm.personal")
 
