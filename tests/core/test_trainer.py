@@ -130,3 +130,28 @@ def test_mse_loss_trains_regression_and_has_no_accuracy() -> None:
     before, after = trainer.evaluate(params, x, y), trainer.evaluate(fitted.params, x, y)
     assert after.loss < 0.01 * before.loss
     assert math.isnan(after.accuracy)
+
+
+def test_early_stopping_returns_the_best_epoch_on_validation() -> None:
+    trainer, params = make(batch_size=4, lr=0.5, local_epochs=30)
+    x, y = data(12)
+    gen = torch.Generator().manual_seed(5)
+    val_x, val_y = torch.randn(12, 3, generator=gen), torch.randint(0, 2, (12,), generator=gen)
+    result = trainer.fit(params, x, y, rng=torch_generator(0), validation=(val_x, val_y), patience=2)
+    assert result.best_epoch is not None and result.steps < 30 * 3  # it stopped early
+    losses = []
+    for epochs in range(0, result.best_epoch + 3):
+        fitted = trainer.fit(params, x, y, rng=torch_generator(0), epochs=epochs).params
+        losses.append(trainer.evaluate(fitted, val_x, val_y).loss)
+    # the returned parameters are those of the best epoch seen, and the next two were worse
+    assert trainer.evaluate(result.params, val_x, val_y).loss == pytest.approx(min(losses), rel=1e-5)
+    assert losses.index(min(losses)) == result.best_epoch
+
+
+def test_no_validation_data_means_no_early_stopping() -> None:
+    trainer, params = make(local_epochs=3)
+    x, y = data(10)
+    empty = (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
+    plain = trainer.fit(params, x, y, rng=torch_generator(0))
+    guarded = trainer.fit(params, x, y, rng=torch_generator(0), validation=empty, patience=1)
+    assert guarded.best_epoch is None and max_abs_difference(plain.params, guarded.params) == 0.0

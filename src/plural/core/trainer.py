@@ -59,6 +59,8 @@ class FitResult:
     mean_loss: float
     steps: int
     samples_seen: int
+    best_epoch: int | None = None
+    """With early stopping: the epoch (1-based; 0 = the start) whose parameters are returned."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +105,15 @@ class LocalTrainer:
         epochs: int | None = None,
         steps: int | None = None,
         lr: float | None = None,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        patience: int | None = None,
     ) -> FitResult:
-        """Train from ``params`` on ``(x, y)``; returns new parameters (inputs untouched)."""
+        """Train from ``params`` on ``(x, y)``; returns new parameters (inputs untouched).
+
+        With ``validation`` data and a ``patience``, the loss on it is checked before training
+        and after every epoch; training stops once it has not improved for ``patience``
+        epochs, and the parameters of the best epoch are returned (early stopping).
+        """
         cfg = self.config
         self.model.load_state_dict(params)
         named = dict(self.model.named_parameters())
@@ -118,13 +127,27 @@ class LocalTrainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+        stopper = None
+        if validation is not None and patience is not None and len(validation[1]) > 0:
+            stopper = _EarlyStopping(self, validation, patience)
         try:
             total_loss, done, seen = self._run_batches(
-                x, y, rng, optimizer, live, loss_terms, *self._budget(len(y), epochs, steps)
+                x,
+                y,
+                rng,
+                optimizer,
+                live,
+                loss_terms,
+                *self._budget(len(y), epochs, steps),
+                stopper,
             )
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+        if stopper is not None:
+            return FitResult(
+                stopper.best, total_loss / max(done, 1), done, seen, stopper.best_epoch
+            )
         return FitResult(state_of(self.model), total_loss / max(done, 1), done, seen)
 
     def _budget(self, n: int, epochs: int | None, steps: int | None) -> tuple[int, int | None]:
@@ -146,6 +169,7 @@ class LocalTrainer:
         loss_terms: Sequence[LossTerm],
         epochs: int,
         step_cap: int | None,
+        stopper: _EarlyStopping | None = None,
     ) -> tuple[float, int, int]:
         model, batch, clip = self.model, self.config.batch_size, self.config.max_grad_norm
         model.train()
@@ -153,7 +177,9 @@ class LocalTrainer:
         total_loss, done, seen = torch.zeros(()), 0, 0
         if n == 0 or not live:
             return 0.0, done, seen
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
+            if stopper is not None and stopper.should_stop():
+                break
             order = torch.randperm(n, generator=rng)
             for start in range(0, n, batch):
                 if step_cap is not None and done >= step_cap:
@@ -170,6 +196,8 @@ class LocalTrainer:
                 total_loss += loss.detach()
                 done += 1
                 seen += len(idx)
+            if stopper is not None:
+                stopper.check(epoch)
         return float(total_loss), done, seen
 
     @torch.no_grad()
@@ -213,3 +241,41 @@ class LocalTrainer:
                 if grad is not None:
                     total[name] += grad
         return {n: g / max(len(y), 1) for n, g in total.items()}
+
+
+class _EarlyStopping:
+    """Tracks the validation loss of the model being trained and keeps its best parameters."""
+
+    def __init__(
+        self, trainer: LocalTrainer, validation: tuple[torch.Tensor, torch.Tensor], patience: int
+    ) -> None:
+        self.trainer, self.validation, self.patience = trainer, validation, patience
+        self.best_loss = float("inf")
+        self.best: Params = {}
+        self.best_epoch = 0
+        self.waited = 0
+        self.check(0)
+
+    @torch.no_grad()
+    def _loss(self) -> float:
+        model = self.trainer.model
+        model.eval()
+        x, y = self.validation
+        loss = float(self.trainer.loss_fn(model(x), y))
+        model.train()
+        return loss
+
+    def check(self, epoch: int) -> None:
+        loss = self._loss()
+        if loss < self.best_loss:
+            self.best_loss, self.best, self.best_epoch, self.waited = (
+                loss,
+                state_of(self.trainer.model),
+                epoch,
+                0,
+            )
+        else:
+            self.waited += 1
+
+    def should_stop(self) -> bool:
+        return self.waited >= self.patience
