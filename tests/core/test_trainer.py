@@ -137,14 +137,18 @@ def test_early_stopping_returns_the_best_epoch_on_validation() -> None:
     x, y = data(12)
     gen = torch.Generator().manual_seed(5)
     val_x, val_y = torch.randn(12, 3, generator=gen), torch.randint(0, 2, (12,), generator=gen)
-    result = trainer.fit(params, x, y, rng=torch_generator(0), validation=(val_x, val_y), patience=2)
+    result = trainer.fit(
+        params, x, y, rng=torch_generator(0), validation=(val_x, val_y), patience=2
+    )
     assert result.best_epoch is not None and result.steps < 30 * 3  # it stopped early
     losses = []
     for epochs in range(0, result.best_epoch + 3):
         fitted = trainer.fit(params, x, y, rng=torch_generator(0), epochs=epochs).params
         losses.append(trainer.evaluate(fitted, val_x, val_y).loss)
     # the returned parameters are those of the best epoch seen, and the next two were worse
-    assert trainer.evaluate(result.params, val_x, val_y).loss == pytest.approx(min(losses), rel=1e-5)
+    assert trainer.evaluate(result.params, val_x, val_y).loss == pytest.approx(
+        min(losses), rel=1e-5
+    )
     assert losses.index(min(losses)) == result.best_epoch
 
 

@@ -2,6 +2,7 @@
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
+from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.local import Local, LocalConfig
 from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
 from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
@@ -12,6 +13,8 @@ __all__ = [
     "FedAvgConfig",
     "FedProx",
     "FedProxConfig",
+    "Finetune",
+    "FinetuneConfig",
     "Local",
     "LocalConfig",
     "QFedAvg",

@@ -77,6 +77,7 @@ class RoundContext(Protocol):
     server: ServerState
     evaluating: bool
     """Whether the engine evaluates every client after this round."""
+    num_clients: int
 
     def map(
         self,

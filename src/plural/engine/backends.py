@@ -95,6 +95,8 @@ def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:
 
 
 class Backend(Protocol):
+    num_clients: int
+
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
         """``[task(env, item) for item in items]``, in order."""
         ...
@@ -111,6 +113,7 @@ class SequentialBackend:
 
     def __init__(self, setup: WorkerSetup, threads: int | None = None) -> None:
         self.env = WorkerEnv(setup)
+        self.num_clients = setup.federation.num_clients
         self._restore_threads = torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
@@ -153,6 +156,7 @@ class ProcessBackend:
 
     def __init__(self, setup: WorkerSetup, workers: int | None = None, threads: int | None = None):
         cores = os.cpu_count() or 1
+        self.num_clients = setup.federation.num_clients
         self.workers = workers or cores
         self.threads = threads or max(1, cores // self.workers)
         self._setup_dir = tempfile.mkdtemp(prefix="plural-workers-")

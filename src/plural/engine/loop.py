@@ -152,6 +152,7 @@ class EngineRoundContext:
         self.seed = seed
         self.server = server
         self.evaluating = evaluating
+        self.num_clients = backend.num_clients
         self._algorithm = algorithm
         self._store = store
         self._backend = backend
