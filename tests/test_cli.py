@@ -109,7 +109,8 @@ def test_list_one_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "algorithms:"
-    names = [ln.split(" - ")[0].strip() for ln in lines if ln.startswith("  ") and " - " in ln]
+    entries = [ln for ln in lines if ln.startswith("  ") and not ln.startswith("    ")]
+    names = [ln.split(" - ")[0].strip() for ln in entries]
     assert names == REGISTRIES["algorithms"].names()
     assert (
         "    weighting: 'samples' | 'uniform' | 'capped' | 'private_samples' | 'fair' = 'samples'"

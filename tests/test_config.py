@@ -251,7 +251,7 @@ def test_to_dict_round_trips_to_an_equal_config() -> None:
     assert load_config(yaml.safe_load(yaml.safe_dump(data))) == cfg
     # every default is filled in
     assert data["train"]["batch_size"] == 32
-    assert data["model"] == {"name": "mlp", "hidden": [8, 4], "dropout": 0.1}
+    assert data["model"] == {"name": "mlp", "hidden": [8, 4], "dropout": 0.1, "batch_norm": False}
     assert data["eval"]["splits"] == ["test"]
 
 

@@ -22,6 +22,8 @@ from plural.experiment import load_config
 from plural.registry import ALGORITHMS
 
 ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {}
+# Algorithms that need another model than the tiny config's plain MLP.
+MODEL: dict[str, dict[str, Any]] = {"fedbn": {"name": "mlp", "hidden": [16], "batch_norm": True}}
 
 NAMES = ALGORITHMS.names()
 
@@ -29,6 +31,7 @@ NAMES = ALGORITHMS.names()
 def config_for(name: str, base: dict[str, Any]) -> dict[str, Any]:
     cfg = copy.deepcopy(base)
     cfg["algorithm"] = {"name": name, **ALGORITHM_SETTINGS.get(name, {})}
+    cfg["model"] = MODEL.get(name, cfg["model"])
     return cfg
 
 
@@ -40,7 +43,7 @@ def assert_same_results(a: plural.Results, b: plural.Results) -> None:
 
 def test_every_algorithm_has_a_row_or_runs_on_defaults() -> None:
     assert {"fedavg", "local"} <= set(NAMES)
-    assert set(ALGORITHM_SETTINGS) <= set(NAMES)
+    assert set(ALGORITHM_SETTINGS) <= set(NAMES) and set(MODEL) <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

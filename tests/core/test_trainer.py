@@ -159,3 +159,11 @@ def test_no_validation_data_means_no_early_stopping() -> None:
     plain = trainer.fit(params, x, y, rng=torch_generator(0))
     guarded = trainer.fit(params, x, y, rng=torch_generator(0), validation=empty, patience=1)
     assert guarded.best_epoch is None and max_abs_difference(plain.params, guarded.params) == 0.0
+
+
+def test_nothing_trainable_returns_the_start() -> None:
+    trainer, params = make()
+    x, y = data()
+    result = trainer.fit(params, x, y, rng=torch_generator(0), trainable=lambda name: False)
+    assert result.steps == 0 and max_abs_difference(result.params, params) == 0.0
+    assert all(p.requires_grad for p in trainer.model.parameters())

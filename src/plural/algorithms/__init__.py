@@ -4,6 +4,16 @@ from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.local import Local, LocalConfig
+from plural.algorithms.partial import (
+    FedBN,
+    FedBNConfig,
+    FedPer,
+    FedPerConfig,
+    FedRep,
+    FedRepConfig,
+    PartialFedAvg,
+    SharedBody,
+)
 from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
 from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
 
@@ -11,14 +21,22 @@ __all__ = [
     "AveragingConfig",
     "FedAvg",
     "FedAvgConfig",
+    "FedBN",
+    "FedBNConfig",
+    "FedPer",
+    "FedPerConfig",
     "FedProx",
     "FedProxConfig",
+    "FedRep",
+    "FedRepConfig",
     "Finetune",
     "FinetuneConfig",
     "Local",
     "LocalConfig",
+    "PartialFedAvg",
     "QFedAvg",
     "QFedAvgConfig",
     "Scaffold",
     "ScaffoldConfig",
+    "SharedBody",
 ]

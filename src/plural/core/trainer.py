@@ -118,6 +118,8 @@ class LocalTrainer:
         self.model.load_state_dict(params)
         named = dict(self.model.named_parameters())
         live = {n: p for n, p in named.items() if trainable is None or trainable(n)}
+        if not live:  # nothing to train: the start is the result
+            return FitResult(state_of(self.model), 0.0, 0, 0)
         frozen = [p for n, p in named.items() if n not in live]
         for p in frozen:
             p.requires_grad_(False)

@@ -266,6 +266,14 @@ def summarize_round(metrics: pd.DataFrame, round_index: int) -> dict[str, Any]:
     return out
 
 
+def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with the settings added since it was written filled in by default."""
+    try:
+        return load_config(saved).to_dict()
+    except ConfigError:
+        return dict(saved)  # a setting was removed: the comparison below names it
+
+
 def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
     differing = sorted(
         k
@@ -359,7 +367,7 @@ def _restore(
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
-    _check_resumable(checkpoint["config"], cfg.to_dict(), run_dir.path)
+    _check_resumable(_with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
     store.load_state_dict(checkpoint["store"])
     return checkpoint["server"], _Progress(**checkpoint["progress"])
 

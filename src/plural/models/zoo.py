@@ -15,10 +15,32 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from plural.config import ConfigError, setting
 from plural.registry import MODELS
+
+BATCH_NORM_HELP = (
+    "BatchNorm after each hidden dense and conv layer, before the ReLU (the local layers of "
+    "FedBN); false leaves the model exactly as without it"
+)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that also takes a training batch of one sample.
+
+    Batch statistics of one sample are undefined (torch raises); such a batch, e.g. the last
+    minibatch of a client with ``n = 1 (mod batch_size)`` samples, is normalised with the
+    running statistics instead and leaves them unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +52,7 @@ class LogRegConfig:
 class MLPConfig:
     hidden: tuple[int, ...] = setting((200, 200), help="hidden layer widths", ge=1)
     dropout: float = setting(0.0, help="dropout after each hidden layer", ge=0, lt=1)
+    batch_norm: bool = setting(False, help=BATCH_NORM_HELP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +61,14 @@ class CNNConfig:
         (32, 64), help="output channels of the two 5x5 conv layers", ge=1
     )
     hidden: tuple[int, ...] = setting((512,), help="widths of the dense layers after them", ge=1)
+    batch_norm: bool = setting(False, help=BATCH_NORM_HELP)
 
 
 @dataclasses.dataclass(frozen=True)
 class LeNetConfig:
     """LeNet-5 sizes (6 and 16 channels, 120 and 84 units) are fixed."""
+
+    batch_norm: bool = setting(False, help=BATCH_NORM_HELP)
 
 
 def _flat_size(input_shape: tuple[int, ...]) -> int:
@@ -52,12 +78,17 @@ def _flat_size(input_shape: tuple[int, ...]) -> int:
     return size
 
 
-def _dense_stack(sizes: list[int], dropout: float = 0.0) -> list[nn.Module]:
-    """Linear layers between consecutive ``sizes``, with ReLU (and dropout) between them."""
+def _dense_stack(
+    sizes: list[int], dropout: float = 0.0, batch_norm: bool = False
+) -> list[nn.Module]:
+    """Linear layers between consecutive ``sizes``, with (BatchNorm,) ReLU (and dropout)
+    between them."""
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(sizes) - 2:
+            if batch_norm:
+                layers.append(BatchNorm1d(fan_out))
             layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
@@ -79,17 +110,22 @@ def _conv_net(
     hidden: list[int],
     num_classes: int,
     name: str,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
-    """5x5 'same' convolutions each followed by ReLU and 2x2 max-pool, then dense layers."""
+    """5x5 'same' convolutions each followed by (BatchNorm,) ReLU and 2x2 max-pool, then dense
+    layers."""
     in_channels, height, width = _image_shape(name, input_shape)
     features: list[nn.Module] = []
     for out_channels in channels:
-        features += [nn.Conv2d(in_channels, out_channels, 5, padding=2), nn.ReLU()]
+        features.append(nn.Conv2d(in_channels, out_channels, 5, padding=2))
+        if batch_norm:
+            features.append(nn.BatchNorm2d(out_channels))
+        features.append(nn.ReLU())
         if min(height, width) >= 2:
             features.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
         in_channels = out_channels
-    dense = _dense_stack([in_channels * height * width, *hidden, num_classes])
+    dense = _dense_stack([in_channels * height * width, *hidden, num_classes], 0.0, batch_norm)
     return nn.Sequential(*features, nn.Flatten(), *dense)
 
 
@@ -105,19 +141,26 @@ def logistic_regression(
 )
 def mlp(config: MLPConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     sizes = [_flat_size(input_shape), *config.hidden, num_classes]
-    return nn.Sequential(nn.Flatten(), *_dense_stack(sizes, config.dropout))
+    return nn.Sequential(nn.Flatten(), *_dense_stack(sizes, config.dropout, config.batch_norm))
 
 
 @MODELS.register(
     "cnn", CNNConfig, "the FedAvg paper's CNN: conv32-pool-conv64-pool-fc512 (McMahan et al. 2017)"
 )
 def fedavg_cnn(config: CNNConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return _conv_net(input_shape, list(config.channels), list(config.hidden), num_classes, "cnn")
+    return _conv_net(
+        input_shape,
+        list(config.channels),
+        list(config.hidden),
+        num_classes,
+        "cnn",
+        config.batch_norm,
+    )
 
 
 @MODELS.register("lenet", LeNetConfig, "LeNet-5 size CNN: conv6-pool-conv16-pool-fc120-fc84")
 def lenet(config: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return _conv_net(input_shape, [6, 16], [120, 84], num_classes, "lenet")
+    return _conv_net(input_shape, [6, 16], [120, 84], num_classes, "lenet", config.batch_norm)
 
 
 @dataclasses.dataclass(frozen=True)
