@@ -14,6 +14,7 @@ import torch
 
 import plural
 from plural.core.algorithm import FederationInfo
+from plural.core.masks import norm_layer_names
 from plural.core.params import max_abs_difference, state_of
 from plural.core.rng import numpy_rng
 from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
@@ -122,7 +123,14 @@ def test_client_update_does_not_mutate_message_or_state(
     federation = build_federation(parsed)
     model = build_model(parsed, federation)
     algorithm = build_algorithm(parsed)
-    info = FederationInfo(federation.num_clients, 10, federation.input_shape, None)
+    info = FederationInfo(
+        federation.num_clients,
+        10,
+        federation.input_shape,
+        None,
+        tuple(name for name, _ in model.named_parameters()),
+        norm_layer_names(model),
+    )
     server = algorithm.init(state_of(model), info, numpy_rng(0, "init"))
     message = algorithm.broadcast(server)
     state = algorithm.init_client(server, 0)
