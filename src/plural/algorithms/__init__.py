@@ -1,5 +1,7 @@
 """Algorithms; importing this package registers them all."""
 
+from plural.algorithms.apfl import APFL, APFLConfig
+from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
@@ -14,11 +16,16 @@ from plural.algorithms.partial import (
     PartialFedAvg,
     SharedBody,
 )
+from plural.algorithms.pfedme import PFedMe, PFedMeConfig
 from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
 from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
 
 __all__ = [
+    "APFL",
+    "APFLConfig",
     "AveragingConfig",
+    "Ditto",
+    "DittoConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBN",
@@ -33,6 +40,8 @@ __all__ = [
     "FinetuneConfig",
     "Local",
     "LocalConfig",
+    "PFedMe",
+    "PFedMeConfig",
     "PartialFedAvg",
     "QFedAvg",
     "QFedAvgConfig",
