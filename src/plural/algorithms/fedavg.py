@@ -134,15 +134,7 @@ class FedAvg(Algorithm):
         train = client.train
         budget = self.work_budget(trainer, rng)
         start_loss = self._start_loss(message.params, client, trainer)
-        fit = trainer.fit(
-            message.params,
-            train.x,
-            train.y,
-            rng=rng,
-            loss_terms=self.loss_terms(message, state),
-            epochs=budget.epochs,
-            steps=budget.steps,
-        )
+        fit = self.local_fit(message, state, client, trainer, budget, rng)
         update = Update(
             len(train),
             fit.params,
@@ -152,6 +144,28 @@ class FedAvg(Algorithm):
             complete=budget.complete,
         )
         return self.finish_update(update, fit, message, state, trainer)
+
+    def local_fit(
+        self,
+        message: ModelMessage,
+        state: Any,
+        client: ClientData,
+        trainer: LocalTrainer,
+        budget: WorkBudget,
+        rng: torch.Generator,
+    ) -> FitResult:
+        """The client's local training from the received model (FedAvg: the trainer's SGD
+        with the algorithm's extra loss terms)."""
+        train = client.train
+        return trainer.fit(
+            message.params,
+            train.x,
+            train.y,
+            rng=rng,
+            loss_terms=self.loss_terms(message, state),
+            epochs=budget.epochs,
+            steps=budget.steps,
+        )
 
     def finish_update(
         self, update: Update, fit: FitResult, message: Any, state: Any, trainer: LocalTrainer

@@ -74,12 +74,18 @@ class PFedMeConfig(AveragingConfig):
         return dataclasses.replace(super().server_settings(), lr=self.server_lr * self.beta)
 
 
+@dataclasses.dataclass(frozen=True)
+class PersonalFit(FitResult):
+    """pFedMe's local result: the new local model ``params`` and the personalized ``theta``."""
+
+    theta: Params = dataclasses.field(default_factory=dict)
+
+
 def minibatches(
     trainer: LocalTrainer, num_samples: int, budget: WorkBudget, rng: torch.Generator
 ) -> Iterator[torch.Tensor]:
     """Sample indices of each local step: the trainer's schedule of epochs or steps."""
-    # The trainer's own rule (train.local_steps, if set, overrides epochs), not a copy of it.
-    epochs, step_cap = trainer._budget(num_samples, budget.epochs, budget.steps)
+    epochs, step_cap = trainer.budget(num_samples, budget.epochs, budget.steps)
     batch, done = trainer.config.batch_size, 0
     for _ in range(epochs):
         order = torch.randperm(num_samples, generator=rng)
@@ -97,28 +103,27 @@ class PFedMe(PersonalModels, FedAvg):
     name = "pfedme"
     config: PFedMeConfig
 
-    def client_update(
+    def local_fit(
         self,
         message: ModelMessage,
         state: Params | None,
         client: ClientData,
         trainer: LocalTrainer,
+        budget: WorkBudget,
         rng: torch.Generator,
+    ) -> FitResult:
+        return self._local_steps(message.params, client.train, trainer, budget, rng)
+
+    def finish_update(
+        self,
+        update: Update,
+        fit: FitResult,
+        message: ModelMessage,
+        state: Params | None,
+        trainer: LocalTrainer,
     ) -> tuple[Update, Params]:
-        train = client.train
-        budget = self.work_budget(trainer, rng)
-        start_loss = self._start_loss(message.params, client, trainer)
-        fit, theta = self._local_steps(message.params, train, trainer, budget, rng)
-        update = Update(
-            len(train),
-            fit.params,
-            loss=fit.mean_loss,
-            reported_samples=self._report(len(train), rng),
-            start_loss=start_loss,
-            complete=budget.complete,
-        )
-        update, _ = self.finish_update(update, fit, message, state, trainer)
-        return update, theta
+        assert isinstance(fit, PersonalFit)
+        return update, fit.theta
 
     def _local_steps(
         self,
@@ -127,8 +132,8 @@ class PFedMe(PersonalModels, FedAvg):
         trainer: LocalTrainer,
         budget: WorkBudget,
         rng: torch.Generator,
-    ) -> tuple[FitResult, Params]:
-        """The client's bi-level loop: the new local model (as a fit) and the last theta."""
+    ) -> PersonalFit:
+        """The client's bi-level loop: the new local model (as a fit) with the last theta."""
         cfg = self.config
         relax = trainer.config.lr * cfg.lam
         local, theta, losses, seen = w, w, [], 0
@@ -150,4 +155,4 @@ class PFedMe(PersonalModels, FedAvg):
             losses.append(inner.mean_loss)
             seen += len(idx)
         mean_loss = sum(losses) / max(len(losses), 1)
-        return FitResult(local, mean_loss, len(losses), seen), theta
+        return PersonalFit(local, mean_loss, len(losses), seen, theta=theta)

@@ -140,7 +140,7 @@ class LocalTrainer:
                 optimizer,
                 live,
                 loss_terms,
-                *self._budget(len(y), epochs, steps),
+                *self.budget(len(y), epochs, steps),
                 stopper,
             )
         finally:
@@ -152,7 +152,7 @@ class LocalTrainer:
             )
         return FitResult(state_of(self.model), total_loss / max(done, 1), done, seen)
 
-    def _budget(self, n: int, epochs: int | None, steps: int | None) -> tuple[int, int | None]:
+    def budget(self, n: int, epochs: int | None, steps: int | None) -> tuple[int, int | None]:
         """(epochs to iterate, step cap or None)."""
         steps = self.config.local_steps if steps is None else steps
         epochs = self.config.local_epochs if epochs is None else epochs
