@@ -145,6 +145,11 @@ class Algorithm:
         """The parameters that evaluate ``client_id`` (global methods: the global model)."""
         return server.params
 
+    def cluster_assignment(self, server: ServerState) -> np.ndarray | None:
+        """Each client's cluster (``-1``: none yet) for methods that cluster clients; the
+        engine then records cluster quality every round. None for other methods."""
+        return None
+
     def evaluated(self, server: ServerState, state: Any, client_id: int) -> dict[str, Params]:
         """Every model to score ``client_id`` with, by name. The unnamed one (``""``) is the
         client's model; others (e.g. ``"global"``) give rows with split ``"test@global"``."""

@@ -39,6 +39,7 @@ from plural.engine.backends import (
     run_client_phase,
 )
 from plural.engine.callbacks import Callback, ProgressBar
+from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import InMemoryStateStore
@@ -455,12 +456,22 @@ class _Loop:
         self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
     ) -> None:
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
+        assignment = self.algorithm.cluster_assignment(server)
+        if assignment is not None:
+            previous = self._previous_assignment()
+            record.update(cluster_quality(assignment, self.federation.groups, previous))
         every = self.cfg.diagnostics.gradient_every
         if every is not None and round_index % every == 0:
             record.update(self._gradient_dissimilarity(round_index, server, backend))
         self.diagnostics.append(record)
         if self.run_dir is not None:
             self.run_dir.append_diagnostics(record)
+
+    def _previous_assignment(self) -> np.ndarray | None:
+        for record in reversed(self.diagnostics):
+            if "assignment" in record:
+                return np.asarray(record["assignment"])
+        return None
 
     def _gradient_dissimilarity(
         self, round_index: int, server: ServerState, backend: Backend
@@ -503,9 +514,18 @@ class _Loop:
             "complete": c.round == self.cfg.rounds,
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
+            **self._cluster_summary(),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "wall_time_s": round(c.wall_time, 3),
         }
+
+    def _cluster_summary(self) -> dict[str, Any]:
+        """The last round's cluster quality, for methods that cluster clients."""
+        for record in reversed(self.diagnostics):
+            if "assignment" in record:
+                keys = ("clusters", "ari", "nmi", "changed")
+                return {"clustering": {k: record[k] for k in keys if k in record}}
+        return {}
 
     def results(self, server: ServerState) -> Results:
         if self.run_dir is not None:
