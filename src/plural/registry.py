@@ -72,7 +72,16 @@ class Registry(Generic[T]):
             )
         entry = self.get(section["name"], path)
         settings = {k: v for k, v in section.items() if k != "name"}
-        return entry, build(entry.config_cls, settings, path)
+        try:
+            return entry, build(entry.config_cls, settings, path)
+        except ConfigError as err:
+            if "unknown setting" not in str(err):
+                raise
+            hint = (
+                f" (left over from another {self.kind}? replace the whole section, e.g. "
+                f"--set '{path}={{name: {entry.name}}}')"
+            )
+            raise ConfigError(f"{err}{hint}") from err
 
 
 def _tail(err: ConfigError) -> str:
