@@ -34,6 +34,7 @@ from plural.diagnostics.gradients import (
 )
 from plural.diagnostics.labels import LabelSkew, as_json, label_skew
 from plural.diagnostics.recommend import (
+    FAMILY_METHODS,
     ClusterSignal,
     Recommendation,
     cluster_structure,
@@ -194,8 +195,14 @@ def probe_methods(
 
 
 def probe_candidates(recommendation: Recommendation) -> list[str]:
-    """The recommended methods that exist here, plus the FedAvg and Local baselines."""
-    names = [*recommendation.available_methods, *BASELINES]
+    """The recommended methods that exist here, the first available method of every other
+    family (so the ranking can contradict the rules), and the FedAvg and Local baselines."""
+    others = [
+        next((m for m in methods if m in ALGORITHMS), None)
+        for family, methods in FAMILY_METHODS.items()
+        if family != recommendation.family
+    ]
+    names = [*recommendation.available_methods, *(m for m in others if m), *BASELINES]
     return [n for n in dict.fromkeys(names) if n in ALGORITHMS]
 
 
