@@ -1,11 +1,15 @@
 """Algorithms; importing this package registers them all."""
 
 from plural.algorithms.apfl import APFL, APFLConfig
+from plural.algorithms.cfl import CFL, CFLConfig
+from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.local import Local, LocalConfig
+from plural.algorithms.mocha import MOCHA, MOCHAConfig
 from plural.algorithms.partial import (
     FedBN,
     FedBNConfig,
@@ -22,14 +26,20 @@ from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
 
 __all__ = [
     "APFL",
+    "CFL",
+    "IFCA",
+    "MOCHA",
     "APFLConfig",
     "AveragingConfig",
+    "CFLConfig",
     "Ditto",
     "DittoConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBN",
     "FedBNConfig",
+    "FedEM",
+    "FedEMConfig",
     "FedPer",
     "FedPerConfig",
     "FedProx",
@@ -38,8 +48,12 @@ __all__ = [
     "FedRepConfig",
     "Finetune",
     "FinetuneConfig",
+    "IFCAConfig",
     "Local",
     "LocalConfig",
+    "MOCHAConfig",
+    "Oracle",
+    "OracleConfig",
     "PFedMe",
     "PFedMeConfig",
     "PartialFedAvg",

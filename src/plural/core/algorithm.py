@@ -10,7 +10,7 @@ send every piece of client work through ``ctx.map`` so that every backend applie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -68,6 +68,9 @@ class FederationInfo:
     """Names of the model's trainable parameters (the other entries are buffers)."""
     norm_layers: tuple[str, ...] = ()
     """State-dict names of the model's normalisation layers (for ``@norm`` masks)."""
+    fresh_params: Callable[[int], Params] | None = None
+    """Initial parameters drawn from another seed (``fresh_params(k)``: the k-th draw), for
+    methods that start several models at random (IFCA); None where unavailable."""
 
 
 class RoundContext(Protocol):

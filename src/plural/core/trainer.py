@@ -81,6 +81,16 @@ class EvalResult:
         return self.correct / self.count if self.count and self.correct >= 0 else float("nan")
 
 
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+    """A mixture of models to evaluate (FedEM, Marfoq et al. 2021): ``components[m]`` with
+    mixing weight ``weights[m]`` (non-negative, summing to 1); the prediction mixes the
+    components' predicted class probabilities (see :meth:`LocalTrainer.evaluate_mixture`)."""
+
+    components: list[Params]
+    weights: torch.Tensor
+
+
 class LocalTrainer:
     """Minibatch SGD on one client's data, starting from given parameters.
 
@@ -107,8 +117,12 @@ class LocalTrainer:
         lr: float | None = None,
         validation: tuple[torch.Tensor, torch.Tensor] | None = None,
         patience: int | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> FitResult:
         """Train from ``params`` on ``(x, y)``; returns new parameters (inputs untouched).
+
+        ``sample_weights`` (one per row of ``x``) make each minibatch loss the weighted mean
+        ``mean_i(w_i * loss_i)`` (FedEM's M-step); None keeps the plain mean loss.
 
         With ``validation`` data and a ``patience``, the loss on it is checked before training
         and after every epoch; training stops once it has not improved for ``patience``
@@ -142,6 +156,7 @@ class LocalTrainer:
                 loss_terms,
                 *self.budget(len(y), epochs, steps),
                 stopper,
+                sample_weights,
             )
         finally:
             for p in frozen:
@@ -172,6 +187,7 @@ class LocalTrainer:
         epochs: int,
         step_cap: int | None,
         stopper: _EarlyStopping | None = None,
+        sample_weights: torch.Tensor | None = None,
     ) -> tuple[float, int, int]:
         model, batch, clip = self.model, self.config.batch_size, self.config.max_grad_norm
         model.train()
@@ -187,7 +203,7 @@ class LocalTrainer:
                 if step_cap is not None and done >= step_cap:
                     return float(total_loss), done, seen
                 idx = order[start : start + batch]
-                loss = self.loss_fn(model(x[idx]), y[idx])
+                loss = self._batch_loss(x, y, idx, sample_weights)
                 for term in loss_terms:
                     loss = loss + term(live)
                 optimizer.zero_grad(set_to_none=True)
@@ -201,6 +217,69 @@ class LocalTrainer:
             if stopper is not None:
                 stopper.check(epoch)
         return float(total_loss), done, seen
+
+    def _batch_loss(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: torch.Tensor,
+        sample_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Mean loss of a minibatch, or ``mean_i(w_i * loss_i)`` with sample weights."""
+        output = self.model(x[idx])
+        if sample_weights is None:
+            return self.loss_fn(output, y[idx])
+        losses = self.loss_fn(output, y[idx], reduction="none")
+        weights = sample_weights[idx].to(losses.dtype)
+        return (weights.reshape(len(idx), *([1] * (losses.dim() - 1))) * losses).mean()
+
+    @torch.no_grad()
+    def sample_losses(
+        self,
+        params: Mapping[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 1024,
+    ) -> torch.Tensor:
+        """The loss of every sample of ``(x, y)`` at ``params`` (evaluation mode), shape (n,)."""
+        self.model.load_state_dict(params)
+        self.model.eval()
+        parts = []
+        for start in range(0, len(y), batch_size):
+            output = self.model(x[start : start + batch_size])
+            losses = self.loss_fn(output, y[start : start + batch_size], reduction="none")
+            parts.append(losses.reshape(len(losses), -1).mean(dim=1))
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    @torch.no_grad()
+    def evaluate_mixture(
+        self, mixture: Mixture, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024
+    ) -> EvalResult:
+        """Loss and accuracy of a mixture of models (Marfoq et al. 2021, FedEM).
+
+        Classification: the prediction is ``p(y|x) = sum_m w_m softmax(f_m(x))`` and the loss
+        ``-log p(y_true|x)``. Regression (``mse``): the prediction is ``sum_m w_m f_m(x)``.
+        """
+        weights = mixture.weights.double()
+        classify = self.config.loss == "cross_entropy"
+        mixed: torch.Tensor | None = None
+        for component, weight in zip(mixture.components, weights, strict=True):
+            self.model.load_state_dict(component)
+            self.model.eval()
+            outputs = [
+                self.model(x[start : start + batch_size]).double()
+                for start in range(0, len(y), batch_size)
+            ]
+            out = torch.cat(outputs) if outputs else torch.zeros(0)
+            part = weight * (out.softmax(dim=1) if classify else out)
+            mixed = part if mixed is None else mixed + part
+        if mixed is None or len(y) == 0:
+            return EvalResult(0.0, 0 if classify else -1, len(y))
+        if not classify:
+            return EvalResult(float(self.loss_fn(mixed, y.double(), reduction="sum")), -1, len(y))
+        chosen = mixed.gather(1, y.reshape(-1, 1)).squeeze(1)
+        loss_sum = float(-chosen.clamp_min(torch.finfo(torch.float64).tiny).log().sum())
+        return EvalResult(loss_sum, int((mixed.argmax(dim=1) == y).sum()), len(y))
 
     @torch.no_grad()
     def evaluate(

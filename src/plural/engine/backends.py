@@ -26,7 +26,7 @@ from torch import nn
 from plural.core.algorithm import Algorithm
 from plural.core.params import Params
 from plural.core.rng import torch_generator
-from plural.core.trainer import EvalResult, LocalTrainer, TrainConfig
+from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
 from plural.data.federated import FederatedDataset, SplitName
 
 Item = TypeVar("Item")
@@ -72,7 +72,8 @@ class EvalWork:
 
     client_id: int
     round: int
-    params: Params
+    params: Params | Mixture
+    """A model, or a :class:`~plural.core.trainer.Mixture` of models (FedEM)."""
     splits: tuple[SplitName, ...]
 
 
@@ -85,12 +86,17 @@ def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any]:
 
 
 def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:
-    """Loss and accuracy of ``work.params`` on the client's requested splits."""
+    """Loss and accuracy of ``work.params`` (a model or a mixture) on the client's splits."""
     client = env.federation.client(work.client_id, work.round)
     results = {}
     for split in work.splits:
         data = client.split(split)
-        results[split] = env.trainer.evaluate(work.params, data.x, data.y, env.eval_batch_size)
+        if isinstance(work.params, Mixture):
+            results[split] = env.trainer.evaluate_mixture(
+                work.params, data.x, data.y, env.eval_batch_size
+            )
+        else:
+            results[split] = env.trainer.evaluate(work.params, data.x, data.y, env.eval_batch_size)
     return results
 
 

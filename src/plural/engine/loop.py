@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, FederationInfo, ModelMessage, ServerState, Update
 from plural.core.masks import norm_layer_names
 from plural.core.metrics import summarize
-from plural.core.params import distance, nbytes, state_of
+from plural.core.params import Params, distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
@@ -120,6 +121,21 @@ def build_model(
     return config.model.build(
         federation.input_shape, federation.num_classes, derive_seed(config.seed, "model")
     )
+
+
+def _fresh_params(initial: nn.Module, seed: int) -> Callable[[int], Params]:
+    """``fresh(k)``: the initial model re-initialised from the derived seed (seed, init, k)."""
+
+    def fresh(k: int) -> Params:
+        model = copy.deepcopy(initial)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "init", k))
+            for module in model.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        return state_of(model)
+
+    return fresh
 
 
 def build_algorithm(config: ExperimentConfig) -> Algorithm:
@@ -335,6 +351,7 @@ def run(
         federation.groups,
         tuple(name for name, _ in initial.named_parameters()),
         norm_layer_names(initial),
+        _fresh_params(initial, cfg.seed),
     )
     server = algorithm.init(state_of(initial), info, numpy_rng(cfg.seed, "init"))
     store = InMemoryStateStore()

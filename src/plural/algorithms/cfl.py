@@ -1,0 +1,287 @@
+"""CFL (Sattler et al. 2020, "Clustered Federated Learning: Model-Agnostic Distributed Multitask
+Optimization Under Privacy Constraints"): FedAvg inside clusters that are split recursively.
+
+Every client starts in one cluster. Each round the clients train from their cluster's model and
+send their new parameters; the server forms each participant's update ``dW_i = new - old`` (over
+the trainable parameters, flattened to float32) and averages each cluster's models as FedAvg
+does. A cluster is split in two when FedAvg on it has reached a stationary point of the joint
+objective while some clients are still far from a stationary point of their own (Sec. III of the
+paper, Algorithm 1)::
+
+    mean_norm = || sum_i w_i dW_i ||  <  eps1      (the cluster as a whole has stalled)
+    max_norm  = max_i || dW_i ||      >  eps2      (some clients are still being pulled away)
+
+with ``w_i`` the FedAvg weights. The split is the bipartition of the cluster's clients by the
+cosine similarity of their updates that minimises the largest cross-cluster similarity (Eq. 26
+of the paper). As in the authors' implementation, it is computed by complete-linkage
+agglomerative clustering into two clusters on the distance ``1 - cos``: with complete linkage
+the last merge joins the two groups whose most similar cross pair is least similar. Each child
+keeps the parent's model averaged (FedAvg) with its own members' updates. The number of
+clusters is therefore discovered, not set; ``max_clusters`` only caps it.
+
+Settings. ``eps1`` and ``eps2`` default to the paper's CFL demo (0.4 and 1.6), but update norms
+scale with the learning rate, the local work (epochs, steps) and the model size, so **rescale
+them for your setup**: look at ``server.extra["cfl_norms"]`` (each cluster's ``mean`` and
+``max`` update norm in the latest round) of a run, then put ``eps1`` a little above the
+``mean`` norm FedAvg stalls at and ``eps2`` between the ``max`` norm of an IID (congruent)
+federation and that of an incongruent one. ``min_rounds`` (default 20) delays every split
+until the joint model has had time to approach a stationary point, as the paper assumes.
+A split also needs both children to have at least ``min_cluster_size`` clients.
+
+Server state (``server.extra``): ``cfl_clusters`` (each cluster's client ids), ``cfl_models``
+(one model per cluster; ``server.params`` is cluster 0's model), ``cfl_updates`` (each client's
+latest update, flat float32, for clients that have participated), ``cfl_opt`` (each cluster's
+server-optimizer state), ``cfl_norms`` (this round's ``{"mean", "max"}`` norms per cluster;
+empty for a cluster without participants), ``cfl_history`` (``{"round", "norms"}`` for every
+round so far) and ``cfl_splits`` (one record per split: round, cluster, norms, the two
+children's client ids and the largest cross-cluster cosine similarity).
+
+Partial participation: the norms are measured on the cluster's participants this round; a split
+partitions the members with a stored update (their latest one), and members never seen yet join
+the child holding the cluster's lowest client id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import squareform
+
+from plural.algorithms.fedavg import AveragingConfig, FedAvg
+from plural.config import setting
+from plural.core.algorithm import (
+    FederationInfo,
+    ModelMessage,
+    RoundContext,
+    ServerState,
+    Update,
+)
+from plural.core.params import Params
+from plural.core.server_opt import server_step
+from plural.registry import ALGORITHMS
+
+
+@dataclasses.dataclass(frozen=True)
+class CFLConfig(AveragingConfig):
+    eps1: float = setting(
+        0.4,
+        help="split only when the norm of the cluster's mean update is below this (paper's demo: "
+        "0.4; rescale with lr, local work and model size, see server.extra['cfl_norms'])",
+        ge=0,
+    )
+    eps2: float = setting(
+        1.6,
+        help="split only when the largest client update norm in the cluster is above this "
+        "(paper's demo: 1.6; rescale like eps1)",
+        ge=0,
+    )
+    min_rounds: int = setting(
+        20, help="no split before this round (the joint model first nears a stationary point)", ge=0
+    )
+    min_cluster_size: int = setting(
+        2, help="a split needs at least this many clients in each of the two children", ge=1
+    )
+    max_clusters: int | None = setting(
+        None, help="at most this many clusters (null: no cap; the number is discovered)", ge=1
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterRound:
+    """One cluster's participants this round: client ids, updates and their flat deltas."""
+
+    index: int
+    clients: list[int]
+    updates: list[Update]
+    deltas: torch.Tensor  # (participants, dim) float32
+
+
+def flat_delta(new: Params, old: Params, names: Sequence[str]) -> torch.Tensor:
+    """``new - old`` over the floating-point entries ``names``, flattened to float32."""
+    parts = [
+        (new[n].detach().float() - old[n].detach().float()).reshape(-1)
+        for n in names
+        if old[n].is_floating_point()
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def update_norms(deltas: torch.Tensor, weights: np.ndarray) -> tuple[float, float]:
+    """(``||sum_i w_i dW_i||``, ``max_i ||dW_i||``): the two split criteria of the paper."""
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    mean = (w[:, None] * deltas.double()).sum(dim=0)
+    return float(mean.norm()), float(deltas.double().norm(dim=1).max())
+
+
+def cosine_similarities(deltas: torch.Tensor) -> np.ndarray:
+    """Pairwise cosine similarities of the rows of ``deltas`` (zero rows: similarity 0)."""
+    x = deltas.double()
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (x @ x.T).clamp(-1.0, 1.0).numpy()
+
+
+def bipartition(similarity: np.ndarray) -> np.ndarray:
+    """Labels 0/1 splitting the clients so that the largest cross-cluster similarity is small:
+    complete-linkage agglomerative clustering into two clusters on ``1 - cos`` (Sattler et al.
+    2020, Eq. 26 and their implementation). The label of the first client is 0."""
+    distance = 1.0 - similarity
+    np.fill_diagonal(distance, 0.0)
+    distance = np.clip((distance + distance.T) / 2, 0.0, None)
+    labels = fcluster(linkage(squareform(distance, checks=False), "complete"), 2, "maxclust") - 1
+    return labels if labels[0] == 0 else 1 - labels
+
+
+@ALGORITHMS.register(
+    "cfl", CFLConfig, "CFL: FedAvg in clusters split recursively by update similarity"
+)
+class CFL(FedAvg):
+    """Clustered Federated Learning (Sattler et al. 2020); see the module docstring."""
+
+    name = "cfl"
+    config: CFLConfig
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
+        names = list(info.parameters) or [n for n, t in params.items() if t.is_floating_point()]
+        extra: dict[str, Any] = {
+            "cfl_names": names,
+            "cfl_clusters": [list(range(info.num_clients))],
+            "cfl_models": [params],
+            "cfl_updates": {},
+            "cfl_opt": [{}],
+            "cfl_norms": [],
+            "cfl_history": [],
+            "cfl_splits": [],
+        }
+        return ServerState(params=params, extra=extra)
+
+    def _cluster_of(self, server: ServerState) -> dict[int, int]:
+        return {c: k for k, members in enumerate(server.extra["cfl_clusters"]) for c in members}
+
+    def personalized(self, server: ServerState, state: Any, client_id: int) -> Params:
+        """The model of the client's cluster."""
+        return server.extra["cfl_models"][self._cluster_of(server)[client_id]]
+
+    def cluster_assignment(self, server: ServerState) -> np.ndarray:
+        clusters = server.extra["cfl_clusters"]
+        assignment = np.full(sum(len(m) for m in clusters), -1, dtype=np.int64)
+        for k, members in enumerate(clusters):
+            assignment[members] = k
+        return assignment
+
+    # ---- round -------------------------------------------------------------------------------
+
+    def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
+        """Train every participant from its cluster's model, average per cluster, then split
+        the clusters that meet the criteria (Sattler et al. 2020, Algorithm 1)."""
+        cluster_of = self._cluster_of(server)
+        models = server.extra["cfl_models"]
+        per_client = {c: ModelMessage(models[cluster_of[c]]) for c in cohort}
+        replies = ctx.map("client_update", cohort, per_client=per_client)
+        drop = self.config.drop_stragglers
+        used = [(c, u) for c, u in zip(cohort, replies, strict=True) if u.complete or not drop]
+        return self._aggregate_clusters(server, used, ctx.round)
+
+    def _aggregate_clusters(
+        self, server: ServerState, used: list[tuple[int, Update]], round_index: int
+    ) -> ServerState:
+        extra = dict(server.extra)
+        names = extra["cfl_names"]
+        clusters = [list(m) for m in extra["cfl_clusters"]]
+        models, opt = list(extra["cfl_models"]), list(extra["cfl_opt"])
+        stored = dict(extra["cfl_updates"])
+        cluster_of = self._cluster_of(server)
+        rounds: list[ClusterRound] = []
+        for k in range(len(clusters)):
+            mine = [(c, u) for c, u in used if cluster_of[c] == k]
+            if not mine:
+                continue
+            deltas = torch.stack([flat_delta(u.params, models[k], names) for _, u in mine])
+            rounds.append(ClusterRound(k, [c for c, _ in mine], [u for _, u in mine], deltas))
+            stored.update({c: deltas[i].clone() for i, (c, _) in enumerate(mine)})
+        norms: list[dict[str, float]] = [{} for _ in clusters]
+        splits = list(extra["cfl_splits"])
+        for cr in rounds:
+            weights = self.weights(cr.updates)
+            mean_norm, max_norm = update_norms(cr.deltas, weights)
+            norms[cr.index] = {"mean": mean_norm, "max": max_norm}
+            old = models[cr.index]
+            models[cr.index], opt[cr.index] = self._step(old, cr.updates, opt[cr.index])
+            if not self._should_split(mean_norm, max_norm, round_index, len(clusters)):
+                continue
+            record = self._split(cr, clusters, models, opt, stored, old)
+            if record is not None:
+                splits.append(
+                    {"round": round_index, "cluster": cr.index, **norms[cr.index], **record}
+                )
+                norms.append(dict(norms[cr.index]))
+        extra.update(
+            cfl_clusters=clusters,
+            cfl_models=models,
+            cfl_opt=opt,
+            cfl_updates=stored,
+            cfl_norms=norms,
+            cfl_history=[*extra["cfl_history"], {"round": round_index, "norms": norms}],
+            cfl_splits=splits,
+        )
+        return ServerState(models[0], extra)
+
+    def _step(
+        self, params: Params, updates: list[Update], state: dict[str, Any]
+    ) -> tuple[Params, dict[str, Any]]:
+        """FedAvg on one cluster: the weighted mean of its models, through the server optimizer."""
+        return server_step(
+            params, self.target(ServerState(params), updates), state, self.config.server_settings()
+        )
+
+    def _should_split(
+        self, mean_norm: float, max_norm: float, round_index: int, num_clusters: int
+    ) -> bool:
+        cfg = self.config
+        if round_index < cfg.min_rounds:
+            return False
+        if cfg.max_clusters is not None and num_clusters >= cfg.max_clusters:
+            return False
+        return mean_norm < cfg.eps1 and max_norm > cfg.eps2
+
+    def _split(
+        self,
+        cr: ClusterRound,
+        clusters: list[list[int]],
+        models: list[Params],
+        opt: list[dict[str, Any]],
+        stored: dict[int, torch.Tensor],
+        old: Params,
+    ) -> dict[str, Any] | None:
+        """Split cluster ``cr.index`` in two (in place); None when a child would be too small.
+
+        Both children start from the parent's model before this round averaged with their
+        own participants' models (FedAvg on each child)."""
+        members = sorted(clusters[cr.index])
+        known = [c for c in members if c in stored]
+        if len(known) < 2:
+            return None
+        similarity = cosine_similarities(torch.stack([stored[c] for c in known]))
+        labels = bipartition(similarity)
+        parts = [[c for c, lab in zip(known, labels, strict=True) if lab == s] for s in (0, 1)]
+        parts[0] = sorted(set(members) - set(parts[1]))  # unseen members join the first child
+        if min(len(p) for p in parts) < self.config.min_cluster_size:
+            return None
+        cross = similarity[np.ix_(labels == 0, labels == 1)]
+        for side, part in enumerate(parts):
+            mine = [u for c, u in zip(cr.clients, cr.updates, strict=True) if c in part]
+            model, state = self._step(old, mine, opt[cr.index]) if mine else (old, opt[cr.index])
+            if side == 0:
+                clusters[cr.index], models[cr.index], opt[cr.index] = part, model, state
+            else:
+                clusters.append(part)
+                models.append(model)
+                opt.append(state)
+        return {"children": parts, "max_cross_similarity": float(cross.max())}

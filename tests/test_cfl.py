@@ -1,0 +1,123 @@
+"""CFL (Sattler et al. 2020): splits only incongruent federations, finds the true groups.
+
+The thresholds below are tuned for this setup (digits, MLP [32], lr 0.1, momentum 0.9, one
+local epoch, 12 clients with about 100 training samples each): after round 15 an IID
+federation's largest client update norm stays below about 0.75 while a 0/180-degree rotation
+or a label swap pushes it above 0.95, and FedAvg's mean update norm has dropped below 0.35.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import plural
+from plural.algorithms.cfl import CFLConfig, bipartition, cosine_similarities, update_norms
+
+ROUNDS = 40
+CFL_SETTINGS = {"name": "cfl", "eps1": 0.35, "eps2": 0.85, "min_rounds": 15}
+BASE: dict[str, Any] = {
+    "name": "cfl",
+    "seed": 0,
+    "rounds": ROUNDS,
+    "dataset": {"name": "digits"},
+    "partition": {"name": "iid", "num_clients": 12},
+    "model": {"name": "mlp", "hidden": [32]},
+    "algorithm": CFL_SETTINGS,
+    "train": {"lr": 0.1, "momentum": 0.9, "batch_size": 16},
+    "sampling": {},
+    "eval": {"every": ROUNDS},
+    "backend": {"threads_per_worker": 1},
+}
+ROTATION = [{"name": "rotation", "groups": 2, "angles": [0, 180]}]
+LABEL_SWAP = [{"name": "label_swap", "groups": 2}]
+
+
+def config(transforms: list[dict[str, Any]] | None = None, algorithm: str = "cfl") -> dict:
+    cfg = copy.deepcopy(BASE)
+    if transforms is not None:
+        cfg["transforms"] = transforms
+    if algorithm != "cfl":
+        cfg["algorithm"] = {"name": algorithm}
+    return cfg
+
+
+def mean_accuracy(results: plural.Results) -> float:
+    return float(results.summary["test"]["accuracy"]["mean"])
+
+
+@pytest.fixture(scope="module")
+def swap_run() -> plural.Results:
+    return plural.run(config(LABEL_SWAP))
+
+
+# ---- pieces -----------------------------------------------------------------------------------
+
+
+def test_bipartition_separates_two_directions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, generator=gen), torch.randn(50, generator=gen)
+    rows = [a + 0.1 * torch.randn(50, generator=gen) for _ in range(3)]
+    rows += [b + 0.1 * torch.randn(50, generator=gen) for _ in range(4)]
+    order = [0, 4, 1, 5, 2, 6, 3]
+    labels = bipartition(cosine_similarities(torch.stack([rows[i] for i in order])))
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1, 1]
+
+
+def test_update_norms_are_the_papers_criteria() -> None:
+    deltas = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5]])
+    mean_norm, max_norm = update_norms(deltas, np.array([1.0, 1.0, 2.0]))
+    assert mean_norm == pytest.approx(0.25) and max_norm == pytest.approx(1.0)
+
+
+def test_the_number_of_clusters_is_not_a_setting() -> None:
+    names = {f.name for f in dataclasses.fields(CFLConfig)}
+    assert not names & {"clusters", "num_clusters", "k"}
+    assert CFLConfig().max_clusters is None
+
+
+# ---- runs -------------------------------------------------------------------------------------
+
+
+def test_an_iid_federation_is_never_split() -> None:
+    results = plural.run(config())
+    assert (results.diagnostics["clusters"] == 1).all()
+    assert results.server.extra["cfl_splits"] == []
+    assert len(results.server.extra["cfl_history"]) == ROUNDS
+
+
+def test_rotation_groups_are_found_and_beat_fedavg() -> None:
+    cfl = plural.run(config(ROTATION))
+    fedavg = plural.run(config(ROTATION, "fedavg"))
+    assert cfl.summary["clustering"]["clusters"] == 2
+    assert cfl.summary["clustering"]["ari"] >= 0.9
+    assert mean_accuracy(cfl) > mean_accuracy(fedavg)
+
+
+def test_label_swap_groups_are_found_and_beat_fedavg(swap_run: plural.Results) -> None:
+    fedavg = plural.run(config(LABEL_SWAP, "fedavg"))
+    assert swap_run.summary["clustering"]["clusters"] == 2
+    assert swap_run.summary["clustering"]["ari"] >= 0.9
+    assert mean_accuracy(swap_run) > mean_accuracy(fedavg) + 0.1
+    split = swap_run.server.extra["cfl_splits"][0]
+    assert split["round"] >= CFL_SETTINGS["min_rounds"]
+    assert split["mean"] < CFL_SETTINGS["eps1"] and split["max"] > CFL_SETTINGS["eps2"]
+
+
+def test_splits_are_deterministic(swap_run: plural.Results) -> None:
+    again = plural.run(config(LABEL_SWAP))
+    assert again.server.extra["cfl_splits"] == swap_run.server.extra["cfl_splits"]
+    assert again.diagnostics["assignment"].tolist() == swap_run.diagnostics["assignment"].tolist()
+
+
+def test_max_clusters_caps_the_splits() -> None:
+    cfg = config(LABEL_SWAP)
+    cfg["rounds"] = 20
+    cfg["algorithm"] = {**CFL_SETTINGS, "max_clusters": 1}
+    results = plural.run(cfg)
+    assert (results.diagnostics["clusters"] == 1).all()
