@@ -280,6 +280,7 @@ class Oracle(Clustered):
     """
 
     name = "oracle"
+    in_demo = False  # the demo federation has no true groups
     config: OracleConfig
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:

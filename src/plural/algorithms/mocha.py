@@ -125,6 +125,7 @@ class MOCHA(Algorithm):
     """Federated multi-task learning with a learnt relationship matrix; state: ``w_t``."""
 
     name = "mocha"
+    in_demo = False  # for convex models; the demo trains an MLP
     config: MOCHAConfig
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
