@@ -93,8 +93,8 @@ class CFLConfig(AveragingConfig):
         0.18,
         help="accept a split only if the two children's updates are more alike inside than "
         "across by this much (mean cosine within minus mean across; scale-free, unlike eps1 "
-        "and eps2). On digits, true rotation/label-swap splits measured 0.20-1.47 and false "
-        "splits of IID federations 0.11-0.15. null: accept every split the norms trigger",
+        "and eps2). True rotation/label-swap splits measured 0.20-1.47, false splits of IID "
+        "federations 0.11-0.15 (tests/test_cfl.py). null: accept every split the norms trigger",
         ge=-2,
         le=2,
     )
