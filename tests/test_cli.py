@@ -367,3 +367,23 @@ def test_console_script_help() -> None:
     assert done.returncode == 0, done.stderr
     for word in ("demo", "run", "list"):
         assert word in done.stdout
+
+
+def test_run_shows_cluster_quality_for_clustering_methods(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            "examples/rotated_digits.yaml",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--set",
+            "algorithm={name: oracle}",
+            "--set",
+            "rounds=1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "clusters (ARI)" in out and "4 (1.00)" in out

@@ -65,9 +65,13 @@ def results_table(results: Sequence[Results], split: str = "test") -> str:
         "MB sent",
         "time s",
     ]
+    clustered = any("clustering" in r.summary for r in results)
+    if clustered:
+        header.append("clusters (ARI)")
     rows = [header]
     for r in results:
         acc = r.summary.get(split, {}).get("accuracy", {})
+        clustering = [_clustering_cell(r.summary.get("clustering"))] if clustered else []
         rows.append(
             [
                 r.config.algorithm.name,
@@ -78,9 +82,18 @@ def results_table(results: Sequence[Results], split: str = "test") -> str:
                 str(acc.get("clients", 0)),
                 f"{r.summary['bytes']['total'] / 1e6:.2f}",
                 f"{r.summary['wall_time_s']:.1f}",
+                *clustering,
             ]
         )
     return format_table(rows)
+
+
+def _clustering_cell(clustering: dict[str, Any] | None) -> str:
+    """``"4 (1.00)"``: clusters found and their ARI against the true groups, where known."""
+    if not clustering:
+        return "-"
+    ari = clustering.get("ari")
+    return f"{clustering['clusters']}" + (f" ({ari:.2f})" if ari is not None else "")
 
 
 def demo_algorithms() -> list[str]:
