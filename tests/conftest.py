@@ -22,6 +22,24 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+class CrashAfter:
+    """A callback that fails after a given round, like a killed run."""
+
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
+        if round_index == self.round_index:
+            raise RuntimeError("simulated crash")
+        return False
+
+
+@pytest.fixture
+def crash_after() -> type[CrashAfter]:
+    """The callback class that simulates a run killed after a given round."""
+    return CrashAfter
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread() -> None:
     # Tiny models run fastest on one thread, and two test processes then do not fight.

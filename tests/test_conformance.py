@@ -73,26 +73,16 @@ def test_process_backend_equals_sequential(name: str, tiny_config: dict[str, Any
     assert_same_results(sequential, parallel)
 
 
-class CrashAfter:
-    """A callback that fails after a given round, like a killed run."""
-
-    def __init__(self, round_index: int) -> None:
-        self.round_index = round_index
-
-    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
-        if round_index == self.round_index:
-            raise RuntimeError("simulated crash")
-        return False
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_equals_uninterrupted(name: str, tiny_config: dict[str, Any], tmp_path) -> None:
+def test_resume_equals_uninterrupted(
+    name: str, tiny_config: dict[str, Any], tmp_path, crash_after
+) -> None:
     cfg = config_for(name, tiny_config)
     cfg["rounds"] = 3
     cfg["diagnostics"] = {"gradient_every": 2}
     uninterrupted = plural.run(cfg, out=tmp_path / "full")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        plural.run(cfg, out=tmp_path / "resumed", callbacks=[CrashAfter(2)])
+        plural.run(cfg, out=tmp_path / "resumed", callbacks=[crash_after(2)])
     resumed = plural.run(cfg, out=tmp_path / "resumed", resume=True)
     assert_same_results(uninterrupted, resumed)
     for key in ("test", "val", "bytes"):

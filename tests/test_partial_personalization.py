@@ -142,28 +142,16 @@ def test_clients_not_sampled_keep_their_personal_state(
     )
 
 
-class CrashAfter:
-    """A callback that fails after a given round, like a killed run."""
-
-    def __init__(self, round_index: int) -> None:
-        self.round_index = round_index
-
-    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
-        if round_index == self.round_index:
-            raise RuntimeError("simulated crash")
-        return False
-
-
 @pytest.mark.parametrize(
     "algorithm", [{"name": "fedbn"}, {"name": "fedrep", "personal": ["@last", "@norm"]}]
 )
 def test_personal_batch_norm_state_survives_resume(
-    algorithm: dict[str, Any], tmp_path: Path
+    algorithm: dict[str, Any], tmp_path: Path, crash_after
 ) -> None:
     cfg = {**FEATURE_SKEW, "rounds": 3, "eval": {"every": 1}, "algorithm": algorithm}
     uninterrupted = plural.run(cfg, out=tmp_path / "full")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        plural.run(cfg, out=tmp_path / "resumed", callbacks=[CrashAfter(2)])
+        plural.run(cfg, out=tmp_path / "resumed", callbacks=[crash_after(2)])
     resumed = plural.run(cfg, out=tmp_path / "resumed", resume=True)
     pd.testing.assert_frame_equal(uninterrupted.metrics, resumed.metrics)
     assert max_abs_difference(uninterrupted.server.params, resumed.server.params) == 0.0

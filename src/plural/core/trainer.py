@@ -8,7 +8,7 @@ parameters train (FedPer's head, an adapter), and optionally the number of epoch
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -233,6 +233,16 @@ class LocalTrainer:
         weights = sample_weights[idx].to(losses.dtype)
         return (weights.reshape(len(idx), *([1] * (losses.dim() - 1))) * losses).mean()
 
+    def _outputs(
+        self, params: Mapping[str, torch.Tensor], x: torch.Tensor, batch_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Evaluation-mode outputs of ``params`` on ``x``, batch by batch (no gradients)."""
+        self.model.load_state_dict(params)
+        self.model.eval()
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            yield rows, self.model(x[rows])
+
     @torch.no_grad()
     def sample_losses(
         self,
@@ -242,12 +252,9 @@ class LocalTrainer:
         batch_size: int = 1024,
     ) -> torch.Tensor:
         """The loss of every sample of ``(x, y)`` at ``params`` (evaluation mode), shape (n,)."""
-        self.model.load_state_dict(params)
-        self.model.eval()
         parts = []
-        for start in range(0, len(y), batch_size):
-            output = self.model(x[start : start + batch_size])
-            losses = self.loss_fn(output, y[start : start + batch_size], reduction="none")
+        for rows, output in self._outputs(params, x, batch_size):
+            losses = self.loss_fn(output, y[rows], reduction="none")
             parts.append(losses.reshape(len(losses), -1).mean(dim=1))
         return torch.cat(parts) if parts else torch.zeros(0)
 
@@ -264,12 +271,7 @@ class LocalTrainer:
         classify = self.config.loss == "cross_entropy"
         mixed: torch.Tensor | None = None
         for component, weight in zip(mixture.components, weights, strict=True):
-            self.model.load_state_dict(component)
-            self.model.eval()
-            outputs = [
-                self.model(x[start : start + batch_size]).double()
-                for start in range(0, len(y), batch_size)
-            ]
+            outputs = [out.double() for _, out in self._outputs(component, x, batch_size)]
             out = torch.cat(outputs) if outputs else torch.zeros(0)
             part = weight * (out.softmax(dim=1) if classify else out)
             mixed = part if mixed is None else mixed + part
@@ -290,13 +292,10 @@ class LocalTrainer:
         batch_size: int = 1024,
     ) -> EvalResult:
         """Cross-entropy loss sum and correct count of ``params`` on ``(x, y)``."""
-        self.model.load_state_dict(params)
-        self.model.eval()
         loss_sum, correct = 0.0, 0
         classify = self.config.loss == "cross_entropy"
-        for start in range(0, len(y), batch_size):
-            output = self.model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
+        for rows, output in self._outputs(params, x, batch_size):
+            target = y[rows]
             loss_sum += float(self.loss_fn(output, target, reduction="sum"))
             if classify:
                 correct += int((output.argmax(dim=1) == target).sum())
