@@ -22,7 +22,10 @@ from plural.engine.loop import build_algorithm, build_federation, build_model
 from plural.experiment import load_config
 from plural.registry import ALGORITHMS
 
-ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {}
+ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {
+    # The tiny runs have 2-3 rounds: cluster after one warm-up round.
+    "pfedlia": {"warmup_rounds": 1},
+}
 # Algorithms that need another model than the tiny config's plain MLP.
 MODEL: dict[str, dict[str, Any]] = {"fedbn": {"name": "mlp", "hidden": [16], "batch_norm": True}}
 

@@ -101,6 +101,13 @@ def demo_algorithms() -> list[str]:
     return [e.name for e in ALGORITHMS if getattr(e.target, "in_demo", True)]
 
 
+def demo_settings(name: str, rounds: int) -> dict[str, Any]:
+    """Algorithm settings that the demo scales with its number of rounds."""
+    if name == "pfedlia":  # its warm-up must leave rounds to train in clusters
+        return {"warmup_rounds": min(5, rounds // 3)}
+    return {}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/demo-{stamp}")
@@ -115,7 +122,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{config.model.name}, {config.rounds} rounds; algorithms: {', '.join(names)}"
     )
     for name in names:
-        cfg = load_config(config, [f"algorithm={{name: {name}}}", f"name=demo-{name}"])
+        settings = ", ".join(f"{k}: {v}" for k, v in demo_settings(name, config.rounds).items())
+        algorithm = f"algorithm={{name: {name}{', ' + settings if settings else ''}}}"
+        cfg = load_config(config, [algorithm, f"name=demo-{name}"])
         results.append(run(cfg, out=out / name, progress=None if not args.quiet else False))
     print(
         f"\nPer-client test accuracy at round {config.rounds} (mean over clients; tails are the "

@@ -509,3 +509,168 @@ def test_train_val_test_split_zero_fractions_and_bad_fractions() -> None:
         P.train_val_test_split(
             np.arange(5), np.zeros(5, np.int64), val=0.5, test=0.5, rng=np.random.default_rng(0)
         )
+
+
+# --- class groups -----------------------------------------------------------------------------
+
+
+def class_groups_data(num_classes: int = 10, seed: int = 0) -> ArrayDataset:
+    """Uneven class sizes (so shares do not divide evenly), every class well populated."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(40, 80, num_classes)
+    return make_data(rng.permutation(np.repeat(np.arange(num_classes), sizes)), num_classes)
+
+
+def group_class_sets(part: Partition, data: ArrayDataset) -> dict[int, set[int]]:
+    """The classes held by the clients of each group (asserting they all hold the same)."""
+    held = part.label_histogram(data.y, data.num_classes) > 0
+    sets: dict[int, set[int]] = {}
+    for k, g in enumerate(part.groups):
+        classes = set(np.flatnonzero(held[k]).tolist())
+        assert sets.setdefault(int(g), classes) == classes, "a client holds other classes"
+    return sets
+
+
+def test_class_groups_is_registered_with_defaults() -> None:
+    assert "class_groups" in PARTITIONERS.names()
+    entry = PARTITIONERS.get("class_groups")
+    assert entry.description
+    config = build(entry.config_cls, {})
+    assert (config.num_clients, config.groups, config.classes_per_group) == (20, 5, 2)
+    assert config.shuffle_classes is False
+    assert entry.target(config).config is config
+
+
+@pytest.mark.parametrize(
+    ("clients", "groups", "per_group"), [(20, 5, 2), (13, 4, 2), (7, 3, 3), (5, 5, 1)]
+)
+def test_class_groups_clients_hold_exactly_their_groups_classes(
+    clients: int, groups: int, per_group: int
+) -> None:
+    data = class_groups_data()
+    part = split(
+        "class_groups", data, num_clients=clients, groups=groups, classes_per_group=per_group
+    )
+    assert_valid(part, len(data))
+    assert part.num_clients == clients
+    assert part.groups is not None and part.groups.dtype == np.int64
+    counts = np.bincount(part.groups, minlength=groups)
+    assert len(counts) == groups and counts.min() >= 1 and counts.max() - counts.min() <= 1
+    sets = group_class_sets(part, data)
+    # sorted classes, in consecutive blocks: group g gets g*per_group ... (g+1)*per_group - 1
+    assert sets == {g: set(range(g * per_group, (g + 1) * per_group)) for g in range(groups)}
+    union = set().union(*sets.values())
+    assert len(union) == groups * per_group  # disjoint: no class in two groups
+
+
+def test_class_groups_shares_are_near_equal_and_every_used_sample_assigned_once() -> None:
+    data = class_groups_data()
+    part = split("class_groups", data, 3, num_clients=14, groups=4, classes_per_group=2)
+    hist = part.label_histogram(data.y, 10)
+    for g in range(4):
+        members = hist[part.groups == g]
+        for c in range(2 * g, 2 * g + 2):
+            assert np.ptp(members[:, c]) <= 1  # near-equal shares of each class
+        assert np.ptp(members.sum(axis=1)) <= 1  # and so near-equal client sizes
+    all_idx = np.concatenate(part.client_indices)
+    used = data.y < 8  # classes 8 and 9 belong to no group
+    np.testing.assert_array_equal(np.sort(all_idx), np.flatnonzero(used))
+    assert len(np.unique(all_idx)) == len(all_idx)
+
+
+def test_class_groups_same_seed_same_split_other_seed_differs() -> None:
+    data = class_groups_data()
+    first, again, other = (split("class_groups", data, seed) for seed in (7, 7, 8))
+    for a, b in zip(first.client_indices, again.client_indices, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(first.groups, again.groups)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(first.client_indices, other.client_indices, strict=True)
+    )
+
+
+def test_class_groups_deal_clients_at_random() -> None:
+    data = class_groups_data()
+    deals = {tuple(split("class_groups", data, seed).groups.tolist()) for seed in range(5)}
+    assert len(deals) == 5  # a random balanced deal, not the fixed k % groups
+    for deal in deals:
+        np.testing.assert_array_equal(np.bincount(deal), [4] * 5)
+
+
+def test_class_groups_shuffle_classes_changes_which_classes_go_together() -> None:
+    data = class_groups_data()
+    settings = {"num_clients": 10, "groups": 3, "classes_per_group": 2}
+    blocks = {frozenset({0, 1}), frozenset({2, 3}), frozenset({4, 5})}
+    seen = set()
+    for seed in range(6):
+        plain = group_class_sets(split("class_groups", data, seed, **settings), data)
+        assert {frozenset(s) for s in plain.values()} == blocks  # never shuffled by default
+        part = split("class_groups", data, seed, shuffle_classes=True, **settings)
+        shuffled = {frozenset(s) for s in group_class_sets(part, data).values()}
+        assert all(len(s) == 2 for s in shuffled) and len(frozenset().union(*shuffled)) == 6
+        seen.add(frozenset(shuffled))
+    assert any(s != blocks for s in seen) and len(seen) > 1
+
+
+def test_class_groups_skips_classes_without_samples() -> None:
+    labels = np.repeat([0, 2, 3, 5, 7, 9], 10)
+    data = make_data(labels)
+    part = split("class_groups", data, num_clients=6, groups=3, classes_per_group=2)
+    assert group_class_sets(part, data) == {0: {0, 2}, 1: {3, 5}, 2: {7, 9}}
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"groups": 4, "classes_per_group": 3}, r"groups \* classes_per_group.*10 classes"),
+        ({"num_clients": 4, "groups": 5}, r"num_clients = 4 is below groups = 5"),
+        ({"num_clients": 15, "groups": 5}, r"class 3 has 2 samples.*num_clients"),
+        (
+            {"num_clients": 15, "groups": 5, "shuffle_classes": True},
+            r"class 3 has 2 samples.*num_clients",
+        ),
+    ],
+)
+def test_class_groups_infeasible_requests_name_the_setting(
+    settings: dict[str, Any], words: str
+) -> None:
+    sizes = np.full(10, 5)
+    sizes[3] = 2  # class 3 (in group 1) cannot give each of 3 clients a sample
+    data = make_data(np.repeat(np.arange(10), sizes))
+    with pytest.raises(ConfigError, match=words) as err:
+        split("class_groups", data, **settings)
+    assert "class_groups" in str(err.value) and "use " in str(err.value)
+
+
+def test_class_groups_small_unused_class_is_fine_without_shuffle() -> None:
+    sizes = np.full(10, 5)
+    sizes[9] = 1  # class 9 belongs to no group
+    data = make_data(np.repeat(np.arange(10), sizes))
+    part = split("class_groups", data, num_clients=12, groups=4, classes_per_group=2)
+    assert_valid(part, len(data))
+    with pytest.raises(ConfigError, match="class 9 has 1 samples"):
+        split("class_groups", data, num_clients=12, groups=4, shuffle_classes=True)
+
+
+def test_class_groups_builds_a_grouped_federation() -> None:
+    from plural.engine.loop import build_federation
+    from plural.experiment import load_config
+
+    cfg = {
+        "name": "class-groups",
+        "seed": 0,
+        "rounds": 1,
+        "dataset": {"name": "digits"},
+        "partition": {
+            "name": "class_groups",
+            "num_clients": 10,
+            "groups": 5,
+            "classes_per_group": 2,
+        },
+        "model": {"name": "mlp", "hidden": [8]},
+        "algorithm": {"name": "fedavg"},
+    }
+    federation = build_federation(load_config(cfg))
+    assert federation.num_clients == 10
+    assert len(np.unique(federation.groups)) == 5

@@ -20,6 +20,7 @@ from plural.algorithms.partial import (
     PartialFedAvg,
     SharedBody,
 )
+from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
 from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
 from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
@@ -54,6 +55,8 @@ __all__ = [
     "MOCHAConfig",
     "Oracle",
     "OracleConfig",
+    "PFedLIA",
+    "PFedLIAConfig",
     "PFedMe",
     "PFedMeConfig",
     "PartialFedAvg",

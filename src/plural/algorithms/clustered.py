@@ -132,12 +132,20 @@ class Clustered(FedAvg):
         self, server: ServerState, updates: Sequence[Update], clusters: Sequence[int]
     ) -> ServerState:
         """FedAvg of each cluster's updates; clusters without updates keep their model."""
+        feeds = [
+            [u for u, c in zip(updates, clusters, strict=True) if c == j]
+            for j in range(len(self.models(server)))
+        ]
+        return self.step_models(server, feeds)
+
+    def step_models(self, server: ServerState, feeds: Sequence[Sequence[Update]]) -> ServerState:
+        """Model ``j`` takes one FedAvg step (weights, target and server optimizer of
+        :class:`FedAvg`) on the updates ``feeds[j]``; a model without updates is kept."""
         models = self.models(server)
         opt_states = list(server.extra["server_opts"])
         settings = self.config.server_settings()
-        for j in range(len(models)):
-            members = [u for u, c in zip(updates, clusters, strict=True) if c == j]
-            used = self.used_updates(members)
+        for j, members in enumerate(feeds):
+            used = self.used_updates(list(members))
             if not used:
                 continue
             target = self.target(ServerState(models[j]), used)

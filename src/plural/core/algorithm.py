@@ -153,6 +153,21 @@ class Algorithm:
         engine then records cluster quality every round. None for other methods."""
         return None
 
+    def check(self, experiment: Any) -> None:
+        """Raise :class:`~plural.config.ConfigError` for a run config (an
+        ``ExperimentConfig``) this algorithm cannot use, before any work starts."""
+
+    def artifacts(self, server: ServerState) -> Mapping[str, Any]:
+        """Named results the engine saves in the run directory (``artifacts/<name>``): NumPy
+        arrays as ``.npy`` (a clients x clients matrix is also drawn as a heatmap ordered by
+        true group, ``.png``) and JSON-able mappings as ``.json``. A name is written once, the
+        first round it appears, so a name should identify its content (e.g. carry the round)."""
+        return {}
+
+    def summary(self, server: ServerState) -> dict[str, Any]:
+        """Method-specific figures for ``summary.json`` (under the algorithm's name)."""
+        return {}
+
     def evaluated(self, server: ServerState, state: Any, client_id: int) -> dict[str, Params]:
         """Every model to score ``client_id`` with, by name. The unnamed one (``""``) is the
         client's model; others (e.g. ``"global"``) give rows with split ``"test@global"``."""

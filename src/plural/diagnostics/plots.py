@@ -189,16 +189,23 @@ def plot_similarity(
     groups: Sequence[int] | np.ndarray | None = None,
     clients: Sequence[int] | None = None,
     title: str = "Cosine similarity of client updates",
+    limit: float | None = 1.0,
+    label: str = "similarity",
 ) -> Path:
-    """Heatmap of a client-by-client similarity in [-1, 1], ordered by group if given."""
+    """Heatmap of a client-by-client matrix, ordered by group if given. The colour scale is
+    symmetric, [-limit, limit] (``limit`` None: the largest absolute finite entry); NaN
+    entries stay blank."""
     values = np.asarray(matrix, dtype=np.float64)
+    if limit is None:
+        finite = np.abs(values[np.isfinite(values)])
+        limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     order, starts = _order(len(values), groups)
     side = _length(len(values), 0.28, 4.0, 12.0)
     figure = _figure(side + 1.0, side)
     axes = figure.add_subplot()
     ordered = values[np.ix_(order, order)]
-    image = axes.imshow(ordered, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    figure.colorbar(image, ax=axes, label="similarity")
+    image = axes.imshow(ordered, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    figure.colorbar(image, ax=axes, label=label)
     labels = _client_labels(order, clients, None if groups is None else np.asarray(groups))
     _tick_labels(axes, "x", labels)
     _tick_labels(axes, "y", labels)

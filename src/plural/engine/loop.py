@@ -30,6 +30,7 @@ from plural.core.params import Params, distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
+from plural.diagnostics.plots import plot_similarity
 from plural.engine.backends import (
     Backend,
     ClientWork,
@@ -339,6 +340,7 @@ def run(
         given.append("partition")
     cfg = load_config(config, overrides, provided=given)
     algorithm = build_algorithm(cfg)
+    algorithm.check(cfg)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
@@ -439,7 +441,8 @@ class _Loop:
                     cfg.eval.splits,
                 )
             self._record_diagnostics(round_index, server, ctx, backend)
-            self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate)
+            self._write_artifacts(server)
+            self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
             self._checkpoint(server)
             round_summary = summarize_round(self.frames[-1], round_index) if evaluate else {}
             if any([cb.on_round_end(round_index, round_summary) for cb in callbacks]):
@@ -454,6 +457,7 @@ class _Loop:
         ctx: EngineRoundContext,
         seconds: float,
         evaluated: bool,
+        server: ServerState,
     ) -> None:
         frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
         self.frames.append(frame)
@@ -467,7 +471,7 @@ class _Loop:
         if self.run_dir is not None:
             self.run_dir.write_round_metrics(round_index, rows)
             if evaluated:
-                self.run_dir.write_json(self.run_dir.summary_path, self._summary(frame))
+                self.run_dir.write_json(self.run_dir.summary_path, self._summary(frame, server))
 
     def _record_diagnostics(
         self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
@@ -483,6 +487,25 @@ class _Loop:
         self.diagnostics.append(record)
         if self.run_dir is not None:
             self.run_dir.append_diagnostics(record)
+
+    def _write_artifacts(self, server: ServerState) -> None:
+        """Save the algorithm's new artifacts; draw clients x clients matrices as heatmaps."""
+        if self.run_dir is None:
+            return
+        n = self.federation.num_clients
+        for name, value in self.algorithm.artifacts(server).items():
+            if self.run_dir.has_artifact(name):
+                continue
+            if isinstance(value, np.ndarray) and value.shape == (n, n):
+                plot_similarity(
+                    value,
+                    self.run_dir.artifact_path(name, ".png"),
+                    groups=self.federation.groups,
+                    title=name.replace("_", " "),
+                    limit=None,
+                    label="value",
+                )
+            self.run_dir.write_artifact(name, value)
 
     def _previous_assignment(self) -> np.ndarray | None:
         for record in reversed(self.diagnostics):
@@ -517,8 +540,9 @@ class _Loop:
             }
         )
 
-    def _summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
+    def _summary(self, metrics: pd.DataFrame, server: ServerState) -> dict[str, Any]:
         c = self.counters
+        details = self.algorithm.summary(server)
         return {
             "name": self.cfg.name,
             "algorithm": self.cfg.algorithm.name,
@@ -532,6 +556,7 @@ class _Loop:
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
+            **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "wall_time_s": round(c.wall_time, 3),
         }
@@ -553,7 +578,7 @@ class _Loop:
                 if self.frames
                 else pd.DataFrame(columns=METRIC_COLUMNS)
             )
-        summary = self._summary(metrics)
+        summary = self._summary(metrics, server)
         if self.run_dir is not None:
             self.run_dir.write_json(self.run_dir.summary_path, summary)
         return Results(

@@ -8,6 +8,7 @@ Layout::
     metrics.parquet      all rows, written when the run ends
     summary.json         summary of the last evaluated round (rewritten after each)
     checkpoint.pt        state after the last finished round (atomic replace)
+    artifacts/           method-specific results (e.g. pFedLIA's influence matrix: .npy + .png)
 
 Every file is written to a temporary name and renamed, so a run killed at any moment leaves
 only complete files behind.
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
@@ -58,6 +60,7 @@ class RunDirectory:
         self.summary_path = self.path / "summary.json"
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.diagnostics_path = self.path / "diagnostics.jsonl"
+        self.artifacts_dir = self.path / "artifacts"
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
@@ -121,6 +124,23 @@ class RunDirectory:
         kept = [r for r in self.read_diagnostics() if r["round"] <= round_index]
         self.write_text(self.diagnostics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def artifact_path(self, name: str, suffix: str) -> Path:
+        return self.artifacts_dir / f"{name}{suffix}"
+
+    def has_artifact(self, name: str) -> bool:
+        return self.artifacts_dir.is_dir() and any(self.artifacts_dir.glob(f"{name}.*"))
+
+    def write_artifact(self, name: str, value: Any) -> Path:
+        """Save an array as ``.npy`` or a mapping as ``.json`` under ``artifacts/``."""
+        self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(value, np.ndarray):
+            path = self.artifact_path(name, ".npy")
+            _atomic_write(path, lambda tmp: _save_npy(tmp, value))
+            return path
+        path = self.artifact_path(name, ".json")
+        self.write_json(path, value)
+        return path
+
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
         _atomic_write(self.checkpoint_path, lambda tmp: torch.save(dict(state), tmp))
 
@@ -128,6 +148,11 @@ class RunDirectory:
         # Checkpoints hold plural's own dataclasses, so they are loaded with full unpickling:
         # only resume from run directories you trust.
         return torch.load(self.checkpoint_path, weights_only=False)
+
+
+def _save_npy(path: Path, value: np.ndarray) -> None:
+    with path.open("wb") as handle:  # a file object: np.save would append ".npy" to the name
+        np.save(handle, value)
 
 
 def _json_default(value: Any) -> Any:

@@ -1,0 +1,452 @@
+"""Lazy-influence helpers for pFedLIA: scores, private votes, clustering, compressed updates.
+
+pFedLIA (Rokvic, Danassis, Faltings 2025, "Lazy But Effective: Collaborative Personalized
+Federated Learning with Heterogeneous Data", arXiv:2505.02540) lets every client find the
+clients whose data helps it before models are aggregated. It builds on the *lazy influence*
+of Rokvic, Danassis, Karimireddy, Faltings ("LIA: Privacy-Preserving Data Quality Evaluation
+in Federated Learning Using a Lazy Influence Approximation", arXiv:2205.11518): instead of
+retraining with and without someone's data, client ``j`` trains the shared model ``theta0``
+for only a few local steps ("lazily") and ships the result ``theta_j``; client ``i`` then
+measures how much that cheap model changes the loss on its own validation data.
+
+Everything here works on the resulting score matrix ``S`` of shape ``(N, N)`` (float64)::
+
+    S[i, j] = L_i(theta0) - L_i(theta_j)
+
+the drop in client ``i``'s validation loss brought by ``j``'s lazily trained model. A
+positive score means ``j`` helps ``i``; ``NaN`` means ``i`` did not score ``j``. Row ``i`` is
+``i``'s view of the federation, so clients with similar data have similar rows.
+
+The helpers are pure (inputs are never mutated) and deterministic given their arguments:
+
+* :func:`influence_features` turns scores into clustering features (row scaling, symmetry).
+* :func:`sign_votes`, :func:`randomized_response`, :func:`keep_probability` and
+  :func:`row_epsilon` reduce scores to ±1 votes and release them with local differential
+  privacy, as the lazy-influence paper does with its obfuscated votes.
+* :func:`client_distances` and :func:`optics_clusters` are the central rule: a server
+  clusters the rows with OPTICS, without being told the number of clusters.
+* :func:`kmeans_peers` and :func:`mutual_components` are the decentral rule: every client
+  splits its own row in two with 1-D k-means and keeps the helpful side as its peers;
+  mutual peers form groups.
+* :func:`neighbourhood_quality` and :func:`rank_correlation` are diagnostics against the
+  true groups or a reference score matrix.
+* :class:`CompressedDelta`, :func:`compress` and :func:`decompress` shrink the lazy update
+  ``theta_j - theta0`` that travels between clients (top-k sparsification, int8
+  quantisation); :func:`plural.core.params.nbytes` counts only its tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.stats import spearmanr
+from sklearn.cluster import OPTICS
+from sklearn.metrics.pairwise import nan_euclidean_distances
+
+__all__ = [
+    "CompressedDelta",
+    "Compression",
+    "NoisePolicy",
+    "Normalize",
+    "client_distances",
+    "compress",
+    "decompress",
+    "influence_features",
+    "keep_probability",
+    "kmeans_peers",
+    "mutual_components",
+    "neighbourhood_quality",
+    "optics_clusters",
+    "randomized_response",
+    "rank_correlation",
+    "row_epsilon",
+    "sign_votes",
+]
+
+Normalize = Literal["none", "row", "helpful"]
+NoisePolicy = Literal["own", "nearest"]
+Compression = Literal["none", "topk", "int8"]
+
+_KMEANS_MAX_ITER = 100
+_INT8_MAX = 127
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the allowed values if ``value`` is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _as_matrix(array: np.ndarray, name: str, square: bool = False) -> np.ndarray:
+    """``array`` as a 2-D float64 array (a copy), checking its shape."""
+    matrix = np.array(array, dtype=np.float64)
+    if matrix.ndim != 2 or (square and matrix.shape[0] != matrix.shape[1]):
+        kind = "square 2-D" if square else "2-D"
+        raise ValueError(f"{name} must be a {kind} array, got shape {matrix.shape}")
+    return matrix
+
+
+def _first_appearance(labels: np.ndarray) -> np.ndarray:
+    """Relabel ``labels`` to 0..K-1 in order of first appearance (int64)."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Divide each row by its largest absolute finite entry (all-zero/empty rows unchanged)."""
+    finite_abs = np.where(np.isfinite(matrix), np.abs(matrix), 0.0)
+    scale = finite_abs.max(axis=1, initial=0.0)
+    scale[scale == 0.0] = 1.0
+    return matrix / scale[:, None]
+
+
+def _symmetrize(matrix: np.ndarray) -> np.ndarray:
+    """``(F + F.T) / 2`` where both are finite, the finite one where only one is, else NaN."""
+    transposed = matrix.T
+    mine, theirs = np.isfinite(matrix), np.isfinite(transposed)
+    one_sided = np.where(mine, matrix, np.where(theirs, transposed, np.nan))
+    return np.where(mine & theirs, (matrix + transposed) / 2.0, one_sided)
+
+
+def influence_features(
+    scores: np.ndarray, normalize: Normalize = "row", symmetrize: bool = False
+) -> np.ndarray:
+    """Clustering features from an influence matrix (a new float64 array).
+
+    ``normalize="row"`` divides each row by its largest absolute finite entry, so that every
+    client's scores are on the same scale (signs kept). ``normalize="helpful"`` first sets
+    the negative scores to 0, so that a row says only who helps the client and how much,
+    relative to its best helper (how strongly the others hurt it is left out: that mostly
+    measures how far one lazy epoch on foreign data moves the model). ``symmetrize`` then averages
+    ``F[i, j]`` and ``F[j, i]`` (one-sided entries are taken as they are).
+    """
+    _check_choice("normalize", normalize, get_args(Normalize))
+    features = _as_matrix(scores, "scores", square=symmetrize)
+    if normalize == "helpful":
+        features = np.where(np.isnan(features), np.nan, np.clip(features, 0.0, None))
+    if normalize in ("row", "helpful"):
+        features = _normalize_rows(features)
+    return _symmetrize(features) if symmetrize else features
+
+
+# --------------------------------------------------------------------------- private votes
+
+
+def sign_votes(scores: np.ndarray) -> np.ndarray:
+    """+1.0 where a score is positive, -1.0 where it is not, NaN where it is NaN."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isnan(scores), np.nan, np.where(scores > 0, 1.0, -1.0))
+
+
+def _check_epsilon(epsilon: float) -> None:
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon!r}")
+
+
+def keep_probability(epsilon: float) -> float:
+    """Probability ``e^eps / (1 + e^eps)`` that randomized response keeps a vote."""
+    _check_epsilon(epsilon)
+    return 1.0 / (1.0 + math.exp(-epsilon))
+
+
+def randomized_response(votes: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """Warner's randomized response: keep each ±1 vote w.p. ``keep_probability``, else flip.
+
+    Every released vote is ``epsilon``-differentially private with respect to the true vote.
+    Exactly one uniform is drawn per entry (``rng.random(votes.shape)``), NaN entries
+    included, so results depend only on the generator's state; NaN stays NaN.
+    """
+    keep = keep_probability(epsilon)
+    votes = np.asarray(votes, dtype=np.float64)
+    finite = votes[~np.isnan(votes)]
+    if not np.all(np.abs(finite) == 1.0):
+        raise ValueError("votes must be +1.0, -1.0 or NaN (see sign_votes)")
+    flip = rng.random(votes.shape) >= keep
+    return np.where(flip, -votes, votes)
+
+
+def row_epsilon(epsilon: float, votes_per_row: int) -> float:
+    """Privacy cost of releasing ``votes_per_row`` votes (sequential composition)."""
+    _check_epsilon(epsilon)
+    if votes_per_row < 0:
+        raise ValueError(f"votes_per_row must be >= 0, got {votes_per_row!r}")
+    return float(votes_per_row * epsilon)
+
+
+# --------------------------------------------------------------------------- central rule
+
+
+def client_distances(features: np.ndarray) -> np.ndarray:
+    """Symmetric distances between the rows of ``features``, NaN coordinates skipped.
+
+    Uses :func:`sklearn.metrics.pairwise.nan_euclidean_distances` (non-finite coordinates
+    count as missing). Two rows with no coordinate observed in common are put at twice the
+    largest finite distance (1.0 when no distance is positive). Zero diagonal, float64.
+    """
+    matrix = _as_matrix(features, "features")
+    matrix[~np.isfinite(matrix)] = np.nan
+    if matrix.shape[0] == 0:
+        return np.zeros((0, 0))
+    distances = nan_euclidean_distances(matrix, matrix)
+    unknown = np.isnan(distances)
+    largest = float(distances[~unknown].max(initial=0.0))
+    distances[unknown] = 2.0 * largest if largest > 0 else 1.0
+    distances = (distances + distances.T) / 2.0
+    np.fill_diagonal(distances, 0.0)
+    return distances
+
+
+def _noise_to_nearest(labels: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Give every noise point (-1) the label of its nearest non-noise point."""
+    noise = labels == -1
+    if noise.all():
+        return _noise_to_own(labels)
+    nearest = np.flatnonzero(~noise)[np.argmin(distances[np.ix_(noise, ~noise)], axis=1)]
+    out = labels.copy()
+    out[noise] = labels[nearest]
+    return out
+
+
+def _noise_to_own(labels: np.ndarray) -> np.ndarray:
+    """Give every noise point (-1) a singleton label of its own."""
+    out = labels.copy()
+    noise = np.flatnonzero(labels == -1)
+    out[noise] = labels.max(initial=-1) + 1 + np.arange(len(noise))
+    return out
+
+
+def optics_clusters(
+    features: np.ndarray, min_samples: int = 2, xi: float = 0.05, noise: NoisePolicy = "own"
+) -> np.ndarray:
+    """Cluster the rows of ``features`` with OPTICS (xi method) on :func:`client_distances`.
+
+    The number of clusters is found by OPTICS. Points it calls noise become singletons
+    (``noise="own"``) or join the cluster of their nearest non-noise point
+    (``noise="nearest"``; singletons if every point is noise). Returns int64 labels
+    0..K-1 in order of first appearance.
+    """
+    if min_samples < 2:
+        raise ValueError(f"min_samples must be >= 2, got {min_samples!r}")
+    _check_choice("noise", noise, get_args(NoisePolicy))
+    distances = client_distances(features)
+    n = distances.shape[0]
+    if n <= 1:
+        return np.zeros(n, dtype=np.int64)
+    optics = OPTICS(
+        metric="precomputed", min_samples=min(min_samples, n), xi=xi, cluster_method="xi"
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):  # identical rows: zero reachability
+        labels = optics.fit(distances).labels_.astype(np.int64)
+    labels = _noise_to_nearest(labels, distances) if noise == "nearest" else _noise_to_own(labels)
+    return _first_appearance(labels)
+
+
+# --------------------------------------------------------------------------- decentral rule
+
+
+def _two_means(values: np.ndarray) -> np.ndarray:
+    """1-D k-means with k=2 from the min and max; True for the higher cluster (ties high)."""
+    centres = np.array([values.min(), values.max()])
+    high = np.abs(values - centres[1]) <= np.abs(values - centres[0])
+    for _ in range(_KMEANS_MAX_ITER):
+        if high.any():
+            centres[1] = values[high].mean()
+        if not high.all():
+            centres[0] = values[~high].mean()
+        updated = np.abs(values - centres[1]) <= np.abs(values - centres[0])
+        if np.array_equal(updated, high):
+            break
+        high = updated
+    return high
+
+
+def kmeans_peers(row: np.ndarray, self_index: int) -> np.ndarray:
+    """Client ``self_index``'s peers: the helpful side of a 1-D 2-means split of its row.
+
+    Clusters the finite entries of ``row`` (its own included) into two with deterministic
+    Lloyd iterations and returns a bool mask that is True on the cluster with the larger
+    centre. ``self_index`` is always a peer, NaN entries never are. With fewer than two
+    finite entries, or all of them equal, every finite entry is a peer.
+    """
+    row = np.asarray(row, dtype=np.float64)
+    if row.ndim != 1 or not 0 <= self_index < len(row):
+        raise ValueError(f"self_index {self_index} out of range for a row of shape {row.shape}")
+    finite = np.isfinite(row)
+    peers = finite.copy()
+    values = row[finite]
+    if len(values) >= 2 and values.min() < values.max():
+        peers[finite] = _two_means(values)
+    peers[self_index] = True
+    return peers
+
+
+def _as_peers(peers: np.ndarray) -> np.ndarray:
+    """``peers`` as a square bool matrix."""
+    peers = np.asarray(peers, dtype=bool)
+    if peers.ndim != 2 or peers.shape[0] != peers.shape[1]:
+        raise ValueError(f"peers must be a square 2-D array, got shape {peers.shape}")
+    return peers
+
+
+def mutual_components(peers: np.ndarray) -> np.ndarray:
+    """Connected components of the graph with edge i–j iff i and j choose each other.
+
+    Returns int64 labels 0..K-1 in order of first appearance.
+    """
+    peers = _as_peers(peers)
+    mutual = csr_matrix(peers & peers.T)
+    _, labels = connected_components(mutual, directed=False)
+    return _first_appearance(labels)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _mean_ratio(hits: np.ndarray, sizes: np.ndarray) -> float:
+    """Mean of ``hits / sizes`` over entries with a positive size (NaN if none)."""
+    valid = sizes > 0
+    return float(np.mean(hits[valid] / sizes[valid])) if valid.any() else math.nan
+
+
+def neighbourhood_quality(peers: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """How well each client's peers match its true group, self excluded.
+
+    ``purity``: mean share of a client's other peers that are in its group (clients with
+    at least one other peer). ``recall``: mean share of a client's other group members that
+    are its peers (clients whose group has another member). ``size``: mean number of other
+    peers. NaN where no client qualifies.
+    """
+    peers = _as_peers(peers)
+    groups = np.asarray(groups)
+    if groups.shape != (peers.shape[0],):
+        raise ValueError(f"groups must have shape ({peers.shape[0]},), got {groups.shape}")
+    others = ~np.eye(len(groups), dtype=bool)
+    chosen = peers & others
+    same = (groups[:, None] == groups[None, :]) & others
+    hits = (chosen & same).sum(axis=1)
+    sizes = chosen.sum(axis=1)
+    return {
+        "purity": _mean_ratio(hits, sizes),
+        "recall": _mean_ratio(hits, same.sum(axis=1)),
+        "size": float(sizes.mean()) if len(sizes) else math.nan,
+    }
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman correlation of two (N, N) matrices over off-diagonal entries finite in both.
+
+    NaN with fewer than three such entries or when either side is constant on them.
+    """
+    a = _as_matrix(a, "a", square=True)
+    b = _as_matrix(b, "b", square=True)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    mask = np.isfinite(a) & np.isfinite(b) & ~np.eye(a.shape[0], dtype=bool)
+    x, y = a[mask], b[mask]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(spearmanr(x, y)[0])
+
+
+# --------------------------------------------------------------------------- compression
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressedDelta:
+    """A client's lazy update theta_j - theta0 as it travels; only tensors count as bytes."""
+
+    method: str
+    tensors: dict[str, dict[str, torch.Tensor]]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+
+
+def _topk_count(numel: int, fraction: float) -> int:
+    """``max(1, ceil(fraction * numel))`` capped at ``numel``, robust to float round-off."""
+    return min(numel, max(1, math.ceil(round(fraction * numel, 6))))
+
+
+def _encode_topk(tensor: torch.Tensor, fraction: float) -> dict[str, torch.Tensor]:
+    """The largest-magnitude entries of the flattened tensor and their positions."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() > torch.iinfo(torch.int32).max:
+        raise ValueError(f"topk needs int32 indices; tensor has {flat.numel()} entries")
+    k = _topk_count(flat.numel(), fraction)
+    indices = torch.topk(flat.abs(), k).indices.sort().values
+    return {"values": flat[indices].to(torch.float32), "indices": indices.to(torch.int32)}
+
+
+def _encode_int8(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Symmetric linear int8 quantisation with a float32 scale ``max|t| / 127``."""
+    values = tensor.detach().to(torch.float64)
+    largest = float(values.abs().max()) if values.numel() else 0.0
+    scale = torch.tensor([largest / _INT8_MAX if largest > 0 else 1.0], dtype=torch.float32)
+    scale = scale.to(tensor.device)
+    codes = torch.round(values / scale.to(torch.float64)).clamp(-_INT8_MAX, _INT8_MAX)
+    return {"codes": codes.to(torch.int8), "scale": scale}
+
+
+def _encode(tensor: torch.Tensor, method: Compression, fraction: float) -> dict[str, torch.Tensor]:
+    """One tensor's parts; non-floating tensors always travel as they are."""
+    if method == "none" or not tensor.is_floating_point():
+        return {"values": tensor}
+    if method == "topk":
+        return _encode_topk(tensor, fraction)
+    return _encode_int8(tensor)
+
+
+def _decode(
+    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """Rebuild one tensor (always a new tensor) from its encoded parts."""
+    if "codes" in parts:
+        scale = parts["scale"].to(torch.float64)
+        return (parts["codes"].to(torch.float64) * scale).to(dtype).reshape(shape)
+    values = parts["values"]
+    if "indices" not in parts:
+        return values.detach().clone()
+    out = torch.zeros(math.prod(shape), dtype=dtype, device=values.device)
+    out[parts["indices"].long()] = values.to(dtype)
+    return out.reshape(shape)
+
+
+def compress(
+    delta: Mapping[str, torch.Tensor], method: Compression, fraction: float = 0.1
+) -> CompressedDelta:
+    """Encode a parameter delta for transport.
+
+    ``"none"``: tensors as they are (not copied). ``"topk"``: per floating tensor the
+    ``max(1, ceil(fraction * numel))`` largest-magnitude entries (float32 values, int32
+    indices). ``"int8"``: per floating tensor int8 codes and a float32 scale
+    ``max|t| / 127`` (1.0 for an all-zero tensor). Non-floating tensors always travel as
+    they are. ``fraction`` must be in (0, 1].
+    """
+    _check_choice("method", method, get_args(Compression))
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    return CompressedDelta(
+        method=method,
+        tensors={name: _encode(t, method, fraction) for name, t in delta.items()},
+        shapes={name: tuple(t.shape) for name, t in delta.items()},
+        dtypes={name: t.dtype for name, t in delta.items()},
+    )
+
+
+def decompress(compressed: CompressedDelta) -> dict[str, torch.Tensor]:
+    """The delta rebuilt from :func:`compress`'s output (new tensors, original shapes/dtypes)."""
+    return {
+        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name])
+        for name, parts in compressed.tensors.items()
+    }

@@ -1,0 +1,382 @@
+"""pFedLIA helpers: features, private votes, clustering rules, diagnostics, compression."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from plural.algorithms.influence import (
+    CompressedDelta,
+    _noise_to_nearest,
+    client_distances,
+    compress,
+    decompress,
+    influence_features,
+    keep_probability,
+    kmeans_peers,
+    mutual_components,
+    neighbourhood_quality,
+    optics_clusters,
+    randomized_response,
+    rank_correlation,
+    row_epsilon,
+    sign_votes,
+)
+from plural.core.params import nbytes
+
+NAN = math.nan
+
+
+def block_scores(groups: np.ndarray, seed: int = 0, noise: float = 0.05) -> np.ndarray:
+    """Influence matrix: +1 inside a group, -0.5 across groups, plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    same = groups[:, None] == groups[None, :]
+    return np.where(same, 1.0, -0.5) + noise * rng.standard_normal(same.shape)
+
+
+GROUPS = np.repeat([0, 1, 2], 4)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_row_normalisation_scales_rows_to_unit_max_and_keeps_signs() -> None:
+    scores = np.array([[2.0, -4.0, NAN], [0.0, 0.0, NAN], [NAN, NAN, NAN], [0.5, 0.25, -0.1]])
+    before = scores.copy()
+    features = influence_features(scores)
+    np.testing.assert_array_equal(scores, before, strict=True)
+    assert features.dtype == np.float64
+    np.testing.assert_allclose(features[0], [0.5, -1.0, NAN])
+    np.testing.assert_array_equal(features[1:3], scores[1:3])  # zero / empty rows unchanged
+    np.testing.assert_allclose(features[3], [1.0, 0.5, -0.2])
+    np.testing.assert_array_equal(np.sign(features), np.sign(scores))
+
+
+def test_normalize_none_is_a_copy() -> None:
+    scores = np.array([[3.0, -1.0], [2.0, 5.0]])
+    features = influence_features(scores, normalize="none")
+    np.testing.assert_array_equal(features, scores)
+    assert features is not scores
+
+
+def test_symmetrize_uses_the_finite_side_where_one_is_missing() -> None:
+    scores = np.array([[1.0, 2.0, NAN], [4.0, 1.0, NAN], [3.0, NAN, 1.0]])
+    features = influence_features(scores, normalize="none", symmetrize=True)
+    expected = np.array([[1.0, 3.0, 3.0], [3.0, 1.0, NAN], [3.0, NAN, 1.0]])
+    np.testing.assert_array_equal(features, expected)
+
+
+def test_influence_features_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        influence_features(np.zeros((2, 2)), normalize="column")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="square"):
+        influence_features(np.zeros((2, 3)), symmetrize=True)
+
+
+# --------------------------------------------------------------------------- private votes
+
+
+def test_sign_votes() -> None:
+    votes = sign_votes(np.array([[0.3, 0.0, -2.0, NAN]]))
+    np.testing.assert_array_equal(votes, [[1.0, -1.0, -1.0, NAN]])
+
+
+def test_keep_probability() -> None:
+    assert keep_probability(math.log(3)) == pytest.approx(0.75, abs=1e-15)
+    assert keep_probability(1000.0) == 1.0  # no overflow
+    assert keep_probability(1e-9) == pytest.approx(0.5)
+    for bad in (0.0, -1.0, NAN):
+        with pytest.raises(ValueError, match="epsilon must be > 0"):
+            keep_probability(bad)
+
+
+def test_randomized_response_with_huge_epsilon_keeps_every_vote() -> None:
+    votes = sign_votes(np.random.default_rng(1).standard_normal((50, 50)))
+    votes[0, :5] = NAN
+    released = randomized_response(votes, 60.0, np.random.default_rng(2))
+    np.testing.assert_array_equal(released, votes)
+
+
+@pytest.mark.parametrize("epsilon", [0.01, 1.0])
+def test_randomized_response_flips_at_the_expected_rate(epsilon: float) -> None:
+    votes = sign_votes(np.random.default_rng(3).standard_normal((400, 500)))
+    released = randomized_response(votes, epsilon, np.random.default_rng(4))
+    flip_rate = float(np.mean(released != votes))
+    assert flip_rate == pytest.approx(1 - keep_probability(epsilon), abs=0.005)
+    assert set(np.unique(released)) == {-1.0, 1.0}
+
+
+def test_randomized_response_keeps_nan_and_draws_one_uniform_per_entry() -> None:
+    votes = np.array([[1.0, NAN, -1.0], [NAN, 1.0, 1.0]])
+    rng = np.random.default_rng(5)
+    released = randomized_response(votes, 0.5, rng)
+    np.testing.assert_array_equal(np.isnan(released), np.isnan(votes))
+    expected = np.where(np.random.default_rng(5).random(votes.shape) < keep_probability(0.5), 1, -1)
+    np.testing.assert_array_equal(released, votes * expected)
+    # the generator advanced by exactly one uniform per entry
+    reference = np.random.default_rng(5)
+    reference.random(votes.shape)
+    assert rng.random() == reference.random()
+
+
+def test_randomized_response_rejects_non_votes() -> None:
+    with pytest.raises(ValueError, match="votes must be"):
+        randomized_response(np.array([0.5, 1.0]), 1.0, np.random.default_rng(0))
+
+
+def test_row_epsilon_composes_sequentially() -> None:
+    assert row_epsilon(0.5, 9) == pytest.approx(4.5)
+    with pytest.raises(ValueError, match="votes_per_row"):
+        row_epsilon(0.5, -1)
+
+
+# --------------------------------------------------------------------------- central rule
+
+
+def test_client_distances_handles_rows_without_common_coordinates() -> None:
+    features = np.array([[0.0, NAN], [NAN, 1.0], [3.0, 4.0], [0.0, 0.0]])
+    distances = client_distances(features)
+    assert distances.dtype == np.float64
+    np.testing.assert_array_equal(distances, distances.T)
+    np.testing.assert_array_equal(np.diag(distances), 0.0)
+    assert np.isfinite(distances).all()
+    largest = distances[2, 3]  # 5.0, the largest observed distance
+    assert largest == pytest.approx(5.0)
+    assert distances[0, 1] == pytest.approx(2 * largest)
+
+
+def test_client_distances_without_any_finite_distance_uses_one() -> None:
+    distances = client_distances(np.array([[1.0, NAN], [NAN, 2.0]]))
+    np.testing.assert_array_equal(distances, [[0.0, 1.0], [1.0, 0.0]])
+
+
+def test_optics_recovers_three_separated_groups() -> None:
+    scores = block_scores(GROUPS)
+    labels = optics_clusters(influence_features(scores))
+    assert labels.dtype == np.int64
+    assert adjusted_rand_score(GROUPS, labels) == 1.0
+    assert labels[0] == 0
+
+
+def test_optics_with_missing_scores() -> None:
+    scores = block_scores(GROUPS, seed=1)
+    rng = np.random.default_rng(2)
+    scores[rng.random(scores.shape) < 0.15] = NAN
+    labels = optics_clusters(influence_features(scores, symmetrize=True))
+    assert adjusted_rand_score(GROUPS, labels) == 1.0
+
+
+def outlier_features() -> np.ndarray:
+    """A far outlier (row 0, nearer the second group) and two tight groups of four points."""
+    rng = np.random.default_rng(0)
+    first = rng.normal(0.0, 0.01, size=(4, 2))
+    second = rng.normal(0.0, 0.01, size=(4, 2)) + np.array([10.0, 0.0])
+    return np.vstack([[[30.0, 0.0]], first, second])
+
+
+def test_noise_policies_on_an_outlier() -> None:
+    features = outlier_features()
+    own = optics_clusters(features, noise="own")
+    np.testing.assert_array_equal(own, [0, 1, 1, 1, 1, 2, 2, 2, 2])
+    nearest = optics_clusters(features, noise="nearest")
+    np.testing.assert_array_equal(nearest, [0, 1, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_nearest_policy_falls_back_to_singletons_when_everything_is_noise() -> None:
+    # OPTICS hardly ever calls every point noise, so the fallback is checked directly
+    labels = _noise_to_nearest(np.full(3, -1, dtype=np.int64), np.zeros((3, 3)))
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+
+
+def test_optics_small_federations() -> None:
+    np.testing.assert_array_equal(optics_clusters(np.array([[1.0, 2.0]])), [0])
+    two = optics_clusters(np.array([[0.0, 1.0], [0.1, 1.0]]), min_samples=5)
+    assert two.dtype == np.int64
+    assert two[0] == 0 and set(two.tolist()) <= {0, 1}
+    assert len(optics_clusters(np.zeros((0, 3)))) == 0
+
+
+def test_optics_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="min_samples must be >= 2"):
+        optics_clusters(np.zeros((3, 3)), min_samples=1)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        optics_clusters(np.zeros((3, 3)), noise="drop")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- decentral rule
+
+
+def test_kmeans_peers_picks_the_helpful_side() -> None:
+    row = np.array([0.9, -0.4, 1.1, NAN, -0.5, 1.0, -0.3])
+    peers = kmeans_peers(row, self_index=0)
+    np.testing.assert_array_equal(peers, [True, False, True, False, False, True, False])
+
+
+def test_kmeans_peers_always_includes_self_and_never_nan() -> None:
+    row = np.array([1.0, 0.9, -1.0, NAN, 1.1])
+    peers = kmeans_peers(row, self_index=2)
+    np.testing.assert_array_equal(peers, [True, True, True, False, True])
+    peers = kmeans_peers(np.array([NAN, 1.0, -1.0]), self_index=0)
+    np.testing.assert_array_equal(peers, [True, True, False])
+
+
+def test_kmeans_peers_degenerate_rows() -> None:
+    np.testing.assert_array_equal(kmeans_peers(np.array([0.2, 0.2, NAN, 0.2]), 1), [1, 1, 0, 1])
+    np.testing.assert_array_equal(kmeans_peers(np.array([NAN, 0.5, NAN]), 0), [1, 1, 0])
+    np.testing.assert_array_equal(kmeans_peers(np.array([NAN, NAN]), 1), [0, 1])
+    with pytest.raises(ValueError, match="self_index"):
+        kmeans_peers(np.array([1.0, 2.0]), 2)
+
+
+def test_kmeans_peers_tie_goes_to_the_higher_centre() -> None:
+    # 1.0 is equally far from the centres 0.0 and 2.0 after the first step
+    peers = kmeans_peers(np.array([0.0, 1.0, 2.0]), self_index=0)
+    np.testing.assert_array_equal(peers, [True, True, True])
+    peers = kmeans_peers(np.array([0.0, 1.0, 2.0]), self_index=2)
+    np.testing.assert_array_equal(peers, [False, True, True])
+
+
+def test_decentral_rule_recovers_groups() -> None:
+    scores = block_scores(GROUPS, seed=3)
+    peers = np.array([kmeans_peers(scores[i], i) for i in range(len(GROUPS))])
+    assert adjusted_rand_score(GROUPS, mutual_components(peers)) == 1.0
+
+
+def test_mutual_components_needs_both_directions() -> None:
+    peers = np.eye(6, dtype=bool)
+    peers[1, 3] = peers[3, 1] = True  # mutual: 1-3
+    peers[3, 5] = peers[5, 3] = True  # mutual: 3-5
+    peers[0, 2] = True  # one-sided: no edge
+    peers[4, 0] = peers[0, 4] = True  # mutual: 0-4
+    labels = mutual_components(peers)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, [0, 1, 2, 1, 0, 1])
+
+
+def test_neighbourhood_quality_hand_computed() -> None:
+    groups = np.array([0, 0, 0, 1, 2])
+    peers = np.array(
+        [
+            [1, 1, 0, 1, 0],  # other peers {1, 3}: purity 1/2, recall 1/2
+            [1, 1, 1, 0, 0],  # {0, 2}: purity 1, recall 1
+            [0, 0, 1, 0, 0],  # none: no purity, recall 0
+            [0, 0, 0, 1, 1],  # {4}: purity 0, group has no other member
+            [0, 0, 0, 0, 1],  # none, group alone
+        ],
+        dtype=bool,
+    )
+    quality = neighbourhood_quality(peers, groups)
+    assert quality == pytest.approx({"purity": 0.5, "recall": 0.5, "size": 1.0})
+    assert all(type(value) is float for value in quality.values())
+    alone = neighbourhood_quality(np.eye(2, dtype=bool), np.array([0, 1]))
+    assert math.isnan(alone["purity"]) and math.isnan(alone["recall"]) and alone["size"] == 0.0
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_rank_correlation() -> None:
+    a = np.random.default_rng(0).standard_normal((5, 5))
+    assert rank_correlation(a, np.exp(3 * a)) == pytest.approx(1.0)
+    assert rank_correlation(a, -a) == pytest.approx(-1.0)
+    b = np.exp(a)
+    np.fill_diagonal(b, -np.diag(b) * 100)  # the diagonal must not count
+    b[0, 1] = NAN
+    assert rank_correlation(a, b) == pytest.approx(1.0)
+
+
+def test_rank_correlation_degenerate() -> None:
+    a = np.array([[0.0, 1.0], [2.0, 0.0]])
+    assert math.isnan(rank_correlation(a, a))  # only two off-diagonal pairs
+    assert math.isnan(rank_correlation(np.ones((3, 3)), np.arange(9.0).reshape(3, 3)))
+
+
+# --------------------------------------------------------------------------- compression
+
+
+def make_delta() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "weight": torch.randn(8, 5, generator=generator),
+        "bias": torch.randn(5, generator=generator, dtype=torch.float64),
+        "scalar": torch.tensor(-0.75),
+        "zeros": torch.zeros(3),
+        "steps": torch.tensor([7, -2, 3], dtype=torch.int64),
+    }
+
+
+def test_none_round_trips_exactly() -> None:
+    delta = make_delta()
+    compressed = compress(delta, "none")
+    assert isinstance(compressed, CompressedDelta)
+    assert nbytes(compressed) == sum(t.numel() * t.element_size() for t in delta.values())
+    restored = decompress(compressed)
+    for name, tensor in delta.items():
+        assert restored[name].dtype == tensor.dtype
+        assert torch.equal(restored[name], tensor)
+        assert restored[name] is not tensor
+
+
+def test_topk_keeps_the_largest_entries() -> None:
+    delta = make_delta()
+    before = {name: t.clone() for name, t in delta.items()}
+    compressed = compress(delta, "topk", fraction=0.25)
+    restored = decompress(compressed)
+    for name, tensor in delta.items():
+        assert torch.equal(tensor, before[name])  # nothing mutated
+        assert restored[name].shape == tensor.shape and restored[name].dtype == tensor.dtype
+    weight = delta["weight"]
+    k = math.ceil(0.25 * weight.numel())  # 10
+    kept = restored["weight"] != 0
+    assert int(kept.sum()) == k
+    threshold = weight.abs().flatten().sort(descending=True).values[k - 1]
+    assert torch.equal(kept, weight.abs() >= threshold)
+    assert torch.equal(restored["weight"][kept], weight[kept])
+    assert torch.equal(restored["steps"], delta["steps"])
+    assert restored["scalar"].item() == -0.75  # max(1, ceil(0.25)) = 1 entry kept
+    float_entries = {
+        name: math.ceil(0.25 * t.numel()) for name, t in delta.items() if name != "steps"
+    }
+    assert float_entries == {"weight": 10, "bias": 2, "scalar": 1, "zeros": 1}
+    expected = sum(k * (4 + 4) for k in float_entries.values()) + 3 * 8
+    assert nbytes(compressed) == expected
+
+
+def test_topk_fraction_is_robust_to_round_off() -> None:
+    # in floating point 0.07 * 100 is 7.000000000000001; seven entries are meant
+    compressed = compress({"w": torch.arange(1.0, 101.0)}, "topk", fraction=0.07)
+    assert compressed.tensors["w"]["indices"].numel() == 7
+    assert torch.equal(decompress(compressed)["w"][:93], torch.zeros(93))
+
+
+def test_int8_error_is_at_most_half_a_step() -> None:
+    delta = make_delta()
+    compressed = compress(delta, "int8")
+    restored = decompress(compressed)
+    for name, tensor in delta.items():
+        parts = compressed.tensors[name]
+        assert restored[name].shape == tensor.shape and restored[name].dtype == tensor.dtype
+        if not tensor.is_floating_point():
+            assert torch.equal(restored[name], tensor)
+            continue
+        assert parts["codes"].dtype == torch.int8 and parts["scale"].dtype == torch.float32
+        scale = float(parts["scale"])
+        error = (restored[name].double() - tensor.double()).abs().max()
+        assert float(error) <= scale / 2 + 1e-6
+    assert float(compressed.tensors["zeros"]["scale"]) == 1.0
+    assert int(compressed.tensors["weight"]["codes"].abs().max()) == 127
+    floating = [t for t in delta.values() if t.is_floating_point()]
+    assert nbytes(compressed) == sum(t.numel() + 4 for t in floating) + 3 * 8
+
+
+def test_compress_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
+        compress(make_delta(), "topk", fraction=0.0)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 1.5"):
+        compress(make_delta(), "topk", fraction=1.5)
+    with pytest.raises(ValueError, match=r"method must be one of \['none', 'topk', 'int8'\]"):
+        compress(make_delta(), "fp16")  # type: ignore[arg-type]

@@ -1,0 +1,219 @@
+"""pFedLIA: reduction to FedAvg, group recovery, noisy clients, the decentral variant, the
+lazy phase's cost and privacy records, artifacts, drift re-clustering and config errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import plural
+from plural.algorithms.pfedlia import lia_records
+from plural.config import ConfigError
+from plural.core.params import max_abs_difference
+
+# MNIST, 20 clients in 5 groups of 2 classes each (the issue's pathological federation).
+GROUPED: dict[str, Any] = {
+    "name": "grouped",
+    "seed": 0,
+    "rounds": 4,
+    "dataset": {"name": "mnist", "max_samples": 8000},
+    "partition": {"name": "class_groups", "num_clients": 20, "groups": 5, "classes_per_group": 2},
+    "model": {"name": "mlp", "hidden": [64]},
+    "algorithm": {"name": "pfedlia", "warmup_rounds": 3},
+    "train": {"lr": 0.05, "momentum": 0.9, "batch_size": 32},
+    "split": {"val": 0.15, "test": 0.2},
+    "eval": {"every": 100},
+    "backend": {"threads_per_worker": 1},
+}
+
+
+def grouped(**algorithm: Any) -> dict[str, Any]:
+    cfg = copy.deepcopy(GROUPED)
+    cfg["algorithm"].update(algorithm)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def central() -> plural.Results:
+    return plural.run(grouped())
+
+
+def test_one_cluster_is_fedavg(tiny_config: dict[str, Any]) -> None:
+    tiny_config["rounds"] = 4
+    fedavg = plural.run(tiny_config)
+    tiny_config["algorithm"] = {"name": "pfedlia", "warmup_rounds": 1, "clusters": 1}
+    lia = plural.run(tiny_config)
+    assert max_abs_difference(lia.server.params, fedavg.server.params) == 0.0
+    test = ["round", "client", "loss", "accuracy"]
+    assert lia.final()[test].equals(fedavg.final()[test])
+    assert lia_records(lia.server)[0]["round"] == 2  # the lazy phase did run
+
+
+def test_central_recovers_the_groups(central: plural.Results) -> None:
+    record = lia_records(central.server)[-1]
+    assert record["kind"] == "cluster" and record["round"] == 4
+    assert record["ari"] >= 0.95
+    assert central.summary["clustering"]["ari"] >= 0.95
+    scores = record["scores"]
+    groups = central.server.extra["lia_groups"]
+    same = groups[:, None] == groups[None, :]
+    # Lazy models of one's own group help; those of other groups hurt.
+    assert np.all(scores[same] > 0) and np.all(scores[~same] < 0)
+
+
+def test_accuracy_matches_oracle_and_beats_fedavg() -> None:
+    accuracy = {}
+    for name in ("pfedlia", "oracle", "fedavg"):
+        cfg = grouped()
+        cfg.update(rounds=12, eval={"every": 12})
+        if name != "pfedlia":
+            cfg["algorithm"] = {"name": name}
+        accuracy[name] = plural.run(cfg).summary["test"]["accuracy"]["mean"]
+    assert accuracy["pfedlia"] >= accuracy["oracle"] - 0.01
+    assert accuracy["pfedlia"] >= accuracy["fedavg"] + 0.15
+
+
+def test_noisy_clients_do_not_help_clean_ones() -> None:
+    cfg = grouped()
+    cfg["transforms"] = [{"name": "label_noise", "fraction": 0.2, "rate": 1.0}]
+    result = plural.run(cfg)
+    record = lia_records(result.server)[-1]
+    extra = result.server.extra
+    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    noisy = federation.group_ids["label_noise"].astype(bool)
+    classes = federation.group_ids["partition"]
+    assignment = np.asarray(record["assignment"])
+    assert noisy.sum() == 4
+    for j in np.flatnonzero(noisy):
+        clean_peers = np.flatnonzero(~noisy & (classes == classes[j]))
+        for i in clean_peers:
+            separated = assignment[i] != assignment[j]
+            assert separated or record["scores"][i, j] < 0
+    assert extra["lia_groups"] is not None
+
+
+def test_decentral_neighbourhoods_hold_the_own_group() -> None:
+    result = plural.run(grouped(variant="decentral"))
+    record = lia_records(result.server)[-1]
+    quality = record["neighbourhoods"]
+    assert quality["purity"] >= 0.9 and quality["recall"] >= 0.9
+    peers = result.server.extra["lia_peers"]
+    assert all(peers[i, i] for i in range(20))
+    assert record["ari"] >= 0.95  # groups of mutual peers
+    # Each client trains its own neighbourhood model.
+    assert len(result.server.extra["models"]) == 20
+
+
+def test_lazy_phase_cost_is_counted(central: plural.Results) -> None:
+    cost = lia_records(central.server)[-1]["cost"]
+    n, model = 20, cost["model_bytes"]
+    assert cost["lazy_clients"] == n and cost["scorers"] == n
+    assert cost["peer_exchange_bytes"] == n * (n - 1) * model  # every other lazy model, once
+    assert cost["bytes_down"] == n * model + cost["peer_exchange_bytes"]
+    assert cost["bytes_up"] == n * model + n * n * 4  # lazy updates plus float32 score rows
+    train_sizes = central.final("val")  # one val row per client
+    assert cost["eval_samples"] == (n + 1) * int(train_sizes["samples"].sum())
+    fit = central.metrics[(central.metrics["split"] == "fit") & (central.metrics["round"] == 4)]
+    assert fit["bytes_down"].sum() >= cost["bytes_down"]  # the round's rows include the phase
+    assert (
+        central.summary["pfedlia"]["lazy_cost"]["peer_exchange_bytes"]
+        == cost["peer_exchange_bytes"]
+    )
+
+
+def test_fewer_peers_and_compression_cut_the_exchange(central: plural.Results) -> None:
+    full = lia_records(central.server)[-1]
+    cheap = lia_records(plural.run(grouped(peers_scored=0.5, compression="int8")).server)[-1]
+    ratio = cheap["cost"]["peer_exchange_bytes"] / full["cost"]["peer_exchange_bytes"]
+    assert 0.1 < ratio < 0.15  # about half the peers, a quarter of the bytes each
+    scored = np.isfinite(cheap["scores"]).sum(axis=1)
+    assert np.all(scored == round(0.5 * 19) + 1)
+    assert cheap["ari"] == 1.0  # with the scores symmetrized (the default when peers_scored < 1)
+
+
+def test_private_votes_record_epsilon() -> None:
+    result = plural.run(grouped(votes="private", epsilon=3.0))
+    record = lia_records(result.server)[-1]
+    released = record["released"]
+    assert set(np.unique(released[np.isfinite(released)])) <= {-1.0, 1.0}
+    privacy = record["privacy"]
+    assert privacy["epsilon_per_vote"] == 3.0 and privacy["votes_per_row"] == 20
+    assert privacy["epsilon_per_row"] == pytest.approx(60.0)
+    truth = np.sign(record["scores"])
+    agreement = float((released == np.where(truth > 0, 1.0, -1.0)).mean())
+    assert agreement == pytest.approx(privacy["keep_probability"], abs=0.06)
+
+
+def test_run_directory_holds_the_influence_matrix(tiny_config: dict[str, Any], tmp_path) -> None:
+    tiny_config["algorithm"] = {"name": "pfedlia", "warmup_rounds": 1}
+    result = plural.run(tiny_config, out=tmp_path)
+    artifacts = tmp_path / "artifacts"
+    matrix = np.load(artifacts / "influence_round0002.npy")
+    np.testing.assert_array_equal(matrix, lia_records(result.server)[0]["scores"])
+    assert (artifacts / "influence_round0002.png").stat().st_size > 0
+    record = json.loads((artifacts / "lia_round0002.json").read_text())
+    assert record["cost"]["lazy_clients"] == 6
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["pfedlia"]["lazy_phases"] == 1
+
+
+def test_stale_clusters_are_redone_after_drift(tiny_config: dict[str, Any]) -> None:
+    cfg = {
+        **tiny_config,
+        "seed": 1,
+        "rounds": 9,
+        "partition": {"name": "iid", "num_clients": 12},
+        "model": {"name": "mlp", "hidden": [32]},
+        "train": {"lr": 0.1, "momentum": 0.9, "batch_size": 16, "local_epochs": 3},
+        "split": {"val": 0.2, "test": 0.2},
+        "sampling": {"fraction": 1.0},
+        "transforms": [
+            {"name": "rotation", "groups": 2, "angles": [0.0, 180.0]},
+            {
+                "name": "drift",
+                "fraction": 0.25,
+                "start_round": 6,
+                "change": {"name": "rotation", "groups": 1, "angles": [180.0]},
+            },
+        ],
+        "algorithm": {"name": "pfedlia", "warmup_rounds": 2, "recluster": "stale"},
+    }
+    result = plural.run(cfg)
+    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    drifting = np.flatnonzero(federation.group_ids["drift"])
+    records = lia_records(result.server)
+    before = np.asarray(records[0]["assignment"])
+    assert records[0]["kind"] == "cluster"
+    assert adjusted_rand_score(federation.group_ids["rotation"], before) == 1.0
+    redone = [r for r in records if r["kind"] == "recluster"]
+    assert redone, "the drift was not noticed"
+    assert set(redone[0]["lazy_clients"]) == set(drifting.tolist())
+    assert redone[0]["round"] == 7  # noticed in round 6, redone at the start of round 7
+    after = np.asarray(records[-1]["assignment"])
+    new_group = federation.group_ids["rotation"] ^ federation.group_ids["drift"]
+    assert adjusted_rand_score(new_group, after) == 1.0
+    assert redone[0]["cost"]["lazy_clients"] == len(drifting)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rounds": 3}, "warmup_rounds"),
+        ({"split": {"val": 0.0, "test": 0.2}}, "split.val"),
+    ],
+)
+def test_config_errors_come_before_any_work(change: dict[str, Any], message: str) -> None:
+    cfg = grouped()
+    cfg.update(change)
+    with pytest.raises(ConfigError, match=message):
+        plural.run(cfg)
+
+
+def test_decentral_rejects_central_only_settings() -> None:
+    with pytest.raises(ConfigError, match="central variant"):
+        plural.run(grouped(variant="decentral", votes="sign"))
