@@ -831,7 +831,7 @@ class NaturalPartitioner:
         if data.client_ids is None:
             raise ConfigError(
                 f"partition (natural): dataset {data.name!r} has no natural clients; choose "
-                f"iid, dirichlet, pathological, classes_per_client or quantity"
+                f"iid, dirichlet, pathological, classes_per_client, class_groups or quantity"
             )
         ids, client_of_sample = np.unique(data.client_ids, return_inverse=True)
         client_of_sample = client_of_sample.ravel().astype(np.int64)
