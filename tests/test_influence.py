@@ -380,3 +380,10 @@ def test_compress_rejects_bad_arguments() -> None:
         compress(make_delta(), "topk", fraction=1.5)
     with pytest.raises(ValueError, match=r"method must be one of \['none', 'topk', 'int8'\]"):
         compress(make_delta(), "fp16")  # type: ignore[arg-type]
+
+
+def test_helpful_features_keep_only_who_helps() -> None:
+    scores = np.array([[2.0, -8.0, 1.0], [np.nan, 4.0, -1.0], [-3.0, -6.0, -2.0]])
+    features = influence_features(scores, normalize="helpful")
+    expected = np.array([[1.0, 0.0, 0.5], [np.nan, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(features, expected)

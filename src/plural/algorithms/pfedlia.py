@@ -126,7 +126,9 @@ class PFedLIAConfig(AveragingConfig):
         "on client i's validation split",
     )
     normalize: Normalize = setting(
-        "row", help="central: 'row' divides each score row by its largest absolute value"
+        "row",
+        help="central: 'row' divides each score row by its largest absolute value; 'helpful' "
+        "zeroes the negative scores first (rows say only who helps, and how much); 'none'",
     )
     symmetrize: bool | None = setting(
         None,
