@@ -387,3 +387,9 @@ def test_helpful_features_keep_only_who_helps() -> None:
     features = influence_features(scores, normalize="helpful")
     expected = np.array([[1.0, 0.0, 0.5], [np.nan, 1.0, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(features, expected)
+
+
+def test_peers_need_a_positive_score() -> None:
+    row = np.array([-9.0, -1.0, -1.2, -10.0, 0.5])
+    assert kmeans_peers(row, 4).tolist() == [False, False, False, False, True]
+    assert kmeans_peers(row, 4, positive_only=False).tolist() == [False, True, True, False, True]

@@ -217,3 +217,21 @@ def test_config_errors_come_before_any_work(change: dict[str, Any], message: str
 def test_decentral_rejects_central_only_settings() -> None:
     with pytest.raises(ConfigError, match="central variant"):
         plural.run(grouped(variant="decentral", votes="sign"))
+
+
+def test_a_group_with_a_dense_core_stays_one_cluster() -> None:
+    # Seed 0 of this rotated federation once had 3 clients of one rotation group form a
+    # tight OPTICS leaf cluster; scikit-learn's labels then left the group's other 7 clients
+    # as noise (singleton clusters, ARI 0.55). They belong to the enclosing cluster.
+    cfg = grouped()
+    cfg.update(
+        rounds=6,
+        seed=0,
+        partition={"name": "iid", "num_clients": 20},
+        transforms=[{"name": "rotation", "groups": 2, "angles": [0.0, 180.0]}],
+    )
+    cfg["algorithm"]["warmup_rounds"] = 5
+    result = plural.run(cfg)
+    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    assignment = lia_records(result.server)[-1]["assignment"]
+    assert adjusted_rand_score(federation.group_ids["rotation"], assignment) == 1.0

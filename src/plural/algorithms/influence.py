@@ -219,6 +219,31 @@ def _noise_to_nearest(labels: np.ndarray, distances: np.ndarray) -> np.ndarray:
     return out
 
 
+def _absorb_into_enclosing(optics: OPTICS, distances: np.ndarray) -> np.ndarray:
+    """OPTICS's labels, with the points it leaves out of every leaf cluster although they lie
+    inside a larger cluster of its hierarchy (not the one spanning everyone) given the label
+    of the nearest labelled point of the smallest such cluster. scikit-learn labels only the
+    leaves of the xi hierarchy, so a group whose reachability has a dip inside would
+    otherwise lose its members outside the dip to noise. Points outside every cluster stay
+    noise (-1)."""
+    labels = optics.labels_.astype(np.int64)
+    n = len(labels)
+    position = np.empty(n, dtype=np.int64)
+    position[optics.ordering_] = np.arange(n)
+    spans = [(int(e - s), int(s), int(e)) for s, e in optics.cluster_hierarchy_ if e - s + 1 < n]
+    out = labels.copy()
+    for point in np.flatnonzero(labels == -1):
+        enclosing = [span for span in spans if span[1] <= position[point] <= span[2]]
+        if not enclosing:
+            continue
+        _, start, end = min(enclosing)
+        members = optics.ordering_[start : end + 1]
+        labelled = members[labels[members] >= 0]
+        if len(labelled):
+            out[point] = labels[labelled[np.argmin(distances[point, labelled])]]
+    return out
+
+
 def _noise_to_own(labels: np.ndarray) -> np.ndarray:
     """Give every noise point (-1) a singleton label of its own."""
     out = labels.copy()
@@ -248,7 +273,8 @@ def optics_clusters(
         metric="precomputed", min_samples=min(min_samples, n), xi=xi, cluster_method="xi"
     )
     with np.errstate(divide="ignore", invalid="ignore"):  # identical rows: zero reachability
-        labels = optics.fit(distances).labels_.astype(np.int64)
+        optics.fit(distances)
+    labels = _absorb_into_enclosing(optics, distances)
     labels = _noise_to_nearest(labels, distances) if noise == "nearest" else _noise_to_own(labels)
     return _first_appearance(labels)
 
@@ -272,13 +298,16 @@ def _two_means(values: np.ndarray) -> np.ndarray:
     return high
 
 
-def kmeans_peers(row: np.ndarray, self_index: int) -> np.ndarray:
+def kmeans_peers(row: np.ndarray, self_index: int, positive_only: bool = True) -> np.ndarray:
     """Client ``self_index``'s peers: the helpful side of a 1-D 2-means split of its row.
 
     Clusters the finite entries of ``row`` (its own included) into two with deterministic
     Lloyd iterations and returns a bool mask that is True on the cluster with the larger
     centre. ``self_index`` is always a peer, NaN entries never are. With fewer than two
-    finite entries, or all of them equal, every finite entry is a peer.
+    finite entries, or all of them equal, every finite entry is a peer. With
+    ``positive_only`` (the default) a peer must also have a positive score: the higher side
+    of a row in which everyone hurts the client holds only the least harmful clients, not
+    helpful ones (measured: clean clients otherwise took every noisy client as a peer).
     """
     row = np.asarray(row, dtype=np.float64)
     if row.ndim != 1 or not 0 <= self_index < len(row):
@@ -288,6 +317,8 @@ def kmeans_peers(row: np.ndarray, self_index: int) -> np.ndarray:
     values = row[finite]
     if len(values) >= 2 and values.min() < values.max():
         peers[finite] = _two_means(values)
+    if positive_only:
+        peers &= np.where(finite, row, 0.0) > 0
     peers[self_index] = True
     return peers
 
