@@ -15,6 +15,7 @@ from plural.algorithms.influence import (
     client_distances,
     compress,
     decompress,
+    fixed_clusters,
     influence_features,
     keep_probability,
     kmeans_peers,
@@ -393,3 +394,10 @@ def test_peers_need_a_positive_score() -> None:
     row = np.array([-9.0, -1.0, -1.2, -10.0, 0.5])
     assert kmeans_peers(row, 4).tolist() == [False, False, False, False, True]
     assert kmeans_peers(row, 4, positive_only=False).tolist() == [False, True, True, False, True]
+
+
+def test_fixed_clusters_gives_k_groups_by_first_appearance() -> None:
+    rows = np.array([[5.0, 5.0], [0.0, 0.1], [5.1, 4.9], [0.1, 0.0], [np.nan, 5.0]])
+    assert fixed_clusters(rows, 2).tolist() == [0, 1, 0, 1, 0]
+    assert fixed_clusters(rows, 1).tolist() == [0] * 5
+    assert fixed_clusters(rows, 5).tolist() == list(range(5))

@@ -47,7 +47,7 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr
-from sklearn.cluster import OPTICS
+from sklearn.cluster import OPTICS, AgglomerativeClustering
 from sklearn.metrics.pairwise import nan_euclidean_distances
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "client_distances",
     "compress",
     "decompress",
+    "fixed_clusters",
     "influence_features",
     "keep_probability",
     "kmeans_peers",
@@ -276,6 +277,19 @@ def optics_clusters(
         optics.fit(distances)
     labels = _absorb_into_enclosing(optics, distances)
     labels = _noise_to_nearest(labels, distances) if noise == "nearest" else _noise_to_own(labels)
+    return _first_appearance(labels)
+
+
+def fixed_clusters(features: np.ndarray, k: int) -> np.ndarray:
+    """``k`` clusters by average-linkage agglomerative clustering of the NaN-aware
+    distances (labels by first appearance)."""
+    n = len(features)
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    model = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average")
+    labels = model.fit_predict(client_distances(features))
     return _first_appearance(labels)
 
 

@@ -63,7 +63,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from plural.algorithms.clustered import Clustered
@@ -73,9 +72,9 @@ from plural.algorithms.influence import (
     Compression,
     NoisePolicy,
     Normalize,
-    client_distances,
     compress,
     decompress,
+    fixed_clusters,
     influence_features,
     keep_probability,
     kmeans_peers,
@@ -87,6 +86,7 @@ from plural.algorithms.influence import (
     sign_votes,
 )
 from plural.config import ConfigError, setting
+from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params, nbytes
 from plural.core.trainer import EvalResult, LocalTrainer
@@ -574,9 +574,7 @@ class PFedLIA(Clustered):
         for i in moved:
             others = [j for j in np.flatnonzero(peers[i]) if j != i]
             if others:
-                models[i] = self.target(
-                    ServerState(models[i]), [Update(1, models[j]) for j in others]
-                )
+                models[i] = weighted_mean([(models[j], 1.0) for j in others])
         return models
 
     def record(
@@ -595,13 +593,13 @@ class PFedLIA(Clustered):
             "round": round_index,
             "kind": "cluster" if first else "recluster",
             "lazy_clients": list(lazy_clients),
-            "scores": extra["lia_scores"].copy(),
+            "scores": extra["lia_scores"],  # a lazy phase copies before it writes
             "assignment": assignment.tolist(),
             "clusters": len(np.unique(assignment)),
             "cost": cost,
         }
         if cfg.variant == "central" and cfg.votes != "raw":
-            record["released"] = extra["lia_released"].copy()
+            record["released"] = extra["lia_released"]
         if cfg.votes == "private":
             per_row = max(len(p) for p in plan.values()) + 1
             record["privacy"] = {
@@ -693,21 +691,6 @@ def decoded(released: torch.Tensor, votes: Votes) -> np.ndarray:
 def with_delta(theta0: Params, delta: Mapping[str, torch.Tensor]) -> Params:
     """``theta0 + delta``, entry by entry, in ``theta0``'s dtypes."""
     return {n: (t + delta[n]).to(t.dtype) for n, t in theta0.items()}
-
-
-def fixed_clusters(features: np.ndarray, k: int) -> np.ndarray:
-    """``k`` clusters by average-linkage agglomerative clustering of the NaN-aware
-    distances (labels by first appearance)."""
-    n = len(features)
-    if k >= n:
-        return np.arange(n, dtype=np.int64)
-    if k == 1:
-        return np.zeros(n, dtype=np.int64)
-    model = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average")
-    labels = model.fit_predict(client_distances(features))
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(np.argsort(first))
-    return order[np.unique(labels, return_inverse=True)[1]].astype(np.int64)
 
 
 def inherited_clusters(previous: np.ndarray, labels: np.ndarray, moved: set[int]) -> list[int]:
