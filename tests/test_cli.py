@@ -166,6 +166,8 @@ def test_run_writes_the_run_directory_and_prints_a_table(
         "bytes_up",
         "bytes_down",
         "drift",
+        "flops",
+        "seconds",
     ]
     assert set(metrics["round"]) == {1, 2}
     assert set(metrics["split"]) == {"fit", "val", "test"}

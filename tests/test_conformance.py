@@ -21,6 +21,7 @@ from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_clien
 from plural.engine.loop import build_algorithm, build_federation, build_model
 from plural.experiment import load_config
 from plural.registry import ALGORITHMS
+from plural.report.rundir import deterministic
 
 ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {
     # The tiny runs have 2-3 rounds: cluster after one warm-up round.
@@ -40,7 +41,7 @@ def config_for(name: str, base: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_same_results(a: plural.Results, b: plural.Results) -> None:
-    pd.testing.assert_frame_equal(a.metrics, b.metrics)
+    pd.testing.assert_frame_equal(deterministic(a.metrics), deterministic(b.metrics))
     pd.testing.assert_frame_equal(a.diagnostics, b.diagnostics)
     assert max_abs_difference(a.server.params, b.server.params) == 0.0
 

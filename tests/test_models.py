@@ -7,7 +7,8 @@ from plural.config import ConfigError
 from plural.models import parse_model
 from plural.registry import MODELS
 
-BUILT_IN = [name for name in MODELS.names() if name != "python"]
+BUILT_IN = [name for name in MODELS.names() if name not in ("python", "cnn_family")]
+"""Single models (the model-heterogeneous family has its own tests)."""
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

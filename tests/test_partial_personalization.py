@@ -25,7 +25,7 @@ from plural.engine.loop import build_federation, build_model
 from plural.engine.sampler import sample_cohort
 from plural.experiment import load_config
 from plural.models.zoo import parse_model
-from plural.report.rundir import RunDirectory
+from plural.report.rundir import RunDirectory, deterministic
 
 LABEL_SKEW: dict[str, Any] = {
     "name": "label-skew",
@@ -79,7 +79,7 @@ def initial_params(config: dict[str, Any]) -> dict[str, torch.Tensor]:
 def test_nothing_personal_is_fedavg(name: str, tiny_config: dict[str, Any]) -> None:
     fedavg = run(tiny_config, {"name": "fedavg"})
     partial = run(tiny_config, {"name": name, "personal": []})
-    pd.testing.assert_frame_equal(fedavg.metrics, partial.metrics)
+    pd.testing.assert_frame_equal(deterministic(fedavg.metrics), deterministic(partial.metrics))
     pd.testing.assert_frame_equal(fedavg.diagnostics, partial.diagnostics)
     assert max_abs_difference(fedavg.server.params, partial.server.params) == 0.0
 
@@ -135,8 +135,8 @@ def test_clients_not_sampled_keep_their_personal_state(
         changed = max_abs_difference(before, after) > 0
         assert changed == (cid in second), cid
         assert max_abs_difference(before, {n: initial[n] for n in head}) > 0  # it trained
-    # The server keeps the common initial head for clients it has not seen yet.
-    assert all(torch.equal(results.server.params[n], initial[n]) for n in head)
+    # The server never holds a personal entry: a new client starts from its own model.
+    assert not set(head) & set(results.server.params)
     assert all(
         not torch.equal(results.server.params[n], initial[n]) for n in initial if n not in head
     )
@@ -153,7 +153,9 @@ def test_personal_batch_norm_state_survives_resume(
     with pytest.raises(RuntimeError, match="simulated crash"):
         plural.run(cfg, out=tmp_path / "resumed", callbacks=[crash_after(2)])
     resumed = plural.run(cfg, out=tmp_path / "resumed", resume=True)
-    pd.testing.assert_frame_equal(uninterrupted.metrics, resumed.metrics)
+    pd.testing.assert_frame_equal(
+        deterministic(uninterrupted.metrics), deterministic(resumed.metrics)
+    )
     assert max_abs_difference(uninterrupted.server.params, resumed.server.params) == 0.0
     store = RunDirectory(tmp_path / "resumed").load_checkpoint()["store"]
     assert store and all(any(".running_mean" in n for n in state) for state in store.values())

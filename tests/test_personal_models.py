@@ -27,8 +27,10 @@ def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> 
 
 
 def rows(results: plural.Results, split: str) -> pd.DataFrame:
-    """The metric rows of ``split``, named as the plain split (to compare across runs)."""
+    """The metric rows of ``split``, named as the plain split (to compare across runs); the
+    cost columns are left out (a personal method also trains its personal model)."""
     selected = results.metrics[results.metrics["split"] == split]
+    selected = selected.drop(columns=["flops", "seconds"])
     return selected.assign(split=split.split("@")[0]).reset_index(drop=True)
 
 

@@ -159,7 +159,7 @@ class APFL(PersonalModels, FedAvg):
         lr = trainer.config.lr
         alpha_lr = lr if self.config.alpha_lr is None else self.config.alpha_lr
         mixture = Mixture(trainer.model, shared, alpha_lr / lr)
-        mixture_trainer = LocalTrainer(mixture, trainer.config)
+        mixture_trainer = LocalTrainer(mixture, trainer.config, {}, trainer.meter)
         train = client.train
         fit = mixture_trainer.fit(Mixture.state(state), train.x, train.y, rng=rng)
         return Mixture.client_state(fit.params)

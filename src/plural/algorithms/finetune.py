@@ -27,6 +27,7 @@ from plural.core.algorithm import (
     RoundContext,
     ServerState,
     Update,
+    full_params,
 )
 from plural.core.params import Params
 from plural.core.trainer import LocalTrainer
@@ -128,7 +129,7 @@ class Finetune(Algorithm):
         """Fine-tune the received model on the client's data (early stopping on its val split)."""
         cfg = self.config
         fit = trainer.fit(
-            message.params,
+            full_params(message.params, trainer),
             client.train.x,
             client.train.y,
             rng=rng,

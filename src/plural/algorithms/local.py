@@ -1,7 +1,8 @@
 """Local training: every client trains its own model alone; nothing is communicated.
 
-The lower reference of personalized FL (each client's data only). All clients start from
-the same initial model."""
+The lower reference of personalized FL (each client's data only), also called Standalone.
+Each client starts from its own initial model (the same for every client of one
+architecture), so clients may have different architectures (a model family)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from plural.core.algorithm import Algorithm, ServerState, Update
+from plural.core.algorithm import Algorithm, OnClient, ServerState, Update
 from plural.core.params import Params
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
@@ -25,9 +26,7 @@ class LocalConfig:
 @ALGORITHMS.register("local", LocalConfig, "Local: each client trains alone, no communication")
 class Local(Algorithm):
     name = "local"
-
-    def init_client(self, server: ServerState, client_id: int) -> Params:
-        return server.params
+    model_heterogeneous = True
 
     def broadcast(self, server: ServerState) -> None:
         return None
@@ -35,13 +34,14 @@ class Local(Algorithm):
     def client_update(
         self,
         message: None,
-        state: Params,
+        state: Params | None,
         client: ClientData,
         trainer: LocalTrainer,
         rng: torch.Generator,
     ) -> tuple[Update, Params]:
         train = client.train
-        fit = trainer.fit(state, train.x, train.y, rng=rng)
+        start = trainer.initial_params if state is None else state
+        fit = trainer.fit(start, train.x, train.y, rng=rng)
         return Update(len(train), loss=fit.mean_loss), fit.params
 
     def aggregate(
@@ -49,5 +49,8 @@ class Local(Algorithm):
     ) -> ServerState:
         return server
 
-    def personalized(self, server: ServerState, state: Params | None, client_id: int) -> Params:
-        return server.params if state is None else state
+    def personalized(
+        self, server: ServerState, state: Params | None, client_id: int
+    ) -> Params | OnClient:
+        """The client's model (its initial model before it has trained)."""
+        return OnClient({}) if state is None else state

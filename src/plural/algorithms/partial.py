@@ -13,6 +13,10 @@ and each client is evaluated with the shared part merged with its own personal p
 * ``fedrep`` (Collins et al. 2021, "Exploiting Shared Representations for Personalized
   Federated Learning"): the head is first fitted with the body frozen, then the body is
   trained with the head frozen.
+* ``lg_fedavg`` (Liang et al. 2020, "Think Locally, Act Globally: Federated Learning with
+  Local and Global Representations"): the reverse split, local representation layers and a
+  shared top (default the classifier, ``@last``); with a model family (``cnn_family``) it
+  federates clients of different architectures through the layers whose shapes agree.
 * ``fedbn`` (Li et al. 2021, "FedBN: Federated Learning on Non-IID Features via Local Batch
   Normalization"): personal normalisation layers (affine parameters and running statistics),
   for feature skew; needs a model with normalisation layers (``batch_norm: true``).
@@ -34,8 +38,15 @@ import torch
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import ConfigError, setting
-from plural.core.algorithm import FederationInfo, ModelMessage, ServerState, Update
-from plural.core.masks import LAST, NORM, check_patterns, merge, select
+from plural.core.algorithm import (
+    FederationInfo,
+    ModelMessage,
+    OnClient,
+    ServerState,
+    Update,
+    check_shared_shapes,
+)
+from plural.core.masks import LAST, NORM, check_patterns, select
 from plural.core.params import Params, clone, subset
 from plural.core.trainer import FitResult, LocalTrainer, Trainable
 from plural.data.federated import ClientData
@@ -97,10 +108,12 @@ def personal_names(server: ServerState) -> tuple[str, ...]:
     return server.extra[PERSONAL_KEY]
 
 
-def shared_part(server: ServerState) -> Params:
-    """``server.params`` without the personal entries (model order kept)."""
-    personal = set(personal_names(server))
-    return {n: t for n, t in server.params.items() if n not in personal}
+def personal_state(message: ModelMessage, state: Params | None, trainer: LocalTrainer) -> Params:
+    """The client's personal entries: its state, or, the first time, the entries of its own
+    initial model that the message does not carry."""
+    if state is not None:
+        return state
+    return clone({n: t for n, t in trainer.initial_params.items() if n not in message.params})
 
 
 class RestrictedTrainer(LocalTrainer):
@@ -115,7 +128,7 @@ class RestrictedTrainer(LocalTrainer):
         config = trainer.config
         if epochs is not None:
             config = dataclasses.replace(config, local_epochs=epochs, local_steps=None)
-        super().__init__(trainer.model, config)
+        super().__init__(trainer.model, config, trainer.initial_params, trainer.meter)
         self.only = only
 
     def fit(
@@ -136,11 +149,16 @@ class RestrictedTrainer(LocalTrainer):
 class PartialFedAvg(FedAvg):
     """FedAvg of the shared entries; the personal entries are the client's state.
 
+    The server holds the shared entries only; each client starts its personal entries from
+    its own initial model, so clients may have different architectures as long as the shared
+    entries agree in shape (LG-FedAvg sharing the classifier of a model family).
+
     Subclasses say which entries are personal (:meth:`personal_patterns`). The client's state
     is a dict of its personal entries; its update carries the shared entries only.
     """
 
     config: AveragingConfig
+    model_heterogeneous = True
 
     def personal_patterns(self) -> tuple[str, ...]:
         """Name patterns (see :mod:`plural.core.masks`) of the personal entries."""
@@ -149,11 +167,12 @@ class PartialFedAvg(FedAvg):
     # ---- server side -------------------------------------------------------------------------
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
-        """FedAvg's state plus the resolved personal names; a ConfigError for patterns that
-        match nothing, before any training."""
-        server = super().init(params, info, rng)
+        """The shared entries and the resolved personal names; a ConfigError for patterns that
+        match nothing, or for shared entries whose shapes differ between architectures."""
         personal = self.resolve_personal(list(params), info)
-        return ServerState(server.params, {**server.extra, PERSONAL_KEY: personal})
+        shared = {n: t for n, t in params.items() if n not in set(personal)}
+        check_shared_shapes(info, list(shared), "algorithm")
+        return ServerState(shared, {PERSONAL_KEY: personal})
 
     def resolve_personal(self, names: Sequence[str], info: FederationInfo) -> tuple[str, ...]:
         """The personal entry names among ``names`` (model order), checked."""
@@ -175,25 +194,17 @@ class PartialFedAvg(FedAvg):
             )
         return tuple(n for n in names if n in chosen)
 
-    def init_client(self, server: ServerState, client_id: int) -> Params:
-        """The server's initial personal entries: every client's part starts the same."""
-        return clone(subset(server.params, personal_names(server)))
-
     def broadcast(self, server: ServerState) -> SharedModelMessage:
-        return SharedModelMessage(shared_part(server))
+        return SharedModelMessage(server.params)
 
-    def aggregate(
-        self, server: ServerState, updates: list[Update], rng: np.random.Generator
-    ) -> ServerState:
-        """FedAvg's step on the shared entries; the personal entries keep their initial
-        values (the start of clients not seen yet)."""
-        shared = super().aggregate(ServerState(shared_part(server), server.extra), updates, rng)
-        return ServerState(merge(server.params, shared.params), shared.extra)
-
-    def personalized(self, server: ServerState, state: Params | None, client_id: int) -> Params:
-        """The shared entries with the client's own personal ones (the initial ones for a
-        client that has not trained yet)."""
-        return merge(server.params, state or {})
+    def personalized(
+        self, server: ServerState, state: Params | None, client_id: int
+    ) -> Params | OnClient:
+        """The shared entries with the client's own personal ones (its initial ones, which
+        only the client holds, for a client that has not trained yet)."""
+        if state is None:
+            return OnClient(server.params)
+        return {**server.params, **state}
 
     # ---- client side -------------------------------------------------------------------------
 
@@ -206,6 +217,7 @@ class PartialFedAvg(FedAvg):
         rng: torch.Generator,
     ) -> tuple[Update, Params]:
         """FedAvg's local update of the client's whole model (shared and personal jointly)."""
+        state = personal_state(message, state, trainer)
         model = ModelMessage({**message.params, **state})
         return super().client_update(model, state, client, trainer, rng)
 
@@ -289,6 +301,7 @@ class FedRep(FedPer):
         trainer: LocalTrainer,
         rng: torch.Generator,
     ) -> tuple[Update, Params]:
+        state = personal_state(message, state, trainer)
         personal = frozenset(state)
         head = self.fit_head(message, state, client, trainer, rng)
         body_trainer = RestrictedTrainer(
@@ -312,6 +325,50 @@ class FedRep(FedPer):
         model = {**message.params, **state}
         fit = head_trainer.fit(model, client.train.x, client.train.y, rng=rng)
         return subset(fit.params, list(state))
+
+
+@dataclasses.dataclass(frozen=True)
+class LGFedAvgConfig(AveragingConfig):
+    """LG-FedAvg settings: which entries are shared (the rest stays on the client)."""
+
+    shared: tuple[str, ...] = setting(
+        (LAST,),
+        help="entries that are averaged; the rest is local. Name patterns ('head.*') or "
+        "'@last' (the classifier head)",
+    )
+
+
+@ALGORITHMS.register(
+    "lg_fedavg",
+    LGFedAvgConfig,
+    "LG-FedAvg: local representation layers, shared top layers (works across architectures)",
+)
+class LGFedAvg(PartialFedAvg):
+    """LG-FedAvg (Liang et al. 2020, "Think Locally, Act Globally: Federated Learning with
+    Local and Global Representations").
+
+    Each client learns its own representation layers; only the top layers (``shared``,
+    default the classifier) are averaged, FedAvg style. Local and shared layers train
+    jointly each round. With clients of different architectures (a model family) the shared
+    layers must agree in shape, which is what makes it a model-heterogeneous baseline.
+    """
+
+    name = "lg_fedavg"
+    config: LGFedAvgConfig
+
+    def resolve_personal(self, names: Sequence[str], info: FederationInfo) -> tuple[str, ...]:
+        """Every entry that ``shared`` does not select; an error if it selects nothing or
+        everything."""
+        try:
+            check_patterns(names, self.config.shared, "algorithm.shared")
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        shared = select(names, self.config.shared, info.norm_layers)
+        if not shared:
+            raise ConfigError("algorithm.shared: selects nothing; use algorithm 'local'")
+        if shared.issuperset(names):
+            raise ConfigError("algorithm.shared: selects every entry; use algorithm 'fedavg'")
+        return tuple(n for n in names if n not in shared)
 
 
 @ALGORITHMS.register(

@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
+from plural.config import ConfigError
 from plural.core.params import Params
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
@@ -48,6 +50,40 @@ class Update:
     complete: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class OnClient:
+    """Some entries of a client's model; the worker completes them with that client's own
+    initial parameters (the server never holds a client's local model; for a client that
+    has not trained yet, evaluation uses these entries over its initial model)."""
+
+    params: Params
+
+
+def full_params(params: Params | OnClient, trainer: LocalTrainer) -> Params:
+    """A whole model for the trainer's architecture: ``params`` itself, or the entries of an
+    :class:`OnClient` over the architecture's initial parameters."""
+    return trainer.complete(params.params) if isinstance(params, OnClient) else params
+
+
+def check_shared_shapes(info: FederationInfo, shared: Sequence[str], what: str) -> None:
+    """ConfigError unless every entry in ``shared`` has the same shape in every architecture
+    of a model family (entries that travel between clients must fit every client's model)."""
+    for name in shared:
+        shapes = {tuple(member.get(name, ())) for member in info.member_shapes}
+        missing = [k + 1 for k, member in enumerate(info.member_shapes) if name not in member]
+        if missing or len(shapes) > 1:
+            raise ConfigError(
+                f"{what}: entry {name!r} is shared but "
+                + (
+                    f"architecture(s) {missing} do not have it"
+                    if missing
+                    else f"its shape differs between architectures ({sorted(shapes)})"
+                )
+                + "; with clients of different architectures, share only entries whose "
+                "shapes agree (e.g. '@last', the classifier)"
+            )
+
+
 @dataclasses.dataclass
 class ServerState:
     """The server's state: global parameters plus algorithm-specific tensors or values."""
@@ -71,6 +107,16 @@ class FederationInfo:
     fresh_params: Callable[[int], Params] | None = None
     """Initial parameters drawn from another seed (``fresh_params(k)``: the k-th draw), for
     methods that start several models at random (IFCA); None where unavailable."""
+    architectures: tuple[int, ...] = ()
+    """Each client's architecture (index into ``member_shapes``); () when every client has
+    the same model."""
+    member_shapes: tuple[Mapping[str, tuple[int, ...]], ...] = ()
+    """Entry shapes of each architecture of a model family (empty for one model)."""
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Whether clients have different model architectures."""
+        return len(self.member_shapes) > 1
 
 
 class RoundContext(Protocol):
@@ -113,6 +159,10 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     in_demo: ClassVar[bool] = True
     """Whether ``plural demo`` runs it (False for methods that need special models or data)."""
+    model_heterogeneous: ClassVar[bool] = False
+    """Whether clients may have different architectures (a model family such as
+    ``cnn_family``); such methods start each client from its own initial parameters
+    (``trainer.initial_params``) and share only entries whose shapes agree."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
@@ -120,6 +170,15 @@ class Algorithm:
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         """Server state before round 1, from the initial model parameters."""
         return ServerState(params=params)
+
+    def prepare_model(
+        self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int
+    ) -> nn.Module:
+        """The module clients train, built from the configured model (each architecture of a
+        family). Methods that add modules (an adapter, a shared small model) wrap it here;
+        the engine seeds the call the same for every architecture, so added modules start
+        equal. Default: the model itself."""
+        return model
 
     def init_client(self, server: ServerState, client_id: int) -> Any:
         """A client's state the first time it is needed (None: the algorithm keeps none)."""
@@ -144,7 +203,7 @@ class Algorithm:
     ) -> ServerState:
         raise NotImplementedError
 
-    def personalized(self, server: ServerState, state: Any, client_id: int) -> Params:
+    def personalized(self, server: ServerState, state: Any, client_id: int) -> Params | OnClient:
         """The parameters that evaluate ``client_id`` (global methods: the global model)."""
         return server.params
 
@@ -168,7 +227,9 @@ class Algorithm:
         """Method-specific figures for ``summary.json`` (under the algorithm's name)."""
         return {}
 
-    def evaluated(self, server: ServerState, state: Any, client_id: int) -> dict[str, Params]:
+    def evaluated(
+        self, server: ServerState, state: Any, client_id: int
+    ) -> dict[str, Params | OnClient]:
         """Every model to score ``client_id`` with, by name. The unnamed one (``""``) is the
         client's model; others (e.g. ``"global"``) give rows with split ``"test@global"``."""
         return {"": self.personalized(server, state, client_id)}

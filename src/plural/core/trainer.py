@@ -7,19 +7,25 @@ parameters train (FedPer's head, an adapter), and optionally the number of epoch
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from plural.config import setting
 from plural.core.params import Params, state_of
 
 LossTerm = Callable[[Mapping[str, nn.Parameter]], torch.Tensor]
 """An extra loss term: receives the live named parameters being trained, returns a scalar."""
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""A minibatch loss computed from the model itself, ``objective(model, x, y)``, for methods
+whose loss needs more than the model's output (representations, two branches)."""
 
 Trainable = Callable[[str], bool]
 
@@ -91,17 +97,44 @@ class Mixture:
     weights: torch.Tensor
 
 
+@dataclasses.dataclass
+class WorkMeter:
+    """Training work done since the last :meth:`reset`: FLOPs of the matrix products and
+    convolutions of forward and backward passes (counted by torch, per sample, once for each
+    set of trained parameters and objective, then multiplied by the samples seen)."""
+
+    flops: float = 0.0
+    per_sample: dict[tuple[Any, ...], float] = dataclasses.field(default_factory=dict)
+
+    def reset(self) -> None:
+        self.flops = 0.0
+
+
 class LocalTrainer:
     """Minibatch SGD on one client's data, starting from given parameters.
 
     ``model`` is a template module; parameters are loaded into it for each fit, so one
-    trainer serves every client. Nothing about a client is kept between calls.
+    trainer serves every client of its architecture. Nothing about a client is kept between
+    calls. ``initial_params`` are the architecture's initial parameters (a model-heterogeneous
+    client starts from them); ``meter`` counts the training FLOPs.
     """
 
-    def __init__(self, model: nn.Module, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        initial_params: Params | None = None,
+        meter: WorkMeter | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self.loss_fn = LOSSES[config.loss]
+        self.initial_params = state_of(model) if initial_params is None else initial_params
+        self.meter = WorkMeter() if meter is None else meter
+
+    def complete(self, params: Mapping[str, torch.Tensor]) -> Params:
+        """``params`` over this architecture's initial parameters (for partial models)."""
+        return {**self.initial_params, **params}
 
     def fit(
         self,
@@ -118,11 +151,13 @@ class LocalTrainer:
         validation: tuple[torch.Tensor, torch.Tensor] | None = None,
         patience: int | None = None,
         sample_weights: torch.Tensor | None = None,
+        objective: Objective | None = None,
     ) -> FitResult:
         """Train from ``params`` on ``(x, y)``; returns new parameters (inputs untouched).
 
         ``sample_weights`` (one per row of ``x``) make each minibatch loss the weighted mean
         ``mean_i(w_i * loss_i)`` (FedEM's M-step); None keeps the plain mean loss.
+        ``objective`` replaces the minibatch loss altogether (not with ``sample_weights``).
 
         With ``validation`` data and a ``patience``, the loss on it is checked before training
         and after every epoch; training stops once it has not improved for ``patience``
@@ -143,6 +178,8 @@ class LocalTrainer:
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
         )
+        if objective is not None and sample_weights is not None:
+            raise ValueError("fit: give an objective or sample weights, not both")
         stopper = None
         if validation is not None and patience is not None and len(validation[1]) > 0:
             stopper = _EarlyStopping(self, validation, patience)
@@ -157,7 +194,10 @@ class LocalTrainer:
                 *self.budget(len(y), epochs, steps),
                 stopper,
                 sample_weights,
+                objective,
             )
+            if seen:
+                self.meter.flops += seen * self._flops_per_sample(x, y, live, objective)
         finally:
             for p in frozen:
                 p.requires_grad_(True)
@@ -188,6 +228,7 @@ class LocalTrainer:
         step_cap: int | None,
         stopper: _EarlyStopping | None = None,
         sample_weights: torch.Tensor | None = None,
+        objective: Objective | None = None,
     ) -> tuple[float, int, int]:
         model, batch, clip = self.model, self.config.batch_size, self.config.max_grad_norm
         model.train()
@@ -203,7 +244,10 @@ class LocalTrainer:
                 if step_cap is not None and done >= step_cap:
                     return float(total_loss), done, seen
                 idx = order[start : start + batch]
-                loss = self._batch_loss(x, y, idx, sample_weights)
+                if objective is not None:
+                    loss = objective(model, x[idx], y[idx])
+                else:
+                    loss = self._batch_loss(x, y, idx, sample_weights)
                 for term in loss_terms:
                     loss = loss + term(live)
                 optimizer.zero_grad(set_to_none=True)
@@ -232,6 +276,27 @@ class LocalTrainer:
         losses = self.loss_fn(output, y[idx], reduction="none")
         weights = sample_weights[idx].to(losses.dtype)
         return (weights.reshape(len(idx), *([1] * (losses.dim() - 1))) * losses).mean()
+
+    def _flops_per_sample(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        live: Mapping[str, nn.Parameter],
+        objective: Objective | None,
+    ) -> float:
+        """Training FLOPs per sample with ``live`` trained, counted once per key on a copy of
+        the model (so neither its buffers nor any random state move)."""
+        key = (
+            type(self.model).__qualname__,
+            tuple((name, tuple(p.shape)) for name, p in live.items()),
+            tuple(x.shape[1:]),
+            None if objective is None else getattr(objective, "__qualname__", type(objective)),
+        )
+        if key not in self.meter.per_sample:
+            self.meter.per_sample[key] = count_training_flops(
+                self.model, self.loss_fn, x[:2], y[:2], set(live), objective
+            ) / len(y[:2])
+        return self.meter.per_sample[key]
 
     def _outputs(
         self, params: Mapping[str, torch.Tensor], x: torch.Tensor, batch_size: int
@@ -321,6 +386,28 @@ class LocalTrainer:
                 if grad is not None:
                     total[name] += grad
         return {n: g / max(len(y), 1) for n, g in total.items()}
+
+
+def count_training_flops(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    trained: set[str],
+    objective: Objective | None = None,
+) -> float:
+    """FLOPs of one forward and backward pass on ``(x, y)`` with only ``trained`` parameters
+    requiring gradients: torch's count of matrix products and convolutions (elementwise
+    operations are not counted), run on a copy of ``model`` with the random state kept."""
+    replica = copy.deepcopy(model)
+    replica.train()
+    for name, parameter in replica.named_parameters():
+        parameter.requires_grad_(name in trained)
+    with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
+        loss = objective(replica, x, y) if objective is not None else loss_fn(replica(x), y)
+        if loss.requires_grad:
+            loss.backward()
+    return float(counter.get_total_flops())
 
 
 class _EarlyStopping:

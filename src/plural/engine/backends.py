@@ -17,13 +17,14 @@ import os
 import pickle
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
-from plural.core.algorithm import Algorithm
+from plural.core.algorithm import Algorithm, OnClient, full_params
 from plural.core.params import Params
 from plural.core.rng import torch_generator
 from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
@@ -34,24 +35,61 @@ Result = TypeVar("Result")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class ClientModels:
+    """The modules clients train: one per architecture, and each client's architecture."""
+
+    members: tuple[nn.Module, ...]
+    architecture: tuple[int, ...] = ()
+    """Index into ``members`` per client; () when every client has ``members[0]``."""
+
+    def index_of(self, client_id: int) -> int:
+        return self.architecture[client_id] if self.architecture else 0
+
+    @property
+    def heterogeneous(self) -> bool:
+        return len(self.members) > 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class WorkerSetup:
-    """What a worker needs once: the clients' data, the model template, training settings."""
+    """What a worker needs once: the clients' data, the model template(s), training settings."""
 
     federation: FederatedDataset
-    model: nn.Module
+    model: nn.Module | ClientModels
     train: TrainConfig
     seed: int
     eval_batch_size: int = 1024
 
 
 class WorkerEnv:
-    """A worker's long-lived environment, built once from a :class:`WorkerSetup`."""
+    """A worker's long-lived environment, built once from a :class:`WorkerSetup`: one
+    trainer per architecture, each with that architecture's initial parameters."""
 
     def __init__(self, setup: WorkerSetup) -> None:
+        models = setup.model
+        if isinstance(models, nn.Module):
+            models = ClientModels((models,))
         self.federation = setup.federation
-        self.trainer = LocalTrainer(setup.model, setup.train)
+        self.models = models
+        self.trainers = [LocalTrainer(model, setup.train) for model in models.members]
         self.seed = setup.seed
         self.eval_batch_size = setup.eval_batch_size
+
+    @property
+    def trainer(self) -> LocalTrainer:
+        """The trainer of the first architecture (the only one for a homogeneous model)."""
+        return self.trainers[0]
+
+    def trainer_for(self, client_id: int) -> LocalTrainer:
+        return self.trainers[self.models.index_of(client_id)]
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseCost:
+    """What one client phase cost its worker: training FLOPs and wall time."""
+
+    flops: float
+    seconds: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,31 +110,37 @@ class EvalWork:
 
     client_id: int
     round: int
-    params: Params | Mixture
-    """A model, or a :class:`~plural.core.trainer.Mixture` of models (FedEM)."""
+    params: Params | Mixture | OnClient
+    """A model, a :class:`~plural.core.trainer.Mixture` of models (FedEM), or some entries
+    completed with the client's own initial parameters (:class:`OnClient`)."""
     splits: tuple[SplitName, ...]
 
 
-def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any]:
-    """Call ``algorithm.<phase>`` for one client with its data, the trainer and its rng."""
+def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any, PhaseCost]:
+    """Call ``algorithm.<phase>`` for one client with its data, its architecture's trainer
+    and its rng; returns (reply, new state, cost)."""
     client = env.federation.client(work.client_id, work.round)
     rng = torch_generator(env.seed, work.round, work.client_id, work.phase)
     phase = getattr(work.algorithm, work.phase)
-    return phase(work.message, work.state, client, env.trainer, rng)
+    trainer = env.trainer_for(work.client_id)
+    trainer.meter.reset()
+    started = time.perf_counter()
+    reply, state = phase(work.message, work.state, client, trainer, rng)
+    return reply, state, PhaseCost(trainer.meter.flops, time.perf_counter() - started)
 
 
 def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:
     """Loss and accuracy of ``work.params`` (a model or a mixture) on the client's splits."""
     client = env.federation.client(work.client_id, work.round)
+    trainer = env.trainer_for(work.client_id)
+    params = work.params if isinstance(work.params, Mixture) else full_params(work.params, trainer)
     results = {}
     for split in work.splits:
         data = client.split(split)
-        if isinstance(work.params, Mixture):
-            results[split] = env.trainer.evaluate_mixture(
-                work.params, data.x, data.y, env.eval_batch_size
-            )
+        if isinstance(params, Mixture):
+            results[split] = trainer.evaluate_mixture(params, data.x, data.y, env.eval_batch_size)
         else:
-            results[split] = env.trainer.evaluate(work.params, data.x, data.y, env.eval_batch_size)
+            results[split] = trainer.evaluate(params, data.x, data.y, env.eval_batch_size)
     return results
 
 

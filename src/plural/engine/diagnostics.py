@@ -26,7 +26,8 @@ from plural.engine.backends import WorkerEnv
 
 @dataclasses.dataclass(frozen=True)
 class GradientWork:
-    """Ask one client for its full-batch training gradient at ``params``."""
+    """Ask one client for its full-batch training gradient at ``params`` (entries the server
+    does not hold, such as personal layers, at the client's initial values)."""
 
     client_id: int
     round: int
@@ -38,7 +39,9 @@ def client_gradient(env: WorkerEnv, work: GradientWork) -> tuple[int, torch.Tens
     train = env.federation.client(work.client_id, work.round).train
     if len(train) == 0:
         return 0, torch.zeros(0)
-    grads = env.trainer.gradient(work.params, train.x, train.y, env.eval_batch_size)
+    trainer = env.trainer_for(work.client_id)
+    params = trainer.complete(work.params)
+    grads = trainer.gradient(params, train.x, train.y, env.eval_batch_size)
     return len(train), torch.cat([g.reshape(-1).double() for g in grads.values()])
 
 

@@ -33,6 +33,7 @@ from plural.data.types import ArrayDataset
 from plural.diagnostics.plots import plot_similarity
 from plural.engine.backends import (
     Backend,
+    ClientModels,
     ClientWork,
     EvalWork,
     WorkerSetup,
@@ -46,6 +47,7 @@ from plural.engine.diagnostics import GradientMoments, GradientWork, client_grad
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import InMemoryStateStore
 from plural.experiment import Component, ExperimentConfig, load_config
+from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
@@ -108,8 +110,9 @@ def apply_transforms(
 
 def build_model(
     config: ExperimentConfig, federation: FederatedDataset, model: ModelSource | None = None
-) -> nn.Module:
-    """The initial model: the user's module (copied), the user's factory, or the config's."""
+) -> nn.Module | ModelFamily:
+    """The initial model: the user's module (copied), the user's factory, or the config's
+    (a :class:`~plural.models.zoo.ModelFamily` for model-heterogeneous families)."""
     if isinstance(model, nn.Module):
         return copy.deepcopy(model)
     if model is not None:
@@ -121,6 +124,77 @@ def build_model(
         return built
     return config.model.build(
         federation.input_shape, federation.num_classes, derive_seed(config.seed, "model")
+    )
+
+
+def build_client_models(
+    config: ExperimentConfig,
+    federation: FederatedDataset,
+    algorithm: Algorithm,
+    model: ModelSource | None = None,
+) -> ClientModels:
+    """The modules clients train: the configured model (or each architecture of a family that
+    some client uses), prepared by the algorithm; ConfigErrors for combinations that cannot
+    run, before any training."""
+    built = build_model(config, federation, model)
+    if isinstance(built, ModelFamily):
+        architecture = built.architecture_of(federation.num_clients)
+        used = sorted(set(architecture))
+        members = tuple(built.members[k] for k in used)
+        index = tuple(used.index(k) for k in architecture)
+    else:
+        members, index = (built,), ()
+    prepared = []
+    for member in members:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(config.seed, "prepare-model"))
+            prepared.append(
+                algorithm.prepare_model(member, federation.input_shape, federation.num_classes)
+            )
+    models = ClientModels(tuple(prepared), index if len(prepared) > 1 else ())
+    _check_heterogeneity(config, algorithm, models)
+    return models
+
+
+def _check_heterogeneity(
+    config: ExperimentConfig, algorithm: Algorithm, models: ClientModels
+) -> None:
+    if not models.heterogeneous:
+        return
+    if not algorithm.model_heterogeneous:
+        able = [e.name for e in ALGORITHMS if getattr(e.target, "model_heterogeneous", False)]
+        raise ConfigError(
+            f"algorithm: {config.algorithm.name!r} needs one architecture for every client, but "
+            f"model {config.model.name!r} gives {len(models.members)} architectures to the "
+            f"clients; methods for model-heterogeneous federations: {', '.join(able)} "
+            "(or give every client the same architecture with model.assignment)"
+        )
+    if config.diagnostics.gradient_every is not None:
+        raise ConfigError(
+            "diagnostics.gradient_every: gradient dissimilarity needs one global model; it is "
+            "not defined when clients have different architectures (set it to null)"
+        )
+
+
+def federation_info(
+    federation: FederatedDataset, models: ClientModels, seed: int
+) -> FederationInfo:
+    """What the server may know about the federation and the clients' models."""
+    first = models.members[0]
+    shapes = tuple(
+        {name: tuple(t.shape) for name, t in member.state_dict().items()}
+        for member in models.members
+    )
+    return FederationInfo(
+        federation.num_clients,
+        federation.num_classes,
+        federation.input_shape,
+        federation.groups,
+        tuple(name for name, _ in first.named_parameters()),
+        norm_layer_names(first),
+        _fresh_params(first, seed),
+        models.architecture,
+        shapes if models.heterogeneous else (),
     )
 
 
@@ -151,6 +225,8 @@ class _Ledger:
         self.down: dict[int, int] = defaultdict(int)
         self.fit: dict[int, Update] = {}
         self.drift: dict[int, float] = {}
+        self.flops: dict[int, float] = defaultdict(float)
+        self.seconds: dict[int, float] = defaultdict(float)
 
 
 class EngineRoundContext:
@@ -200,11 +276,13 @@ class EngineRoundContext:
             self.ledger.down[cid] += nbytes(msg)
             work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
         replies = []
-        for cid, (reply, state) in zip(
+        for cid, (reply, state, cost) in zip(
             cohort, self._backend.map(run_client_phase, work), strict=True
         ):
             self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
+            self.ledger.flops[cid] += cost.flops
+            self.ledger.seconds[cid] += cost.seconds
             if isinstance(reply, Update):
                 self.ledger.fit[cid] = reply
                 msg = per_client[cid] if per_client is not None else message
@@ -215,8 +293,9 @@ class EngineRoundContext:
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
-    """One 'fit' row per client that took part: local training loss, samples, bytes, and the
-    client drift ||w_k - w|| between the model it received and the one it sent back."""
+    """One 'fit' row per client that took part: local training loss, samples, bytes, the
+    client drift ||w_k - w|| between the model it received and the one it sent back, and the
+    training FLOPs and seconds of its work (all its phases of the round)."""
     rows = []
     for cid in sorted(set(ledger.up) | set(ledger.down)):
         update = ledger.fit.get(cid)
@@ -231,6 +310,8 @@ def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
                 "bytes_up": ledger.up[cid],
                 "bytes_down": ledger.down[cid],
                 "drift": ledger.drift.get(cid, float("nan")),
+                "flops": ledger.flops.get(cid, 0.0),
+                "seconds": ledger.seconds.get(cid, 0.0),
             }
         )
     return rows
@@ -264,6 +345,8 @@ def _evaluation_rows(
                     "bytes_up": 0,
                     "bytes_down": 0,
                     "drift": float("nan"),
+                    "flops": 0.0,
+                    "seconds": 0.0,
                 }
             )
     return rows
@@ -316,6 +399,7 @@ class _Progress:
     bytes_down: int = 0
     wall_time: float = 0.0
     last_eval: int = 0
+    flops: float = 0.0
 
 
 def run(
@@ -345,17 +429,9 @@ def run(
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
     federation = build_federation(cfg, dataset)
-    initial = build_model(cfg, federation, model)
-    info = FederationInfo(
-        federation.num_clients,
-        federation.num_classes,
-        federation.input_shape,
-        federation.groups,
-        tuple(name for name, _ in initial.named_parameters()),
-        norm_layer_names(initial),
-        _fresh_params(initial, cfg.seed),
-    )
-    server = algorithm.init(state_of(initial), info, numpy_rng(cfg.seed, "init"))
+    models = build_client_models(cfg, federation, algorithm, model)
+    info = federation_info(federation, models, cfg.seed)
+    server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
     store = InMemoryStateStore()
     counters = _Progress()
     frames: list[pd.DataFrame] = []
@@ -367,7 +443,7 @@ def run(
             run_dir.drop_diagnostics_after(counters.round)
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
-    setup = WorkerSetup(federation, initial, cfg.train, cfg.seed, cfg.eval.batch_size)
+    setup = WorkerSetup(federation, models, cfg.train, cfg.seed, cfg.eval.batch_size)
     loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
     backend = make_backend(
@@ -466,6 +542,7 @@ class _Loop:
         counters.bytes_up += sum(ctx.ledger.up.values())
         counters.bytes_down += sum(ctx.ledger.down.values())
         counters.wall_time += seconds
+        counters.flops += sum(ctx.ledger.flops.values())
         if evaluated:
             counters.last_eval = round_index
         if self.run_dir is not None:
@@ -558,6 +635,7 @@ class _Loop:
             **self._cluster_summary(),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
+            "train_flops": c.flops,
             "wall_time_s": round(c.wall_time, 3),
         }
 

@@ -163,6 +163,122 @@ def lenet(config: LeNetConfig, input_shape: tuple[int, ...], num_classes: int) -
     return _conv_net(input_shape, [6, 16], [120, 84], num_classes, "lenet", config.batch_norm)
 
 
+FAMILY_ARCHITECTURES = ((32, 2000), (16, 2000), (32, 1000), (32, 800), (32, 500))
+"""(conv2 channels, fc1 width) of the five CNNs of the model-heterogeneous FL papers of Yi et
+al. (pFedLoRA, arXiv 2310.13283, and its siblings), numbered 1 to 5 in that order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CNNFamilyConfig:
+    architectures: tuple[tuple[int, int], ...] = setting(
+        FAMILY_ARCHITECTURES,
+        help="(conv2 channels, fc1 width) of each architecture, numbered from 1; default the "
+        "five CNNs of Yi et al. (pFedLoRA)",
+        ge=1,
+    )
+    assignment: tuple[int, ...] | None = setting(
+        None,
+        help="architecture number (from 1) of each client, cycled over the clients when "
+        "shorter; null: client i gets (i mod number of architectures) + 1",
+        ge=1,
+    )
+    conv1: int = setting(16, help="conv1 output channels (the same in every architecture)", ge=1)
+    representation: int = setting(
+        500, help="width of fc2, the representation every architecture shares", ge=1
+    )
+
+    def __post_init__(self) -> None:
+        if not self.architectures:
+            raise ConfigError("model.architectures: give at least one (conv2, fc1) pair")
+        for pair in self.architectures:
+            if len(pair) != 2:
+                raise ConfigError(
+                    f"model.architectures: {list(pair)} is not a (conv2 channels, fc1 width) pair"
+                )
+        if self.assignment is not None:
+            too_big = [a for a in self.assignment if a > len(self.architectures)]
+            if not self.assignment or too_big:
+                raise ConfigError(
+                    f"model.assignment: architecture numbers run from 1 to "
+                    f"{len(self.architectures)}; got {list(self.assignment)}"
+                )
+
+
+class BodyHeadCNN(nn.Module):
+    """conv1 (5x5, max-pool) -> conv2 (5x5, max-pool) -> fc1 -> fc2 (the representation) as
+    ``body``, and ``head`` (fc3) from the representation to the classes.
+
+    ``body`` and ``head`` are what methods that exchange representations (FedProto) or attach
+    an adapter to them (pFedLoRA) use. Convolutions are unpadded, as in Yi et al.'s models.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        conv1: int,
+        conv2: int,
+        hidden: int,
+        representation: int,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        channels, height, width = _image_shape("cnn_family", input_shape)
+        layers: list[nn.Module] = []
+        for out_channels in (conv1, conv2):
+            if min(height, width) < 5:
+                raise ConfigError(
+                    f"model: cnn_family's 5x5 unpadded convolutions need images of at least "
+                    f"12x12 pixels; the dataset gives {tuple(input_shape)}"
+                )
+            layers += [nn.Conv2d(channels, out_channels, 5), nn.ReLU()]
+            height, width = height - 4, width - 4
+            if min(height, width) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            channels = out_channels
+        flat = channels * height * width
+        self.body = nn.Sequential(
+            *layers,
+            nn.Flatten(),
+            *_dense_stack([flat, hidden, representation]),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(representation, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelFamily:
+    """Several architectures for one federation: ``members[k]`` is architecture k + 1 and
+    ``assignment`` (0-based member indices) is cycled over the clients."""
+
+    members: tuple[nn.Module, ...]
+    assignment: tuple[int, ...] | None = None
+
+    def architecture_of(self, num_clients: int) -> tuple[int, ...]:
+        """The member index of every client."""
+        pattern = self.assignment or tuple(range(len(self.members)))
+        return tuple(pattern[i % len(pattern)] for i in range(num_clients))
+
+
+@MODELS.register(
+    "cnn_family",
+    CNNFamilyConfig,
+    "model-heterogeneous CNNs (Yi et al., pFedLoRA): five conv/fc widths, one per client",
+)
+def cnn_family(
+    config: CNNFamilyConfig, input_shape: tuple[int, ...], num_classes: int
+) -> ModelFamily:
+    members = tuple(
+        BodyHeadCNN(input_shape, config.conv1, c2, h1, config.representation, num_classes)
+        for c2, h1 in config.architectures
+    )
+    assignment = None if config.assignment is None else tuple(a - 1 for a in config.assignment)
+    return ModelFamily(members, assignment)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """A validated model choice: a registered name with its settings, or an import path."""
@@ -170,8 +286,10 @@ class ModelSpec:
     name: str
     settings: Any
 
-    def build(self, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-        """The model with initial weights drawn from ``seed``.
+    def build(
+        self, input_shape: tuple[int, ...], num_classes: int, seed: int
+    ) -> nn.Module | ModelFamily:
+        """The model (or family of models) with initial weights drawn from ``seed``.
 
         Layers draw their initial weights from torch's global generator; it is forked and
         restored here, so the caller's global random state is left as it was.

@@ -39,7 +39,16 @@ METRIC_COLUMNS = [
     "bytes_up",
     "bytes_down",
     "drift",
+    "flops",
+    "seconds",
 ]
+TIMING_COLUMNS = ["seconds"]
+"""Columns measured by the clock: they differ between otherwise identical runs."""
+
+
+def deterministic(metrics: pd.DataFrame) -> pd.DataFrame:
+    """``metrics`` without the clock-measured columns (to compare runs for equality)."""
+    return metrics.drop(columns=[c for c in TIMING_COLUMNS if c in metrics.columns])
 
 
 def _atomic_write(path: Path, write: Any) -> None:
