@@ -18,7 +18,12 @@ from plural.core.masks import norm_layer_names
 from plural.core.params import max_abs_difference, state_of
 from plural.core.rng import numpy_rng
 from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
-from plural.engine.loop import build_algorithm, build_federation, build_model
+from plural.engine.loop import (
+    build_algorithm,
+    build_client_models,
+    build_federation,
+    build_model,
+)
 from plural.experiment import load_config
 from plural.registry import ALGORITHMS
 from plural.report.rundir import deterministic
@@ -115,8 +120,8 @@ def test_client_update_does_not_mutate_message_or_state(
 ) -> None:
     parsed = load_config(config_for(name, tiny_config))
     federation = build_federation(parsed)
-    model = build_model(parsed, federation)
     algorithm = build_algorithm(parsed)
+    model = build_client_models(parsed, federation, algorithm).members[0]
     info = FederationInfo(
         federation.num_clients,
         10,

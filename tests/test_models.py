@@ -54,3 +54,30 @@ def test_model_settings_are_validated() -> None:
 def test_python_placeholder_explains_itself() -> None:
     with pytest.raises(ConfigError, match=r"plural.run\(config, model=...\)"):
         parse_model({"name": "python"}).build((1, 8, 8), 10, seed=0)
+
+
+def test_cnn_family_is_yi_et_al_five_cnns() -> None:
+    family = parse_model({"name": "cnn_family"}).build((3, 32, 32), 10, seed=0)
+    assert len(family.members) == 5
+    for member, (c2, h1) in zip(
+        family.members, [(32, 2000), (16, 2000), (32, 1000), (32, 800), (32, 500)], strict=True
+    ):
+        shapes = {n: tuple(t.shape) for n, t in member.state_dict().items()}
+        assert shapes["body.0.weight"] == (16, 3, 5, 5)
+        assert shapes["body.3.weight"] == (c2, 16, 5, 5)
+        assert shapes["body.7.weight"] == (h1, c2 * 5 * 5)  # 32 -> 28 -> 14 -> 10 -> 5
+        assert shapes["body.9.weight"] == (500, h1)
+        assert shapes["head.weight"] == (10, 500)
+        assert member(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert family.architecture_of(7) == (0, 1, 2, 3, 4, 0, 1)
+
+
+def test_cnn_family_assignment_and_errors() -> None:
+    spec = parse_model({"name": "cnn_family", "assignment": [2, 2, 5]})
+    assert spec.build((1, 28, 28), 10, seed=0).architecture_of(5) == (1, 1, 4, 1, 1)
+    with pytest.raises(ConfigError, match="from 1 to 5"):
+        parse_model({"name": "cnn_family", "assignment": [6]})
+    with pytest.raises(ConfigError, match="pair"):
+        parse_model({"name": "cnn_family", "architectures": [[8, 16, 3]]})
+    with pytest.raises(ConfigError, match="12x12"):
+        parse_model({"name": "cnn_family"}).build((1, 8, 8), 10, seed=0)

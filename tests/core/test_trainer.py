@@ -167,3 +167,25 @@ def test_nothing_trainable_returns_the_start() -> None:
     result = trainer.fit(params, x, y, rng=torch_generator(0), trainable=lambda name: False)
     assert result.steps == 0 and max_abs_difference(result.params, params) == 0.0
     assert all(p.requires_grad for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("trained", "per_sample"),
+    [
+        # forward 2*(3*5 + 5*2) = 50; backward: weight gradients 2*3*5 = 30 and 2*5*2 = 20,
+        # and the gradient into layer 2's input (20) only when layer 1 trains
+        (None, 50 + 30 + 20 + 20),
+        ("2.", 50 + 20),
+        ("0.", 50 + 30 + 20),
+    ],
+)
+def test_training_flops_are_counted_from_the_layer_shapes(
+    trained: str | None, per_sample: int
+) -> None:
+    trainer, params = make(batch_size=4)
+    x, y = data(10)
+    only = None if trained is None else (lambda name: name.startswith(trained))
+    trainer.fit(params, x, y, rng=torch_generator(0, "t"), trainable=only, epochs=2)
+    assert trainer.meter.flops == 2 * 10 * per_sample
+    trainer.meter.reset()
+    assert trainer.meter.flops == 0.0

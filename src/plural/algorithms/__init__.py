@@ -6,8 +6,10 @@ from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
+from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
+from plural.algorithms.fml import FML, FMLConfig
 from plural.algorithms.local import Local, LocalConfig
 from plural.algorithms.mocha import MOCHA, MOCHAConfig
 from plural.algorithms.partial import (
@@ -21,6 +23,7 @@ from plural.algorithms.partial import (
     SharedBody,
 )
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
+from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
 from plural.algorithms.qfedavg import QFedAvg, QFedAvgConfig
 from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
@@ -28,6 +31,7 @@ from plural.algorithms.scaffold import Scaffold, ScaffoldConfig
 __all__ = [
     "APFL",
     "CFL",
+    "FML",
     "IFCA",
     "MOCHA",
     "APFLConfig",
@@ -35,6 +39,7 @@ __all__ = [
     "CFLConfig",
     "Ditto",
     "DittoConfig",
+    "FMLConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBN",
@@ -43,6 +48,8 @@ __all__ = [
     "FedEMConfig",
     "FedPer",
     "FedPerConfig",
+    "FedProto",
+    "FedProtoConfig",
     "FedProx",
     "FedProxConfig",
     "FedRep",
@@ -57,6 +64,8 @@ __all__ = [
     "OracleConfig",
     "PFedLIA",
     "PFedLIAConfig",
+    "PFedLoRA",
+    "PFedLoRAConfig",
     "PFedMe",
     "PFedMeConfig",
     "PartialFedAvg",

@@ -132,6 +132,12 @@ class LocalTrainer:
         self.initial_params = state_of(model) if initial_params is None else initial_params
         self.meter = WorkMeter() if meter is None else meter
 
+    def view(self, **changes: Any) -> LocalTrainer:
+        """This trainer (same model, initial parameters and meter) with some of its settings
+        changed, e.g. ``view(max_grad_norm=5.0)``."""
+        config = dataclasses.replace(self.config, **changes)
+        return LocalTrainer(self.model, config, self.initial_params, self.meter)
+
     def complete(self, params: Mapping[str, torch.Tensor]) -> Params:
         """``params`` over this architecture's initial parameters (for partial models)."""
         return {**self.initial_params, **params}
