@@ -2,12 +2,11 @@
 open questions (adapter rank, mu, iterative against synchronous training, the two adapter
 constructions).
 
-The federation follows pFedLoRA's recipe at a size this CPU can run many times: 20
-Fashion-MNIST clients (3000 images), 2 classes each with shares from U(0.4, 0.6), five CNN
-architectures of the paper's family shape with every width divided down (conv2 / fc1 =
-(8, 64), (4, 64), (8, 48), (8, 40), (8, 32); conv1 4; representation 32), client i on
-architecture (i mod 5) + 1. SGD lr 0.05, momentum 0.9, batch 32, 2 local epochs per phase,
-full participation, 15 rounds, test accuracy every 5 rounds.
+The federation is ``examples/fmnist_five_cnns_small.yaml``: pFedLoRA's recipe at a size this
+CPU can run many times (20 Fashion-MNIST clients, 2 classes each with shares from
+U(0.4, 0.6), the five-CNN family with every width divided down, client i on architecture
+(i mod 5) + 1; SGD lr 0.05, momentum 0.9, batch 32, 2 local epochs per phase, full
+participation, 15 rounds).
 
 Experiments (all by default; ``--experiments`` picks some):
 
@@ -16,6 +15,8 @@ Experiments (all by default; ``--experiments`` picks some):
   to reach ``--target`` mean accuracy with its ratio to each method's.
 * ``rank``, ``mu``: the LoRA adapter's rank and mixing weight.
 * ``schedule``: iterative (the paper's) against synchronous training, both constructions.
+* ``full_size``: bytes per client and round and training FLOPs per sample of every method on
+  the paper's full-size five CNNs (exact, from one short round).
 
 Run from the repository root (about 10 minutes on a 2-core machine)::
 
@@ -36,33 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 import plural
 from plural.report.efficiency import cost_ratios, cost_to_target
 
-BASE: dict[str, Any] = {
-    "name": "pfedlora-bench",
-    "seed": 0,
-    "rounds": 15,
-    "dataset": {"name": "fashion_mnist", "max_samples": 3000},
-    "partition": {
-        "name": "classes_per_client",
-        "num_clients": 20,
-        "classes": 2,
-        "share_low": 0.4,
-        "share_high": 0.6,
-    },
-    "model": {
-        "name": "cnn_family",
-        "architectures": [[8, 64], [4, 64], [8, 48], [8, 40], [8, 32]],
-        "representation": 32,
-        "conv1": 4,
-    },
-    "train": {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "local_epochs": 2},
-    "sampling": {"fraction": 1.0},
-    "eval": {"splits": ["test"], "every": 5},
-    "backend": {"threads_per_worker": 1},
-}
+EXAMPLE = Path(__file__).parent.parent / "examples" / "fmnist_five_cnns_small.yaml"
+BASE: dict[str, Any] = {**yaml.safe_load(EXAMPLE.read_text()), "backend": {"threads_per_worker": 1}}
 METHODS: dict[str, dict[str, Any]] = {
     "Standalone": {"name": "local"},
     "LG-FedAvg": {"name": "lg_fedavg"},
@@ -130,9 +111,30 @@ def cost_table(costs: dict[str, list[Any]], seeds: list[int], target: float) -> 
     return table
 
 
+def full_size_costs() -> dict[str, Any]:
+    """Per-round cost of each method on the paper's full-size five CNNs (28x28 input): bytes
+    per client and round, and training FLOPs per training sample, read from one round's fit
+    rows (both are fixed by the architectures, not by the data, so one short round on a
+    small slice measures them exactly)."""
+    out: dict[str, Any] = {}
+    for label, algorithm in METHODS.items():
+        cfg = copy.deepcopy(BASE)
+        cfg.update(rounds=1, algorithm=algorithm, model={"name": "cnn_family"})
+        cfg["dataset"] = {**cfg["dataset"], "max_samples": 1000}
+        fit = plural.run(cfg, progress=False).metrics.query("split == 'fit'")
+        out[label] = {
+            "bytes_per_client_round": float((fit["bytes_up"] + fit["bytes_down"]).mean()),
+            "train_mflops_per_sample": float((fit["flops"] / fit["samples"]).mean() / 1e6),
+        }
+        print(label, out[label], flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", nargs="+", default=["methods", "rank", "mu", "schedule"])
+    parser.add_argument(
+        "--experiments", nargs="+", default=["methods", "rank", "mu", "schedule", "full_size"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--out", default="benchmarks/results/pfedlora.json")
@@ -160,11 +162,22 @@ def main(argv: list[str] | None = None) -> None:
             None,
         ),
     }
-    for name in args.experiments:
+    if "full_size" in args.experiments:
+        print("== full_size", flush=True)
+        results["full_size"] = full_size_costs()
+    for name in [e for e in args.experiments if e != "full_size"]:
         print(f"== {name}", flush=True)
         variants, target = experiments[name]
         results[name] = compare(variants, args.seeds, target)
-        Path(args.out).write_text(json.dumps(results, indent=1, default=str))
+        save(results, args.out)
+    save(results, args.out)
+
+
+def save(results: dict[str, Any], path: str) -> None:
+    """Write the figures so far; an existing file keeps the experiments not re-run."""
+    target = Path(path)
+    merged = json.loads(target.read_text()) if target.is_file() else {}
+    target.write_text(json.dumps({**merged, **results}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ pathological federation of five architectures."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -203,6 +204,18 @@ def test_settings_are_checked_before_any_work() -> None:
     assert PFedLoRA.model_heterogeneous
 
 
+FIVE_CNNS = Path(__file__).parent.parent / "examples" / "fmnist_five_cnns_small.yaml"
+
+
 def test_beats_standalone_and_lg_fedavg_on_five_architectures() -> None:
-    """Pathological label skew (two classes per client), five architectures."""
-    pytest.skip("filled in below once the setting is measured")
+    """Pathological Fashion-MNIST (two classes per client), five CNN architectures, 15
+    rounds: pFedLoRA's shared adapter helps every architecture's clients beyond training
+    alone, and beyond sharing the classifier (LG-FedAvg). Over 3 seeds the benchmark
+    measured 0.893 against 0.860 and 0.661 (benchmarks/README.md)."""
+    accuracy = {
+        name: plural.run(FIVE_CNNS, overrides=[f"algorithm={{name: {name}}}"]).final()
+        for name in ("pfedlora", "local", "lg_fedavg")
+    }
+    mean = {name: float(rows["accuracy"].mean()) for name, rows in accuracy.items()}
+    assert mean["pfedlora"] > mean["local"] + 0.01, mean
+    assert mean["pfedlora"] > mean["lg_fedavg"] + 0.1, mean
