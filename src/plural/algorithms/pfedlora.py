@@ -48,6 +48,7 @@ from torch import nn
 
 from plural.algorithms.ditto import epoch_budget
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
+from plural.algorithms.partial import personal_state
 from plural.config import ConfigError, setting
 from plural.core.algorithm import (
     FederationInfo,
@@ -186,7 +187,7 @@ class PFedLoRA(FedAvg):
         trainer: LocalTrainer,
         rng: torch.Generator,
     ) -> tuple[Update, PFedLoRAState]:
-        local = state.local if state is not None else self._initial_local(trainer)
+        local = state.local if state is not None else personal_state(message, None, trainer)
         params = {**local, **message.params}
         fits = self._phases(params, client, trainer, rng)
         final = fits[-1].params
@@ -232,10 +233,6 @@ class PFedLoRA(FedAvg):
         if self.config.clip is not None:
             trainer = trainer.view(max_grad_norm=self.config.clip)
         return trainer.fit(params, train.x, train.y, rng=rng, trainable=trainable, **budget)
-
-    @staticmethod
-    def _initial_local(trainer: LocalTrainer) -> Params:
-        return clone({n: t for n, t in trainer.initial_params.items() if not is_adapter_entry(n)})
 
 
 def _trains(local: bool, adapter: bool) -> Any:

@@ -95,8 +95,9 @@ class AdaptedModel(nn.Module):
         self.adapter = adapter
         self.mu = mu
         self.construction = construction
-        if construction == "lora":
-            body_and_head(local)  # fail now, not at the first batch
+        # Split once (fails now, not at the first batch); a tuple is not a submodule, so the
+        # entries keep their ``local.*`` names.
+        self._parts = body_and_head(local) if construction == "lora" else None
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(local output, adapter output); None for a branch whose weight is 0."""
@@ -104,7 +105,8 @@ class AdaptedModel(nn.Module):
         if self.construction == "parallel":
             local = self.local(x) if want_local else None
             return local, (self.adapter(x) if want_adapter else None)
-        body, head = body_and_head(self.local)
+        assert self._parts is not None
+        body, head = self._parts
         representation = body(x)
         local = head(representation) if want_local else None
         return local, (self.adapter(representation) if want_adapter else None)
