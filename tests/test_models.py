@@ -7,8 +7,10 @@ from plural.config import ConfigError
 from plural.models import parse_model
 from plural.registry import MODELS
 
-BUILT_IN = [name for name in MODELS.names() if name not in ("python", "cnn_family")]
-"""Single models (the model-heterogeneous family has its own tests)."""
+TEXT_MODELS = ("char_rnn", "minilm_lora")
+BUILT_IN = [name for name in MODELS.names() if name not in ("python", "cnn_family", *TEXT_MODELS)]
+"""Single image/feature models (the model-heterogeneous family and the text models, which
+read token ids, have their own tests)."""
 
 
 @pytest.mark.parametrize("name", BUILT_IN)

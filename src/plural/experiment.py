@@ -35,6 +35,12 @@ class Component:
 class SplitConfig:
     val: float = setting(0.1, help="fraction of each client's samples for validation", ge=0, lt=1)
     test: float = setting(0.2, help="fraction of each client's samples for testing", ge=0, lt=1)
+    order: Literal["auto", "stratified", "sequential"] = setting(
+        "auto",
+        help="how each client's samples are split: 'stratified' at random by label; "
+        "'sequential' in stored order, train first, then val, then test; 'auto': sequential "
+        "for datasets stored in time order (text), stratified otherwise",
+    )
 
     def __post_init__(self) -> None:
         if self.val + self.test >= 1:

@@ -1,9 +1,9 @@
 """Datasets, partitioners and federations; importing this package registers them."""
 
-from plural.data import datasets, partitioners, transforms
+from plural.data import datasets, partitioners, text, topics, transforms
 from plural.data.datasets import DatasetUnavailable, from_arrays
 from plural.data.federated import ClientData, FederatedDataset, TensorSplit
-from plural.data.partitioners import train_val_test_split
+from plural.data.partitioners import sequential_split, train_val_test_split
 from plural.data.types import ArrayDataset, Partition
 
 __all__ = [
@@ -16,6 +16,9 @@ __all__ = [
     "datasets",
     "from_arrays",
     "partitioners",
+    "sequential_split",
+    "text",
+    "topics",
     "train_val_test_split",
     "transforms",
 ]

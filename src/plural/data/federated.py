@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from plural.data.partitioners import train_val_test_split
+from plural.data.partitioners import sequential_split, train_val_test_split
 from plural.data.types import ArrayDataset, Partition
 
 SplitName = Literal["train", "val", "test"]
@@ -176,13 +176,27 @@ class FederatedDataset:
         val: float,
         test: float,
         rng: np.random.Generator,
+        order: Literal["stratified", "sequential"] = "stratified",
     ) -> FederatedDataset:
-        """Split each client's samples into train/val/test from its own distribution."""
-        x = torch.from_numpy(np.ascontiguousarray(dataset.x, dtype=np.float32))
+        """Split each client's samples into train/val/test from its own distribution.
+
+        ``order="stratified"`` draws each split at random, stratified by label
+        (:func:`~plural.data.partitioners.train_val_test_split`); ``"sequential"`` keeps the
+        samples' stored order, train first, then validation, then test
+        (:func:`~plural.data.partitioners.sequential_split`), for data stored in time order.
+        Floating-point inputs become float32; integer inputs (token ids) keep their dtype.
+        """
+        if order not in ("stratified", "sequential"):
+            raise ValueError(f"unknown split order {order!r}; allowed: stratified, sequential")
+        x_dtype = dataset.x.dtype if dataset.x.dtype.kind in "iu" else np.float32
+        x = torch.from_numpy(np.ascontiguousarray(dataset.x, dtype=x_dtype))
         y = torch.from_numpy(np.ascontiguousarray(dataset.y, dtype=np.int64))
         clients = []
         for cid, indices in enumerate(partition.client_indices):
-            parts = train_val_test_split(indices, dataset.y, val=val, test=test, rng=rng)
+            if order == "sequential":
+                parts = sequential_split(indices, val=val, test=test)
+            else:
+                parts = train_val_test_split(indices, dataset.y, val=val, test=test, rng=rng)
             splits = [TensorSplit(x[torch.from_numpy(p)], y[torch.from_numpy(p)]) for p in parts]
             clients.append(ClientData(cid, *splits))
         group_ids = {} if partition.groups is None else {"partition": np.asarray(partition.groups)}

@@ -38,6 +38,7 @@ __all__ = [
     "PathologicalPartitioner",
     "QuantityConfig",
     "QuantityPartitioner",
+    "sequential_split",
     "train_val_test_split",
 ]
 
@@ -902,3 +903,26 @@ def train_val_test_split(
         split_of[members[v : v + t]] = 2
     train, valid, tst = (np.sort(indices[split_of == s]) for s in range(3))
     return train, valid, tst
+
+
+def sequential_split(
+    indices: np.ndarray, *, val: float, test: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split one client's ``indices`` into (train, val, test) in time order.
+
+    For samples stored in time order (the windows of a text): the sizes are those of
+    :func:`train_val_test_split` (round(n * val) and round(n * test), reduced so that train
+    keeps at least one sample), but the first samples go to train, the next to validation
+    and the last to test, so a client is tested on what comes after its training data.
+    ``indices`` are taken in the order given; returns int64 arrays in that order.
+    """
+    if val < 0 or test < 0 or val + test >= 1:
+        raise ValueError(f"need val >= 0, test >= 0 and val + test < 1; got {val}, {test}")
+    indices = np.asarray(indices, dtype=np.int64)
+    n_val, n_test = _split_totals(len(indices), val, test)
+    n_train = len(indices) - n_val - n_test
+    return (
+        indices[:n_train].copy(),
+        indices[n_train : n_train + n_val].copy(),
+        indices[n_train + n_val :].copy(),
+    )

@@ -170,6 +170,17 @@ def _distinct_permutations(
     return perms
 
 
+def _require_float(federation: FederatedDataset, who: str) -> None:
+    """ConfigError if the inputs are integer token ids: ``who`` changes feature values."""
+    client = next((c for c in federation.clients if len(c.train)), None)
+    if client is not None and not client.train.x.is_floating_point():
+        raise ConfigError(
+            f"{who}: needs floating-point features, but {federation.name!r} holds integer "
+            f"token ids ({client.train.x.dtype}); use a transform that leaves the inputs' "
+            "values alone (permutation, label_swap, label_noise)"
+        )
+
+
 class _GroupTransform:
     """A transform that puts clients into groups and changes each group's data its own way.
 
@@ -264,6 +275,7 @@ class RotationTransform(_GroupTransform):
     name = "rotation"
 
     def check(self, federation: FederatedDataset) -> None:
+        _require_float(federation, self.name)
         if len(federation.input_shape) != 3:
             raise ConfigError(
                 f"rotation: rotates images of shape (C, H, W), but {federation.name!r} has "
@@ -307,6 +319,9 @@ class NoiseTransform(_GroupTransform):
     """
 
     name = "noise"
+
+    def check(self, federation: FederatedDataset) -> None:
+        _require_float(federation, self.name)
 
     def group_params(self, federation: FederatedDataset, rng: np.random.Generator) -> np.ndarray:
         cfg = self.config
@@ -360,6 +375,9 @@ class BrightnessTransform(_GroupTransform):
     """
 
     name = "brightness"
+
+    def check(self, federation: FederatedDataset) -> None:
+        _require_float(federation, self.name)
 
     def group_params(
         self, federation: FederatedDataset, rng: np.random.Generator

@@ -11,10 +11,14 @@ import numpy as np
 class ArrayDataset:
     """A pool of labelled samples, before it is split among clients.
 
-    ``x`` is float32 with shape ``(n, *input_shape)``; ``y`` is int64 class ids in
-    ``[0, num_classes)``. ``client_ids`` (one int per sample) is set where the data has a
-    natural partition (one writer, one device, one speaking role); ``sample_groups`` (one int
-    per sample) where samples carry a known ground-truth group.
+    ``x`` has shape ``(n, *input_shape)``: float32 features, or integer token ids (any
+    integer dtype, e.g. uint8 characters of a text window) for text data. ``y`` is int64
+    class ids in ``[0, num_classes)``. ``client_ids`` (one int per sample) is set where the
+    data has a natural partition (one writer, one device, one speaking role);
+    ``sample_groups`` (one int per sample) where samples carry a known ground-truth group.
+    ``ordered`` says that each natural client's samples are stored in time order (the
+    windows of a text), so a client's train / validation / test split should be sequential
+    (train first, then validation, then test) rather than stratified at random.
     """
 
     name: str
@@ -25,6 +29,7 @@ class ArrayDataset:
     client_ids: np.ndarray | None = None
     sample_groups: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.y)

@@ -88,12 +88,16 @@ def build_federation(
         dataset = loader(config.dataset.settings, numpy_rng(config.seed, "dataset"))
     partitioner = PARTITIONERS.get(config.partition.name).target(config.partition.settings)
     partition = partitioner.split(dataset, rng=numpy_rng(config.seed, "partition"))
+    order = config.split.order
+    if order == "auto":
+        order = "sequential" if dataset.ordered else "stratified"
     federation = FederatedDataset.build(
         dataset,
         partition,
         val=config.split.val,
         test=config.split.test,
         rng=numpy_rng(config.seed, "split"),
+        order=order,
     )
     return apply_transforms(federation, config.transforms, config.seed)
 
