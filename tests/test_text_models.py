@@ -107,7 +107,7 @@ def test_tokenize_adds_cls_sep_and_pads_with_zero() -> None:
 
 
 def minilm(max_tokens: int = 32, num_classes: int = 3, seed: int = 0, **settings):
-    section = {"name": "minilm_lora", "max_tokens": max_tokens, **settings}
+    section = {"name": "minilm_lora", **settings}
     return build(section, (max_tokens,), num_classes, seed)
 
 
@@ -202,9 +202,9 @@ def test_minilm_one_layer_variant_and_seeded_build() -> None:
     ("settings", "shape", "match"),
     [
         ({}, (1, 8, 8), "max_tokens"),
-        ({"max_tokens": 32}, (16,), "agree"),
-        ({"max_tokens": 16, "layers": 7}, (16,), "6 layers"),
-        ({"max_tokens": 16, "targets": ["query", "attention"]}, (16,), "targets"),
+        ({}, (513,), "at most 512"),
+        ({"layers": 7}, (16,), "6 layers"),
+        ({"targets": ["query", "attention"]}, (16,), "targets"),
     ],
 )
 def test_minilm_config_errors(settings: dict, shape: tuple[int, ...], match: str) -> None:

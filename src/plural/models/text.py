@@ -448,12 +448,6 @@ class MiniLMLoRAConfig:
         help="use only the first n of the 6 encoder layers (a small, fast variant); null: all",
         ge=1,
     )
-    max_tokens: int = setting(
-        64,
-        help="tokens per sample; must equal the dataset's input_shape (max_tokens,)",
-        ge=2,
-        le=512,
-    )
     normalize: bool = setting(
         True, help="L2-normalise the mean-pooled embedding, as sentence-transformers does"
     )
@@ -488,10 +482,11 @@ def minilm_lora(
     config: MiniLMLoRAConfig, input_shape: tuple[int, ...], num_classes: int
 ) -> nn.Module:
     length = _sequence_length("minilm_lora", input_shape, "max_tokens")
-    if length != config.max_tokens:
+    positions = _bert_config()["max_position_embeddings"]
+    if length > positions:
         raise ConfigError(
-            f"model.max_tokens: the dataset gives {length} tokens per sample but max_tokens is "
-            f"{config.max_tokens}; make them agree"
+            f"model: minilm_lora reads at most {positions} tokens per sample; the dataset gives "
+            f"{length} (lower the dataset's max_tokens)"
         )
     body = MiniLMEncoder(
         config.rank,
