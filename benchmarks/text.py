@@ -41,7 +41,12 @@ def shakespeare_config(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": {"name": "shakespeare", "max_samples_per_client": args.samples},
         "partition": {"name": "natural", "min_samples": 64, "max_clients": args.clients},
         "split": {"val": 0.0, "test": 0.1},
-        "model": {"name": "char_rnn"},
+        "model": {
+            "name": "char_rnn",
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "cell": args.cell,
+        },
         "train": {"lr": 0.8, "batch_size": 10, "local_epochs": 1},
         "sampling": {"count": 10},
         "eval": {"every": 10, "splits": ["test"]},
@@ -161,6 +166,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clients", type=int, default=40, help="shakespeare: roles kept")
     parser.add_argument("--samples", type=int, default=600, help="shakespeare: windows per role")
+    parser.add_argument("--hidden", type=int, default=256, help="shakespeare: RNN width")
+    parser.add_argument("--layers", type=int, default=2, help="shakespeare: RNN layers")
+    parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm", help="shakespeare")
+    parser.add_argument("--suffix", default="", help="appended to the results file name")
     parser.add_argument("--only", nargs="*", default=None, help="method labels to run")
     args = parser.parse_args()
     args.rounds = args.rounds or DEFAULT_ROUNDS[args.part]
@@ -174,7 +183,7 @@ def main() -> None:
         f"min {sizes.min()} median {int(sorted(sizes)[len(sizes) // 2])} max {sizes.max()}",
         flush=True,
     )
-    out = HERE / "results" / f"text_{args.part}.json"
+    out = HERE / "results" / f"text_{args.part}{args.suffix}.json"
     record: dict[str, Any] = {
         "config": base,
         "clients": federation.num_clients,
