@@ -110,10 +110,14 @@ class CharRNNBody(nn.Module):
         return output[:, -1]
 
 
-class CharRNN(nn.Module):
-    """``head(body(x))``: next-symbol logits from the last step of a sequence of ids."""
+class BodyHead(nn.Module):
+    """``head(body(ids))``: a representation of a sequence of ids and a linear classifier.
 
-    def __init__(self, body: CharRNNBody, head: nn.Linear) -> None:
+    Both text models are this: ``char_rnn`` (the last RNN step, next-symbol logits) and
+    ``minilm_lora`` (the pooled frozen encoder with LoRA, class logits).
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Linear) -> None:
         super().__init__()
         self.body = body
         self.head = head
@@ -134,7 +138,7 @@ def char_rnn(config: CharRNNConfig, input_shape: tuple[int, ...], num_classes: i
     body = CharRNNBody(
         vocab, config.embedding, config.hidden, config.layers, config.cell, config.dropout
     )
-    return CharRNN(body, nn.Linear(config.hidden, num_classes))
+    return BodyHead(body, nn.Linear(config.hidden, num_classes))
 
 
 # --------------------------------------------------------------------------- pretrained files
@@ -460,18 +464,6 @@ class MiniLMLoRAConfig:
             raise ConfigError(f"model.targets: {list(self.targets)} names a layer twice")
 
 
-class MiniLMLoRA(nn.Module):
-    """``head(body(ids))``: a frozen MiniLM encoder with LoRA factors and a linear head."""
-
-    def __init__(self, body: MiniLMEncoder, head: nn.Linear) -> None:
-        super().__init__()
-        self.body = body
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
 @MODELS.register(
     "minilm_lora",
     MiniLMLoRAConfig,
@@ -496,15 +488,14 @@ def minilm_lora(
         config.normalize,
         config.dropout,
     )
-    return MiniLMLoRA(body, nn.Linear(_bert_config()["hidden_size"], num_classes))
+    return BodyHead(body, nn.Linear(_bert_config()["hidden_size"], num_classes))
 
 
 __all__ = [
-    "CharRNN",
+    "BodyHead",
     "CharRNNBody",
     "CharRNNConfig",
     "MiniLMEncoder",
-    "MiniLMLoRA",
     "MiniLMLoRAConfig",
     "char_rnn",
     "minilm_lora",
