@@ -73,7 +73,7 @@ BAD_SETTINGS = [
     (["train.local_steps=1.5"], ["train.local_steps", "int | null", "1.5"]),
     # choices
     (["eval.splits=[val, bogus]"], ["eval.splits[1]", "'train', 'val', 'test'", "'bogus'"]),
-    (["backend.name=threads"], ["backend.name", "'sequential', 'process'", "'threads'"]),
+    (["backend.name=threads"], ["backend.name", "'sequential', 'vectorized', 'process'", "'ray'"]),
     (["algorithm.weighting=equal"], ["algorithm.weighting", "'samples', 'uniform', 'capped'"]),
     # out of range
     (["train.lr=0"], ["train.lr", "must be > 0"]),

@@ -83,6 +83,25 @@ def test_process_backend_equals_sequential(name: str, tiny_config: dict[str, Any
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_vectorized_backend_agrees_with_sequential(name: str, tiny_config: dict[str, Any]) -> None:
+    """Batched fits match one-by-one fits up to float rounding (summation order differs)."""
+    cfg = config_for(name, tiny_config)
+    sequential = plural.run(cfg)
+    vectorized = plural.run(cfg, overrides=["backend.name=vectorized", "backend.vectorize=always"])
+    assert_close_results(sequential, vectorized)
+
+
+def assert_close_results(a: plural.Results, b: plural.Results, tol: float = 1e-4) -> None:
+    keys = ["round", "client", "split"]
+    ma = deterministic(a.metrics).sort_values(keys).reset_index(drop=True)
+    mb = deterministic(b.metrics).sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(ma[keys], mb[keys])
+    for column in ("loss", "accuracy", "samples", "bytes_up", "bytes_down"):
+        pd.testing.assert_series_equal(ma[column], mb[column], check_exact=False, atol=tol)
+    assert max_abs_difference(a.server.params, b.server.params) < tol
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_resume_equals_uninterrupted(
     name: str, tiny_config: dict[str, Any], tmp_path, crash_after
 ) -> None:

@@ -73,17 +73,55 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BackendConfig:
-    name: Literal["sequential", "process"] = setting(
+    """Where client work runs and where client state lives. None of these settings changes
+    the results (beyond floating-point rounding for ``vectorized``), so they may change when
+    a run is resumed."""
+
+    name: Literal["sequential", "vectorized", "process", "ray"] = setting(
         "sequential",
-        help="'sequential': clients one after another in this process; "
-        "'process': a pool of worker processes on this machine",
+        help="'sequential': clients one after another in this process; 'vectorized': the "
+        "cohort's local training batched into one model with torch.func (vmap), where that "
+        "wins; 'process': a pool of worker processes on this machine; 'ray': Ray actors, each "
+        "owning a shard of the clients, on a local or remote Ray cluster (extra: plural[ray])",
     )
-    workers: int | None = setting(None, help="worker processes (default: CPU cores)", ge=1)
+    workers: int | None = setting(
+        None, help="process / ray workers (default: CPU cores, or the Ray cluster's CPUs)", ge=1
+    )
     threads_per_worker: int | None = setting(
         None,
-        help="torch threads per worker (process default: cores / workers; sequential "
+        help="torch threads per worker (process/ray default: cores / workers; sequential "
         "default: torch's current setting)",
         ge=1,
+    )
+    device: Literal["cpu", "cuda", "mps", "auto"] = setting(
+        "cpu",
+        help="where clients train: 'cpu', 'cuda', 'mps' (Apple GPUs), or 'auto' (cuda, else "
+        "mps, else cpu); client data and models are placed there once",
+    )
+    vectorize: Literal["auto", "always"] = setting(
+        "auto",
+        help="'vectorized' backend: 'auto' batches only the trainings where it is measured to "
+        "pay (small dense models, head- or adapter-only training, any model on a GPU) and runs "
+        "the rest one by one; 'always' batches every training it can",
+    )
+    max_batch_clients: int = setting(
+        256, help="'vectorized': most clients trained in one batch", ge=1
+    )
+    address: str | None = setting(
+        None,
+        help="'ray': the cluster to join, e.g. 'auto' or 'ray://head:10001' (null: start a "
+        "local Ray instance)",
+    )
+    state: Literal["memory", "disk"] = setting(
+        "memory",
+        help="where per-client state (personal heads, control variates, ...) lives between "
+        "rounds: 'memory', or 'disk' (one file per client, only the active cohort in memory; "
+        "for 10^4+ clients)",
+    )
+    state_dir: str | None = setting(
+        None,
+        help="'disk' state: the folder (default: client_state/ in the run directory, or a "
+        "temporary folder for runs without one)",
     )
 
 

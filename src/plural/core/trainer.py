@@ -7,10 +7,12 @@ parameters train (FedPer's head, an adapter), and optionally the number of epoch
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,46 @@ class WorkMeter:
         self.flops = 0.0
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FitRequest:
+    """A plain local fit (no objective, sample weights or early stopping), handed to a
+    :class:`FitBatcher` so that many clients' fits can run as one batched computation."""
+
+    trainer: LocalTrainer
+    params: Mapping[str, torch.Tensor]
+    x: torch.Tensor
+    y: torch.Tensor
+    rng: torch.Generator
+    loss_terms: Sequence[LossTerm]
+    live: tuple[str, ...]
+    """The names of the parameters that train, in model order."""
+    epochs: int | None
+    steps: int | None
+    lr: float
+
+
+class FitBatcher(Protocol):
+    def submit(self, request: FitRequest) -> FitResult:
+        """Run ``request`` (now or together with other clients' requests); its result."""
+        ...
+
+
+_BATCHING = threading.local()
+
+
+@contextlib.contextmanager
+def batching(batcher: FitBatcher) -> Iterator[None]:
+    """Within this block (in this thread), plain :meth:`LocalTrainer.fit` calls go to
+    ``batcher`` instead of running at once: how the vectorized backend collects the fits of
+    a cohort without algorithms knowing."""
+    previous = getattr(_BATCHING, "batcher", None)
+    _BATCHING.batcher = batcher
+    try:
+        yield
+    finally:
+        _BATCHING.batcher = previous
+
+
 class LocalTrainer:
     """Minibatch SGD on one client's data, starting from given parameters.
 
@@ -137,6 +179,10 @@ class LocalTrainer:
         changed, e.g. ``view(max_grad_norm=5.0)``."""
         config = dataclasses.replace(self.config, **changes)
         return LocalTrainer(self.model, config, self.initial_params, self.meter)
+
+    def with_meter(self, meter: WorkMeter) -> LocalTrainer:
+        """This trainer with its own work meter (one per client when clients interleave)."""
+        return LocalTrainer(self.model, self.config, self.initial_params, meter)
 
     def complete(self, params: Mapping[str, torch.Tensor]) -> Params:
         """``params`` over this architecture's initial parameters (for partial models)."""
@@ -170,6 +216,28 @@ class LocalTrainer:
         epochs, and the parameters of the best epoch are returned (early stopping).
         """
         cfg = self.config
+        batcher: FitBatcher | None = getattr(_BATCHING, "batcher", None)
+        early_stopping = validation is not None and patience is not None
+        plain = objective is None and sample_weights is None and not early_stopping
+        if batcher is not None and plain:
+            live_names = tuple(
+                n for n, _ in self.model.named_parameters() if trainable is None or trainable(n)
+            )
+            if live_names:
+                return batcher.submit(
+                    FitRequest(
+                        self,
+                        params,
+                        x,
+                        y,
+                        rng,
+                        tuple(loss_terms),
+                        live_names,
+                        epochs,
+                        steps,
+                        cfg.lr if lr is None else lr,
+                    )
+                )
         self.model.load_state_dict(params)
         named = dict(self.model.named_parameters())
         live = {n: p for n, p in named.items() if trainable is None or trainable(n)}

@@ -73,6 +73,16 @@ class ClientData:
         splits = {name: fn(name, self.split(name)) for name in SPLITS}
         return dataclasses.replace(self, **splits, drift=drift)
 
+    def to(self, device: torch.device | str) -> ClientData:
+        """A copy with every tensor (the drifted data and switch rounds too) on ``device``."""
+        moved = self.map_splits(
+            lambda _, split: TensorSplit(split.x.to(device), split.y.to(device))
+        )
+        if moved.drift is None:
+            return moved
+        rounds = {name: r.to(device) for name, r in moved.drift.switch_round.items()}
+        return dataclasses.replace(moved, drift=Drift(moved.drift.after, rounds))
+
     def at(self, round_index: int) -> ClientData:
         """The client's data in round ``round_index`` (itself if it never drifts)."""
         if self.drift is None:
@@ -147,6 +157,10 @@ class FederatedDataset:
     def drift_rounds(self) -> list[int]:
         """Rounds in which some client's data starts to change (empty if none drifts)."""
         return sorted({c.drift.first_round() for c in self.clients if c.drift is not None})
+
+    def to(self, device: torch.device | str) -> FederatedDataset:
+        """A copy with every client's data on ``device`` (placed once, not per batch)."""
+        return dataclasses.replace(self, clients=[c.to(device) for c in self.clients])
 
     def with_clients(
         self,

@@ -9,6 +9,7 @@ derived from (seed, round, client, phase), so results do not depend on the backe
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import dataclasses
 import functools
 import math
@@ -24,12 +25,15 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import nn
 
+from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, OnClient, full_params
 from plural.core.params import Params
 from plural.core.rng import torch_generator
 from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
 from plural.data.federated import FederatedDataset, SplitName
+from plural.experiment import BackendConfig
 
+CPU = torch.device("cpu")
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -59,6 +63,47 @@ class WorkerSetup:
     train: TrainConfig
     seed: int
     eval_batch_size: int = 1024
+    device: str = "cpu"
+    """'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (see :func:`resolve_device`)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device called ``name``; a ConfigError naming what this machine offers when it
+    is not available ('auto': cuda, else mps, else cpu)."""
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    available = {"cpu": True, "cuda": cuda, "mps": mps}.get(device.type, False)
+    if device.type == "cuda" and cuda and (device.index or 0) >= torch.cuda.device_count():
+        available = False
+    if not available:
+        offered = ["cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
+        raise ConfigError(
+            f"backend.device: {name!r} is not available on this machine (torch "
+            f"{torch.__version__}); available: {', '.join(offered)}, or 'auto'"
+        )
+    return device
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside it (dicts, lists, tuples, dataclasses) on ``device``;
+    other objects unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return type(value)((k, to_device(v, device)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(to_device(v, device) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            f.name: to_device(getattr(value, f.name), device)
+            for f in dataclasses.fields(value)
+            if f.init
+        }
+        return dataclasses.replace(value, **changes)
+    return value
 
 
 class WorkerEnv:
@@ -69,7 +114,12 @@ class WorkerEnv:
         models = setup.model
         if isinstance(models, nn.Module):
             models = ClientModels((models,))
+        self.device = resolve_device(setup.device)
         self.federation = setup.federation
+        if self.device.type != "cpu":
+            self.federation = self.federation.to(self.device)
+            members = tuple(copy.deepcopy(m).to(self.device) for m in models.members)
+            models = ClientModels(members, models.architecture)
         self.models = models
         self.trainers = [LocalTrainer(model, setup.train) for model in models.members]
         self.seed = setup.seed
@@ -116,16 +166,23 @@ class EvalWork:
     splits: tuple[SplitName, ...]
 
 
-def run_client_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any, PhaseCost]:
+def run_client_phase(
+    env: WorkerEnv, work: ClientWork, trainer: LocalTrainer | None = None
+) -> tuple[Any, Any, PhaseCost]:
     """Call ``algorithm.<phase>`` for one client with its data, its architecture's trainer
-    and its rng; returns (reply, new state, cost)."""
+    (or ``trainer``) and its rng; returns (reply, new state, cost)."""
     client = env.federation.client(work.client_id, work.round)
     rng = torch_generator(env.seed, work.round, work.client_id, work.phase)
     phase = getattr(work.algorithm, work.phase)
-    trainer = env.trainer_for(work.client_id)
+    trainer = env.trainer_for(work.client_id) if trainer is None else trainer
     trainer.meter.reset()
     started = time.perf_counter()
-    reply, state = phase(work.message, work.state, client, trainer, rng)
+    message, state = work.message, work.state
+    if env.device.type != "cpu":
+        message, state = to_device(message, env.device), to_device(state, env.device)
+    reply, state = phase(message, state, client, trainer, rng)
+    if env.device.type != "cpu":  # what crosses back to the server lives on the CPU
+        reply, state = to_device(reply, CPU), to_device(state, CPU)
     return reply, state, PhaseCost(trainer.meter.flops, time.perf_counter() - started)
 
 
@@ -238,12 +295,22 @@ class ProcessBackend:
         shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
-def make_backend(
-    name: str, setup: WorkerSetup, workers: int | None, threads: int | None
-) -> Backend:
-    """The backend called ``name`` ('sequential' or 'process')."""
-    if name == "sequential":
-        return SequentialBackend(setup, threads)
-    if name == "process":
-        return ProcessBackend(setup, workers, threads)
-    raise ValueError(f"unknown backend {name!r}; allowed: 'sequential', 'process'")
+def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
+    """The backend ``config`` names, built around ``setup``."""
+    if config.name == "sequential":
+        return SequentialBackend(setup, config.threads_per_worker)
+    if config.name == "vectorized":
+        from plural.engine.vectorized import VectorizedBackend
+
+        return VectorizedBackend(
+            setup, config.vectorize, config.threads_per_worker, config.max_batch_clients
+        )
+    if config.name == "process":
+        return ProcessBackend(setup, config.workers, config.threads_per_worker)
+    if config.name == "ray":
+        from plural.engine.ray_backend import RayBackend
+
+        return RayBackend(setup, config.workers, config.threads_per_worker, config.address)
+    raise ValueError(
+        f"unknown backend {config.name!r}; allowed: 'sequential', 'vectorized', 'process', 'ray'"
+    )

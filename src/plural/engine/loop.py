@@ -39,6 +39,7 @@ from plural.engine.backends import (
     WorkerSetup,
     evaluate_client,
     make_backend,
+    resolve_device,
     run_client_phase,
 )
 from plural.engine.callbacks import Callback, ProgressBar
@@ -427,6 +428,7 @@ def run(
     if isinstance(dataset, FederatedDataset):
         given.append("partition")
     cfg = load_config(config, overrides, provided=given)
+    resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
     run_dir = RunDirectory(out) if out is not None else None
@@ -447,12 +449,12 @@ def run(
             run_dir.drop_diagnostics_after(counters.round)
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
-    setup = WorkerSetup(federation, models, cfg.train, cfg.seed, cfg.eval.batch_size)
+    setup = WorkerSetup(
+        federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
+    )
     loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
-    backend = make_backend(
-        cfg.backend.name, setup, cfg.backend.workers, cfg.backend.threads_per_worker
-    )
+    backend = make_backend(setup, cfg.backend)
     try:
         server = loop.run(server, backend, [bar, *callbacks])
     finally:

@@ -1,0 +1,507 @@
+"""The vectorized backend: a cohort's local trainings run as one batched computation.
+
+Algorithms stay as they are. Each client's phase runs in its own thread, one thread at a
+time, so the phase code executes in a fixed order. When a phase asks its trainer for a
+plain local fit, the fit is not run; it is handed over (:func:`plural.core.trainer.batching`)
+and the thread waits. Once every client of the wave is waiting or done, the collected fits
+are grouped by what makes them batchable (the same architecture, trained parameters,
+settings and input shape), and each group is trained at once: the clients' parameters are
+stacked, the forward pass is ``torch.func.vmap`` over ``functional_call``, and one backward
+pass gives every client its own gradient (the clients' losses are independent, so the
+gradient of their sum with respect to client i's parameters is client i's gradient).
+
+Uneven clients are padded and masked: step t of every client runs together; a client's last
+minibatch of an epoch may be smaller, and a client with fewer steps stops updating when it
+runs out. Each client's minibatch order comes from its own generator, drawn exactly as the
+sequential trainer draws it, so the results are those of the sequential backend up to
+floating-point rounding (summation order). Extra loss terms (FedProx, SCAFFOLD, Ditto) are
+evaluated per client on its slice of the stacked parameters. SGD momentum, weight decay and
+gradient clipping are applied per client as ``torch.optim.SGD`` and ``clip_grad_norm_`` do.
+
+Fits that cannot be batched (a custom objective, sample weights, early stopping, models with
+dropout, batch normalisation or recurrent layers, whose randomness or running statistics a
+batched pass would change) run one by one, exactly as in the sequential backend. With
+``vectorize: auto`` only groups predicted to gain are batched: measured on a 2-core CPU,
+batching pays for dense models and for head- or adapter-only training, not for full
+convolutional training; on a GPU it always pays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from plural.core.trainer import FitRequest, FitResult, WorkMeter, batching
+from plural.engine.backends import (
+    ClientWork,
+    Item,
+    PhaseCost,
+    Result,
+    WorkerEnv,
+    WorkerSetup,
+    run_client_phase,
+)
+
+VectorizeMode = Literal["auto", "always"]
+HEAD_ONLY_FRACTION = 0.1
+"""With ``auto`` on a CPU, a convolutional or recurrent model is batched only when at most
+this fraction of its parameters trains (head- or adapter-only training)."""
+
+_UNBATCHABLE = (nn.modules.batchnorm._BatchNorm, nn.RNNBase)
+_HEAVY_ON_CPU = (nn.modules.conv._ConvNd, nn.RNNBase, nn.MultiheadAttention)
+
+
+def can_batch(model: nn.Module) -> bool:
+    """Whether a batched pass over ``model`` computes what one-by-one passes compute: no
+    running statistics, no recurrent kernels, no dropout that draws random numbers."""
+    for module in model.modules():
+        if isinstance(module, _UNBATCHABLE):
+            return False
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return False
+    return True
+
+
+def worth_batching(model: nn.Module, live: Sequence[str], device: torch.device) -> bool:
+    """``vectorize: auto``'s rule: always on accelerators; on a CPU, for models without
+    convolutional, recurrent or attention layers, or when only a small part trains."""
+    if device.type != "cpu":
+        return True
+    if not any(isinstance(m, _HEAVY_ON_CPU) for m in model.modules()):
+        return True
+    sizes = {name: p.numel() for name, p in model.named_parameters()}
+    trained = sum(sizes[name] for name in live)
+    return trained <= HEAD_ONLY_FRACTION * sum(sizes.values())
+
+
+# --------------------------------------------------------------------------- batched SGD
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """Every client's minibatches of one group, padded: ``index[t, c]`` are the rows (into
+    the concatenated inputs) of client c's step t, ``mask[t, c]`` marks the real ones."""
+
+    index: torch.Tensor  # (steps, clients, batch) long
+    mask: torch.Tensor  # (steps, clients, batch) float
+    steps: list[int]
+    seen: list[int]
+
+
+def _client_batches(request: FitRequest) -> list[torch.Tensor]:
+    """The row indices of each of the client's minibatches, drawn from its generator in the
+    order and number :meth:`LocalTrainer._run_batches` draws them."""
+    n, size = len(request.y), request.trainer.config.batch_size
+    epochs, cap = request.trainer.budget(n, request.epochs, request.steps)
+    batches: list[torch.Tensor] = []
+    if n == 0:
+        return batches
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=request.rng)
+        for start in range(0, n, size):
+            if cap is not None and len(batches) >= cap:
+                return batches
+            batches.append(order[start : start + size])
+    return batches
+
+
+def _schedule(requests: Sequence[FitRequest], device: torch.device) -> _Schedule:
+    size = requests[0].trainer.config.batch_size
+    per_client = [_client_batches(r) for r in requests]
+    steps = max((len(b) for b in per_client), default=0)
+    total_rows = sum(len(r.y) for r in requests)
+    index = torch.full((steps, len(requests), size), total_rows, dtype=torch.long)
+    mask = torch.zeros((steps, len(requests), size))
+    offset = 0
+    for c, (request, batches) in enumerate(zip(requests, per_client, strict=True)):
+        for t, rows in enumerate(batches):
+            index[t, c, : len(rows)] = rows + offset
+            mask[t, c, : len(rows)] = 1.0
+        offset += len(request.y)
+    return _Schedule(
+        index.to(device),
+        mask.to(device),
+        [len(b) for b in per_client],
+        [sum(len(rows) for rows in b) for b in per_client],
+    )
+
+
+def _stack_params(
+    requests: Sequence[FitRequest], template: dict[str, torch.Tensor], device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(batched, shared): entries that train or differ between clients stacked along a new
+    first dimension; frozen entries every client holds as the same tensor passed once."""
+    live = set(requests[0].live)
+    batched, shared = {}, {}
+    for name, like in template.items():
+        tensors = [r.params[name] for r in requests]
+        if name not in live and all(t is tensors[0] for t in tensors):
+            shared[name] = tensors[0].to(device=device, dtype=like.dtype)
+        else:
+            batched[name] = torch.stack([t.to(device=device, dtype=like.dtype) for t in tensors])
+    return batched, shared
+
+
+def _per_sample_loss(loss_fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        losses = loss_fn(output, target, reduction="none")
+        return losses.reshape(len(losses), -1).mean(dim=1)
+
+    return loss
+
+
+def batched_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
+    """Train every request's client at once (see the module docstring); the results equal
+    the one-by-one fits up to floating-point rounding."""
+    first = requests[0]
+    trainer, cfg = first.trainer, first.trainer.config
+    model, device = trainer.model, first.x.device
+    live = list(first.live)
+    batched, shared = _stack_params(requests, dict(model.state_dict()), device)
+    for name in live:
+        batched[name].requires_grad_(True)
+    schedule = _schedule(requests, device)
+    inputs = torch.cat([*(r.x for r in requests), torch.zeros_like(first.x[:1])])
+    targets = torch.cat([*(r.y for r in requests), torch.zeros_like(first.y[:1])])
+    sample_loss = _per_sample_loss(trainer.loss_fn)
+
+    def client_loss(
+        params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        output = functional_call(model, (params, shared), (x,))
+        return (sample_loss(output, y) * mask).sum() / mask.sum().clamp_min(1.0)
+
+    forward = vmap(client_loss)
+    clients = len(requests)
+    lengths = torch.tensor(schedule.steps, device=device)
+    totals = torch.zeros(clients, device=device)
+    buffers: dict[str, torch.Tensor] = {}
+    model.train()
+    for t in range(len(schedule.index)):
+        active = lengths > t
+        rows = schedule.index[t]
+        losses = forward(batched, inputs[rows], targets[rows], schedule.mask[t]) * active
+        terms = _loss_terms(requests, batched, live, active)
+        grads = torch.autograd.grad(losses.sum() + terms.sum(), [batched[n] for n in live])
+        totals += (losses + terms).detach()
+        with torch.no_grad():
+            _sgd_step(batched, live, list(grads), buffers, active, cfg, first.lr, t == 0)
+    return [_result(r, c, batched, shared, totals, schedule) for c, r in enumerate(requests)]
+
+
+def _loss_terms(
+    requests: Sequence[FitRequest],
+    batched: dict[str, torch.Tensor],
+    live: list[str],
+    active: torch.Tensor,
+) -> torch.Tensor:
+    """Each active client's extra loss terms on its own slice of the stacked parameters."""
+    values = []
+    for c, request in enumerate(requests):
+        if not request.loss_terms or not bool(active[c]):
+            values.append(active.new_zeros((), dtype=torch.float32))
+            continue
+        own = {name: batched[name][c] for name in live}
+        zero = active.new_zeros((), dtype=torch.float32)
+        values.append(sum((term(own) for term in request.loss_terms), zero))
+    return torch.stack(values)
+
+
+def _sgd_step(
+    batched: dict[str, torch.Tensor],
+    live: list[str],
+    grads: list[torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    active: torch.Tensor,
+    cfg: Any,
+    lr: float,
+    first_step: bool,
+) -> None:
+    """One step of ``torch.optim.SGD`` (weight decay, momentum without dampening) per
+    client, after ``clip_grad_norm_`` per client; clients that are not active stay put."""
+    if cfg.max_grad_norm is not None:
+        norms = torch.stack([g.flatten(1).pow(2).sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+        coef = (cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        grads = [g * coef.view(-1, *([1] * (g.dim() - 1))) for g in grads]
+    for name, grad in zip(live, grads, strict=True):
+        param = batched[name]
+        if cfg.weight_decay:
+            grad = grad + cfg.weight_decay * param
+        if cfg.momentum:
+            if first_step:
+                buffers[name] = grad.clone()
+            else:
+                buffers[name].mul_(cfg.momentum).add_(grad)
+            grad = buffers[name]
+        scale = active.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
+        param.sub_(lr * grad * scale)
+
+
+def _result(
+    request: FitRequest,
+    c: int,
+    batched: dict[str, torch.Tensor],
+    shared: dict[str, torch.Tensor],
+    totals: torch.Tensor,
+    schedule: _Schedule,
+) -> FitResult:
+    params = {
+        name: (batched[name][c] if name in batched else shared[name]).detach().clone()
+        for name in request.params
+    }
+    steps, seen = schedule.steps[c], schedule.seen[c]
+    trainer = request.trainer
+    if seen:
+        named = dict(trainer.model.named_parameters())
+        live = {name: named[name] for name in request.live}
+        trainer.meter.flops += seen * trainer._flops_per_sample(request.x, request.y, live, None)
+    return FitResult(params, float(totals[c]) / max(steps, 1), steps, seen)
+
+
+# --------------------------------------------------------------------------- interleaving
+
+
+@dataclasses.dataclass
+class FitStats:
+    """How the vectorized backend ran the local fits it was given."""
+
+    batched: int = 0
+    """Fits trained as part of a batch."""
+    batches: int = 0
+    """Batched computations run."""
+    alone: int = 0
+    """Fits run one by one (not batchable, or not worth it under ``vectorize: auto``)."""
+
+
+class _ClientThread(threading.Thread):
+    """Runs one client's phase, handing control back whenever it submits a fit."""
+
+    def __init__(self, body: Callable[[], Any], interleaver: _Interleaver) -> None:
+        super().__init__(daemon=True)
+        self._body = body
+        self._interleaver = interleaver
+        self._go = threading.Event()
+        self._yielded = threading.Event()
+        self.request: FitRequest | None = None
+        self.answer: FitResult | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.own_seconds = 0.0
+        self.shared_seconds = 0.0
+
+    def run(self) -> None:
+        try:
+            self._wait_turn()
+            with batching(self._interleaver):
+                self.result = self._body()
+        except BaseException as error:  # handed to the main thread
+            self.error = error
+        self.done = True
+        self._yield()
+
+    def _wait_turn(self) -> None:
+        self._go.wait()
+        self._go.clear()
+        if self._interleaver.aborted:
+            raise _Aborted
+        self._resumed = time.perf_counter()
+
+    def _yield(self) -> None:
+        self.own_seconds += time.perf_counter() - getattr(self, "_resumed", time.perf_counter())
+        self._yielded.set()
+
+    def submit(self, request: FitRequest) -> FitResult:
+        self.request = request
+        self._yield()
+        self._wait_turn()
+        assert self.answer is not None
+        answer, self.answer = self.answer, None
+        return answer
+
+    def step(self) -> None:
+        """(Main thread) let the client run until it submits a fit or finishes."""
+        self._yielded.clear()
+        self._go.set()
+        self._yielded.wait()
+
+
+class _Aborted(BaseException):
+    """Ends a waiting client thread after another client failed."""
+
+
+class _Interleaver:
+    """Runs a wave of client phases with their plain fits batched (see the module docstring)."""
+
+    def __init__(self, mode: VectorizeMode, refused: set[Hashable], stats: FitStats) -> None:
+        self.mode = mode
+        self.refused = refused  # group keys whose batched pass failed once: run one by one
+        self.stats = stats
+        self.aborted = False
+        self._threads: dict[int, _ClientThread] = {}
+
+    def submit(self, request: FitRequest) -> FitResult:
+        return self._threads[threading.get_ident()].submit(request)
+
+    def run(self, bodies: Sequence[Callable[[], Any]]) -> list[_ClientThread]:
+        threads = [_ClientThread(body, self) for body in bodies]
+        for thread in threads:
+            thread.start()
+            self._threads[thread.ident] = thread  # type: ignore[index]
+        waiting = list(threads)
+        try:
+            while waiting:
+                for thread in waiting:
+                    thread.step()
+                    if thread.error is not None:
+                        raise thread.error
+                waiting = [t for t in waiting if not t.done]
+                self._answer(waiting)
+        finally:
+            self._release(threads)
+        return threads
+
+    def _release(self, threads: Sequence[_ClientThread]) -> None:
+        self.aborted = True
+        for thread in threads:
+            if not thread.done:
+                thread._go.set()
+        for thread in threads:
+            thread.join()
+
+    def _answer(self, waiting: Sequence[_ClientThread]) -> None:
+        groups: dict[Hashable, list[_ClientThread]] = defaultdict(list)
+        for thread in waiting:
+            assert thread.request is not None
+            groups[_group_key(thread.request)].append(thread)
+        for key, members in groups.items():
+            requests = [t.request for t in members]
+            started = time.perf_counter()
+            answers = self._fit_group(key, requests)  # type: ignore[arg-type]
+            seconds = time.perf_counter() - started
+            samples = [max(len(r.y), 1) for r in requests]  # type: ignore[union-attr]
+            for thread, answer, n in zip(members, answers, samples, strict=True):
+                thread.answer, thread.request = answer, None
+                thread.shared_seconds += seconds * n / sum(samples)
+
+    def _fit_group(self, key: Hashable, requests: list[FitRequest]) -> list[FitResult]:
+        first = requests[0]
+        model = first.trainer.model
+        batch = (
+            len(requests) > 1
+            and key not in self.refused
+            and can_batch(model)
+            and (self.mode == "always" or worth_batching(model, first.live, first.x.device))
+        )
+        if batch:
+            states = [r.rng.get_state() for r in requests]
+            try:
+                results = batched_fit(requests)
+                self.stats.batched += len(requests)
+                self.stats.batches += 1
+                return results
+            except (RuntimeError, NotImplementedError):  # an operation vmap cannot batch
+                self.refused.add(key)
+                for request, state in zip(requests, states, strict=True):
+                    request.rng.set_state(state)
+        self.stats.alone += len(requests)
+        return [_fit_alone(r) for r in requests]
+
+
+def _fit_alone(request: FitRequest) -> FitResult:
+    """The request run by the ordinary trainer (this thread collects nothing)."""
+    live = set(request.live)
+    return request.trainer.fit(
+        request.params,
+        request.x,
+        request.y,
+        rng=request.rng,
+        loss_terms=request.loss_terms,
+        trainable=live.__contains__,
+        epochs=request.epochs,
+        steps=request.steps,
+        lr=request.lr,
+    )
+
+
+def _group_key(request: FitRequest) -> Hashable:
+    trainer = request.trainer
+    return (
+        id(trainer.model),
+        trainer.config,
+        request.lr,
+        request.live,
+        tuple(request.params),
+        tuple(request.x.shape[1:]),
+        request.x.dtype,
+        request.y.dtype,
+        str(request.x.device),
+    )
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class VectorizedBackend:
+    """Clients in this process, their plain local fits batched with ``torch.func``.
+
+    Other tasks (evaluation, gradients) run one client after another, as in the sequential
+    backend. ``max_batch_clients`` bounds how many clients run as one wave.
+    """
+
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        mode: VectorizeMode = "auto",
+        threads: int | None = None,
+        max_batch_clients: int = 256,
+    ) -> None:
+        self.env = WorkerEnv(setup)
+        self.num_clients = setup.federation.num_clients
+        self.mode = mode
+        self.max_batch_clients = max_batch_clients
+        self._refused: set[Hashable] = set()
+        self.stats = FitStats()
+        self._restore_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+    def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
+        if task is not run_client_phase:
+            return [task(self.env, item) for item in items]
+        results: list[Any] = []
+        for start in range(0, len(items), self.max_batch_clients):
+            results.extend(self._wave(items[start : start + self.max_batch_clients]))  # type: ignore[arg-type]
+        return results
+
+    def _wave(self, items: Sequence[ClientWork]) -> list[tuple[Any, Any, PhaseCost]]:
+        shared_counts = self.env.trainer.meter.per_sample
+        trainers = [
+            self.env.trainer_for(work.client_id).with_meter(WorkMeter(per_sample=shared_counts))
+            for work in items
+        ]
+        bodies = [
+            _bind(self.env, work, trainer) for work, trainer in zip(items, trainers, strict=True)
+        ]
+        threads = _Interleaver(self.mode, self._refused, self.stats).run(bodies)
+        out = []
+        for thread in threads:
+            reply, state, cost = thread.result
+            seconds = thread.own_seconds + thread.shared_seconds
+            out.append((reply, state, PhaseCost(cost.flops, seconds)))
+        return out
+
+    def close(self) -> None:
+        torch.set_num_threads(self._restore_threads)
+
+
+def _bind(env: WorkerEnv, work: ClientWork, trainer: Any) -> Callable[[], Any]:
+    return lambda: run_client_phase(env, work, trainer)
