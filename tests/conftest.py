@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -44,6 +45,15 @@ def crash_after() -> type[CrashAfter]:
 def _one_torch_thread() -> None:
     # Tiny models run fastest on one thread, and two test processes then do not fight.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def ray_instance() -> Iterator[Any]:
+    """One local Ray instance (2 CPUs, no dashboard) for every Ray test of the session."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture

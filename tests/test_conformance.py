@@ -82,6 +82,17 @@ def test_process_backend_equals_sequential(name: str, tiny_config: dict[str, Any
     assert_same_results(sequential, parallel)
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize("name", NAMES)
+def test_ray_backend_equals_sequential(
+    name: str, tiny_config: dict[str, Any], ray_instance: Any
+) -> None:
+    cfg = config_for(name, tiny_config)
+    sequential = plural.run(cfg)
+    on_ray = plural.run(cfg, overrides=["backend.name=ray", "backend.workers=2"])
+    assert_same_results(sequential, on_ray)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_vectorized_backend_agrees_with_sequential(name: str, tiny_config: dict[str, Any]) -> None:
     """Batched fits match one-by-one fits up to float rounding (summation order differs)."""

@@ -46,7 +46,7 @@ from plural.engine.callbacks import Callback, ProgressBar
 from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.sampler import sample_cohort
-from plural.engine.store import InMemoryStateStore
+from plural.engine.store import StateStore, make_store
 from plural.experiment import Component, ExperimentConfig, load_config
 from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
@@ -54,6 +54,7 @@ from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 CHECKPOINT_VERSION = 1
 GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
+EVAL_CHUNK = 256  # clients whose evaluated models are in memory at once
 # Settings that may change when a run is resumed: they do not change the results.
 RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics")
 
@@ -243,7 +244,7 @@ class EngineRoundContext:
         seed: int,
         server: ServerState,
         algorithm: Algorithm,
-        store: InMemoryStateStore,
+        store: StateStore,
         backend: Backend,
         evaluating: bool = False,
     ) -> None:
@@ -326,13 +327,29 @@ def _evaluation_rows(
     round_index: int,
     algorithm: Algorithm,
     server: ServerState,
-    store: InMemoryStateStore,
+    store: StateStore,
     backend: Backend,
     num_clients: int,
     splits: tuple[str, ...],
 ) -> list[dict[str, Any]]:
+    rows = []
+    for start in range(0, num_clients, EVAL_CHUNK):
+        clients = range(start, min(start + EVAL_CHUNK, num_clients))
+        rows += _evaluate_chunk(round_index, algorithm, server, store, backend, clients, splits)
+    return rows
+
+
+def _evaluate_chunk(
+    round_index: int,
+    algorithm: Algorithm,
+    server: ServerState,
+    store: StateStore,
+    backend: Backend,
+    clients: Sequence[int],
+    splits: tuple[str, ...],
+) -> list[dict[str, Any]]:
     work, labels = [], []
-    for cid in range(num_clients):
+    for cid in clients:
         for model_name, params in algorithm.evaluated(server, store.get(cid), cid).items():
             work.append(EvalWork(cid, round_index, params, splits))  # type: ignore[arg-type]
             labels.append((cid, f"@{model_name}" if model_name else ""))
@@ -438,17 +455,21 @@ def run(
     models = build_client_models(cfg, federation, algorithm, model)
     info = federation_info(federation, models, cfg.seed)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
-    store = InMemoryStateStore()
+    store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
     counters = _Progress()
     frames: list[pd.DataFrame] = []
+    resumed = False
     if run_dir is not None:
         if resume and run_dir.has_checkpoint():
             server, counters = _restore(run_dir, cfg, store)
+            resumed = True
             run_dir.drop_metrics_after(counters.round)
             frames.append(run_dir.read_metrics())
             run_dir.drop_diagnostics_after(counters.round)
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
+    if not resumed:
+        store.restore({})  # a fresh run: no states left from an earlier attempt
     setup = WorkerSetup(
         federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
     )
@@ -460,17 +481,18 @@ def run(
     finally:
         backend.close()
         bar.close()
+        store.close()
     return loop.results(server)
 
 
 def _restore(
-    run_dir: RunDirectory, cfg: ExperimentConfig, store: InMemoryStateStore
+    run_dir: RunDirectory, cfg: ExperimentConfig, store: StateStore
 ) -> tuple[ServerState, _Progress]:
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
     _check_resumable(_with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
-    store.load_state_dict(checkpoint["store"])
+    store.restore(checkpoint["store"])
     return checkpoint["server"], _Progress(**checkpoint["progress"])
 
 
@@ -482,7 +504,7 @@ class _Loop:
         cfg: ExperimentConfig,
         algorithm: Algorithm,
         federation: FederatedDataset,
-        store: InMemoryStateStore,
+        store: StateStore,
         run_dir: RunDirectory | None,
         counters: _Progress,
         frames: list[pd.DataFrame],
@@ -618,10 +640,11 @@ class _Loop:
                 "version": CHECKPOINT_VERSION,
                 "config": self.cfg.to_dict(),
                 "server": server,
-                "store": self.store.state_dict(),
+                "store": self.store.snapshot(),
                 "progress": dataclasses.asdict(self.counters),
             }
         )
+        self.store.commit()
 
     def _summary(self, metrics: pd.DataFrame, server: ServerState) -> dict[str, Any]:
         c = self.counters

@@ -1,14 +1,64 @@
 """The engine-owned client-state store.
 
 Per-client personal state (a Local model, a personal head, control variates, a cluster id)
-lives here, never on algorithm objects, so the engine can checkpoint it and later keep it
-on disk or shard it across workers without algorithms noticing.
+lives here, never on algorithm objects, so the engine can checkpoint it, keep it on disk, or
+shard it across workers without algorithms noticing.
+
+Two stores share one interface: :class:`InMemoryStateStore` (a dict) and
+:class:`DiskStateStore` (one file per client; a state is in memory only while its client is
+in the round's cohort or being evaluated), so memory does not grow with idle clients.
+
+A checkpoint holds the store's :meth:`snapshot`. For the disk store that is a manifest of
+file names, not the states: the files a checkpoint names are kept until the next checkpoint
+is saved (:meth:`commit`), so a run killed between checkpoints resumes from consistent
+files. Either store resumes from either kind of snapshot, so ``backend.state`` may change
+when a run is resumed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from plural.experiment import BackendConfig
+
+MANIFEST_KIND = "plural-disk-states"
+
+
+class StateStore(Protocol):
+    def get(self, client_id: int) -> Any:
+        """The client's state, or None if it has none yet."""
+        ...
+
+    def put(self, client_id: int, state: Any) -> None:
+        """Keep ``state`` for the client (None forgets it)."""
+        ...
+
+    def __contains__(self, client_id: object) -> bool: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def snapshot(self) -> Any:
+        """What a checkpoint stores to restore this store's contents."""
+        ...
+
+    def commit(self) -> None:
+        """The last snapshot is now saved in a checkpoint (older files may go)."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Replace the contents with those of a snapshot (of either store)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class InMemoryStateStore:
@@ -18,7 +68,6 @@ class InMemoryStateStore:
         self._states: dict[int, Any] = {}
 
     def get(self, client_id: int) -> Any:
-        """The client's state, or None if it has none yet."""
         return self._states.get(client_id)
 
     def put(self, client_id: int, state: Any) -> None:
@@ -36,8 +85,128 @@ class InMemoryStateStore:
     def __iter__(self) -> Iterator[int]:
         return iter(sorted(self._states))
 
-    def state_dict(self) -> dict[int, Any]:
+    def snapshot(self) -> dict[int, Any]:
         return dict(self._states)
 
-    def load_state_dict(self, states: dict[int, Any]) -> None:
-        self._states = dict(states)
+    def commit(self) -> None:
+        pass
+
+    def restore(self, snapshot: Any) -> None:
+        self._states = dict(_states_of(snapshot))
+
+    def close(self) -> None:
+        pass
+
+    # the names the store had before snapshots could be manifests
+    state_dict = snapshot
+    load_state_dict = restore
+
+
+class DiskStateStore:
+    """One file per client state (``torch.save``, read back memory-mapped), in ``folder``.
+
+    A new state goes to a new file and the client's previous file is removed, unless the
+    last saved checkpoint names it. ``temporary`` folders are deleted on :meth:`close`.
+    """
+
+    def __init__(self, folder: str | Path, *, temporary: bool = False) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.temporary = temporary
+        self._files: dict[int, str] = {}
+        self._pinned: set[str] = set()  # files the last saved checkpoint names
+        self._pending: set[str] | None = None  # files of a snapshot not yet committed
+
+    def get(self, client_id: int) -> Any:
+        name = self._files.get(client_id)
+        if name is None:
+            return None
+        return torch.load(self.folder / name, weights_only=False, mmap=True)
+
+    def put(self, client_id: int, state: Any) -> None:
+        old = self._files.pop(client_id, None)
+        if state is not None:
+            name = f"{client_id}.{uuid.uuid4().hex[:16]}.pt"
+            torch.save(state, self.folder / name)
+            self._files[client_id] = name
+        if old is not None:
+            self._discard(old)
+
+    def _discard(self, name: str) -> None:
+        held = self._pinned | (self._pending or set())
+        if name not in held:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._files
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._files))
+
+    def snapshot(self) -> dict[str, Any]:
+        self._pending = set(self._files.values())
+        return {"kind": MANIFEST_KIND, "folder": str(self.folder), "files": dict(self._files)}
+
+    def commit(self) -> None:
+        if self._pending is None:
+            return
+        current = set(self._files.values())
+        for name in self._pinned - self._pending - current:
+            (self.folder / name).unlink(missing_ok=True)
+        self._pinned, self._pending = self._pending, None
+
+    def restore(self, snapshot: Any) -> None:
+        """Adopt a manifest of this folder, or write the states of any other snapshot here;
+        files no state refers to (written after the checkpoint) are removed."""
+        if _is_manifest(snapshot) and Path(snapshot["folder"]) == self.folder:
+            self._files = {int(k): v for k, v in snapshot["files"].items()}
+        else:
+            self._files = {}
+            for client_id, state in _states_of(snapshot):
+                self.put(client_id, state)
+        self._pinned, self._pending = set(self._files.values()), None
+        for path in self.folder.glob("*.pt"):
+            if path.name not in self._pinned:
+                path.unlink()
+
+    def close(self) -> None:
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    state_dict = snapshot
+    load_state_dict = restore
+
+
+def _is_manifest(snapshot: Any) -> bool:
+    return isinstance(snapshot, Mapping) and snapshot.get("kind") == MANIFEST_KIND
+
+
+def _states_of(snapshot: Any) -> Iterator[tuple[int, Any]]:
+    """(client, state) pairs of a snapshot: a dict of states, or a disk manifest."""
+    if not _is_manifest(snapshot):
+        yield from dict(snapshot).items()
+        return
+    folder = Path(snapshot["folder"])
+    for client_id, name in snapshot["files"].items():
+        path = folder / name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"client {client_id}'s state file {str(path)!r}, named by the checkpoint, is "
+                "missing: the run's client_state folder was moved or deleted"
+            )
+        yield int(client_id), torch.load(path, weights_only=False)
+
+
+def make_store(config: BackendConfig, run_dir: Path | None) -> InMemoryStateStore | DiskStateStore:
+    """The store ``backend.state`` names; disk states go to ``backend.state_dir``, else to
+    ``client_state/`` in the run directory, else to a temporary folder."""
+    if config.state == "memory":
+        return InMemoryStateStore()
+    if config.state_dir is not None:
+        return DiskStateStore(config.state_dir)
+    if run_dir is not None:
+        return DiskStateStore(run_dir / "client_state")
+    return DiskStateStore(tempfile.mkdtemp(prefix="plural-states-"), temporary=True)
