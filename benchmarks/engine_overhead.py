@@ -13,8 +13,11 @@ Measured (medians over ``--repeats``, engine and bare runs interleaved):
 
 * ``sequential``: ``plural.run`` with the sequential backend vs the bare loop, total and
   per phase (setup, steady training rounds, the last round with evaluation);
-* ``process``: ``plural.run`` with the process backend (``--workers`` workers, one torch
-  thread each), including its worker start-up, estimated as round 1 minus a steady round.
+* the other backends (``--backends``, default ``process,vectorized,ray``): ``plural.run``
+  with each, including its worker start-up, estimated as round 1 minus a steady round.
+  ``process`` and ``ray`` run ``--workers`` workers of one torch thread each; ``vectorized``
+  runs with ``vectorize: auto``, which on a CPU trains LeNet's clients one by one (batching
+  a CNN does not pay there), so its row is the cost of its machinery when it does not batch.
 
 Usage::
 
@@ -67,7 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (both loops)")
-    parser.add_argument("--workers", type=int, default=2, help="process backend workers")
+    parser.add_argument("--workers", type=int, default=2, help="process / ray workers")
+    parser.add_argument(
+        "--backends", default="process,vectorized,ray", help="backends measured besides sequential"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)
@@ -86,7 +92,7 @@ def make_config(
     partition: dict[str, Any] = {"name": args.partition, "num_clients": args.clients}
     if args.partition == "dirichlet":
         partition["alpha"] = args.alpha
-    threads = args.threads if backend == "sequential" else 1
+    threads = args.threads if backend in ("sequential", "vectorized") else 1
     return {
         "name": f"engine-overhead-{backend}",
         "seed": args.seed,
@@ -99,7 +105,7 @@ def make_config(
         "eval": {"every": rounds, "splits": ["test"]},
         "backend": {
             "name": backend,
-            "workers": args.workers if backend == "process" else None,
+            "workers": args.workers if backend in ("process", "ray") else None,
             "threads_per_worker": threads,
         },
     }
@@ -312,13 +318,15 @@ def measure_sequential(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def measure_process(args: argparse.Namespace, reference: Params) -> dict[str, Any]:
-    """The process backend on the same workload; start-up = round 1 - a steady round."""
-    timed(run_engine, make_config(args, 1, "process"))  # warm-up
+def measure_backend(
+    args: argparse.Namespace, backend: str, reference: Params, bare_total: float
+) -> dict[str, Any]:
+    """Another backend on the same workload; start-up = round 1 - a steady round."""
+    timed(run_engine, make_config(args, 1, backend))  # warm-up
     runs = []
     for i in range(args.repeats):
-        runs.append(timed(run_engine, make_config(args, args.rounds, "process")))
-        print(f"  repeat {i + 1}: process {runs[-1].total_s:.3f} s", flush=True)
+        runs.append(timed(run_engine, make_config(args, args.rounds, backend)))
+        print(f"  repeat {i + 1}: {backend} {runs[-1].total_s:.3f} s", flush=True)
     out = medians(runs)
     # Needs a steady round (2..N-1) to subtract: None with fewer than 3 rounds.
     out["startup_est_s"] = (
@@ -326,7 +334,10 @@ def measure_process(args: argparse.Namespace, reference: Params) -> dict[str, An
         if args.rounds >= 3
         else None
     )
-    out["workers"], out["threads_per_worker"] = args.workers, 1
+    parallel = backend in ("process", "ray")
+    out["workers"] = args.workers if parallel else 1
+    out["threads_per_worker"] = 1 if parallel else args.threads
+    out["ratio_total_vs_bare"] = out["total_s"] / bare_total
     out["max_abs_param_diff_vs_sequential"] = max(max_abs_diff(r.params, reference) for r in runs)
     return out
 
@@ -366,7 +377,7 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
+def report(seq: dict[str, Any], others: dict[str, dict[str, Any]]) -> str:
     header = ["median seconds", "total", "setup", "round 1", "steady rnd", "last rnd", "loop"]
     header.append("after")
     ratios = ("ratio_total", "", "", "ratio_steady_round", "ratio_last_round", "ratio_loop", "")
@@ -376,9 +387,8 @@ def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
         row("bare loop", seq["bare"]),
         row("engine sequential", seq["engine"]),
         ratio_row,
-        row(f"engine process x{proc['workers']}", proc),
+        *(row(f"engine {name} x{fig['workers']}", fig) for name, fig in others.items()),
     ]
-    startup = "n/a" if proc["startup_est_s"] is None else f"{proc['startup_est_s']:.3f} s"
     verdict = "OK" if seq["ratio_total"] <= TARGET_RATIO else "ABOVE TARGET"
     return "\n".join(
         [
@@ -388,10 +398,18 @@ def report(seq: dict[str, Any], proc: dict[str, Any]) -> str:
             f"{seq['ratio_total_paired']:.3f}; target <= {TARGET_RATIO}): {verdict}",
             f"max |engine - bare| parameters {seq['max_abs_param_diff']:.3g}, "
             f"per-client test loss/accuracy {seq['max_test_metric_diff']:.3g}",
-            f"process: worker start-up ~{startup} (round 1 - steady round); "
-            "max |process - sequential| parameters "
-            f"{proc['max_abs_param_diff_vs_sequential']:.3g}",
+            *(backend_line(name, fig) for name, fig in others.items()),
         ]
+    )
+
+
+def backend_line(name: str, figures: dict[str, Any]) -> str:
+    startup = figures["startup_est_s"]
+    startup_text = "n/a" if startup is None else f"{startup:.3f} s"
+    return (
+        f"{name}: total / bare {figures['ratio_total_vs_bare']:.3f}, start-up ~{startup_text} "
+        f"(round 1 - steady round); max |{name} - sequential| parameters "
+        f"{figures['max_abs_param_diff_vs_sequential']:.3g}"
     )
 
 
@@ -408,8 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"sequential (engine vs bare), {args.repeats} repeats:", flush=True)
     seq = measure_sequential(args)
     reference = seq.pop("_params")
-    print("process backend:", flush=True)
-    proc = measure_process(args, reference)
+    others = {}
+    for backend in [b for b in args.backends.split(",") if b]:
+        print(f"{backend} backend:", flush=True)
+        others[backend] = measure_backend(args, backend, reference, seq["bare"]["total_s"])
     info["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     payload = {
@@ -418,17 +438,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": settings,
         "config": {
             "sequential": make_config(args, args.rounds),
-            "process": make_config(args, args.rounds, "process"),
+            **{b: make_config(args, args.rounds, b) for b in others},
         },
         "machine": info,
         "sequential": seq,
-        "process": proc,
+        **others,
         "elapsed_s": time.perf_counter() - started,
     }
-    print(report(seq, proc))
+    print(report(seq, others))
     write_json(args.out, payload)
     print(f"wrote {args.out}")
-    worst = max(seq["max_abs_param_diff"], proc["max_abs_param_diff_vs_sequential"])
+    worst = max(
+        [seq["max_abs_param_diff"]]
+        + [fig["max_abs_param_diff_vs_sequential"] for fig in others.values()]
+    )
     if worst > MATCH_TOLERANCE:
         print(f"MISMATCH: parameters differ by {worst:.3g}; the timings are not like for like")
         return 1

@@ -152,6 +152,26 @@ def batching(batcher: FitBatcher) -> Iterator[None]:
         _BATCHING.batcher = previous
 
 
+def has_random_layers(model: nn.Module) -> bool:
+    """Whether training ``model`` draws random numbers itself (dropout)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
+@contextlib.contextmanager
+def seeded_random_layers(model: nn.Module, rng: torch.Generator) -> Iterator[None]:
+    """Within this block, layers that draw from torch's global generator (dropout) draw from
+    a seed taken from ``rng``, so they too are derived from (seed, round, client, phase);
+    the global generator is restored afterwards. Models without such layers take nothing
+    from ``rng``."""
+    if not has_random_layers(model):
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (), generator=rng))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 class LocalTrainer:
     """Minibatch SGD on one client's data, starting from given parameters.
 
@@ -258,20 +278,21 @@ class LocalTrainer:
         if validation is not None and patience is not None and len(validation[1]) > 0:
             stopper = _EarlyStopping(self, validation, patience)
         try:
-            total_loss, done, seen = self._run_batches(
-                x,
-                y,
-                rng,
-                optimizer,
-                live,
-                loss_terms,
-                *self.budget(len(y), epochs, steps),
-                stopper,
-                sample_weights,
-                objective,
-            )
-            if seen:
-                self.meter.flops += seen * self._flops_per_sample(x, y, live, objective)
+            with seeded_random_layers(self.model, rng):
+                total_loss, done, seen = self._run_batches(
+                    x,
+                    y,
+                    rng,
+                    optimizer,
+                    live,
+                    loss_terms,
+                    *self.budget(len(y), epochs, steps),
+                    stopper,
+                    sample_weights,
+                    objective,
+                )
+                if seen:
+                    self.meter.flops += seen * self._flops_per_sample(x, y, live, objective)
         finally:
             for p in frozen:
                 p.requires_grad_(True)

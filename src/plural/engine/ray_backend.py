@@ -162,6 +162,22 @@ def _default_workers(ray: Any, threads: int, num_clients: int) -> int:
     return max(1, min(_cluster_cpus(ray) // threads, num_clients))
 
 
+def _gpus_per_actor(ray: Any, setup: WorkerSetup, workers: int) -> float:
+    """The share of the cluster's GPUs each actor asks for (Ray hides GPUs from actors that
+    ask for none): none on the CPU, else an equal share, at most one GPU each."""
+    if setup.device == "cpu" or setup.device == "mps":
+        return 0.0
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if gpus == 0:
+        if setup.device == "auto":
+            return 0.0
+        raise ConfigError(
+            f"backend.device: {setup.device!r} with backend.name 'ray' needs GPUs in the Ray "
+            "cluster, and it reports none"
+        )
+    return min(1.0, gpus / workers)
+
+
 def _start_actors(ray: Any, setup: WorkerSetup, workers: int, threads: int) -> list[Any]:
     """``workers`` actors, each with its environment built; errors of start-up raise here."""
     cpus = _cluster_cpus(ray)
@@ -171,7 +187,9 @@ def _start_actors(ray: Any, setup: WorkerSetup, workers: int, threads: int) -> l
             f"but the Ray cluster has {cpus}; lower backend.workers or threads_per_worker"
         )
     setup_ref = ray.put(_dumps(setup))
-    actor_class = ray.remote(num_cpus=threads)(ShardWorker)
+    actor_class = ray.remote(num_cpus=threads, num_gpus=_gpus_per_actor(ray, setup, workers))(
+        ShardWorker
+    )
     actors = [actor_class.remote(setup_ref, threads) for _ in range(workers)]
     ray.get([actor.pid.remote() for actor in actors])
     return actors

@@ -39,7 +39,13 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from plural.core.trainer import FitRequest, FitResult, WorkMeter, batching
+from plural.core.trainer import (
+    FitRequest,
+    FitResult,
+    WorkMeter,
+    batching,
+    has_random_layers,
+)
 from plural.engine.backends import (
     ClientWork,
     Item,
@@ -65,9 +71,7 @@ def can_batch(model: nn.Module) -> bool:
     for module in model.modules():
         if isinstance(module, _UNBATCHABLE):
             return False
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
-            return False
-    return True
+    return not has_random_layers(model)
 
 
 def worth_batching(model: nn.Module, live: Sequence[str], device: torch.device) -> bool:

@@ -1,0 +1,262 @@
+"""The vectorized backend: batched fits equal one-by-one fits, unbatchable work runs alone,
+``auto`` batches only where it pays, and client errors surface."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import plural
+from plural.config import ConfigError
+from plural.core.params import state_of
+from plural.core.rng import torch_generator
+from plural.core.trainer import FitRequest, LocalTrainer, TrainConfig
+from plural.engine import loop
+from plural.engine.backends import resolve_device, to_device
+from plural.engine.vectorized import VectorizedBackend, batched_fit, can_batch, worth_batching
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def client_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def requests_for(
+    trainer: LocalTrainer,
+    sizes: list[int],
+    *,
+    live: tuple[str, ...] = ("0.weight", "0.bias", "2.weight", "2.bias"),
+    steps: list[int | None] | None = None,
+    loss_terms: list[Any] | None = None,
+) -> list[FitRequest]:
+    start = state_of(trainer.model)
+    out = []
+    for c, n in enumerate(sizes):
+        x, y = client_data(n, c)
+        params = {k: v + 0.01 * c for k, v in start.items()}  # clients start apart
+        out.append(
+            FitRequest(
+                trainer,
+                params,
+                x,
+                y,
+                torch_generator(0, 1, c, "fit"),
+                tuple(loss_terms[c]) if loss_terms else (),
+                live,
+                None,
+                steps[c] if steps else None,
+                trainer.config.lr,
+            )
+        )
+    return out
+
+
+def one_by_one(requests: list[FitRequest]) -> list[Any]:
+    results = []
+    for c, r in enumerate(requests):
+        results.append(
+            r.trainer.fit(
+                r.params,
+                r.x,
+                r.y,
+                rng=torch_generator(0, 1, c, "fit"),
+                loss_terms=r.loss_terms,
+                trainable=set(r.live).__contains__,
+                steps=r.steps,
+            )
+        )
+    return results
+
+
+def assert_fits_close(batched: list[Any], alone: list[Any]) -> None:
+    for b, a in zip(batched, alone, strict=True):
+        assert (b.steps, b.samples_seen) == (a.steps, a.samples_seen)
+        assert b.mean_loss == pytest.approx(a.mean_loss, abs=1e-5)
+        for name in a.params:
+            torch.testing.assert_close(b.params[name], a.params[name], atol=1e-5, rtol=1e-5)
+
+
+SETTINGS = [
+    {},
+    {"momentum": 0.9, "weight_decay": 0.01},
+    {"max_grad_norm": 0.05, "momentum": 0.5},
+    {"local_epochs": 3, "batch_size": 4},
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(s) or "plain")
+def test_uneven_clients_padded_and_masked_match_one_by_one(settings: dict[str, Any]) -> None:
+    config = dataclasses.replace(TrainConfig(lr=0.1, batch_size=7), **settings)
+    trainer = LocalTrainer(mlp(), config)
+    sizes = [3, 7, 20, 31, 0]  # a partial last batch, exactly one batch, none at all
+    assert_fits_close(
+        batched_fit(requests_for(trainer, sizes)), one_by_one(requests_for(trainer, sizes))
+    )
+
+
+def test_step_caps_head_only_training_and_loss_terms_match_one_by_one() -> None:
+    trainer = LocalTrainer(mlp(), TrainConfig(lr=0.1, batch_size=4, momentum=0.5))
+    anchor = {k: torch.zeros_like(v) for k, v in state_of(trainer.model).items()}
+
+    def proximal(mu: float) -> Any:
+        return lambda live: mu / 2 * sum(((p - anchor[n]) ** 2).sum() for n, p in live.items())
+
+    kwargs: dict[str, Any] = {
+        "live": ("2.weight", "2.bias"),
+        "steps": [2, 9, None],
+        "loss_terms": [[proximal(0.5)], [], [proximal(2.0)]],
+    }
+    requests = requests_for(trainer, [10, 12, 25], **kwargs)
+    batched = batched_fit(requests)
+    alone = one_by_one(requests_for(trainer, [10, 12, 25], **kwargs))
+    assert_fits_close(batched, alone)
+    assert [r.steps for r in batched] == [2, 9, 7]  # a cap, a cap over 3 epochs, one epoch
+    assert torch.equal(batched[0].params["0.weight"], requests[0].params["0.weight"])  # frozen
+
+
+def test_flops_are_counted_as_one_by_one() -> None:
+    trainer = LocalTrainer(mlp(), TrainConfig(batch_size=8))
+    for r in requests_for(trainer, [9, 16]):
+        batched_fit([r])
+    batched_flops = trainer.meter.flops
+    trainer.meter.reset()
+    one_by_one(requests_for(trainer, [9, 16]))
+    assert batched_flops == trainer.meter.flops > 0
+
+
+def test_models_with_dropout_batch_norm_or_recurrence_are_not_batched() -> None:
+    assert can_batch(mlp())
+    assert not can_batch(nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.2), nn.Linear(8, 3)))
+    assert can_batch(nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.0), nn.Linear(8, 3)))
+    assert not can_batch(nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8)))
+    assert not can_batch(nn.GRU(4, 4))
+
+
+def test_auto_batches_dense_models_and_head_only_training_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 64, 5), nn.Conv2d(64, 64, 5), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    cnn.append(nn.Linear(64, 10))
+    everything = [n for n, _ in cnn.named_parameters()]
+    assert worth_batching(mlp(), ["0.weight"], cpu)
+    assert not worth_batching(cnn, everything, cpu)
+    assert worth_batching(cnn, ["4.weight", "4.bias"], cpu)
+    assert worth_batching(cnn, everything, torch.device("cuda"))
+
+
+def backend_of(config: dict[str, Any], overrides: list[str]) -> tuple[plural.Results, Any]:
+    made: list[Any] = []
+    make = loop.make_backend
+
+    def recording(setup: Any, backend_config: Any) -> Any:
+        made.append(make(setup, backend_config))
+        return made[-1]
+
+    original, loop.make_backend = loop.make_backend, recording
+    try:
+        results = plural.run(config, overrides=overrides)
+    finally:
+        loop.make_backend = original
+    return results, made[0]
+
+
+def test_auto_runs_a_convolutional_model_one_by_one_and_always_batches_it(
+    tiny_config: dict[str, Any],
+) -> None:
+    tiny_config["model"] = {"name": "lenet"}
+    tiny_config["dataset"] = {"name": "digits"}
+    vectorized = ["backend.name=vectorized"]
+    _, auto = backend_of(tiny_config, vectorized)
+    assert isinstance(auto, VectorizedBackend)
+    assert auto.stats.batched == 0 and auto.stats.alone > 0
+    _, always = backend_of(tiny_config, [*vectorized, "backend.vectorize=always"])
+    assert always.stats.batched > 0 and always.stats.alone == 0
+
+
+def test_a_dropout_model_runs_alone_and_equals_sequential(tiny_config: dict[str, Any]) -> None:
+    tiny_config["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.3}
+    sequential = plural.run(tiny_config)
+    results, backend = backend_of(tiny_config, ["backend.name=vectorized"])
+    assert backend.stats.batched == 0 and backend.stats.alone > 0
+    assert results.metrics.drop(columns="seconds").equals(
+        sequential.metrics.drop(columns="seconds")
+    )
+
+
+def test_an_error_in_one_client_surfaces_and_stops_the_wave(
+    tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plural.algorithms.fedavg import FedAvg
+
+    calls: list[int] = []
+    update = FedAvg.client_update
+
+    def failing(self: Any, message: Any, state: Any, client: Any, *args: Any) -> Any:
+        calls.append(client.client_id)
+        if len(calls) == 2:
+            raise ValueError("client data is corrupt")
+        return update(self, message, state, client, *args)
+
+    monkeypatch.setattr(FedAvg, "client_update", failing)
+    with pytest.raises(ValueError, match="client data is corrupt"):
+        plural.run(tiny_config, overrides=["backend.name=vectorized"])
+
+
+def test_vectorized_runs_are_reproducible(tiny_config: dict[str, Any]) -> None:
+    overrides = ["backend.name=vectorized", "backend.max_batch_clients=2"]
+    first = plural.run(tiny_config, overrides=overrides)
+    second = plural.run(copy.deepcopy(tiny_config), overrides=overrides)
+    assert first.metrics.drop(columns="seconds").equals(second.metrics.drop(columns="seconds"))
+
+
+def test_an_unavailable_device_is_refused_before_any_work(
+    tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the federation was built before the device was checked")
+
+    monkeypatch.setattr(loop, "build_federation", forbidden)
+    with pytest.raises(ConfigError, match=r"backend.device: 'cuda' is not available.*cpu"):
+        plural.run(tiny_config, overrides=["backend.device=cuda"])
+    with pytest.raises(ConfigError, match=r"backend\.device"):
+        plural.run(tiny_config, overrides=["backend.device=tpu"])
+
+
+def test_auto_device_is_the_cpu_without_accelerators(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_to_device_moves_tensors_inside_messages_and_leaves_the_rest() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Message:
+        params: dict[str, torch.Tensor]
+        extra: list[Any]
+        note: str
+
+    message = Message({"w": torch.ones(2)}, [torch.zeros(1), 3], "hi")
+    moved = to_device(message, torch.device("meta"))
+    assert moved.params["w"].device.type == "meta" and moved.extra[0].device.type == "meta"
+    assert moved.extra[1] == 3 and moved.note == "hi"
+    assert message.params["w"].device.type == "cpu"  # the original is untouched
+
+
+def test_explicit_cpu_device_gives_the_default_run(tiny_config: dict[str, Any]) -> None:
+    default = plural.run(tiny_config)
+    on_cpu = plural.run(tiny_config, overrides=["backend.device=cpu"])
+    assert default.metrics.drop(columns="seconds").equals(on_cpu.metrics.drop(columns="seconds"))
