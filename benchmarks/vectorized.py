@@ -3,13 +3,14 @@
 Two measurements, each alternating the two ways of running the same work:
 
 * ``engine``: ``plural.run`` of FedAvg with every client taking part, the sequential backend
-  against the vectorized backend (``vectorize: always``), for a small MLP and for LeNet (a
-  CNN, where batching on a CPU is expected not to pay, which is why ``auto`` declines it).
-  The figure is the median time of a training round (rounds 2..R-1; the last round, which
-  evaluates every client, is left out).
-* ``head``: head-only training of LeNet (the body frozen, as FedRep's head phase or a
-  fine-tuned classifier), 100 clients: ``LocalTrainer.fit`` client after client against one
-  :func:`plural.engine.vectorized.batched_fit` of all of them.
+  against the vectorized backend (``vectorize: always``), for models from small to large:
+  a 32-unit MLP on digits, logistic regression, a 64-unit MLP and FedAvg's 2NN on MNIST, and
+  LeNet (a CNN). The figure is the median time of a training round (rounds 2..R-1; the last
+  round, which evaluates every client, is left out), engine costs included.
+* ``fit``: the local training alone, 100 clients: ``LocalTrainer.fit`` client after client
+  against one :func:`plural.engine.vectorized.batched_fit` of all of them, for the small
+  MLP on digits and logistic regression on MNIST (every parameter trains) and for head-only
+  training of LeNet (the body frozen, as FedRep's head phase or a fine-tuned classifier).
 
 Both check that the two ways give the same models (up to float rounding), so the timings
 are of the same work.
@@ -58,7 +59,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=64, help="MLP hidden width")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=("engine", "head"), default=None)
+    parser.add_argument("--only", choices=("engine", "fit"), default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     if args.rounds < 3:
@@ -66,12 +67,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def experiment(args: argparse.Namespace, model: dict[str, Any], backend: str) -> dict[str, Any]:
+WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "digits_mlp32": ("digits", {"name": "mlp", "hidden": [32]}),
+    "mnist_logreg": ("mnist", {"name": "logreg"}),
+    "mnist_mlp64": ("mnist", {"name": "mlp", "hidden": [64]}),
+    "mnist_2nn": ("mnist", {"name": "mlp", "hidden": [200, 200]}),
+    "mnist_lenet": ("mnist", {"name": "lenet"}),
+}
+FIT_WORKLOADS = {"digits_mlp32": False, "mnist_logreg": False, "mnist_lenet": True}
+"""Fit-level workloads: name -> head-only training."""
+
+
+def experiment(
+    args: argparse.Namespace, model: dict[str, Any], backend: str, dataset: str = "mnist"
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"name": dataset}
+    if dataset == "mnist":
+        data["max_samples"] = args.max_samples
     return {
         "name": f"vectorized-{model['name']}-{backend}",
         "seed": 0,
         "rounds": args.rounds,
-        "dataset": {"name": "mnist", "max_samples": args.max_samples},
+        "dataset": data,
         "partition": {"name": "iid", "num_clients": args.clients},
         "model": model,
         "algorithm": {"name": "fedavg"},
@@ -105,20 +122,22 @@ def timed_run(config: dict[str, Any]) -> tuple[float, plural.Results]:
     return statistics.median(rounds[1:-1]), results
 
 
-def measure_engine(args: argparse.Namespace, model: dict[str, Any]) -> dict[str, Any]:
+def measure_engine(args: argparse.Namespace, workload: str) -> dict[str, Any]:
+    dataset, model = WORKLOADS[workload]
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     params: dict[str, Any] = {}
     accuracy: dict[str, float] = {}
     for repeat in range(args.repeats):
         order = ["sequential", "vectorized"]
         for backend in order if repeat % 2 == 0 else order[::-1]:
-            seconds, results = timed_run(experiment(args, model, backend))
+            seconds, results = timed_run(experiment(args, model, backend, dataset))
             times[backend].append(seconds)
             params[backend] = results.server.params
             accuracy[backend] = results.summary["test"]["accuracy"]["mean"]
-            print(f"  {model['name']} {backend}: {seconds:.3f} s/round", flush=True)
+            print(f"  {workload} {backend}: {seconds:.3f} s/round", flush=True)
     seq, vec = statistics.median(times["sequential"]), statistics.median(times["vectorized"])
     return {
+        "dataset": dataset,
         "model": model,
         "sequential_round_s": seq,
         "vectorized_round_s": vec,
@@ -129,15 +148,17 @@ def measure_engine(args: argparse.Namespace, model: dict[str, Any]) -> dict[str,
     }
 
 
-def head_requests(args: argparse.Namespace) -> list[FitRequest]:
-    """Head-only fits of LeNet for every client of the MNIST federation."""
-    cfg = load_config(experiment(args, {"name": "lenet"}, "sequential"))
+def fit_requests(args: argparse.Namespace, workload: str) -> list[FitRequest]:
+    """One fit per client of the workload's federation (of the last layer only for head-only
+    workloads), all from the same initial model."""
+    dataset, model_spec = WORKLOADS[workload]
+    cfg = load_config(experiment(args, model_spec, "sequential", dataset))
     federation = build_federation(cfg)
     model = build_model(cfg, federation).to(args.device)
     trainer = LocalTrainer(model, cfg.train)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    names = [n for n, _ in model.named_parameters()]
-    head = tuple(names[-2:])
+    names = tuple(n for n, _ in model.named_parameters())
+    live = names[-2:] if FIT_WORKLOADS[workload] else names
     requests = []
     for c in range(federation.num_clients):
         train = federation.client(c).train
@@ -147,9 +168,9 @@ def head_requests(args: argparse.Namespace) -> list[FitRequest]:
                 start,
                 train.x.to(args.device),
                 train.y.to(args.device),
-                torch_generator(0, 1, c, "head"),
+                torch_generator(0, 1, c, "fit"),
                 (),
-                head,
+                live,
                 None,
                 None,
                 cfg.train.lr,
@@ -168,13 +189,13 @@ def fit_alone(request: FitRequest) -> FitResult:
     )
 
 
-def measure_head(args: argparse.Namespace) -> dict[str, Any]:
+def measure_fit(args: argparse.Namespace, workload: str) -> dict[str, Any]:
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     results: dict[str, list[FitResult]] = {}
     for repeat in range(args.repeats + 1):  # the first repeat warms up
         order = ["sequential", "vectorized"]
         for way in order if repeat % 2 == 0 else order[::-1]:
-            requests = head_requests(args)
+            requests = fit_requests(args, workload)
             started = time.perf_counter()
             if way == "sequential":
                 results[way] = [fit_alone(r) for r in requests]
@@ -183,13 +204,14 @@ def measure_head(args: argparse.Namespace) -> dict[str, Any]:
             seconds = time.perf_counter() - started
             if repeat:
                 times[way].append(seconds)
-                print(f"  head-only {way}: {seconds:.3f} s", flush=True)
+                print(f"  fit {workload} {way}: {seconds:.3f} s", flush=True)
     seq, vec = statistics.median(times["sequential"]), statistics.median(times["vectorized"])
     diff = max(
         max_abs_difference(a.params, b.params)
         for a, b in zip(results["sequential"], results["vectorized"], strict=True)
     )
     return {
+        "head_only": FIT_WORKLOADS[workload],
         "sequential_s": seq,
         "vectorized_s": vec,
         "speedup": seq / vec,
@@ -225,16 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if args.only in (None, "engine"):
         print("engine, FedAvg, every client every round:", flush=True)
-        payload["engine_mlp"] = measure_engine(args, {"name": "mlp", "hidden": [args.hidden]})
-        payload["engine_lenet"] = measure_engine(args, {"name": "lenet"})
-    if args.only in (None, "head"):
-        print("head-only LeNet training:", flush=True)
-        payload["head_only_lenet"] = measure_head(args)
-    for key in ("engine_mlp", "engine_lenet", "head_only_lenet"):
-        if key in payload:
-            figures = payload[key]
+        payload["engine"] = {name: measure_engine(args, name) for name in WORKLOADS}
+    if args.only in (None, "fit"):
+        print("local training alone:", flush=True)
+        payload["fit"] = {name: measure_fit(args, name) for name in FIT_WORKLOADS}
+    for part in ("engine", "fit"):
+        for name, figures in payload.get(part, {}).items():
             print(
-                f"{key}: speedup {figures['speedup']:.2f}x (target >= {TARGET}), "
+                f"{part} {name}: speedup {figures['speedup']:.2f}x (target >= {TARGET}), "
                 f"max |param diff| {figures['max_abs_param_diff']:.2g}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)

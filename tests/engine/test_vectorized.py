@@ -150,6 +150,9 @@ def test_auto_batches_dense_models_and_head_only_training_on_cpu() -> None:
     cnn.append(nn.Linear(64, 10))
     everything = [n for n, _ in cnn.named_parameters()]
     assert worth_batching(mlp(), ["0.weight"], cpu)
+    wide = nn.Sequential(nn.Linear(784, 200), nn.Linear(200, 200), nn.Linear(200, 10))
+    assert not worth_batching(wide, [n for n, _ in wide.named_parameters()], cpu)
+    assert worth_batching(wide, ["2.weight", "2.bias"], cpu)
     assert not worth_batching(cnn, everything, cpu)
     assert worth_batching(cnn, ["4.weight", "4.bias"], cpu)
     assert worth_batching(cnn, everything, torch.device("cuda"))

@@ -8,9 +8,9 @@ parameters train (FedPer's head, an adapter), and optionally the number of epoch
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import dataclasses
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -136,20 +136,21 @@ class FitBatcher(Protocol):
         ...
 
 
-_BATCHING = threading.local()
+_BATCHER: contextvars.ContextVar[FitBatcher | None] = contextvars.ContextVar(
+    "plural_fit_batcher", default=None
+)
 
 
 @contextlib.contextmanager
 def batching(batcher: FitBatcher) -> Iterator[None]:
-    """Within this block (in this thread), plain :meth:`LocalTrainer.fit` calls go to
-    ``batcher`` instead of running at once: how the vectorized backend collects the fits of
-    a cohort without algorithms knowing."""
-    previous = getattr(_BATCHING, "batcher", None)
-    _BATCHING.batcher = batcher
+    """Within this block (in this context: thread or greenlet), plain
+    :meth:`LocalTrainer.fit` calls go to ``batcher`` instead of running at once: how the
+    vectorized backend collects the fits of a cohort without algorithms knowing."""
+    token = _BATCHER.set(batcher)
     try:
         yield
     finally:
-        _BATCHING.batcher = previous
+        _BATCHER.reset(token)
 
 
 def has_random_layers(model: nn.Module) -> bool:
@@ -236,7 +237,7 @@ class LocalTrainer:
         epochs, and the parameters of the best epoch are returned (early stopping).
         """
         cfg = self.config
-        batcher: FitBatcher | None = getattr(_BATCHING, "batcher", None)
+        batcher = _BATCHER.get()
         early_stopping = validation is not None and patience is not None
         plain = objective is None and sample_weights is None and not early_stopping
         if batcher is not None and plain:
