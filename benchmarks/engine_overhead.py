@@ -33,9 +33,7 @@ import datetime
 import gc
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from common import RoundClock, machine_info
 from torch import nn
 
 import plural
@@ -211,17 +210,6 @@ def run_bare(config: dict[str, Any]) -> RunTiming:
 # --------------------------------------------------------------------------- the engine
 
 
-class RoundClock:
-    """A plural callback that notes when each round ended."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
-        self.ends.append(time.perf_counter())
-        return False
-
-
 def run_engine(config: dict[str, Any]) -> RunTiming:
     """``plural.run`` timed end to end; rounds from the callback and the summary's loop time.
 
@@ -345,21 +333,6 @@ def measure_backend(
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "plural": plural.__version__,
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 def row(name: str, figures: dict[str, Any]) -> list[str]:
     keys = ("total_s", "setup_s", "round1_s", "steady_round_s", "last_round_s", "loop_s")
     keys += ("after_loop_s",)
@@ -421,7 +394,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    info = machine_info(args.threads)
+    info = machine_info(torch_threads=args.threads)
     started = time.perf_counter()
     print(f"sequential (engine vs bare), {args.repeats} repeats:", flush=True)
     seq = measure_sequential(args)

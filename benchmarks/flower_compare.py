@@ -68,7 +68,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -79,6 +78,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import RoundClock, machine_info
 from torch import nn
 
 import plural
@@ -417,17 +417,6 @@ def flower_timing(
     return RunTiming(total_s, setup_s + before, round_s, test, params)
 
 
-class RoundClock:
-    """A plural callback that notes when each round ended."""
-
-    def __init__(self) -> None:
-        self.ends: list[float] = []
-
-    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
-        self.ends.append(time.perf_counter())
-        return False
-
-
 def run_plural(config: dict[str, Any]) -> RunTiming:
     """``plural.run`` timed end to end. Round 1 is the summary's loop time less the later
     rounds (the callback stamps each round's end)."""
@@ -527,23 +516,6 @@ def ratios(figures: dict[str, Any]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "plural": plural.__version__,
-        "flwr": importlib.metadata.version("flwr"),
-        "ray": importlib.metadata.version("ray"),
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -611,7 +583,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
     quiet_flower(not args.flower_log)
-    info = machine_info()
+    info = machine_info(
+        numpy=np.__version__,
+        flwr=importlib.metadata.version("flwr"),
+        ray=importlib.metadata.version("ray"),
+    )
     started = time.perf_counter()
     print(f"{args.repeats} repeat(s), {args.rounds} rounds, {args.clients} clients:", flush=True)
     figures = measure(args)

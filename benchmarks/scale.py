@@ -48,7 +48,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -61,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine_info
 
 import plural
 import plural.engine.loop as engine_loop
@@ -300,23 +300,6 @@ def measure(args: argparse.Namespace, clients: int, store: str) -> dict[str, Any
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_info() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "memory_gb": pages * PAGE_BYTES / 1024**3 if pages else None,
-        "torch": torch.__version__,
-        "torch_threads": 1,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "plural": plural.__version__,
-        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
-
-
 HEADER = [
     "clients",
     "store",
@@ -370,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cell = run_cell(args, int(args.cell[0]), store_list(args.cell[1])[0])
         write_json(args.cell_out, cell)
         return 0
-    info = machine_info()
+    info = machine_info(torch_threads=1)
     started = time.perf_counter()
     cells = []
     for clients in args.sizes:

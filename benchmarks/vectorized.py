@@ -25,17 +25,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import RoundClock, machine_info
 
 import plural
 from plural.core.params import max_abs_difference
@@ -103,22 +102,13 @@ def experiment(
     }
 
 
-class RoundClock:
-    """Times each round (a plural callback)."""
-
-    def __init__(self) -> None:
-        self.ends = [time.perf_counter()]
-
-    def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
-        self.ends.append(time.perf_counter())
-        return False
-
-
 def timed_run(config: dict[str, Any]) -> tuple[float, plural.Results]:
     """The median training-round seconds (rounds 2..R-1) of one run, and its results."""
     clock = RoundClock()
+    started = time.perf_counter()
     results = plural.run(config, callbacks=[clock])
-    rounds = [b - a for a, b in zip(clock.ends, clock.ends[1:], strict=False)]
+    ends = [started, *clock.ends]
+    rounds = [b - a for a, b in itertools.pairwise(ends)]
     return statistics.median(rounds[1:-1]), results
 
 
@@ -220,21 +210,6 @@ def measure_fit(args: argparse.Namespace, workload: str) -> dict[str, Any]:
     }
 
 
-def machine_info(args: argparse.Namespace) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": args.threads,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "device": args.device,
-    }
-    if args.device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(torch.device(args.device))
-    return info
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -242,7 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "vectorized",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": machine_info(args),
+        "machine": machine_info(
+            torch_threads=args.threads,
+            device=args.device,
+            gpu=torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
+        ),
         "target_speedup": TARGET,
     }
     if args.only in (None, "engine"):

@@ -57,5 +57,21 @@ def ray_instance() -> Iterator[Any]:
 
 
 @pytest.fixture
+def built_backends(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The backends ``plural.run`` builds during the test, in order (to inspect them)."""
+    from plural.engine import loop
+
+    built: list[Any] = []
+    make_backend = loop.make_backend
+
+    def recording(setup: Any, backend_config: Any) -> Any:
+        built.append(make_backend(setup, backend_config))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "make_backend", recording)
+    return built
+
+
+@pytest.fixture
 def tiny_config() -> dict[str, Any]:
     return copy.deepcopy(TINY_CONFIG)

@@ -42,34 +42,27 @@ def tiny_setup(tiny_config: dict[str, Any]) -> WorkerSetup:
     return WorkerSetup(federation, models, cfg.train, cfg.seed)
 
 
-def run_on_ray(config: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> plural.Results:
+def run_on_ray(config: dict[str, Any], built: list[Any]) -> plural.Results:
     """``plural.run`` with ``backend.name: ray`` on two workers (checks one backend was built)."""
     from plural.engine.ray_backend import RayBackend
 
-    built: list[Any] = []
-    make_backend = loop.make_backend
-
-    def recording(setup: WorkerSetup, backend_config: Any) -> Any:
-        built.append(make_backend(setup, backend_config))
-        return built[-1]
-
-    monkeypatch.setattr(loop, "make_backend", recording)
+    before = len(built)
     results = plural.run(config, overrides=["backend.name=ray", f"backend.workers={WORKERS}"])
-    assert len(built) == 1 and isinstance(built[0], RayBackend)
-    assert built[0].workers == WORKERS
+    assert len(built) == before + 1 and isinstance(built[-1], RayBackend)
+    assert built[-1].workers == WORKERS
     return results
 
 
 @pytest.mark.ray
 @pytest.mark.parametrize("algorithm", ["fedavg", "ditto", "scaffold"])
 def test_ray_backend_equals_sequential(
-    algorithm: str, tiny_config: dict[str, Any], ray: Any, monkeypatch: pytest.MonkeyPatch
+    algorithm: str, tiny_config: dict[str, Any], ray: Any, built_backends: list[Any]
 ) -> None:
     config = copy.deepcopy(tiny_config)
     config["algorithm"] = {"name": algorithm}
     config["diagnostics"] = {"gradient_every": 2}
     sequential = plural.run(config)
-    parallel = run_on_ray(config, monkeypatch)
+    parallel = run_on_ray(config, built_backends)
     pd.testing.assert_frame_equal(
         deterministic(sequential.metrics), deterministic(parallel.metrics)
     )

@@ -158,39 +158,28 @@ def test_auto_batches_dense_models_and_head_only_training_on_cpu() -> None:
     assert worth_batching(cnn, everything, torch.device("cuda"))
 
 
-def backend_of(config: dict[str, Any], overrides: list[str]) -> tuple[plural.Results, Any]:
-    made: list[Any] = []
-    make = loop.make_backend
-
-    def recording(setup: Any, backend_config: Any) -> Any:
-        made.append(make(setup, backend_config))
-        return made[-1]
-
-    original, loop.make_backend = loop.make_backend, recording
-    try:
-        results = plural.run(config, overrides=overrides)
-    finally:
-        loop.make_backend = original
-    return results, made[0]
-
-
 def test_auto_runs_a_convolutional_model_one_by_one_and_always_batches_it(
-    tiny_config: dict[str, Any],
+    tiny_config: dict[str, Any], built_backends: list[Any]
 ) -> None:
     tiny_config["model"] = {"name": "lenet"}
     tiny_config["dataset"] = {"name": "digits"}
     vectorized = ["backend.name=vectorized"]
-    _, auto = backend_of(tiny_config, vectorized)
+    plural.run(tiny_config, overrides=vectorized)
+    auto = built_backends[-1]
     assert isinstance(auto, VectorizedBackend)
     assert auto.stats.batched == 0 and auto.stats.alone > 0
-    _, always = backend_of(tiny_config, [*vectorized, "backend.vectorize=always"])
+    plural.run(tiny_config, overrides=[*vectorized, "backend.vectorize=always"])
+    always = built_backends[-1]
     assert always.stats.batched > 0 and always.stats.alone == 0
 
 
-def test_a_dropout_model_runs_alone_and_equals_sequential(tiny_config: dict[str, Any]) -> None:
+def test_a_dropout_model_runs_alone_and_equals_sequential(
+    tiny_config: dict[str, Any], built_backends: list[Any]
+) -> None:
     tiny_config["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.3}
     sequential = plural.run(tiny_config)
-    results, backend = backend_of(tiny_config, ["backend.name=vectorized"])
+    results = plural.run(tiny_config, overrides=["backend.name=vectorized"])
+    backend = built_backends[-1]
     assert backend.stats.batched == 0 and backend.stats.alone > 0
     assert results.metrics.drop(columns="seconds").equals(
         sequential.metrics.drop(columns="seconds")

@@ -97,10 +97,6 @@ class InMemoryStateStore:
     def close(self) -> None:
         pass
 
-    # the names the store had before snapshots could be manifests
-    state_dict = snapshot
-    load_state_dict = restore
-
 
 class DiskStateStore:
     """One file per client state (``torch.save``, read back memory-mapped), in ``folder``.
@@ -175,9 +171,6 @@ class DiskStateStore:
     def close(self) -> None:
         if self.temporary:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-    state_dict = snapshot
-    load_state_dict = restore
 
 
 def _is_manifest(snapshot: Any) -> bool:

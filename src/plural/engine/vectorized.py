@@ -52,6 +52,7 @@ from plural.engine.backends import (
     Item,
     PhaseCost,
     Result,
+    SequentialBackend,
     WorkerEnv,
     WorkerSetup,
     run_client_phase,
@@ -196,13 +197,15 @@ def batched_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
     lengths = torch.tensor(schedule.steps, device=device)
     totals = torch.zeros(clients, device=device)
     buffers: dict[str, torch.Tensor] = {}
+    with_terms = any(r.loss_terms for r in requests)
     model.train()
     for t in range(len(schedule.index)):
         active = lengths > t
         losses = _step_losses(forward, batched, inputs, targets, schedule, t, active)
-        terms = _loss_terms(requests, batched, live, active)
-        grads = torch.autograd.grad(losses.sum() + terms.sum(), [batched[n] for n in live])
-        totals += (losses + terms).detach()
+        if with_terms:
+            losses = losses + _loss_terms(requests, batched, live, active)
+        grads = torch.autograd.grad(losses.sum(), [batched[n] for n in live])
+        totals += losses.detach()
         with torch.no_grad():
             _sgd_step(batched, live, list(grads), buffers, active, cfg, first.lr, t == 0)
     return [_result(r, c, batched, shared, totals, schedule) for c, r in enumerate(requests)]
@@ -240,12 +243,11 @@ def _loss_terms(
     """Each active client's extra loss terms on its own slice of the stacked parameters."""
     values = []
     for c, request in enumerate(requests):
-        if not request.loss_terms or not bool(active[c]):
-            values.append(active.new_zeros((), dtype=torch.float32))
-            continue
-        own = {name: batched[name][c] for name in live}
-        zero = active.new_zeros((), dtype=torch.float32)
-        values.append(sum((term(own) for term in request.loss_terms), zero))
+        value = active.new_zeros((), dtype=torch.float32)
+        if request.loss_terms and bool(active[c]):
+            own = {name: batched[name][c] for name in live}
+            value = sum((term(own) for term in request.loss_terms), value)
+        values.append(value)
     return torch.stack(values)
 
 
@@ -453,7 +455,7 @@ def _group_key(request: FitRequest) -> Hashable:
 # --------------------------------------------------------------------------- backend
 
 
-class VectorizedBackend:
+class VectorizedBackend(SequentialBackend):
     """Clients in this process, their plain local fits batched with ``torch.func``.
 
     Other tasks (evaluation, gradients) run one client after another, as in the sequential
@@ -467,19 +469,15 @@ class VectorizedBackend:
         threads: int | None = None,
         max_batch_clients: int = 256,
     ) -> None:
-        self.env = WorkerEnv(setup)
-        self.num_clients = setup.federation.num_clients
+        super().__init__(setup, threads)
         self.mode = mode
         self.max_batch_clients = max_batch_clients
         self._refused: set[Hashable] = set()
         self.stats = FitStats()
-        self._restore_threads = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
         if task is not run_client_phase:
-            return [task(self.env, item) for item in items]
+            return super().map(task, items)
         results: list[Any] = []
         for start in range(0, len(items), self.max_batch_clients):
             results.extend(self._wave(items[start : start + self.max_batch_clients]))  # type: ignore[arg-type]
@@ -501,9 +499,6 @@ class VectorizedBackend:
             seconds = client.own_seconds + client.shared_seconds
             out.append((reply, state, PhaseCost(cost.flops, seconds)))
         return out
-
-    def close(self) -> None:
-        torch.set_num_threads(self._restore_threads)
 
 
 def _bind(env: WorkerEnv, work: ClientWork, trainer: Any) -> Callable[[], Any]:
