@@ -92,7 +92,7 @@ BAD_SETTINGS = [
     (["partition.num_clients=0"], ["partition.num_clients", "must be >= 1"]),
     (["model={name: mlp, hidden: [8, 0]}"], ["model.hidden[1]", "must be >= 1"]),
     # sections that are not {name: ...}
-    (["model=mlp"], ["model", "needs a 'name'", "logreg", "mlp"]),
+    (["model=[mlp]"], ["model", "needs a 'name'", "logreg", "mlp"]),
     (["dataset=null"], ["dataset", "needs a 'name'", "digits", "npz"]),
     # a dataset's required settings
     (["dataset={name: npz}"], ["dataset.path", "required setting is missing"]),
@@ -205,6 +205,14 @@ def test_overrides_reach_the_validated_config() -> None:
     assert cfg.rounds == 3
     assert cfg.model.name == "mlp"
     assert cfg.model.settings.hidden == (8,)
+
+
+def test_a_component_given_by_name_alone_takes_default_settings() -> None:
+    cfg = load_config(base(), ["algorithm=ditto", "model=mlp"])
+    assert cfg.algorithm == load_config(base(), ["algorithm={name: ditto}"]).algorithm
+    assert cfg.model.name == "mlp"
+    with pytest.raises(ConfigError, match="algorithm.name: unknown algorithm 'dito'. Did you mean 'ditto'"):
+        load_config(base(), ["algorithm=dito"])
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from plural.data.datasets import DataError, DatasetUnavailable
 from plural.engine.loop import Results, run
 from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
+from plural.report.tables import format_table
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -38,18 +40,6 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "transforms": TRANSFORMS,
 }
 SECTIONS: dict[str, type] = {"(top level)": RunSettings, **PLAIN_SECTIONS}
-
-
-def format_table(rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned first column, right-aligned others, two spaces apart."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for r in rows:
-        cells = [r[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)
-        ]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
 
 
 def results_table(results: Sequence[Results], split: str = "test") -> str:
@@ -138,10 +128,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking(args: argparse.Namespace) -> Any:
+    from plural.report.tracking import Tracking
+
+    return Tracking(args.tensorboard, args.mlflow, args.mlflow_experiment)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    results = run(config, out=out, resume=args.resume, progress=False if args.quiet else None)
+    tracking = _tracking(args)
+    with contextlib.ExitStack() as stack:  # logging runs end FAILED if the run fails
+        callbacks = [stack.enter_context(cb) for cb in tracking.callbacks()]
+        results = run(
+            config,
+            out=out,
+            resume=args.resume,
+            progress=False if args.quiet else None,
+            callbacks=callbacks,
+        )
     print(results_table([results]))
     print(f"\nRun files: {out}")
     return 0
@@ -160,6 +165,72 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         probe_rounds=args.probe_rounds,
     )
     print(diagnosis.report())
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from plural.report.sweep import parse_grid, parse_seeds, run_sweep
+
+    grid = parse_grid(args.grid or [])
+    seeds = parse_seeds(args.seeds)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-sweep"
+    tracking = _tracking(args)
+    table = run_sweep(
+        args.config,
+        out,
+        grid,
+        seeds,
+        overrides=args.set or [],
+        workers=args.workers,
+        callbacks=tracking if tracking.enabled else None,
+    )
+    failed = table[table["status"] == "failed"]
+    print(f"\nResults table: {out / 'results.parquet'} (and .csv), one row per cell and seed")
+    if len(failed) < len(table):
+        _compare([out], args.metric, args.split, None if args.no_report else out / "report.html")
+    if len(failed):
+        print(f"plural: {len(failed)} of {len(table)} cells failed (see the error column)")
+        return 1
+    return 0
+
+
+def _compare(paths: Sequence[Path | str], metric: str, split: str, report: Path | None) -> None:
+    """Print the ranked comparison of the runs under ``paths``; write the HTML report."""
+    from plural.report.compare import check_choice, comparison_table, format_comparison
+    from plural.report.runs import discover_runs, group_methods
+
+    methods = group_methods(discover_runs(paths))
+    check_choice(metric, split, methods)
+    print(format_comparison(comparison_table(methods, metric, split), metric, split))
+    if report is not None:
+        from plural.report.html import write_report
+
+        title = "plural report: " + ", ".join(str(p) for p in paths)
+        path = write_report(methods, report, metric=metric, split=split, title=title)
+        print(f"\nReport: {path} (figures as PNG and SVG in {path.stem}_files/)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    report = None if args.no_report else Path(args.out or f"runs/compare-{stamp}/report.html")
+    _compare(args.paths, args.metric, args.split, report)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from plural.report.runs import is_run_directory
+
+    if not is_run_directory(Path(args.run_dir)):
+        raise ConfigError(
+            f"{args.run_dir!r} is not a run directory (config.yaml and metrics/, as `plural run` "
+            "writes); for several runs or a sweep use `plural compare`"
+        )
+    _compare(
+        [args.run_dir],
+        args.metric,
+        args.split,
+        Path(args.out or Path(args.run_dir) / "report.html"),
+    )
     return 0
 
 
@@ -208,6 +279,32 @@ def _positive(text: str) -> int:
     return value
 
 
+def _tracking_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tensorboard",
+        metavar="LOG_DIR",
+        help="log per-round results to TensorBoard in LOG_DIR (extra: plural[tensorboard])",
+    )
+    parser.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        metavar="TRACKING_URI",
+        help="log the run to MLflow: MLflow's default store, or TRACKING_URI (e.g. "
+        "sqlite:///mlflow.db, http://host:5000) (extra: plural[mlflow])",
+    )
+    parser.add_argument(
+        "--mlflow-experiment", default="plural", help="MLflow experiment name (default plural)"
+    )
+
+
+def _comparison_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metric", default="accuracy", help="what to rank by: accuracy (default) or loss"
+    )
+    parser.add_argument("--split", default="test", help="which client split (default: test)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plural", description=plural.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"plural {plural.__version__}")
@@ -234,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run directory's checkpoint"
     )
     run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    _tracking_options(run_cmd)
     run_cmd.set_defaults(func=cmd_run)
 
     diag = sub.add_parser(
@@ -261,6 +359,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.set_defaults(func=cmd_diagnose)
 
+    sweep = sub.add_parser(
+        "sweep", help="run a config over a grid of settings and seeds (resumable)"
+    )
+    sweep.add_argument("config", help="path to the base YAML config")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a grid axis: a setting and its values, e.g. --grid algorithm=fedavg,ditto "
+        "--grid partition.alpha=0.1,1.0 (repeatable; values are YAML, commas inside {} or [] "
+        "do not split)",
+    )
+    sweep.add_argument(
+        "--seeds", default="0", help="seeds of every grid point: 0,1,2 or 0-4 (default 0)"
+    )
+    sweep.add_argument(
+        "--workers", type=_positive, default=1, help="cells run at once, one process each"
+    )
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the base")
+    sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
+    _comparison_options(sweep)
+    sweep.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _tracking_options(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+    compare = sub.add_parser(
+        "compare", help="rank runs and sweeps side by side; write an HTML report"
+    )
+    compare.add_argument(
+        "paths",
+        nargs="+",
+        metavar="RUN_DIR_OR_SWEEP",
+        help="run or sweep directories, or folders holding them",
+    )
+    _comparison_options(compare)
+    compare.add_argument("--out", help="the HTML report (default: runs/compare-<time>/report.html)")
+    compare.add_argument("--no-report", action="store_true", help="only print the table")
+    compare.set_defaults(func=cmd_compare)
+
+    report = sub.add_parser("report", help="the HTML report of one run")
+    report.add_argument("run_dir", help="the run directory")
+    _comparison_options(report)
+    report.add_argument("--out", help="the HTML report (default: RUN_DIR/report.html)")
+    report.set_defaults(func=cmd_report)
+
     lst = sub.add_parser(
         "list", help="datasets, partitioners, models, algorithms and their settings"
     )
@@ -277,10 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"plural: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "plural: interrupted; finished rounds are saved, continue with --resume",
-            file=sys.stderr,
+        resume = (
+            "finished cells and rounds are saved; rerun the same command to continue"
+            if args.command == "sweep"
+            else "finished rounds are saved, continue with --resume"
         )
+        print(f"plural: interrupted; {resume}", file=sys.stderr)
         return 130
 
 

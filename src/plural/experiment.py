@@ -207,14 +207,20 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
     scalars = build(RunSettings, {k: raw[k] for k in _SCALARS if k in raw}, "")
     values: dict[str, Any] = dataclasses.asdict(scalars)
     for key, registry in _COMPONENTS.items():
-        entry, settings = registry.parse(raw[key], key)
+        entry, settings = registry.parse(_named(raw[key]), key)
         values[key] = Component(entry.name, settings)
-    values["model"] = parse_model(raw["model"])
+    values["model"] = parse_model(_named(raw["model"]))
     for key, cls in PLAIN_SECTIONS.items():
         if key in raw:
             values[key] = build(cls, raw[key], key)
     values["transforms"] = _parse_transforms(raw.get("transforms"))
     return ExperimentConfig(**values)
+
+
+def _named(section: Any) -> Any:
+    """A component section given by its name alone (``algorithm: ditto``, or
+    ``--set algorithm=ditto``) stands for ``{name: ditto}`` with default settings."""
+    return {"name": section} if isinstance(section, str) else section
 
 
 def _parse_transforms(raw: Any) -> tuple[Component, ...]:

@@ -5,6 +5,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 
 import plural
 from plural.config import ConfigError
@@ -97,13 +98,60 @@ def test_resume_can_extend_a_finished_run(tiny_config: dict[str, Any], tmp_path)
     pd.testing.assert_frame_equal(deterministic(extended.metrics), deterministic(straight.metrics))
 
 
-def test_metric_files_after_the_checkpoint_are_dropped(tmp_path) -> None:
+def test_round_files_after_the_checkpoint_are_dropped(tmp_path) -> None:
     run_dir = RunDirectory(tmp_path)
     run_dir.metrics_dir.mkdir()
     for r in (1, 2, 3):
         run_dir.write_round_metrics(r, [{"round": r, "client": 0, "split": "fit"}])
-    run_dir.drop_metrics_after(2)
+        run_dir.append_diagnostics({"round": r, "drift_mean": 0.1})
+        run_dir.append_record(run_dir.timeline_path, {"round": r, "wall_time_s": r})
+    run_dir.drop_rounds_after(2)
     assert sorted(run_dir.read_metrics()["round"]) == [1, 2]
+    assert [r["round"] for r in run_dir.read_diagnostics()] == [1, 2]
+    assert [r["round"] for r in run_dir.read_timeline()] == [1, 2]
+
+
+def test_run_directory_records_timeline_environment_and_callback_hooks(
+    tiny_config: dict[str, Any], tmp_path
+) -> None:
+    class Hooks:
+        def __init__(self) -> None:
+            self.events: list[tuple[str, Any]] = []
+
+        def on_run_start(self, config: Any, run_dir: Any, start_round: int) -> None:
+            self.events.append(("start", (config.name, run_dir, start_round)))
+
+        def on_round_end(self, round_index: int, summary: dict[str, Any]) -> bool:
+            self.events.append(("round", round_index))
+            return False
+
+        def on_run_end(self, results: Any) -> None:
+            self.events.append(("end", results.summary["rounds_done"]))
+
+    hooks = Hooks()
+    plural.run(tiny_config, out=tmp_path, overrides=["rounds=2"], callbacks=[hooks])
+    plural.run(tiny_config, out=tmp_path, resume=True, overrides=["rounds=3"], callbacks=[hooks])
+    name = tiny_config.get("name", "experiment")
+    assert hooks.events == [
+        ("start", (name, tmp_path, 0)),
+        ("round", 1),
+        ("round", 2),
+        ("end", 2),
+        ("start", (name, tmp_path, 2)),
+        ("round", 3),
+        ("end", 3),
+    ]
+    run_dir = RunDirectory(tmp_path)
+    timeline = run_dir.read_timeline()
+    assert [r["round"] for r in timeline] == [1, 2, 3]
+    walls = [r["wall_time_s"] for r in timeline]
+    assert walls == sorted(walls) and walls[0] > 0
+    fit = run_dir.read_metrics().query("split == 'fit'")
+    assert timeline[-1]["bytes_up"] == fit["bytes_up"].sum()
+    environment = run_dir.read_environment()
+    assert len(environment) == 2  # one entry per start
+    assert environment[0]["packages"]["torch"] == torch.__version__
+    assert environment[0]["packages"]["plural"] == plural.__version__
 
 
 def test_existing_run_is_not_overwritten(tiny_config: dict[str, Any], tmp_path) -> None:

@@ -20,8 +20,13 @@ def tail_mean(values: np.ndarray, fraction: float, *, worst: bool) -> float:
     return float(ordered[:k].mean() if worst else ordered[-k:].mean())
 
 
-def summarize(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
-    """Summary of one metric over clients (NaN entries, e.g. empty splits, are ignored)."""
+def summarize(
+    values: np.ndarray, weights: np.ndarray | None = None, *, higher_is_better: bool = True
+) -> dict[str, float]:
+    """Summary of one metric over clients (NaN entries, e.g. empty splits, are ignored).
+
+    ``worst10`` / ``best10`` are the mean of the worst / best 10% of clients: the lowest
+    values for a metric where higher is better (accuracy), the highest for a loss."""
     values = np.asarray(values, dtype=np.float64)
     weights = np.ones_like(values) if weights is None else np.asarray(weights, dtype=np.float64)
     keep = ~np.isnan(values)
@@ -43,8 +48,8 @@ def summarize(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str
         "mean": float(values.mean()),
         "weighted_mean": float((values * weights).sum() / total) if total > 0 else float("nan"),
         "std": float(values.std()),
-        "worst10": tail_mean(values, 0.1, worst=True),
-        "best10": tail_mean(values, 0.1, worst=False),
+        "worst10": tail_mean(values, 0.1, worst=higher_is_better),
+        "best10": tail_mean(values, 0.1, worst=not higher_is_better),
         "min": float(values.min()),
         "max": float(values.max()),
         "clients": len(values),

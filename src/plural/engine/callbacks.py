@@ -1,12 +1,28 @@
-"""Callbacks: called after every round with that round's summary; may stop the run."""
+"""Callbacks: called after every round with that round's summary; may stop the run.
+
+A callback may also define ``on_run_start(config, run_dir, start_round)`` (before the first
+round; ``start_round`` > 0 when a run resumes) and ``on_run_end(results)`` (after the last
+round, when the results are complete); the loop calls them where they exist (see
+:func:`notify`). Logging integrations (TensorBoard, MLflow) live in
+:mod:`plural.report.tracking`.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tqdm.auto import tqdm
+
+
+def notify(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
+    """Call the optional ``hook`` of every callback that defines it."""
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if method is not None:
+            method(*args)
 
 
 class Callback(Protocol):

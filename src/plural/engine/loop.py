@@ -42,7 +42,7 @@ from plural.engine.backends import (
     resolve_device,
     run_client_phase,
 )
-from plural.engine.callbacks import Callback, ProgressBar
+from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.sampler import sample_cohort
@@ -50,6 +50,7 @@ from plural.engine.store import StateStore, make_store
 from plural.experiment import Component, ExperimentConfig, load_config
 from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
+from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 CHECKPOINT_VERSION = 1
@@ -384,7 +385,7 @@ def summarize_round(metrics: pd.DataFrame, round_index: int) -> dict[str, Any]:
         weights = rows["samples"].to_numpy()
         out[str(split)] = {
             "accuracy": summarize(rows["accuracy"].to_numpy(), weights),
-            "loss": summarize(rows["loss"].to_numpy(), weights),
+            "loss": summarize(rows["loss"].to_numpy(), weights, higher_is_better=False),
         }
     return out
 
@@ -463,11 +464,11 @@ def run(
         if resume and run_dir.has_checkpoint():
             server, counters = _restore(run_dir, cfg, store)
             resumed = True
-            run_dir.drop_metrics_after(counters.round)
+            run_dir.drop_rounds_after(counters.round)
             frames.append(run_dir.read_metrics())
-            run_dir.drop_diagnostics_after(counters.round)
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
+        run_dir.record_environment(environment_entry(str(resolve_device(cfg.backend.device))))
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
     setup = WorkerSetup(
@@ -476,13 +477,16 @@ def run(
     loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
     backend = make_backend(setup, cfg.backend)
+    notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
     try:
         server = loop.run(server, backend, [bar, *callbacks])
     finally:
         backend.close()
         bar.close()
         store.close()
-    return loop.results(server)
+    results = loop.results(server)
+    notify(callbacks, "on_run_end", results)
+    return results
 
 
 def _restore(
@@ -575,6 +579,16 @@ class _Loop:
             counters.last_eval = round_index
         if self.run_dir is not None:
             self.run_dir.write_round_metrics(round_index, rows)
+            self.run_dir.append_record(
+                self.run_dir.timeline_path,
+                {
+                    "round": round_index,
+                    "wall_time_s": round(counters.wall_time, 4),
+                    "bytes_up": counters.bytes_up,
+                    "bytes_down": counters.bytes_down,
+                    "train_flops": counters.flops,
+                },
+            )
             if evaluated:
                 self.run_dir.write_json(self.run_dir.summary_path, self._summary(frame, server))
 

@@ -7,6 +7,10 @@ Layout::
     metrics/round_*.parquet  per-round, per-client rows (one file per round, append-only)
     metrics.parquet      all rows, written when the run ends
     summary.json         summary of the last evaluated round (rewritten after each)
+    diagnostics.jsonl    per round: drift, cluster assignments and quality, G^2 / B^2
+    timeline.jsonl       per round: cumulative wall-clock seconds, bytes and training FLOPs
+    environment.json     versions of Python and the packages, machine, command; one entry
+                         per start (a resumed run adds one)
     checkpoint.pt        state after the last finished round (atomic replace)
     artifacts/           method-specific results (e.g. pFedLIA's influence matrix: .npy + .png)
 
@@ -69,6 +73,8 @@ class RunDirectory:
         self.summary_path = self.path / "summary.json"
         self.checkpoint_path = self.path / "checkpoint.pt"
         self.diagnostics_path = self.path / "diagnostics.jsonl"
+        self.timeline_path = self.path / "timeline.jsonl"
+        self.environment_path = self.path / "environment.json"
         self.artifacts_dir = self.path / "artifacts"
 
     def has_checkpoint(self) -> bool:
@@ -99,12 +105,6 @@ class RunDirectory:
             self.round_metrics_path(round_index), lambda tmp: frame.to_parquet(tmp, index=False)
         )
 
-    def drop_metrics_after(self, round_index: int) -> None:
-        """Remove per-round files of rounds after ``round_index`` (left by an interrupted run)."""
-        for part in self.metrics_dir.glob("round_*.parquet"):
-            if int(part.stem.split("_")[1]) > round_index:
-                part.unlink()
-
     def read_metrics(self) -> pd.DataFrame:
         parts = sorted(self.metrics_dir.glob("round_*.parquet"))
         if not parts:
@@ -118,20 +118,45 @@ class RunDirectory:
         _atomic_write(self.metrics_path, lambda tmp: frame.to_parquet(tmp, index=False))
         return frame
 
-    def append_diagnostics(self, record: Mapping[str, Any]) -> None:
-        """Add one round's diagnostics as a JSON line (the file is small and append-only)."""
-        with self.diagnostics_path.open("a") as handle:
+    def append_record(self, path: Path, record: Mapping[str, Any]) -> None:
+        """Add one round's record as a JSON line (such files are small and append-only)."""
+        with path.open("a") as handle:
             handle.write(json.dumps(dict(record), default=_json_default) + "\n")
 
-    def read_diagnostics(self) -> list[dict[str, Any]]:
-        if not self.diagnostics_path.is_file():
+    def read_records(self, path: Path) -> list[dict[str, Any]]:
+        if not path.is_file():
             return []
-        lines = self.diagnostics_path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def drop_diagnostics_after(self, round_index: int) -> None:
-        kept = [r for r in self.read_diagnostics() if r["round"] <= round_index]
-        self.write_text(self.diagnostics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    def drop_records_after(self, path: Path, round_index: int) -> None:
+        kept = [r for r in self.read_records(path) if r["round"] <= round_index]
+        self.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def append_diagnostics(self, record: Mapping[str, Any]) -> None:
+        self.append_record(self.diagnostics_path, record)
+
+    def read_diagnostics(self) -> list[dict[str, Any]]:
+        return self.read_records(self.diagnostics_path)
+
+    def read_timeline(self) -> list[dict[str, Any]]:
+        return self.read_records(self.timeline_path)
+
+    def drop_rounds_after(self, round_index: int) -> None:
+        """Forget what rounds after ``round_index`` wrote (left by an interrupted run)."""
+        for part in self.metrics_dir.glob("round_*.parquet"):
+            if int(part.stem.split("_")[1]) > round_index:
+                part.unlink()
+        for path in (self.diagnostics_path, self.timeline_path):
+            self.drop_records_after(path, round_index)
+
+    def record_environment(self, entry: Mapping[str, Any]) -> None:
+        """Add this start's environment (versions, machine, command) to ``environment.json``."""
+        self.write_json(self.environment_path, [*self.read_environment(), dict(entry)])
+
+    def read_environment(self) -> list[dict[str, Any]]:
+        if not self.environment_path.is_file():
+            return []
+        return json.loads(self.environment_path.read_text())
 
     def artifact_path(self, name: str, suffix: str) -> Path:
         return self.artifacts_dir / f"{name}{suffix}"

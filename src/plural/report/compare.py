@@ -1,0 +1,274 @@
+"""Methods set side by side: final per-client results, curves over rounds, costs.
+
+Every figure of the report and every column of ``plural compare`` comes from the tidy
+frames built here. Per-client statistics are computed within each run (seed) first, then
+averaged over seeds, with their standard deviation over seeds where there are several.
+The reported round is each run's last evaluated round, not its best.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from plural.config import ConfigError
+from plural.core.metrics import summarize
+from plural.report.runs import Method, RunRecord
+from plural.report.tables import format_table
+
+METRICS = ("accuracy", "loss")
+STATS = ("mean", "worst10", "best10", "std", "weighted_mean")
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric != "loss"
+
+
+def check_choice(metric: str, split: str, methods: Sequence[Method]) -> None:
+    """A ConfigError naming what is allowed when ``metric`` or ``split`` is not available."""
+    if metric not in METRICS:
+        raise ConfigError(f"--metric: {metric!r} is not a metric; allowed: {', '.join(METRICS)}")
+    available = sorted(
+        {str(s) for m in methods for r in m.runs for s in r.metrics["split"].unique()} - {"fit"}
+    )
+    if split not in available:
+        raise ConfigError(
+            f"--split: no run evaluated the {split!r} split; available: "
+            f"{', '.join(available) or 'none (no run has evaluated yet)'}"
+        )
+
+
+def _summary(rows: pd.DataFrame, metric: str) -> dict[str, float]:
+    return summarize(
+        rows[metric].to_numpy(),
+        rows["samples"].to_numpy(),
+        higher_is_better=higher_is_better(metric),
+    )
+
+
+def seed_results(
+    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+) -> pd.DataFrame:
+    """One row per method and seed: the per-client summary of ``metric`` at the run's last
+    evaluated round, with the run's cost (bytes, wall seconds, training FLOPs) and, for
+    methods that cluster, the last cluster count and ARI."""
+    rows = []
+    for method in methods:
+        for run in method.runs:
+            rows.append(
+                {
+                    "method": method.label,
+                    "algorithm": run.algorithm,
+                    "seed": run.seed,
+                    "rounds": int(run.config.get("rounds", 0)),
+                    "complete": run.complete,
+                    **run_results(run, metric, split),
+                    **_costs(run),
+                    **_clustering(run),
+                    "run_dir": str(run.path),
+                    **{f"setting:{k}": v for k, v in method.settings.items()},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def run_results(run: RunRecord, metric: str = "accuracy", split: str = "test") -> dict[str, Any]:
+    """The per-client summary of ``metric`` on ``split`` at the run's last evaluated round
+    (``round`` 0 and NaN statistics when it has not evaluated yet)."""
+    final = run.final(split)
+    stats = _summary(final, metric) if len(final) else summarize(np.array([]))
+    return {
+        "round": int(final["round"].max()) if len(final) else 0,
+        **{s: stats[s] for s in STATS},
+        "clients": stats["clients"],
+    }
+
+
+def _costs(run: RunRecord) -> dict[str, float]:
+    fit = run.metrics[run.metrics["split"] == "fit"]
+    summary = run.summary
+    return {
+        "bytes": float(fit["bytes_up"].sum() + fit["bytes_down"].sum()),
+        "wall_time_s": float(summary.get("wall_time_s", math.nan)),
+        "train_flops": float(fit["flops"].sum()),
+    }
+
+
+def _clustering(run: RunRecord) -> dict[str, float]:
+    clustering = run.summary.get("clustering") or {}
+    return {
+        "clusters": float(clustering.get("clusters", math.nan)),
+        "ari": float(clustering["ari"]) if clustering.get("ari") is not None else math.nan,
+    }
+
+
+def comparison_table(
+    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+) -> pd.DataFrame:
+    """One row per method, ranked (best first): seeds, the mean over seeds of the final
+    per-client mean / worst 10% / best 10% / std, the std over seeds of the mean and the
+    worst 10% (NaN with one seed), bytes communicated and wall seconds."""
+    per_seed = seed_results(methods, metric, split)
+    grouped = per_seed.groupby("method", sort=False)
+    table = grouped.agg(
+        algorithm=("algorithm", "first"),
+        seeds=("seed", "count"),
+        round=("round", "max"),
+        mean=("mean", "mean"),
+        mean_sd=("mean", "std"),
+        worst10=("worst10", "mean"),
+        worst10_sd=("worst10", "std"),
+        best10=("best10", "mean"),
+        std=("std", "mean"),
+        clients=("clients", "max"),
+        bytes=("bytes", "mean"),
+        wall_time_s=("wall_time_s", "mean"),
+        clusters=("clusters", "mean"),
+        ari=("ari", "mean"),
+        complete=("complete", "all"),
+    ).reset_index()
+    table = table.sort_values(
+        "mean", ascending=not higher_is_better(metric), na_position="last", kind="stable"
+    )
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
+def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str = "test") -> str:
+    """The terminal table of :func:`comparison_table`."""
+    several = bool((table["seeds"] > 1).any())
+    clustered = bool(table["clusters"].notna().any())
+    header = ["method (ranked)", "seeds", f"{metric} mean", "worst10%", "best10%", "std", "MB sent"]
+    header += ["time s"] + (["clusters (ARI)"] if clustered else [])
+    rows = [header]
+    for row in table.itertuples():
+        cells = [
+            f"{row.rank}. {row.method}" + ("" if row.complete else " (incomplete)"),
+            str(row.seeds),
+            _with_sd(row.mean, row.mean_sd, several),
+            _with_sd(row.worst10, row.worst10_sd, several),
+            f"{row.best10:.3f}",
+            f"{row.std:.3f}",
+            f"{row.bytes / 1e6:.2f}",
+            f"{row.wall_time_s:.1f}",
+        ]
+        if clustered:
+            cells.append(_clusters_cell(row.clusters, row.ari))
+        rows.append(cells)
+    note = (
+        f"Final per-client {metric} on {split} (each run's last evaluated round); tails are the "
+        "mean of the worst/best 10% of clients"
+        + ("; +- is the std over seeds." if several else ".")
+    )
+    return note + "\n" + format_table(rows)
+
+
+def _with_sd(value: float, sd: float, several: bool) -> str:
+    if not several:
+        return f"{value:.3f}"
+    return f"{value:.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{value:.3f}"
+
+
+def _clusters_cell(clusters: float, ari: float) -> str:
+    if math.isnan(clusters):
+        return "-"
+    text = f"{clusters:g}"
+    return text + (f" ({ari:.2f})" if not math.isnan(ari) else "")
+
+
+def round_curves(
+    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+) -> pd.DataFrame:
+    """Per method and evaluated round: the per-client mean, worst 10% and best 10% of
+    ``metric``, each averaged over seeds (``seeds``: how many runs reached the round)."""
+    frames = []
+    for method in methods:
+        for run in method.runs:
+            rows = run.evaluated(split)
+            if rows.empty:
+                continue
+            stats = rows.groupby("round").apply(
+                lambda r: pd.Series(_summary(r, metric)), include_groups=False
+            )
+            stats = stats[["mean", "worst10", "best10"]].reset_index()
+            stats.insert(0, "method", method.label)
+            frames.append(stats)
+    if not frames:
+        return pd.DataFrame(columns=["method", "round", "mean", "worst10", "best10", "seeds"])
+    every = pd.concat(frames, ignore_index=True)
+    curves = every.groupby(["method", "round"], sort=False).agg(
+        mean=("mean", "mean"),
+        worst10=("worst10", "mean"),
+        best10=("best10", "mean"),
+        seeds=("mean", "count"),
+    )
+    return curves.reset_index()
+
+
+def final_values(
+    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+) -> pd.DataFrame:
+    """Every client's final ``metric`` per method and seed (columns method, seed, client,
+    value), for distributions and CDFs."""
+    frames = []
+    for method in methods:
+        for run in method.runs:
+            final = run.final(split)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "method": method.label,
+                        "seed": run.seed,
+                        "client": final["client"].to_numpy(),
+                        "value": final[metric].to_numpy(dtype=np.float64),
+                    }
+                )
+            )
+    if not frames:
+        return pd.DataFrame(columns=["method", "seed", "client", "value"])
+    return pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+
+
+def cost_curves(methods: Sequence[Method], split: str = "test") -> pd.DataFrame:
+    """Per method and evaluated round: mean per-client accuracy against what was spent until
+    then: bytes communicated (up and down, all clients) and wall seconds, averaged over seeds.
+    Runs without a timeline have NaN wall seconds."""
+    frames = []
+    for method in methods:
+        for run in method.runs:
+            frame = _run_cost_curve(run, split)
+            if frame is not None:
+                frame.insert(0, "method", method.label)
+                frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["method", "round", "accuracy", "bytes", "wall_time_s"])
+    every = pd.concat(frames, ignore_index=True)
+    return every.groupby(["method", "round"], sort=False).mean(numeric_only=True).reset_index()
+
+
+def _run_cost_curve(run: RunRecord, split: str) -> pd.DataFrame | None:
+    evaluated = run.evaluated(split)
+    if evaluated.empty:
+        return None
+    accuracy = evaluated.groupby("round")["accuracy"].mean()
+    fit = run.metrics[run.metrics["split"] == "fit"]
+    sent = (fit["bytes_up"] + fit["bytes_down"]).groupby(fit["round"]).sum().cumsum()
+    rounds = accuracy.index
+    timeline = run.timeline
+    wall = (
+        timeline.set_index("round")["wall_time_s"].reindex(rounds)
+        if "wall_time_s" in timeline.columns
+        else pd.Series(math.nan, index=rounds)
+    )
+    return pd.DataFrame(
+        {
+            "round": rounds.to_numpy(),
+            "accuracy": accuracy.to_numpy(),
+            "bytes": sent.reindex(rounds, method="ffill").fillna(0).to_numpy(),
+            "wall_time_s": wall.to_numpy(dtype=np.float64),
+        }
+    )

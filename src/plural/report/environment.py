@@ -1,0 +1,57 @@
+"""What a run ran on: Python, the packages, the machine and the command, so a reader can
+rerun it (the run directory's ``environment.json``; one entry per start)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+import torch
+
+PACKAGES = (
+    "plural",
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "matplotlib",
+    "greenlet",
+    "ray",
+    "flwr",
+    "tensorboard",
+    "mlflow",
+)
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (packages that are not installed are left out)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def environment_entry(device: str = "cpu") -> dict[str, Any]:
+    """This process's environment, for ``environment.json``."""
+    entry: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(sys.argv),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "packages": package_versions(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        entry["gpu"] = torch.cuda.get_device_name()
+    return entry
