@@ -124,6 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"\nRun files: {out}/<algorithm>/ "
         "(config.yaml, metrics.parquet, summary.json, checkpoint.pt)"
+        f"\nFigures and an HTML report: plural compare {out} --out {out}/report.html"
     )
     return 0
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MAX_TICKS = 40  # label at most this many clients on an axis; thin out beyond
 UPRIGHT_CHARACTERS = 48  # turn x tick labels upright beyond this many characters in all
+MANY_BARS = 200  # beyond this many clients, sizes are drawn as filled steps, not bars
 ANNOTATE_CELLS = 200  # write the count in each heatmap cell up to this many cells
 
 Sizes = np.ndarray | Sequence[int] | Mapping[str, np.ndarray | Sequence[int]]
@@ -162,8 +163,12 @@ def sizes_figure(sizes: Sizes) -> Figure:
     positions = np.arange(num_clients)
     bottom = np.zeros(num_clients)
     for name, values in columns.items():
-        axes.bar(positions, values, bottom=bottom, label=name, rasterized=num_clients > 200)
-        bottom = bottom + values
+        top = bottom + values
+        if num_clients > MANY_BARS:  # one filled step outline per split, not a bar per client
+            axes.fill_between(positions, bottom, top, step="mid", label=name, linewidth=0)
+        else:
+            axes.bar(positions, values, bottom=bottom, label=name)
+        bottom = top
     tick_labels(axes, "x", [str(c) for c in positions])
     if len(columns) > 1:
         axes.legend(fontsize=8)

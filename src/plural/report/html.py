@@ -45,6 +45,8 @@ class _Page:
 
     folder: Path
     sections: list[str] = dataclasses.field(default_factory=list)
+    contents: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """(anchor, title) of each section, for the navigation bar."""
     files: list[Path] = dataclasses.field(default_factory=list)
 
     def figure(self, figure: Any, name: str, caption: str) -> str:
@@ -86,7 +88,7 @@ def write_report(
     _clustering_section(page, methods, colors)
     _heterogeneity_section(page, methods)
     page.section("reproduce", "Configs, seeds and versions", _reproduce_html(methods))
-    document = _document(title, methods, page.sections)
+    document = _document(title, methods, page)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(document, encoding="utf-8")
     os.replace(tmp, out)
@@ -369,25 +371,15 @@ details { margin: 0.3rem 0; }
 """
 
 
-def _document(title: str, methods: Sequence[Method], sections: list[str]) -> str:
+def _document(title: str, methods: Sequence[Method], page: _Page) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     runs = sum(len(m.runs) for m in methods)
-    anchors = [s.split('"', 2)[1] for s in sections]
-    names = {
-        "summary": "ranking",
-        "rounds": "per round",
-        "distribution": "distribution",
-        "cost": "cost",
-        "clustering": "clustering",
-        "heterogeneity": "federations",
-        "reproduce": "reproduce",
-    }
-    nav = "".join(f'<a href="#{a}">{names.get(a, a)}</a>' for a in anchors)
+    nav = "".join(f'<a href="#{a}">{html.escape(t.lower())}</a>' for a, t in page.contents)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{len(methods)} methods, {runs} runs; written by "
         f"plural {plural.__version__} on {stamp}.</p><nav>{nav}</nav>"
-        + "".join(sections)
+        + "".join(page.sections)
         + "</body></html>\n"
     )
