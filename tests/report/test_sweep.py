@@ -218,7 +218,7 @@ def test_changed_base_config_is_refused(tmp_path: Path) -> None:
     run_sweep(base(), tmp_path, [], (0,), progress=None)
     changed = base()
     changed["train"]["lr"] = 0.5
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(ConfigError, match="config differs in train"):
         run_sweep(changed, tmp_path, [], (0,), progress=None)
 
 

@@ -191,12 +191,17 @@ def round_curves(
             rows = run.evaluated(split)
             if rows.empty:
                 continue
-            stats = rows.groupby("round").apply(
-                lambda r: pd.Series(_summary(r, metric)), include_groups=False
-            )
-            stats = stats[["mean", "worst10", "best10"]].reset_index()
-            stats.insert(0, "method", method.label)
-            frames.append(stats)
+            stats = []
+            for round_index, at_round in rows.groupby("round"):
+                summary = _summary(at_round, metric)
+                stats.append(
+                    {
+                        "method": method.label,
+                        "round": round_index,
+                        **{k: summary[k] for k in ("mean", "worst10", "best10")},
+                    }
+                )
+            frames.append(pd.DataFrame(stats))
     if not frames:
         return pd.DataFrame(columns=["method", "round", "mean", "worst10", "best10", "seeds"])
     every = pd.concat(frames, ignore_index=True)

@@ -34,7 +34,7 @@ from plural.config import ConfigError
 from plural.experiment import ExperimentConfig, apply_overrides, load_config, load_yaml
 from plural.report.compare import run_results
 from plural.report.rundir import _atomic_write
-from plural.report.runs import SWEEP_FILE, RunRecord, method_key
+from plural.report.runs import SWEEP_FILE, UNCOMPARED, RunRecord
 
 RESULTS = "results"
 """``results.parquet`` and ``results.csv`` in the sweep directory."""
@@ -146,14 +146,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def _yaml_flow(value: Any) -> str:
-    """A value as one line of YAML (how it is written in an override)."""
-    return (
-        yaml.safe_dump(value, default_flow_style=True, width=10**6)
-        .strip()
-        .removesuffix("\n...")
-        .removesuffix("...")
-        .strip()
-    )
+    """A value as one line of YAML, as it is written in an override (``{name: ditto}``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()  # scalars end with a document marker
 
 
 def _slug(values: Mapping[str, Any]) -> str:
@@ -202,7 +197,23 @@ def validate_cells(base: Mapping[str, Any], cells: Sequence[Cell]) -> list[Exper
     return configs
 
 
-def read_base(config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> dict:
+def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with settings added to plural since it ran filled in by default."""
+    try:
+        return load_config(saved).to_dict()
+    except ConfigError:
+        return dict(saved)  # a setting was removed: the comparison then reports a change
+
+
+def _differing_sections(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Top-level sections that differ, leaving out those that do not change results."""
+    keys = (set(saved) | set(current)) - (set(UNCOMPARED) - {"seed"})
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def read_base(
+    config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """The base config as plain data (from a YAML file or a mapping), with ``--set``
     overrides applied and checked."""
     if isinstance(config, (str, Path)):
@@ -237,15 +248,14 @@ class Sweep:
         for cell, config in zip(self.cells, configs, strict=True):
             saved = self.path / cell.dir / "config.yaml"
             if saved.is_file():
-                previous = yaml.safe_load(saved.read_text()) or {}
-                if (
-                    method_key(previous) != method_key(config.to_dict())
-                    or previous.get("seed") != config.seed
-                ):
+                previous = _with_defaults(yaml.safe_load(saved.read_text()) or {})
+                differing = _differing_sections(previous, config.to_dict())
+                if differing:
                     raise ConfigError(
-                        f"sweep cell {cell.label}: {str(saved.parent)!r} holds a run of a "
-                        "different config (the base config changed since it ran); use another "
-                        "--out for the new sweep, or delete that cell's directory to rerun it"
+                        f"sweep cell {cell.label}: {str(saved.parent)!r} holds a run whose "
+                        f"config differs in {', '.join(differing)} (the base config changed "
+                        "since it ran); use another --out for the new sweep, or delete that "
+                        "cell's directory to rerun it"
                     )
         return configs
 
