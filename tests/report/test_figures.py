@@ -122,6 +122,28 @@ def test_round_curves_line_is_the_mean_and_band_spans_the_tails(
     assert line.get_marker() in (None, "None", "")  # 18 points: no dots
 
 
+def test_many_methods_get_their_bands_in_small_panels() -> None:
+    labels = [f"m{i}" for i in range(8)]
+    colors = method_colors(labels)
+    rows = [
+        (m, r, 0.5 + 0.01 * i, 0.3, 0.7 + 0.01 * r, 1) for i, m in enumerate(labels) for r in (1, 2)
+    ]
+    frame = pd.DataFrame(rows, columns=["method", "round", "mean", "worst10", "best10", "seeds"])
+    overlay = round_curves_figure({"accuracy": frame}, colors)
+    assert not overlay.axes[0].collections  # 8 bands would overlap: lines only
+    assert set(lines(overlay.axes[0])) == set(labels)
+    assert "one panel per method" in overlay.get_suptitle()
+    panels = [a for a in figures.band_panels_figure(frame, colors).axes if a.get_visible()]
+    assert [a.get_title() for a in panels] == labels
+    for axes, label in zip(panels, labels, strict=True):
+        (band,) = axes.collections
+        tops = band.get_paths()[0].vertices[:, 1]
+        assert tops.min() == pytest.approx(0.3) and tops.max() == pytest.approx(0.72)
+        np.testing.assert_allclose(
+            lines(axes)[label].get_ydata(), frame.query("method == @label")["mean"]
+        )
+
+
 def test_many_methods_get_a_legend_below_the_figure() -> None:
     labels = [f"method {i} [train.lr={i / 100:g}]" for i in range(25)]
     colors = method_colors(labels)

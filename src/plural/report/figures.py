@@ -55,6 +55,7 @@ Colors = Mapping[str, Any]
 
 PANEL_WIDTH = 5.0  # inches per panel of the figures with panels side by side
 PANEL_HEIGHT = 3.6
+SMALL_PANEL_COLUMNS = 5  # small multiples per row
 LEGEND_INSIDE = 6  # methods listed inside the panel up to this many, below the figure beyond
 LEGEND_ROW = 0.22  # inches added to a figure per row of a legend below it
 MARK_POINTS = 15  # dot every point of a line that has at most this many
@@ -201,24 +202,62 @@ def round_curves_figure(
     every = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["method"])
     labels = _methods(every, colors)
     figure, panels = _panels(len(curves), labels)
-    alpha = 0.2 if len(labels) <= LEGEND_INSIDE else 0.08
+    banded = len(labels) <= LEGEND_INSIDE  # more bands overlap into one smear
     for axes, (metric, frame) in zip(panels, curves.items(), strict=False):
         for label in labels:
             rows = _rows(frame, label, "mean")
             if rows.empty:
                 continue
             _line(axes, rows["round"], rows["mean"], label, colors)
-            color = _style(colors, label)["color"]
-            band = (rows["round"], rows["worst10"], rows["best10"])
-            axes.fill_between(*band, color=color, alpha=alpha, linewidth=0)
+            if banded:
+                _band(axes, rows, label, colors)
         if frame.empty:
             _note(axes, "not evaluated")
         _decorate(
             axes, xlabel="round", ylabel=metric, title=f"{split} {metric} per round", integer_x=True
         )
     seeds = int(every["seeds"].max()) if "seeds" in every and len(every) else 1
-    figure.suptitle(f"({BAND_NOTE} of clients{_seeds_note(seeds)})", fontsize=9)
+    note = BAND_NOTE if banded else "line: mean over clients; bands: one panel per method below"
+    figure.suptitle(f"({note} of clients{_seeds_note(seeds)})", fontsize=9)
     _legend(figure, panels[-1], labels, colors)
+    return figure
+
+
+def _band(axes: Axes, rows: pd.DataFrame, label: str, colors: Colors, alpha: float = 0.2) -> None:
+    """The worst-10% to best-10% band of a method's rows."""
+    color = _style(colors, label)["color"]
+    axes.fill_between(
+        rows["round"], rows["worst10"], rows["best10"], color=color, alpha=alpha, linewidth=0
+    )
+
+
+def band_panels_figure(
+    curves: pd.DataFrame, colors: Colors, *, metric: str = "accuracy", split: str = "test"
+) -> Figure:
+    """One small panel per method (shared axes): its mean ``metric`` per round and the band
+    from its worst to its best 10% of clients, for comparisons with too many methods to
+    overlay their bands."""
+    labels = _methods(curves, colors)
+    columns = min(SMALL_PANEL_COLUMNS, max(len(labels), 1))
+    rows = -(-len(labels) // columns)
+    figure = new_figure(2.6 * columns, 2.0 * rows + 0.5)
+    grid = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    from matplotlib.ticker import MaxNLocator
+
+    for index, (axes, label) in enumerate(zip(grid, labels, strict=False)):
+        frame = _rows(curves, label, "mean")
+        _line(axes, frame["round"], frame["mean"], label, colors)
+        _band(axes, frame, label, colors, alpha=0.3)
+        axes.set_title(label, fontsize=8)
+        axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if index + columns >= len(labels):  # nothing drawn below: show its round ticks
+            axes.tick_params(labelbottom=True)
+    for axes in grid[len(labels) :]:
+        axes.set_visible(False)
+    figure.suptitle(f"{split} {metric} per round per method ({BAND_NOTE} of clients)", fontsize=9)
+    figure.supxlabel("round", fontsize=9)
+    figure.supylabel(metric, fontsize=9)
     return figure
 
 

@@ -104,16 +104,20 @@ def _results_sections(
     split: str,
 ) -> None:
     curves = {m: round_curves(methods, m, split) for m in ("accuracy", "loss")}
-    page.section(
+    body = page.figure(
+        figures.round_curves_figure(curves, colors, split=split),
         "rounds",
-        "Per round",
-        page.figure(
-            figures.round_curves_figure(curves, colors, split=split),
-            "rounds",
-            f"{split} accuracy and loss per round: mean over clients, band from the worst 10% "
-            "to the best 10% of clients (averaged over seeds).",
-        ),
+        f"{split} accuracy and loss per round: mean over clients, band from the worst 10% "
+        "to the best 10% of clients (averaged over seeds).",
     )
+    if len(methods) > figures.LEGEND_INSIDE:  # too many bands to overlay: one panel each
+        body += page.figure(
+            figures.band_panels_figure(curves[metric], colors, metric=metric, split=split),
+            "rounds-bands",
+            f"{split} {metric} per round for each method: mean over clients, band from the "
+            "worst 10% to the best 10% of clients (averaged over seeds).",
+        )
+    page.section("rounds", "Per round", body)
     values = final_values(methods, metric, split)
     page.section(
         "distribution",
