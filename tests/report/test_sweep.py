@@ -262,3 +262,23 @@ def test_sweep_cells_log_to_tensorboard_each_in_its_folder(tmp_path: Path) -> No
         logged = events.Scalars("test/accuracy_mean")
         assert [e.step for e in logged] == [1, 2]
         assert logged[-1].value == pytest.approx(row.test_accuracy_mean, abs=1e-6)
+
+
+def test_interrupting_parallel_workers_stops_them_and_the_sweep_resumes(tmp_path: Path) -> None:
+    import multiprocessing
+
+    grid = [Axis("algorithm", ("fedavg", "ditto", "fedprox"))]
+    slow = {**base(), "rounds": 40}
+
+    def interrupt(done: int, total: int, outcome: Any, sweep: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C as soon as the first cell has finished
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(slow, tmp_path, grid, (0,), workers=2, progress=interrupt)
+    assert multiprocessing.active_children() == []  # no worker left running
+    statuses = list(pd.read_parquet(tmp_path / "results.parquet")["status"])
+    assert statuses.count("complete") == 1 and "pending" in statuses
+    stopped = [s for s in statuses if s not in ("complete", "pending")]
+    assert stopped in ([], ["incomplete"])  # the other running cell, stopped mid-way
+    table = run_sweep(slow, tmp_path, grid, (0,), workers=2, progress=None)
+    assert set(table["status"]) == {"complete"}

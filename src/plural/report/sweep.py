@@ -23,7 +23,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -413,12 +413,13 @@ def run_sweep(
             flush=True,
         )
     sweep.write_table(outcomes)
-    try:
-        for outcome in _execute(sweep, todo, workers, callbacks):
-            outcomes[outcome.cell.dir] = outcome
-            sweep.write_table(outcomes)
-            if progress:
-                progress(len(outcomes), len(sweep.cells), outcome, sweep)
+    try:  # closing: an interruption stops running workers before the table is written
+        with contextlib.closing(_execute(sweep, todo, workers, callbacks)) as finished:
+            for outcome in finished:
+                outcomes[outcome.cell.dir] = outcome
+                sweep.write_table(outcomes)
+                if progress:
+                    progress(len(outcomes), len(sweep.cells), outcome, sweep)
     finally:  # interrupted too: the table shows which cells finished, which can resume
         table = sweep.write_table(outcomes)
     return table
@@ -426,7 +427,7 @@ def run_sweep(
 
 def _execute(
     sweep: Sweep, cells: Sequence[Cell], workers: int, callbacks: CallbackFactory | None
-) -> Iterable[Outcome]:
+) -> Iterator[Outcome]:
     jobs = [(sweep.base, cell, str(sweep.path / cell.dir), callbacks) for cell in cells]
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
@@ -434,17 +435,35 @@ def _execute(
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
+    pool = concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
-    ) as pool:
-        futures = [pool.submit(run_cell, *job) for job in jobs]
-        try:
-            for future in concurrent.futures.as_completed(futures):
+    )
+    waiting = iter(jobs)
+    running = {pool.submit(run_cell, *job) for job in itertools.islice(waiting, workers)}
+    try:
+        while running:  # a cell is handed out only when a worker is free, so none is queued
+            done, running = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
                 yield future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+                job = next(waiting, None)
+                if job is not None:
+                    running.add(pool.submit(run_cell, *job))
+    except BaseException:  # Ctrl-C, or the caller stopped: stop the cells still running
+        _stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """End the workers now. Their cells lose at most the round in progress: every file of a
+    run directory is replaced atomically, so a rerun resumes them from their checkpoints.
+    (Asking them to stop with SIGINT was tried: a run could go on for seconds.)"""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle
+    for process in processes:
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(threads: int) -> None:
