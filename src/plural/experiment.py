@@ -342,3 +342,20 @@ def load_config(
     for section in provided:
         raw.setdefault(section, {"name": PYTHON_OBJECT})
     return parse_config(raw)
+
+
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A config saved by an earlier run (plain data) with the settings added to plural since
+    it was written filled in by default, so it compares equal to today's ``to_dict()``."""
+    try:
+        return load_config(saved).to_dict()
+    except ConfigError:
+        return dict(saved)  # a setting was removed: a comparison then names its section
+
+
+def differing_sections(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Sequence[str] = ()
+) -> list[str]:
+    """Top-level config sections whose values differ, leaving out those in ``ignore``."""
+    keys = (set(saved) | set(current)) - set(ignore)
+    return sorted(k for k in keys if saved.get(k) != current.get(k))

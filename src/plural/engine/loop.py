@@ -47,7 +47,13 @@ from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import StateStore, make_store
-from plural.experiment import Component, ExperimentConfig, load_config
+from plural.experiment import (
+    Component,
+    ExperimentConfig,
+    differing_sections,
+    load_config,
+    with_defaults,
+)
 from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
@@ -390,20 +396,8 @@ def summarize_round(metrics: pd.DataFrame, round_index: int) -> dict[str, Any]:
     return out
 
 
-def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config with the settings added since it was written filled in by default."""
-    try:
-        return load_config(saved).to_dict()
-    except ConfigError:
-        return dict(saved)  # a setting was removed: the comparison below names it
-
-
 def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], run_dir: Path) -> None:
-    differing = sorted(
-        k
-        for k in set(saved) | set(current)
-        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
-    )
+    differing = differing_sections(saved, current, RESUMABLE_CHANGES)
     if differing:
         raise ConfigError(
             f"--resume: the config differs from the run in {str(run_dir)!r} "
@@ -446,7 +440,7 @@ def run(
     if isinstance(dataset, FederatedDataset):
         given.append("partition")
     cfg = load_config(config, overrides, provided=given)
-    resolve_device(cfg.backend.device)  # fail before any data is loaded
+    device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
     run_dir = RunDirectory(out) if out is not None else None
@@ -468,7 +462,7 @@ def run(
             frames.append(run_dir.read_metrics())
         run_dir.prepare(cfg.to_dict(), resume=resume)
         run_dir.write_json(run_dir.federation_path, federation.describe())
-        run_dir.record_environment(environment_entry(str(resolve_device(cfg.backend.device))))
+        run_dir.record_environment(environment_entry(str(device)))
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
     setup = WorkerSetup(
@@ -495,7 +489,7 @@ def _restore(
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
-    _check_resumable(_with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
+    _check_resumable(with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
     store.restore(checkpoint["store"])
     return checkpoint["server"], _Progress(**checkpoint["progress"])
 

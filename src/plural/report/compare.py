@@ -59,6 +59,7 @@ def seed_results(
     rows = []
     for method in methods:
         for run in method.runs:
+            costs = run_costs(run)
             rows.append(
                 {
                     "method": method.label,
@@ -67,7 +68,8 @@ def seed_results(
                     "rounds": int(run.config.get("rounds", 0)),
                     "complete": run.complete,
                     **run_results(run, metric, split),
-                    **_costs(run),
+                    **costs,
+                    "bytes": costs["bytes_up"] + costs["bytes_down"],
                     **_clustering(run),
                     "run_dir": str(run.path),
                     **{f"setting:{k}": v for k, v in method.settings.items()},
@@ -88,13 +90,14 @@ def run_results(run: RunRecord, metric: str = "accuracy", split: str = "test") -
     }
 
 
-def _costs(run: RunRecord) -> dict[str, float]:
+def run_costs(run: RunRecord) -> dict[str, float]:
+    """What the run spent: bytes each way (all clients), training FLOPs, wall seconds."""
     fit = run.metrics[run.metrics["split"] == "fit"]
-    summary = run.summary
     return {
-        "bytes": float(fit["bytes_up"].sum() + fit["bytes_down"].sum()),
-        "wall_time_s": float(summary.get("wall_time_s", math.nan)),
+        "bytes_up": float(fit["bytes_up"].sum()),
+        "bytes_down": float(fit["bytes_down"].sum()),
         "train_flops": float(fit["flops"].sum()),
+        "wall_time_s": float(run.summary.get("wall_time_s", math.nan)),
     }
 
 

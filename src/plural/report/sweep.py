@@ -31,8 +31,15 @@ import pandas as pd
 import yaml
 
 from plural.config import ConfigError
-from plural.experiment import ExperimentConfig, apply_overrides, load_config, load_yaml
-from plural.report.compare import run_results
+from plural.experiment import (
+    ExperimentConfig,
+    apply_overrides,
+    differing_sections,
+    load_config,
+    load_yaml,
+    with_defaults,
+)
+from plural.report.compare import run_costs, run_results
 from plural.report.rundir import _atomic_write
 from plural.report.runs import SWEEP_FILE, UNCOMPARED, RunRecord
 
@@ -197,20 +204,6 @@ def validate_cells(base: Mapping[str, Any], cells: Sequence[Cell]) -> list[Exper
     return configs
 
 
-def _with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved config with settings added to plural since it ran filled in by default."""
-    try:
-        return load_config(saved).to_dict()
-    except ConfigError:
-        return dict(saved)  # a setting was removed: the comparison then reports a change
-
-
-def _differing_sections(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Top-level sections that differ, leaving out those that do not change results."""
-    keys = (set(saved) | set(current)) - (set(UNCOMPARED) - {"seed"})
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
-
-
 def read_base(
     config: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
@@ -241,6 +234,7 @@ class Sweep:
         self.axes = list(axes)
         self.seeds = list(seeds)
         self.cells = plan_cells(self.axes, self.seeds)
+        self._finished_results: dict[str, dict[str, Any]] = {}
 
     def check(self) -> list[ExperimentConfig]:
         """Validate every cell, and that finished cells on disk ran the same configs."""
@@ -248,8 +242,9 @@ class Sweep:
         for cell, config in zip(self.cells, configs, strict=True):
             saved = self.path / cell.dir / "config.yaml"
             if saved.is_file():
-                previous = _with_defaults(yaml.safe_load(saved.read_text()) or {})
-                differing = _differing_sections(previous, config.to_dict())
+                previous = with_defaults(yaml.safe_load(saved.read_text()) or {})
+                ignore = set(UNCOMPARED) - {"seed"}
+                differing = differing_sections(previous, config.to_dict(), ignore)
                 if differing:
                     raise ConfigError(
                         f"sweep cell {cell.label}: {str(saved.parent)!r} holds a run whose "
@@ -292,15 +287,27 @@ class Sweep:
         for cell in self.cells:
             row: dict[str, Any] = {k: _cell_value(v) for k, v in cell.values.items()}
             row["seed"] = cell.seed
-            run_dir = self.path / cell.dir
             outcome = (outcomes or {}).get(cell.dir)
             row["status"] = _status(self, cell, outcome)
             row["error"] = outcome.error if outcome else None
             row["run_dir"] = cell.dir
-            if (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file():
-                row.update(_results_columns(RunRecord.load(run_dir)))
+            row.update(self.results(cell))
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def results(self, cell: Cell) -> dict[str, Any]:
+        """The cell's result columns (none before its first evaluation). A finished cell's
+        are read once: the table is rewritten after every cell, and rereading every finished
+        run each time would grow with the square of the number of cells."""
+        if cell.dir in self._finished_results:
+            return self._finished_results[cell.dir]
+        run_dir = self.path / cell.dir
+        if not ((run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()):
+            return {}
+        columns = _results_columns(RunRecord.load(run_dir))
+        if self.finished(cell):
+            self._finished_results[cell.dir] = columns
+        return columns
 
     def write_table(self, outcomes: Mapping[str, Outcome] | None = None) -> pd.DataFrame:
         table = self.table(outcomes)
@@ -337,16 +344,8 @@ def _results_columns(run: RunRecord) -> dict[str, Any]:
                 columns[f"{split}_{metric}_{stat}"] = stats[stat]
             columns["round"], columns["clients"] = stats["round"], stats["clients"]
     summary = run.summary
-    fit = run.metrics[run.metrics["split"] == "fit"]
     columns.update(
-        {
-            "algorithm": run.algorithm,
-            "rounds_done": summary.get("rounds_done"),
-            "bytes_up": float(fit["bytes_up"].sum()),
-            "bytes_down": float(fit["bytes_down"].sum()),
-            "train_flops": float(fit["flops"].sum()),
-            "wall_time_s": summary.get("wall_time_s", math.nan),
-        }
+        {"algorithm": run.algorithm, "rounds_done": summary.get("rounds_done"), **run_costs(run)}
     )
     clustering = summary.get("clustering")
     if clustering:
@@ -367,11 +366,10 @@ def print_progress(done: int, total: int, outcome: Outcome, sweep: Sweep) -> Non
         text += f"FAILED: {outcome.error}"
     else:
         text += f"{outcome.status} in {outcome.seconds:.1f} s"
-        run_dir = sweep.path / cell.dir
-        if (run_dir / "summary.json").is_file():
-            final = run_results(RunRecord.load(run_dir), "accuracy", "test")
-            if not math.isnan(final["mean"]):
-                text += f", test accuracy {final['mean']:.3f} (worst 10% {final['worst10']:.3f})"
+        results = sweep.results(cell)
+        mean = results.get("test_accuracy_mean", math.nan)
+        if not math.isnan(mean):
+            text += f", test accuracy {mean:.3f} (worst 10% {results['test_accuracy_worst10']:.3f})"
     print(text, flush=True)
 
 
