@@ -44,8 +44,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from plural.algorithms.fedavg import AveragingConfig, FedAvg
+from plural.algorithms.fedavg import CHAIN_STATE, AveragingConfig, FedAvg
 from plural.config import setting
+from plural.core.aggregation import group_generators
 from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params, clone
 from plural.core.server_opt import server_step
@@ -129,34 +130,51 @@ class Clustered(FedAvg):
     # ---- aggregation -------------------------------------------------------------------------
 
     def aggregate_clusters(
-        self, server: ServerState, updates: Sequence[Update], clusters: Sequence[int]
+        self,
+        server: ServerState,
+        updates: Sequence[Update],
+        clusters: Sequence[int],
+        rng: np.random.Generator | None = None,
     ) -> ServerState:
         """FedAvg of each cluster's updates; clusters without updates keep their model."""
         feeds = [
             [u for u, c in zip(updates, clusters, strict=True) if c == j]
             for j in range(len(self.models(server)))
         ]
-        return self.step_models(server, feeds)
+        return self.step_models(server, feeds, rng)
 
-    def step_models(self, server: ServerState, feeds: Sequence[Sequence[Update]]) -> ServerState:
-        """Model ``j`` takes one FedAvg step (weights, target and server optimizer of
-        :class:`FedAvg`) on the updates ``feeds[j]``; a model without updates is kept."""
+    def step_models(
+        self,
+        server: ServerState,
+        feeds: Sequence[Sequence[Update]],
+        rng: np.random.Generator | None = None,
+    ) -> ServerState:
+        """Model ``j`` takes one FedAvg step (weights, aggregation chain and server optimizer
+        of :class:`FedAvg`) on the updates ``feeds[j]``; a model without updates is kept.
+        Each cluster runs the chain on its own, with its own chain state and generator."""
         models = self.models(server)
         opt_states = list(server.extra["server_opts"])
+        chain_states = list(server.extra.get(CHAIN_STATE, [{} for _ in models]))
+        generators = group_generators(rng, len(models), self.aggregation.needs_rng)
         settings = self.config.server_settings()
         for j, members in enumerate(feeds):
             used = self.used_updates(list(members))
             if not used:
                 continue
-            target = self.target(ServerState(models[j]), used)
+            target, chain_states[j] = self.combine(
+                ServerState(models[j]), used, generators[j], chain_states[j]
+            )
             models[j], opt_states[j] = server_step(models[j], target, opt_states[j], settings)
-        return self.with_clusters(server, models=models, opt_states=opt_states)
+        server = self.with_clusters(server, models=models, opt_states=opt_states)
+        if any(chain_states):
+            server.extra[CHAIN_STATE] = chain_states
+        return server
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
     ) -> ServerState:
         """Aggregation from the clusters the clients reported in ``Update.extra``."""
-        return self.aggregate_clusters(server, updates, [reported_cluster(u) for u in updates])
+        return self.aggregate_clusters(server, updates, [reported_cluster(u) for u in updates], rng)
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -304,4 +322,6 @@ class Oracle(Clustered):
         models, groups = self.models(server), self.assignment(server)
         messages = {cid: ModelMessage(models[groups[cid]]) for cid in cohort}
         updates = ctx.map("client_update", cohort, per_client=messages)
-        return self.aggregate_clusters(server, updates, [int(groups[c]) for c in cohort])
+        return self.aggregate_clusters(
+            server, updates, [int(groups[c]) for c in cohort], ctx.rng("aggregate")
+        )

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from plural.config import setting
+from plural.core.aggregation import AggregationState
 from plural.core.aggregators import (
     WEIGHTINGS_HELP,
     Weighting,
     aggregation_weights,
     report_count,
-    weighted_mean,
 )
 from plural.core.algorithm import Algorithm, ModelMessage, ServerState, Update
 from plural.core.params import Params
@@ -85,6 +85,9 @@ class AveragingConfig:
 
 
 FedAvgConfig = AveragingConfig
+
+CHAIN_STATE = "aggregation"
+"""Key of the aggregation chain's state in ``ServerState.extra`` (absent when stateless)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,11 +207,27 @@ class FedAvg(Algorithm):
             q=cfg.fairness_q,
         )
 
-    def target(self, server: ServerState, updates: list[Update]) -> Params:
-        """The model the server moves towards: the weighted mean of the client models."""
-        return weighted_mean(
-            [(u.params, float(w)) for u, w in zip(updates, self.weights(updates), strict=True)]
-        )
+    def combine(
+        self,
+        server: ServerState,
+        updates: list[Update],
+        rng: np.random.Generator | None = None,
+        state: AggregationState | None = None,
+    ) -> tuple[Params, AggregationState]:
+        """The model the server moves towards, through the run's aggregation chain (plain:
+        the weighted mean of the client models), and the chain's new state."""
+        models = [u.params for u in updates]
+        weights = self.weights(updates)
+        reference = server.params
+        if not self.aggregation.plain:
+            reference = {name: server.params[name] for name in models[0]}
+        return self.aggregation.combine(reference, models, weights, rng, state)
+
+    def target(
+        self, server: ServerState, updates: list[Update], rng: np.random.Generator | None = None
+    ) -> Params:
+        """The model the server moves towards (see :meth:`combine`)."""
+        return self.combine(server, updates, rng, server.extra.get(CHAIN_STATE))[0]
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
@@ -216,15 +235,18 @@ class FedAvg(Algorithm):
         used = self.used_updates(updates)
         if not used:
             return server  # every participant was a dropped straggler
+        target, chain_state = self.combine(server, used, rng, server.extra.get(CHAIN_STATE))
         new_params, opt_state = server_step(
             server.params,
-            self.target(server, used),
+            target,
             server.extra.get("server_opt", {}),
             self.config.server_settings(),
         )
         extra = dict(server.extra)
         if opt_state:
             extra["server_opt"] = opt_state
+        if chain_state:
+            extra[CHAIN_STATE] = chain_state
         return self.finish_aggregate(ServerState(new_params, extra), used)
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import setting
+from plural.core.aggregation import AggregationState
 from plural.core.algorithm import ModelMessage, ServerState, Update
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer
@@ -68,11 +70,18 @@ class QFedAvg(FedAvg):
         extra = {"delta": delta, "h": torch.tensor(h, dtype=torch.float64)}
         return dataclasses.replace(update, params=None, extra=extra), state
 
-    def target(self, server: ServerState, updates: list[Update]) -> Params:
+    def combine(
+        self,
+        server: ServerState,
+        updates: list[Update],
+        rng: np.random.Generator | None = None,
+        state: AggregationState | None = None,
+    ) -> tuple[Params, AggregationState]:
+        """q-FFL's own step (its rule replaces the aggregation chain's weighted mean)."""
         total_h = sum(float(u.extra["h"]) for u in updates)
         target = dict(server.params)
         for name, w in server.params.items():
             if w.is_floating_point():
                 total = sum(u.extra["delta"][name].double() for u in updates)
                 target[name] = (w.double() - total / total_h).to(w.dtype)
-        return target
+        return target, dict(state or {})

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from plural.config import ConfigError
+from plural.core.aggregation import PLAIN, AggregationChain
 from plural.core.params import Params
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
@@ -159,6 +160,10 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     in_demo: ClassVar[bool] = True
     """Whether ``plural demo`` runs it (False for methods that need special models or data)."""
+    aggregation: AggregationChain = PLAIN
+    """How the server combines client models (clipping, robust rule, noise; see
+    :mod:`plural.core.aggregation`); set from the run's config when the run is assembled.
+    Averaging algorithms apply it in ``FedAvg.combine``."""
     model_heterogeneous: ClassVar[bool] = False
     """Whether clients may have different architectures (a model family such as
     ``cnn_family``); such methods start each client from its own initial parameters

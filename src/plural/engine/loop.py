@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from plural.config import ConfigError
+from plural.core.aggregation import chain_for
 from plural.core.algorithm import Algorithm, FederationInfo, ModelMessage, ServerState, Update
 from plural.core.masks import norm_layer_names
 from plural.core.metrics import summarize
@@ -227,7 +228,10 @@ def _fresh_params(initial: nn.Module, seed: int) -> Callable[[int], Params]:
 
 
 def build_algorithm(config: ExperimentConfig) -> Algorithm:
-    return ALGORITHMS.get(config.algorithm.name).target(config.algorithm.settings)
+    """The configured algorithm, with the aggregation chain the run's settings ask for."""
+    algorithm = ALGORITHMS.get(config.algorithm.name).target(config.algorithm.settings)
+    algorithm.aggregation = chain_for(config)
+    return algorithm
 
 
 class _Ledger:
