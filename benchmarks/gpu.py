@@ -65,6 +65,7 @@ from plural.report.efficiency import cost_ratios, cost_to_target
 ROOT = Path(__file__).resolve().parent.parent
 PFEDLORA_EXAMPLE = ROOT / "examples" / "fmnist_pfedlora.yaml"
 SECTIONS = ("throughput", "fedavg", "pfedlora")
+BACKENDS = ("sequential", "vectorized")
 SHARES = {"throughput": 0.4, "fedavg": 0.12, "pfedlora": 0.48}
 """Each section's share of the time left when it starts (renormalised over what is left)."""
 
@@ -96,7 +97,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=Path("/usr/share/datasets/fashion-mnist"),
         help="folder with Fashion-MNIST's four IDX .gz files (dataset.data_dir)",
     )
-    parser.add_argument("--budget-seconds", type=float, default=400.0)
+    parser.add_argument("--budget-seconds", type=float, default=360.0)
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--clients", nargs="+", type=int, default=None, help="default 100 1000")
@@ -277,6 +278,12 @@ def measured(device: torch.device, figures: dict[str, Any]) -> Iterator[None]:
         figures.update(sampler.stop())
 
 
+def fair_share(deadline: float, parts_left: int) -> float:
+    """When the next of ``parts_left`` equal parts must end for all to fit by ``deadline``."""
+    now = time.perf_counter()
+    return now + max(deadline - now, 0.0) / parts_left
+
+
 class Deadline:
     """A plural callback that stops the run after the round in which ``at`` passed; the
     device is synchronised first, so round ends stamped after it are true ends."""
@@ -411,27 +418,43 @@ def throughput(args: argparse.Namespace, device: torch.device, out: dict, deadli
     section: dict[str, Any] = out.setdefault("throughput", {})
     section["warm_up_s"] = warm_up(args, device)
     rounds = 2 + args.measured_rounds
-    for label, clients in itertools.product(args.models, args.clients):
-        cell: dict[str, Any] = {"model": label, "clients": clients}
-        section[f"{label}/{clients}"] = cell
-        params = {}
-        for backend in ("sequential", "vectorized"):
-            if time.perf_counter() > deadline:
-                cell[backend] = {"skipped": "section time budget spent"}
-                continue
-            config = throughput_config(args, label, clients, backend, rounds)
-            cell[backend], results = throughput_run(args, device, config, deadline)
-            params[backend] = results.server.params
-            print(f"  {label} x{clients} {backend}: {brief(cell[backend])}", flush=True)
-        if len(params) == 2:
-            cell["max_abs_param_diff"] = max_abs_difference(
-                params["sequential"], params["vectorized"]
+    for i, label in enumerate(args.models):
+        model_deadline = fair_share(deadline, len(args.models) - i)
+        for j, clients in enumerate(args.clients):
+            cell_deadline = fair_share(model_deadline, len(args.clients) - j)
+            section[f"{label}/{clients}"] = throughput_cell(
+                args, device, label, clients, rounds, cell_deadline
             )
-        for key in ("train_clients_per_s", "engine_clients_per_s"):
-            seq, vec = cell["sequential"].get(key), cell["vectorized"].get(key)
-            if seq and vec:
-                cell[f"speedup_{key.removesuffix('_clients_per_s')}"] = vec / seq
-        write(args, out)
+            write(args, out)
+
+
+def throughput_cell(
+    args: argparse.Namespace,
+    device: torch.device,
+    label: str,
+    clients: int,
+    rounds: int,
+    deadline: float,
+) -> dict[str, Any]:
+    """Both backends on one (model, clients) workload."""
+    cell: dict[str, Any] = {"model": label, "clients": clients}
+    params = {}
+    for j, backend in enumerate(BACKENDS):
+        if time.perf_counter() > deadline:
+            cell[backend] = {"skipped": "section time budget spent"}
+            continue
+        config = throughput_config(args, label, clients, backend, rounds)
+        stop_at = fair_share(deadline, len(BACKENDS) - j)
+        cell[backend], results = throughput_run(args, device, config, stop_at)
+        params[backend] = results.server.params
+        print(f"  {label} x{clients} {backend}: {brief(cell[backend])}", flush=True)
+    if len(params) == 2:
+        cell["max_abs_param_diff"] = max_abs_difference(params["sequential"], params["vectorized"])
+    for key in ("train_clients_per_s", "engine_clients_per_s"):
+        seq, vec = cell["sequential"].get(key), cell["vectorized"].get(key)
+        if seq and vec:
+            cell[f"speedup_{key.removesuffix('_clients_per_s')}"] = vec / seq
+    return cell
 
 
 def brief(figures: dict[str, Any]) -> str:
@@ -508,11 +531,11 @@ def pfedlora_section(
     section["target"], section["paper_claims"] = args.target, PAPER_CLAIMS
     methods: dict[str, Any] = section.setdefault("methods", {})
     costs = {}
-    for label in args.methods:
+    for i, label in enumerate(args.methods):
         if time.perf_counter() > deadline:
             methods[label] = {"skipped": "section time budget spent"}
             continue
-        stop, figures = Deadline(deadline, device), {}
+        stop, figures = Deadline(fair_share(deadline, len(args.methods) - i), device), {}
         with measured(device, figures):
             started = time.perf_counter()
             results = plural.run(
