@@ -543,12 +543,13 @@ def pfedlora_section(
             )
         run = method_figures(results, time.perf_counter() - started)
         costs[label] = cost_to_target(results.metrics, args.target)
+        rounds_done = int(results.metrics["round"].max())
         methods[label] = {
             **figures,
             **fit_stats(pfedlora_config(args, {"name": "local"})),
             **run,
-            "rounds_done": int(results.metrics["round"].max()),
-            "stopped_early": stop.stopped,
+            "rounds_done": rounds_done,
+            "stopped_early": rounds_done < args.pfedlora_rounds,
             "to_target": dataclasses.asdict(costs[label]),
         }
         print(f"  {label}: accuracy {run['accuracy']:.3f}, {run['wall_s']:.1f} s", flush=True)
