@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PFEDLORA_EXAMPLE = ROOT / "examples" / "fmnist_pfedlora.yaml"
 SECTIONS = ("throughput", "fedavg", "pfedlora")
 BACKENDS = ("sequential", "vectorized")
-SHARES = {"throughput": 0.4, "fedavg": 0.12, "pfedlora": 0.48}
+SHARES = {"throughput": 0.35, "fedavg": 0.08, "pfedlora": 0.57}
 """Each section's share of the time left when it starts (renormalised over what is left)."""
 
 THROUGHPUT_MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -228,7 +228,7 @@ class GpuSampler:
                 f"--id={self.index}",
                 "--query-gpu=utilization.gpu,memory.used",
                 "--format=csv,noheader,nounits",
-                f"-lms={self.interval_ms}",
+                f"--loop-ms={self.interval_ms}",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
