@@ -240,7 +240,11 @@ class GpuSampler:
     def stop(self) -> dict[str, Any]:
         if self._process is not None:
             self._process.terminate()
-            self._process.wait(timeout=10)
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
         if self._thread is not None:
             self._thread.join(timeout=10)
         if not self.samples:
