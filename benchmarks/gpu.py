@@ -354,7 +354,13 @@ VECTORIZED_BACKENDS: list[Any] = []
 def watch_vectorized() -> None:
     """Keep each VectorizedBackend that plural builds, to read how many fits it batched
     (``FitStats``), which plural's results do not report."""
-    from plural.engine.vectorized import VectorizedBackend
+    try:
+        from plural.engine.vectorized import VectorizedBackend
+    except ImportError as error:  # greenlet, which the vectorized backend needs
+        raise SystemExit(
+            f"the vectorized backend does not import ({error}); put greenlet on PYTHONPATH "
+            "(benchmarks/gpu_run.sh unpacks its wheel from .whl/)"
+        ) from error
 
     original = VectorizedBackend.__init__
 
