@@ -169,7 +169,7 @@ def class_prototypes(
     model.load_state_dict(params)
     model.eval()
     body, head = body_and_head(model)
-    sums = torch.zeros(num_classes, head.in_features, dtype=torch.float64)
+    sums = torch.zeros(num_classes, head.in_features, dtype=torch.float64, device=x.device)
     dtype = head.weight.dtype
     for start in range(0, len(y), batch_size):
         h = body(x[start : start + batch_size])

@@ -329,7 +329,7 @@ class LocalTrainer:
         model, batch, clip = self.model, self.config.batch_size, self.config.max_grad_norm
         model.train()
         n = len(y)
-        total_loss, done, seen = torch.zeros(()), 0, 0
+        total_loss, done, seen = torch.zeros((), device=x.device), 0, 0
         if n == 0 or not live:
             return 0.0, done, seen
         for epoch in range(1, epochs + 1):
