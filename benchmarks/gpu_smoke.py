@@ -65,13 +65,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--backends", nargs="+", default=["sequential", "vectorized"])
+    parser.add_argument("--algorithms", nargs="+", default=None, help="default: every one")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available here; use --device cpu")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in ALGORITHMS.names():
+    for name in args.algorithms or ALGORITHMS.names():
         cpu = run_one(name, "sequential", "cpu") if args.device != "cpu" else None
         for backend in args.backends:
             row = {"algorithm": name, "backend": backend, **run_one(name, backend, args.device)}

@@ -145,9 +145,9 @@ class FedEM(FedAvg):
         train = client.train
         budget = self.work_budget(trainer, rng)
         pi = uniform(len(message.components)) if state is None else state
-        losses = torch.stack(
+        losses = torch.stack(  # on the CPU, where the mixture weights (client state) live
             [trainer.sample_losses(c, train.x, train.y) for c in message.components], dim=1
-        )
+        ).cpu()
         q = responsibilities(losses, pi)
         new_pi = q.mean(dim=0) if len(q) else pi.clone()
         fits = [
@@ -156,7 +156,7 @@ class FedEM(FedAvg):
                 train.x,
                 train.y,
                 rng=rng,
-                sample_weights=q[:, m].float(),
+                sample_weights=q[:, m].float().to(train.x.device),
                 epochs=budget.epochs,
                 steps=budget.steps,
             )
