@@ -144,8 +144,10 @@ class FedEM(FedAvg):
     ) -> tuple[Update, torch.Tensor]:
         train = client.train
         budget = self.work_budget(trainer, rng)
-        pi = uniform(len(message.components)) if state is None else state
-        losses = torch.stack(  # on the CPU, where the mixture weights (client state) live
+        # The E-step runs on the CPU: the mixture weights are small, and a backend may hand the
+        # client's state over on the training device.
+        pi = (uniform(len(message.components)) if state is None else state).cpu()
+        losses = torch.stack(
             [trainer.sample_losses(c, train.x, train.y) for c in message.components], dim=1
         ).cpu()
         q = responsibilities(losses, pi)
