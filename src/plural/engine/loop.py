@@ -9,6 +9,7 @@ results of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -58,12 +59,13 @@ from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+from plural.safety.runlock import check_run_target, run_lock
 
 CHECKPOINT_VERSION = 1
 GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
 EVAL_CHUNK = 256  # clients whose evaluated models are in memory at once
 # Settings that may change when a run is resumed: they do not change the results.
-RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics")
+RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics", "allow_import")
 
 ModelSource = nn.Module | Callable[..., nn.Module]
 
@@ -446,39 +448,44 @@ def run(
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
+    if run_dir is not None:
+        check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
     models = build_client_models(cfg, federation, algorithm, model)
     info = federation_info(federation, models, cfg.seed)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
-    store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
-    counters = _Progress()
-    frames: list[pd.DataFrame] = []
-    resumed = False
-    if run_dir is not None:
-        if resume and run_dir.has_checkpoint():
-            server, counters = _restore(run_dir, cfg, store)
-            resumed = True
-            run_dir.drop_rounds_after(counters.round)
-            frames.append(run_dir.read_metrics())
-        run_dir.prepare(cfg.to_dict(), resume=resume)
-        run_dir.write_json(run_dir.federation_path, federation.describe())
-        run_dir.record_environment(environment_entry(str(device)))
-    if not resumed:
-        store.restore({})  # a fresh run: no states left from an earlier attempt
-    setup = WorkerSetup(
-        federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
-    )
-    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
-    bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
-    backend = make_backend(setup, cfg.backend)
-    notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
-    try:
-        server = loop.run(server, backend, [bar, *callbacks])
-    finally:
-        backend.close()
-        bar.close()
-        store.close()
-    results = loop.results(server)
+    with run_lock(run_dir.path) if run_dir is not None else contextlib.nullcontext():
+        store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
+        counters = _Progress()
+        frames: list[pd.DataFrame] = []
+        resumed = False
+        if run_dir is not None:
+            if resume and run_dir.has_checkpoint():
+                server, counters = _restore(run_dir, cfg, store)
+                resumed = True
+                run_dir.drop_rounds_after(counters.round)
+                frames.append(run_dir.read_metrics())
+            elif resume:  # no checkpoint (killed in round 1): what was written goes
+                run_dir.forget_rounds()
+            run_dir.prepare(cfg.to_dict(), resume=resume)
+            run_dir.write_json(run_dir.federation_path, federation.describe())
+            run_dir.record_environment(environment_entry(str(device)))
+        if not resumed:
+            store.restore({})  # a fresh run: no states left from an earlier attempt
+        setup = WorkerSetup(
+            federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
+        )
+        loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+        bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
+        backend = make_backend(setup, cfg.backend)
+        notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
+        try:
+            server = loop.run(server, backend, [bar, *callbacks])
+        finally:
+            backend.close()
+            bar.close()
+            store.close()
+        results = loop.results(server)
     notify(callbacks, "on_run_end", results)
     return results
 
@@ -490,8 +497,15 @@ def _restore(
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
     _check_resumable(with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
+    progress = _Progress(**checkpoint["progress"])
+    if progress.round > cfg.rounds:
+        raise ConfigError(
+            f"--resume: rounds = {cfg.rounds}, but the run in {str(run_dir.path)!r} has done "
+            f"{progress.round} rounds; resuming continues a run, so give rounds >= "
+            f"{progress.round} (every round's metrics are in metrics.parquet)"
+        )
     store.restore(checkpoint["store"])
-    return checkpoint["server"], _Progress(**checkpoint["progress"])
+    return checkpoint["server"], progress
 
 
 class _Loop:
