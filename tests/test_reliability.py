@@ -15,16 +15,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 import plural
 from plural.cli import main
 from plural.config import ConfigError
+from plural.data.datasets import DataError, from_arrays
 from plural.data.partitioners import _apportion, _law_sizes
 from plural.engine.store import DiskStateStore
 from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
 from plural.safety import diskio
+from plural.safety.checks import PluralWarning
+from plural.safety.numerics import DivergedError, check_scores
 from plural.safety.runlock import MARKER, RunDirectoryError, run_lock
 
 TESTS = Path(__file__).parent
@@ -126,9 +130,9 @@ def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "run"
-    with run_lock(out):
-        with pytest.raises(RunDirectoryError, match=rf"in use by pid {os.getpid()} on host"):
-            plural.run(CONFIG, out=out)
+    refused = pytest.raises(RunDirectoryError, match=rf"in use by pid {os.getpid()} on host")
+    with run_lock(out), refused:
+        plural.run(CONFIG, out=out)
     results = plural.run(CONFIG, out=out)  # released: the run goes ahead
     assert results.summary["complete"]
 
@@ -238,7 +242,7 @@ def test_a_damaged_checkpoint_is_an_error_naming_it(tmp_path: Path, content: byt
 def test_a_damaged_jsonl_line_inside_the_file_is_an_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "timeline.jsonl"
     path.write_text('{"round": 1}\nnot json\n{"round": 2}\n')
-    with pytest.raises(RunDirectoryError, match="timeline.jsonl.*line 2"):
+    with pytest.raises(RunDirectoryError, match=r"timeline\.jsonl.*line 2"):
         RunDirectory(tmp_path).read_timeline()
     path.write_text('{"round": 1}\n{"round": 2, "x')  # cut short: the tail is left out
     assert RunDirectory(tmp_path).read_timeline() == [{"round": 1}]
@@ -388,3 +392,145 @@ def test_a_non_utf8_config_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b"name: \xff\xfe\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(path)
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_the_run_naming_round_and_clients(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.yaml")
+    out = tmp_path / "r"
+    code, err = cli(capsys, "run", str(path), "--set", "train.lr=1e30", "--out", str(out))
+    assert code == 2 and "diverged in round 1" in err and "client(s) 0, 1, 2" in err
+    assert "Traceback" not in err and not (out / "summary.json").exists()
+    with pytest.raises(DivergedError, match="round 1"):
+        plural.run(config(algorithm={"name": "qfedavg", "q": 1000.0}))
+
+
+@pytest.mark.parametrize("name", ["fedavg", "ditto", "pfedlia"])
+def test_divergence_stops_every_kind_of_algorithm(name: str) -> None:
+    algorithm = {"name": name, **({"warmup_rounds": 1} if name == "pfedlia" else {})}
+    with pytest.raises(DivergedError, match="diverged"):
+        plural.run(config(algorithm=algorithm, train={"lr": 1e30, "batch_size": 64}))
+
+
+def test_dropped_updates_leave_the_model_as_it_was_and_are_recorded(tmp_path: Path) -> None:
+    train = {"lr": 1e30, "batch_size": 64, "on_nonfinite": "drop"}
+    results = plural.run(config(train=train), out=tmp_path)
+    records = RunDirectory(tmp_path).read_diagnostics()
+    assert [r["dropped_nonfinite"] for r in records] == [[0, 1, 2], [0, 1, 2]]
+    fresh = plural.run(config(rounds=1, train={"lr": 1e-30, "batch_size": 64}))
+    for name, value in results.server.params.items():  # no step taken: the initial model
+        assert np.allclose(value.numpy(), fresh.server.params[name].numpy())
+    accuracy = results.summary["test"]["accuracy"]["mean"]
+    assert np.isfinite(accuracy)
+
+
+def test_non_finite_scores_are_never_reported() -> None:
+    rows = [{"client": 3, "split": "test", "samples": 5, "loss": float("nan")}]
+    with pytest.raises(DivergedError, match=r"client.*3.*not scored"):
+        check_scores(rows, 4, 0.1)
+    check_scores([{**rows[0], "samples": 0}], 4, 0.1)  # an empty split has no loss: fine
+
+
+# ----------------------------------------------------------------------------- meaningless runs
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"train": {"local_epochs": 0}}, "local_epochs = 0"),
+        ({"eval": {"splits": []}}, "nothing would be scored"),
+        ({"split": {"val": 0.1, "test": 0.0}}, "split.test = 0"),
+        ({"eval": {"splits": ["val"]}, "split": {"val": 0.0, "test": 0.2}}, "nothing would be"),
+        ({"partition": {"name": "iid", "num_clients": 1797}}, "fewer than 2 training"),
+        ({"train": {"loss": "mse"}}, "'mse' is for regression"),
+    ],
+)
+def test_runs_that_would_measure_nothing_are_refused(
+    tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        plural.run(config(**changes), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_small_clients_are_a_warning() -> None:
+    with pytest.warns(PluralWarning, match="too small to have val samples"):
+        plural.run(config(rounds=1, partition={"name": "iid", "num_clients": 400}))
+
+
+def test_a_model_without_trainable_parameters_is_refused() -> None:
+    model = torch.nn.Linear(64, 10)
+    model.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        plural.run(config(model={"name": "python"}), model=model)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "expected"),
+    [
+        (np.ones((4, 2), np.complex64), [0, 1, 0, 1], "complex"),
+        (np.ones((4, 0)), [0, 1, 0, 1], "no features"),
+        (np.ones((0, 3)), [], "no samples"),
+        (np.ones((4, 2)), [0.5, 1.25, 2.0, 3.5], "continuous"),
+        (np.ones((4, 2)), [0.0, 1.0, np.inf, 1.0], "infinite"),
+        (np.ones((4, 2)), [0, 1, 10**9, 1], "class ids must be"),
+    ],
+)
+def test_arrays_that_are_not_a_classification_dataset_are_data_errors(
+    x: Any, y: Any, expected: str
+) -> None:
+    with pytest.raises(DataError, match=expected):
+        from_arrays(x, np.asarray(y))
+
+
+def good_table() -> pd.DataFrame:
+    gen = np.random.default_rng(0)
+    return pd.DataFrame({"a": gen.normal(size=40), "b": gen.normal(size=40), "y": [0, 1] * 20})
+
+
+def corruptions(path: Path, good: bytes) -> list[tuple[str, bytes]]:
+    flipped = bytearray(good)
+    for i in range(len(flipped) // 3, len(flipped), max(len(flipped) // 17, 1)):
+        flipped[i] ^= 0xFF
+    return [
+        ("empty", b""),
+        ("truncated", good[: len(good) // 2]),
+        ("bit-flipped", bytes(flipped)),
+        ("garbage", b"\x00\xff" * 64),
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".csv", ".parquet"])
+def test_damaged_data_files_are_data_errors_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".npz":
+        np.savez(path, x=good_table()[["a", "b"]].to_numpy(), y=good_table()["y"].to_numpy())
+        dataset = {"name": "npz", "path": str(path)}
+    elif suffix == ".csv":
+        good_table().to_csv(path, index=False)
+        dataset = {"name": "table", "path": str(path), "label_column": "y"}
+    else:
+        good_table().to_parquet(path, index=False)
+        dataset = {"name": "table", "path": str(path), "label_column": "y"}
+    good = path.read_bytes()
+    for label, content in corruptions(path, good):
+        path.write_bytes(content)
+        try:
+            plural.run(config(dataset=dataset, rounds=1))
+        except (DataError, ConfigError) as err:
+            assert path.name in str(err), (label, str(err))
+
+
+def test_an_npy_named_npz_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "data.npz"
+    with path.open("wb") as handle:
+        np.save(handle, np.ones((4, 2)))
+    with pytest.raises(DataError, match=r"single \.npy array"):
+        plural.run(config(dataset={"name": "npz", "path": str(path)}, rounds=1))

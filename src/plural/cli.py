@@ -18,6 +18,7 @@ from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 from plural.report.tables import format_table
 from plural.safety.imports import restricted_imports
+from plural.safety.numerics import DivergedError
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # configs read from files import code only from the packages the user allows
         with restricted_imports(getattr(args, "allow_import", []), _announce_allowed):
             return int(args.func(args))
-    except (ConfigError, DatasetUnavailable, DataError) as err:
+    except (ConfigError, DatasetUnavailable, DataError, DivergedError) as err:
         print(f"plural: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

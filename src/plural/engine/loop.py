@@ -29,6 +29,7 @@ from plural.core.masks import norm_layer_names
 from plural.core.metrics import summarize
 from plural.core.params import Params, distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
+from plural.core.trainer import TrainConfig
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
 from plural.diagnostics.plots import plot_similarity
@@ -59,6 +60,8 @@ from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+from plural.safety.checks import check_config, check_federation
+from plural.safety.numerics import check_scores, check_server, screen_replies
 from plural.safety.runlock import check_run_target, run_lock
 
 CHECKPOINT_VERSION = 1
@@ -242,6 +245,7 @@ class _Ledger:
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
+        self.dropped: list[int] = []  # clients whose non-finite updates were left out
 
 
 class EngineRoundContext:
@@ -266,6 +270,7 @@ class EngineRoundContext:
         self._store = store
         self._backend = backend
         self.ledger = _Ledger()
+        self.train = TrainConfig()  # the run's: what to do with non-finite updates
 
     def rng(self, purpose: str) -> np.random.Generator:
         return numpy_rng(self.seed, self.round, purpose)
@@ -290,10 +295,12 @@ class EngineRoundContext:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
             work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
+        results = list(self._backend.map(run_client_phase, work))
+        self.ledger.dropped += screen_replies(
+            self.round, work, results, self.train.on_nonfinite, self.train.lr
+        )
         replies = []
-        for cid, (reply, state, cost) in zip(
-            cohort, self._backend.map(run_client_phase, work), strict=True
-        ):
+        for cid, (reply, state, cost) in zip(cohort, results, strict=True):
             self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
@@ -445,6 +452,7 @@ def run(
     device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
+    check_config(cfg)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
@@ -452,6 +460,7 @@ def run(
         check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
     models = build_client_models(cfg, federation, algorithm, model)
+    check_federation(cfg, federation, models)
     info = federation_info(federation, models, cfg.seed)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
     with run_lock(run_dir.path) if run_dir is not None else contextlib.nullcontext():
@@ -544,7 +553,9 @@ class _Loop:
             ctx = EngineRoundContext(
                 round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
             )
+            ctx.train = cfg.train
             server = self.algorithm.round(server, cohort, ctx)
+            check_server(server.params, round_index, cfg.train.lr)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
                 rows += _evaluation_rows(
@@ -556,6 +567,7 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
+                check_scores(rows, round_index, cfg.train.lr)
             self._record_diagnostics(round_index, server, ctx, backend)
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
@@ -604,6 +616,8 @@ class _Loop:
         self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
     ) -> None:
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
+        if ctx.ledger.dropped:
+            record["dropped_nonfinite"] = sorted(ctx.ledger.dropped)
         assignment = self.algorithm.cluster_assignment(server)
         if assignment is not None:
             previous = self._previous_assignment()
