@@ -441,7 +441,6 @@ def test_non_finite_scores_are_never_reported() -> None:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"train": {"local_epochs": 0}}, "local_epochs = 0"),
         ({"eval": {"splits": []}}, "nothing would be scored"),
         ({"split": {"val": 0.1, "test": 0.0}}, "split.test = 0"),
         ({"eval": {"splits": ["val"]}, "split": {"val": 0.0, "test": 0.2}}, "nothing would be"),
@@ -455,6 +454,11 @@ def test_runs_that_would_measure_nothing_are_refused(
     with pytest.raises(ConfigError, match=expected):
         plural.run(config(**changes), out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_no_local_training_is_a_warning() -> None:
+    with pytest.warns(PluralWarning, match="local_epochs = 0"):
+        plural.run(config(rounds=1, train={"local_epochs": 0}))
 
 
 def test_small_clients_are_a_warning() -> None:

@@ -34,10 +34,12 @@ def check_config(cfg: Any) -> None:
             "report): give split.test > 0, or evaluate only other splits (eval.splits: [val])"
         )
     steps = cfg.train.local_steps
-    if cfg.train.local_epochs == 0 and not steps:
-        raise ConfigError(
-            "train.local_epochs = 0 (and no train.local_steps): clients would not train; give "
-            "local_epochs >= 1 or local_steps >= 1"
+    if cfg.train.local_epochs == 0 and not steps:  # legitimate (the initial model's scores)
+        warnings.warn(
+            "train.local_epochs = 0 (and no train.local_steps): clients do not train, so the "
+            "run scores the initial model; give local_epochs >= 1 to train",
+            PluralWarning,
+            stacklevel=3,
         )
 
 
