@@ -313,8 +313,8 @@ class ModelSpec:
             return factory(self.settings, tuple(input_shape), num_classes)
 
 
-MAX_PARAMETERS = 500_000_000
-"""Most parameters one model may have (2 GB of float32; clients hold several copies)."""
+MAX_PARAMETERS = 100_000_000
+"""Most parameters one model may have (400 MB of float32; clients hold several copies)."""
 
 
 def _check_size(build: Callable[[], nn.Module | ModelFamily], name: str) -> None:
