@@ -18,8 +18,7 @@ def check_config(cfg: Any) -> None:
     splits = cfg.eval.splits
     if not splits:
         raise ConfigError(
-            "eval.splits: empty, so nothing would be scored; give at least one of "
-            "train, val, test"
+            "eval.splits: empty, so nothing would be scored; give at least one of train, val, test"
         )
     fractions = {"train": 1.0, "val": cfg.split.val, "test": cfg.split.test}
     if all(fractions[s] == 0 for s in splits):
