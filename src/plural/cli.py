@@ -17,6 +17,8 @@ from plural.engine.loop import Results, run
 from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 from plural.report.tables import format_table
+from plural.safety.imports import restricted_imports
+from plural.safety.numerics import DivergedError
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -138,6 +140,11 @@ def _tracking(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if args.resume and not (out / "checkpoint.pt").is_file():
+        print(
+            f"plural: --resume: no checkpoint in {str(out)!r}; starting a new run",
+            file=sys.stderr,
+        )
     tracking = _tracking(args)
     with contextlib.ExitStack() as stack:  # logging runs end FAILED if the run fails
         callbacks = [stack.enter_context(cb) for cb in tracking.callbacks()]
@@ -280,6 +287,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _allow_import_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-import",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help="let the config import code from PACKAGE (a model factory by import path, "
+        "model: {name: 'PACKAGE.module:factory'}); a config that imports code is code, so "
+        "allow only packages you trust (repeatable)",
+    )
+
+
+def _announce_allowed(packages: Sequence[str]) -> None:
+    print(
+        f"plural: the config allows importing code from: {', '.join(packages)} (allow_import)",
+        file=sys.stderr,
+    )
+
+
 def _tracking_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tensorboard",
@@ -332,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue from the run directory's checkpoint"
     )
     run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+    _allow_import_option(run_cmd)
     _tracking_options(run_cmd)
     run_cmd.set_defaults(func=cmd_run)
 
@@ -358,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument(
         "--probe-rounds", type=_positive, default=10, help="rounds per probe run (default 10)"
     )
+    _allow_import_option(diag)
     diag.set_defaults(func=cmd_diagnose)
 
     sweep = sub.add_parser(
@@ -382,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="sweep directory (default: runs/<config name>-sweep)")
     _comparison_options(sweep)
     sweep.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _allow_import_option(sweep)
     _tracking_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
@@ -416,8 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
-    except (ConfigError, DatasetUnavailable, DataError) as err:
+        # configs read from files import code only from the packages the user allows
+        with restricted_imports(getattr(args, "allow_import", []), _announce_allowed):
+            return int(args.func(args))
+    except (ConfigError, DatasetUnavailable, DataError, DivergedError) as err:
         print(f"plural: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,6 +18,8 @@ from plural.config import ConfigError, build, setting, to_dict, unknown_key_erro
 from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
+from plural.safety.imports import check_packages, config_allows
+from plural.safety.yamlsafe import BoundedSafeLoader, load_bounded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +92,9 @@ class BackendConfig:
     threads_per_worker: int | None = setting(
         None,
         help="torch threads per worker (process/ray default: cores / workers; sequential "
-        "default: torch's current setting)",
+        "default: torch's current setting; at most 256)",
         ge=1,
+        le=256,
     )
     device: Literal["cpu", "cuda", "mps", "auto"] = setting(
         "cpu",
@@ -153,10 +156,14 @@ class ExperimentConfig:
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     transforms: tuple[Component, ...] = ()
+    allow_import: tuple[str, ...] = ()
+    """Packages the config lets the CLI import code from (model factories by import path)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
         out: dict[str, Any] = {"name": self.name, "seed": self.seed, "rounds": self.rounds}
+        if self.allow_import:
+            out["allow_import"] = list(self.allow_import)
         for section in ("dataset", "partition", "algorithm"):
             out[section] = getattr(self, section).to_dict()
         out["model"] = {"name": self.model.name, **to_dict(self.model.settings)}
@@ -191,7 +198,7 @@ class RunSettings:
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
-TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms"]
+TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms", "allow_import"]
 
 
 def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -206,10 +213,12 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
             raise ConfigError(f"{key}: required section is missing (e.g. {key}: {{name: ...}})")
     scalars = build(RunSettings, {k: raw[k] for k in _SCALARS if k in raw}, "")
     values: dict[str, Any] = dataclasses.asdict(scalars)
+    values["allow_import"] = check_packages(raw.get("allow_import", []), "allow_import")
     for key, registry in _COMPONENTS.items():
         entry, settings = registry.parse(_named(raw[key]), key)
         values[key] = Component(entry.name, settings)
-    values["model"] = parse_model(_named(raw["model"]))
+    with config_allows(values["allow_import"]):
+        values["model"] = parse_model(_named(raw["model"]))
     for key, cls in PLAIN_SECTIONS.items():
         if key in raw:
             values[key] = build(cls, raw[key], key)
@@ -239,7 +248,7 @@ def _parse_transforms(raw: Any) -> tuple[Component, ...]:
     return tuple(parsed)
 
 
-class _YamlLoader(yaml.SafeLoader):
+class _YamlLoader(BoundedSafeLoader):
     """PyYAML's safe loader, reading numbers the YAML 1.2 way: ``1e-3`` is a float, not text."""
 
 
@@ -259,7 +268,7 @@ _YamlLoader.add_implicit_resolver(
 
 def load_yaml(text: str) -> Any:
     """Parse YAML text (numbers as in YAML 1.2)."""
-    return yaml.load(text, Loader=_YamlLoader)
+    return load_bounded(text, _YamlLoader)
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -269,7 +278,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. train.lr=0.1")
-        value = load_yaml(text) if text.strip() else None
+        try:
+            value = load_yaml(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML: {err}") from err
         node: Any = result
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -282,7 +294,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def _list_index(node: list[Any], part: str, item: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
         raise ConfigError(
             f"--set {item!r}: {part!r} is not an index of a list of {len(node)} entries "
             f"(use 0..{len(node) - 1})"
@@ -333,9 +345,13 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            source = load_yaml(path.read_text()) or {}
+            source = load_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({err})") from err
+        except OSError as err:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from err
     if not isinstance(source, Mapping):
         raise ConfigError(f"config: expected a mapping of sections, got {type(source).__name__}")
     raw = apply_overrides(source, overrides)

@@ -46,6 +46,11 @@ class Registry(Generic[T]):
 
     def get(self, name: str, path: str | None = None) -> Entry[T]:
         """The entry called ``name``; a ConfigError lists the known names otherwise."""
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"{path or self.kind}.name: expected a name (one of "
+                f"{', '.join(self.names())}), got {name!r}"
+            )
         if name not in self._entries:
             err = unknown_key_error(str(name), self.names(), "")
             where = path or self.kind

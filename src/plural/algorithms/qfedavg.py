@@ -12,6 +12,7 @@ client models.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,14 @@ class QFedAvgConfig(AveragingConfig):
     def __post_init__(self) -> None:
         if self.weighting != "samples":
             raise ValueError("q-FedAvg weights clients by its own rule; 'weighting' does not apply")
+
+
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent``, infinite where it overflows (the run then stops as diverged)."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
 
 
 @ALGORITHMS.register(
@@ -65,8 +74,8 @@ class QFedAvg(FedAvg):
             if w.is_floating_point()
         }
         sq_norm = float(sum(s.double().pow(2).sum() for s in step.values()))
-        delta = {n: s * loss**q for n, s in step.items()}
-        h = (q * loss ** (q - 1) * sq_norm if q > 0 else 0.0) + lipschitz * loss**q
+        delta = {n: s * _power(loss, q) for n, s in step.items()}
+        h = (q * _power(loss, q - 1) * sq_norm if q > 0 else 0.0) + lipschitz * _power(loss, q)
         extra = {"delta": delta, "h": torch.tensor(h, dtype=torch.float64)}
         return dataclasses.replace(update, params=None, extra=extra), state
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from plural.config import setting
+from plural.config import ConfigError, setting
 from plural.core.params import Params, state_of
 
 LossTerm = Callable[[Mapping[str, nn.Parameter]], torch.Tensor]
@@ -50,9 +50,21 @@ class TrainConfig:
         help="'cross_entropy' for classification; 'mse' (mean squared error) for regression "
         "targets (accuracy is then not defined)",
     )
+    on_nonfinite: Literal["stop", "drop"] = setting(
+        "stop",
+        help="when a client's training loss or parameters are not finite (divergence): "
+        "'stop' the run with an error naming the round and clients, or 'drop' those clients' "
+        "updates (recorded in diagnostics.jsonl as dropped_nonfinite)",
+    )
 
 
 def _mse(output: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    if output.numel() != target.numel():
+        raise ConfigError(
+            f"train.loss: 'mse' needs one model output per sample (regression targets); the "
+            f"model gives {output.numel() // max(len(target), 1)} per sample. For class labels "
+            "use train.loss: cross_entropy"
+        )
     return F.mse_loss(output.reshape(target.shape), target, reduction=reduction)
 
 

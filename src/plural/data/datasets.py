@@ -551,6 +551,30 @@ def _sorted_unique(values: np.ndarray) -> tuple[list[Any], np.ndarray]:
     return ordered, np.fromiter((index[v] for v in items), dtype=np.int64, count=len(items))
 
 
+MAX_CLASSES = 100_000
+"""Most classes a dataset may have: the models' output layers are that wide."""
+
+
+def _check_label_values(y: np.ndarray, what: str) -> None:
+    """DataError for labels that are not classes: infinite, continuous or huge numbers."""
+    if y.dtype.kind == "c":
+        raise DataError(f"{what} holds complex numbers; labels must be classes")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            rows = np.flatnonzero(~np.isfinite(y))[:5]
+            raise DataError(f"{what} has infinite values at rows {rows}; labels must be classes")
+        if not np.all(y % 1 == 0):
+            raise DataError(
+                f"{what} holds continuous numbers (e.g. {y[y % 1 != 0][0]!r}); plural learns "
+                "classes: give class labels (integers or names), or bin the values first"
+            )
+    if y.dtype.kind in "iuf" and len(y) and float(np.max(y)) >= MAX_CLASSES:
+        raise DataError(
+            f"{what} goes up to {np.max(y)!r}; class ids must be 0..C-1 with C <= "
+            f"{MAX_CLASSES} (the model has one output per class): number the classes 0, 1, ..."
+        )
+
+
 def _as_nonnegative_ints(values: np.ndarray) -> np.ndarray | None:
     """``values`` as int64 if they are all non-negative integers (or integral floats)."""
     integral_floats = (
@@ -620,19 +644,30 @@ def from_arrays(
     sorted order of their distinct values. ``sample_groups`` are kept if non-negative
     integers, else mapped like client ids.
     """
+    if np.iscomplexobj(x):
+        raise DataError(
+            f"{name}: x holds complex numbers; give real features (e.g. split the "
+            "real and imaginary parts into two features)"
+        )
     try:
         xa = np.asarray(x, dtype=np.float32)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise DataError(f"{name}: x must be numeric ({err})") from err
     if xa.ndim == 0:
         raise DataError(f"{name}: x must have one row per sample, got a scalar")
     if xa.ndim == 1:
         xa = xa[:, None]
     n = xa.shape[0]
+    if n == 0:
+        raise DataError(f"{name}: the data has no samples (zero rows)")
+    if xa[0].size == 0:
+        raise DataError(f"{name}: x has no features (shape {xa.shape})")
     bad = ~np.isfinite(xa.reshape(n, -1)).all(axis=1)
     if bad.any():
         raise DataError(f"{name}: x has NaN or infinite values in rows {np.flatnonzero(bad)[:5]}")
-    ya, count, class_names = _labels(_column(y, f"{name}: y", n), num_classes)
+    y_column = _column(y, f"{name}: y", n)
+    _check_label_values(y_column, f"{name}: y")
+    ya, count, class_names = _labels(y_column, num_classes)
     clients = None if client_ids is None else _ids(_column(client_ids, f"{name}: client_ids", n))
     groups = None
     if sample_groups is not None:
@@ -677,8 +712,10 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
         )
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"npz: cannot read {path} as .npz ({err})") from err
+    except Exception as err:  # numpy and zipfile raise many types for a damaged file
+        raise DataError(f"npz: cannot read {path} as .npz ({type(err).__name__}: {err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"npz: {path} is a single .npy array, not an .npz archive of x and y")
     with archive:
         present = sorted(archive.files)
 
@@ -692,9 +729,15 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
             try:
                 return archive[key]
             except ValueError as err:  # object arrays need pickle, which we refuse
+                if "pickle" not in str(err).lower():
+                    raise DataError(f"npz: {path}[{key!r}] cannot be read ({err})") from err
                 raise DataError(
                     f"npz: {path}[{key!r}] is an object array; save it with a plain dtype "
                     "(numbers or fixed-width strings)"
+                ) from err
+            except Exception as err:  # a damaged member: zipfile, zlib, EOF errors
+                raise DataError(
+                    f"npz: {path}[{key!r}] is damaged ({type(err).__name__}: {err})"
                 ) from err
 
         x, y = get(config.x_key, "x"), get(config.y_key, "y")
@@ -751,9 +794,14 @@ def _read_table(path: Path) -> Any:
         raise DatasetUnavailable(
             f"table: file {path} not found; write one with DataFrame.to_csv / to_parquet"
         )
-    if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
-        return pd.read_csv(path)
-    return pd.read_parquet(path)
+    try:
+        if TABLE_SUFFIXES[path.suffix.lower()] == "csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except Exception as err:  # pandas and pyarrow raise many types for a damaged file
+        raise DataError(
+            f"table: cannot read {path} ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
 
 
 def _feature_names(frame: Any, config: TableConfig, special: Sequence[str]) -> list[str]:

@@ -110,7 +110,7 @@ def _apportion(
     cap (``total`` must not exceed ``cap.sum()``); the surplus goes to the next-largest
     remainders.
     """
-    weights = np.asarray(weights, dtype=np.float64)
+    weights = _finite_weights(np.asarray(weights, dtype=np.float64))
     if cap is not None and total > int(cap.sum()):
         raise ValueError(f"cannot apportion {total} within caps summing to {int(cap.sum())}")
     if total == 0 or weights.sum() <= 0:  # nothing to share, or no one to share it with
@@ -129,6 +129,25 @@ def _apportion(
         counts[ranked] += 1
         fraction[ranked] = -1.0  # each index gets at most one extra unit per pass
     return counts
+
+
+def _finite_weights(weights: np.ndarray) -> np.ndarray:
+    """``weights`` whose sum is finite, so the quotas are numbers and apportioning ends.
+
+    Weights that overflowed (a lognormal with a huge sigma draws ``inf``) share equally and
+    outweigh every finite one; finite weights whose sum overflows are scaled by their maximum.
+    Weights with a finite sum are returned as they are.
+    """
+    with np.errstate(over="ignore"):
+        total = weights.sum()
+    if np.isfinite(total):
+        return weights
+    if np.isnan(weights).any():
+        raise ValueError("apportioning weights must not be NaN")
+    infinite = np.isinf(weights)
+    if infinite.any():
+        return infinite.astype(np.float64)
+    return weights / weights.max()
 
 
 def _require_clients(name: str, num_clients: int, n: int, min_samples: int | None = None) -> None:
@@ -184,6 +203,8 @@ def _law_sizes(
         weights = (rng.permutation(num_clients) + 1.0) ** (-exponent)
     else:
         raise ValueError(f"unknown size law {law!r}; use 'lognormal' or 'power_law'")
+    if not (weights > 0).any():  # every lognormal weight underflowed to 0: none stands out
+        weights = np.ones(num_clients)
     return min_samples + _apportion(weights, n - num_clients * min_samples, rng)
 
 

@@ -9,6 +9,7 @@ results of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -29,6 +30,7 @@ from plural.core.masks import norm_layer_names
 from plural.core.metrics import summarize
 from plural.core.params import Params, distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
+from plural.core.trainer import TrainConfig
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
 from plural.diagnostics.plots import plot_similarity
@@ -59,12 +61,15 @@ from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+from plural.safety.checks import check_config, check_federation
+from plural.safety.numerics import check_scores, check_server, screen_replies
+from plural.safety.runlock import check_run_target, run_lock
 
 CHECKPOINT_VERSION = 1
 GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
 EVAL_CHUNK = 256  # clients whose evaluated models are in memory at once
 # Settings that may change when a run is resumed: they do not change the results.
-RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics")
+RESUMABLE_CHANGES = ("rounds", "backend", "eval", "name", "diagnostics", "allow_import")
 
 ModelSource = nn.Module | Callable[..., nn.Module]
 
@@ -244,6 +249,7 @@ class _Ledger:
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
+        self.dropped: list[int] = []  # clients whose non-finite updates were left out
 
 
 class EngineRoundContext:
@@ -268,6 +274,7 @@ class EngineRoundContext:
         self._store = store
         self._backend = backend
         self.ledger = _Ledger()
+        self.train = TrainConfig()  # the run's: what to do with non-finite updates
 
     def rng(self, purpose: str) -> np.random.Generator:
         return numpy_rng(self.seed, self.round, purpose)
@@ -292,10 +299,12 @@ class EngineRoundContext:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
             work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
+        results = list(self._backend.map(run_client_phase, work))
+        self.ledger.dropped += screen_replies(
+            self.round, work, results, self.train.on_nonfinite, self.train.lr
+        )
         replies = []
-        for cid, (reply, state, cost) in zip(
-            cohort, self._backend.map(run_client_phase, work), strict=True
-        ):
+        for cid, (reply, state, cost) in zip(cohort, results, strict=True):
             self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
@@ -447,42 +456,49 @@ def run(
     device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
+    check_config(cfg)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
+    if run_dir is not None:
+        check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
     models = build_client_models(cfg, federation, algorithm, model)
+    check_federation(cfg, federation, models)
     info = federation_info(federation, models, cfg.seed)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
-    store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
-    counters = _Progress()
-    frames: list[pd.DataFrame] = []
-    resumed = False
-    if run_dir is not None:
-        if resume and run_dir.has_checkpoint():
-            server, counters = _restore(run_dir, cfg, store)
-            resumed = True
-            run_dir.drop_rounds_after(counters.round)
-            frames.append(run_dir.read_metrics())
-        run_dir.prepare(cfg.to_dict(), resume=resume)
-        run_dir.write_json(run_dir.federation_path, federation.describe())
-        run_dir.record_environment(environment_entry(str(device)))
-    if not resumed:
-        store.restore({})  # a fresh run: no states left from an earlier attempt
-    setup = WorkerSetup(
-        federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
-    )
-    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
-    bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
-    backend = make_backend(setup, cfg.backend)
-    notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
-    try:
-        server = loop.run(server, backend, [bar, *callbacks])
-    finally:
-        backend.close()
-        bar.close()
-        store.close()
-    results = loop.results(server)
+    with run_lock(run_dir.path) if run_dir is not None else contextlib.nullcontext():
+        store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
+        counters = _Progress()
+        frames: list[pd.DataFrame] = []
+        resumed = False
+        if run_dir is not None:
+            if resume and run_dir.has_checkpoint():
+                server, counters = _restore(run_dir, cfg, store)
+                resumed = True
+                run_dir.drop_rounds_after(counters.round)
+                frames.append(run_dir.read_metrics())
+            elif resume:  # no checkpoint (killed in round 1): what was written goes
+                run_dir.forget_rounds()
+            run_dir.prepare(cfg.to_dict(), resume=resume)
+            run_dir.write_json(run_dir.federation_path, federation.describe())
+            run_dir.record_environment(environment_entry(str(device)))
+        if not resumed:
+            store.restore({})  # a fresh run: no states left from an earlier attempt
+        setup = WorkerSetup(
+            federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
+        )
+        loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+        bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
+        backend = make_backend(setup, cfg.backend)
+        notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
+        try:
+            server = loop.run(server, backend, [bar, *callbacks])
+        finally:
+            backend.close()
+            bar.close()
+            store.close()
+        results = loop.results(server)
     notify(callbacks, "on_run_end", results)
     return results
 
@@ -494,8 +510,15 @@ def _restore(
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
     _check_resumable(with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
+    progress = _Progress(**checkpoint["progress"])
+    if progress.round > cfg.rounds:
+        raise ConfigError(
+            f"--resume: rounds = {cfg.rounds}, but the run in {str(run_dir.path)!r} has done "
+            f"{progress.round} rounds; resuming continues a run, so give rounds >= "
+            f"{progress.round} (every round's metrics are in metrics.parquet)"
+        )
     store.restore(checkpoint["store"])
-    return checkpoint["server"], _Progress(**checkpoint["progress"])
+    return checkpoint["server"], progress
 
 
 class _Loop:
@@ -534,7 +557,9 @@ class _Loop:
             ctx = EngineRoundContext(
                 round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
             )
+            ctx.train = cfg.train
             server = self.algorithm.round(server, cohort, ctx)
+            check_server(server.params, round_index, cfg.train.lr)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
                 rows += _evaluation_rows(
@@ -546,6 +571,7 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
+                check_scores(rows, round_index, cfg.train.lr)
             self._record_diagnostics(round_index, server, ctx, backend)
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
@@ -594,6 +620,8 @@ class _Loop:
         self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
     ) -> None:
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
+        if ctx.ledger.dropped:
+            record["dropped_nonfinite"] = sorted(ctx.ledger.dropped)
         assignment = self.algorithm.cluster_assignment(server)
         if assignment is not None:
             previous = self._previous_assignment()

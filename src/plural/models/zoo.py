@@ -20,6 +20,7 @@ from torch import nn
 
 from plural.config import ConfigError, setting
 from plural.registry import MODELS
+from plural.safety.imports import check_import
 
 BATCH_NORM_HELP = (
     "BatchNorm after each hidden dense and conv layer, before the ReLU (the local layers of "
@@ -295,17 +296,45 @@ class ModelSpec:
         restored here, so the caller's global random state is left as it was.
         """
         with torch.random.fork_rng(devices=[]):
+            if ":" not in self.name and MODELS.get(self.name).target.__module__ == __name__:
+                factory = MODELS.get(self.name).target
+                _check_size(
+                    lambda: factory(self.settings, tuple(input_shape), num_classes), self.name
+                )
             torch.manual_seed(seed)
             if ":" in self.name:
                 return _call_factory(
-                    _import_factory(self.name), self.settings, input_shape, num_classes
+                    _import_factory(self.name, allowed=True),
+                    self.settings,
+                    input_shape,
+                    num_classes,
                 )
             factory = MODELS.get(self.name).target
             return factory(self.settings, tuple(input_shape), num_classes)
 
 
+MAX_PARAMETERS = 100_000_000
+"""Most parameters one model may have (400 MB of float32; clients hold several copies)."""
+
+
+def _check_size(build: Callable[[], nn.Module | ModelFamily], name: str) -> None:
+    """ConfigError if the model ``build`` makes is over :data:`MAX_PARAMETERS`; it is built
+    on the meta device, which allocates no memory."""
+    with torch.device("meta"):
+        probe = build()
+    members = probe.members if isinstance(probe, ModelFamily) else (probe,)
+    count = max(sum(p.numel() for p in member.parameters()) for member in members)
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"model: {name!r} with these settings has {count:,} parameters, more than the "
+            f"{MAX_PARAMETERS:,} plural allows (make the layers narrower)"
+        )
+
+
 def parse_model(section: Mapping[str, Any] | None) -> ModelSpec:
     """Validate the ``model`` config section (registered name or ``module:factory``)."""
+    if isinstance(section, Mapping) and not isinstance(section.get("name", ""), str):
+        raise ConfigError(f"model.name: expected a model name (text), got {section['name']!r}")
     if isinstance(section, Mapping) and ":" in str(section.get("name", "")):
         name = str(section["name"])
         kwargs = {k: v for k, v in section.items() if k != "name"}
@@ -315,10 +344,14 @@ def parse_model(section: Mapping[str, Any] | None) -> ModelSpec:
     return ModelSpec(entry.name, settings)
 
 
-def _import_factory(path: str) -> Callable[..., nn.Module]:
+def _import_factory(path: str, *, allowed: bool = False) -> Callable[..., nn.Module]:
+    """The factory at ``path``; unless ``allowed`` (checked when the config was parsed), the
+    import policy must let its module be imported."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"model.name: {path!r} is not of the form package.module:factory")
+    if not allowed:
+        check_import(module_name, "model.name")
     try:
         module = importlib.import_module(module_name)
     except (ImportError, ValueError) as err:

@@ -21,7 +21,7 @@ only complete files behind.
 from __future__ import annotations
 
 import json
-import os
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ import torch
 import yaml
 
 from plural.config import ConfigError
+from plural.safety.diskio import atomic_write, writing
+from plural.safety.runlock import RunDirectoryError
 
 METRIC_COLUMNS = [
     "round",
@@ -55,10 +57,7 @@ def deterministic(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.drop(columns=[c for c in TIMING_COLUMNS if c in metrics.columns])
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+_atomic_write = atomic_write
 
 
 class RunDirectory:
@@ -94,7 +93,9 @@ class RunDirectory:
         _atomic_write(path, lambda tmp: tmp.write_text(text))
 
     def write_json(self, path: Path, data: Any) -> None:
-        self.write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+        """Strict JSON: non-finite numbers (a metric with no samples) are written as null."""
+        text = json.dumps(_finite(data), indent=2, default=_json_default, allow_nan=False)
+        self.write_text(path, text + "\n")
 
     def round_metrics_path(self, round_index: int) -> Path:
         return self.metrics_dir / f"round_{round_index:06d}.parquet"
@@ -120,13 +121,38 @@ class RunDirectory:
 
     def append_record(self, path: Path, record: Mapping[str, Any]) -> None:
         """Add one round's record as a JSON line (such files are small and append-only)."""
-        with path.open("a") as handle:
+        with writing(path), path.open("a") as handle:
             handle.write(json.dumps(dict(record), default=_json_default) + "\n")
 
     def read_records(self, path: Path) -> list[dict[str, Any]]:
+        """The records of a JSON-lines file. A last line without its newline was cut short by
+        a kill and is left out; any other unreadable line is an error naming the file."""
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise RunDirectoryError(f"cannot read {str(path)!r}: {err}") from err
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                if number == len(lines):  # no newline after it: a write cut short
+                    break
+                raise RunDirectoryError(
+                    f"{str(path)!r} line {number} is not a JSON record ({err}); the file is "
+                    "damaged: delete it (or the run directory) and start again"
+                ) from err
+            if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+                raise RunDirectoryError(
+                    f"{str(path)!r} line {number} is not a round's record; the file is damaged"
+                )
+            records.append(record)
+        return records
 
     def drop_records_after(self, path: Path, round_index: int) -> None:
         kept = [r for r in self.read_records(path) if r["round"] <= round_index]
@@ -144,10 +170,17 @@ class RunDirectory:
     def drop_rounds_after(self, round_index: int) -> None:
         """Forget what rounds after ``round_index`` wrote (left by an interrupted run)."""
         for part in self.metrics_dir.glob("round_*.parquet"):
-            if int(part.stem.split("_")[1]) > round_index:
+            if part.stem.split("_")[1].isdigit() and int(part.stem.split("_")[1]) > round_index:
                 part.unlink()
         for path in (self.diagnostics_path, self.timeline_path):
             self.drop_records_after(path, round_index)
+
+    def forget_rounds(self) -> None:
+        """Forget every round a run without a checkpoint wrote (killed before its first
+        checkpoint), so a fresh start writes each round once."""
+        self.drop_rounds_after(0)
+        for path in (self.summary_path, self.metrics_path):
+            path.unlink(missing_ok=True)
 
     def record_environment(self, entry: Mapping[str, Any]) -> None:
         """Add this start's environment (versions, machine, command) to ``environment.json``."""
@@ -181,12 +214,38 @@ class RunDirectory:
     def load_checkpoint(self) -> dict[str, Any]:
         # Checkpoints hold plural's own dataclasses, so they are loaded with full unpickling:
         # only resume from run directories you trust.
-        return torch.load(self.checkpoint_path, weights_only=False)
+        try:
+            checkpoint = torch.load(self.checkpoint_path, weights_only=False)
+        except Exception as err:  # torch raises many types for a damaged file
+            raise RunDirectoryError(
+                f"--resume: {str(self.checkpoint_path)!r} cannot be read ({type(err).__name__}: "
+                f"{str(err)[:200]}); it is empty or damaged. Delete it to start the run again"
+            ) from err
+        if not isinstance(checkpoint, dict):
+            raise RunDirectoryError(
+                f"--resume: {str(self.checkpoint_path)!r} is not a plural checkpoint"
+            )
+        return checkpoint
 
 
 def _save_npy(path: Path, value: np.ndarray) -> None:
     with path.open("wb") as handle:  # a file object: np.save would append ".npy" to the name
         np.save(handle, value)
+
+
+def _finite(data: Any) -> Any:
+    """``data`` with NaN and infinities replaced by None (JSON null)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    if isinstance(data, np.generic) and np.issubdtype(type(data), np.floating):
+        return _finite(float(data))
+    if isinstance(data, np.ndarray):
+        return _finite(data.tolist())
+    return data
 
 
 def _json_default(value: Any) -> Any:

@@ -135,6 +135,10 @@ def parse_grid(items: Sequence[str]) -> list[Axis]:
     return axes
 
 
+MAX_SEEDS = 10_000
+"""Most seeds one sweep may run (each is a run per grid point)."""
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
     """``"0,1,2"`` or a range ``"0-4"`` (inclusive), or a mix: ``"0-2,7"``."""
     seeds: list[int] = []
@@ -146,6 +150,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
             raise ConfigError(
                 f"--seeds {text!r}: expected seeds like 0,1,2 or a range 0-4, got {part!r}"
             ) from None
+        if len(seeds) + len(span) > MAX_SEEDS:
+            raise ConfigError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds; give fewer")
         seeds.extend(span)
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
         raise ConfigError(f"--seeds {text!r}: expected distinct seeds >= 0, e.g. 0,1,2")

@@ -1,0 +1,133 @@
+"""Divergence is an error, not a result: a client whose training loss or parameters are not
+finite (a learning rate of 1e30, an exploding objective) stops the run with a message naming
+the round and the clients, or, with ``train.on_nonfinite: drop``, its update is left out and
+recorded. A model whose outputs are not finite is never scored."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from plural.core.algorithm import ModelMessage, Update
+
+
+class DivergedError(RuntimeError):
+    """Training produced non-finite losses or parameters."""
+
+
+def _tensors(value: Any) -> Iterable[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, float):
+        yield torch.tensor(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from _tensors(getattr(value, field.name))
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every floating tensor in ``value`` (nested dicts / lists) is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in _tensors(value) if t.is_floating_point())
+
+
+def update_is_finite(update: Update) -> bool:
+    """Whether a client's update has finite tensors and a loss that is not infinite (a NaN
+    loss alone may mean "not reported"; a diverged fit also leaves non-finite parameters)."""
+    return not math.isinf(update.loss) and all_finite(update.params) and all_finite(update.extra)
+
+
+def _advice(lr: float) -> str:
+    return (
+        f"lower train.lr (now {lr:g}) or set train.max_grad_norm; or set "
+        "train.on_nonfinite: drop to leave such clients' updates out of the round"
+    )
+
+
+def diverged(round_index: int, clients: Sequence[int], lr: float) -> DivergedError:
+    shown = ", ".join(map(str, clients[:10])) + (", ..." if len(clients) > 10 else "")
+    return DivergedError(
+        f"training diverged in round {round_index}: client(s) {shown} returned non-finite "
+        f"losses or parameters; {_advice(lr)}"
+    )
+
+
+def dropped_update(update: Update, message: Any, round_index: int, client: int) -> Update:
+    """The update that leaves a diverged client's work out: the model it received, unchanged
+    (its weight stays, its step is zero)."""
+    if not isinstance(message, ModelMessage) or update.params is None or update.extra:
+        raise DivergedError(
+            f"training diverged in round {round_index} on client {client}, and this "
+            "algorithm's updates cannot be dropped (train.on_nonfinite: drop works for "
+            "updates that are whole models); lower train.lr or set train.max_grad_norm"
+        )
+    return dataclasses.replace(
+        update, params={k: v.clone() for k, v in message.params.items()}, loss=float("nan")
+    )
+
+
+def screen_replies(
+    round_index: int,
+    work: Sequence[Any],
+    results: list[tuple[Any, Any, Any]],
+    policy: str,
+    lr: float,
+) -> list[int]:
+    """Check each client's (reply, state, cost) of a phase; on non-finite values raise
+    DivergedError (``policy`` "stop"), or (``"drop"``) replace the reply in ``results`` by
+    :func:`dropped_update` and keep the client's previous state. Returns the dropped clients."""
+    bad = []
+    for index, (reply, state, _) in enumerate(results):
+        reply_ok = update_is_finite(reply) if isinstance(reply, Update) else all_finite(reply)
+        if not (reply_ok and all_finite(state)):
+            bad.append(index)
+    if not bad:
+        return []
+    clients = [work[i].client_id for i in bad]
+    if policy != "drop":
+        raise diverged(round_index, clients, lr)
+    for index in bad:
+        reply, _, cost = results[index]
+        item = work[index]
+        if not isinstance(reply, Update):
+            raise diverged(round_index, [item.client_id], lr)
+        replaced = dropped_update(reply, item.message, round_index, item.client_id)
+        results[index] = (replaced, item.state, cost)
+    return clients
+
+
+def check_server(server_params: Mapping[str, torch.Tensor], round_index: int, lr: float) -> None:
+    """DivergedError if the aggregated model is not finite."""
+    bad = [name for name, t in server_params.items() if t.is_floating_point() and not all_finite(t)]
+    if bad:
+        raise DivergedError(
+            f"training diverged in round {round_index}: the aggregated model has non-finite "
+            f"parameters ({', '.join(bad[:3])}); {_advice(lr)}"
+        )
+
+
+def check_scores(rows: Sequence[Mapping[str, Any]], round_index: int, lr: float) -> None:
+    """DivergedError if a client's model gives non-finite losses on its data: never score
+    NaN outputs (argmax of NaN logits is class 0, a meaningless accuracy)."""
+    bad = sorted(
+        {
+            int(r["client"])
+            for r in rows
+            if r["samples"] > 0 and r["split"] != "fit" and not math.isfinite(r["loss"])
+        }
+    )
+    if bad:
+        raise DivergedError(
+            f"training diverged by round {round_index}: the models of client(s) "
+            f"{', '.join(map(str, bad[:10]))} give non-finite outputs, so they are not scored; "
+            f"{_advice(lr)}"
+        )
