@@ -20,7 +20,13 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.cfl import CFLConfig, bipartition, cosine_similarities, update_norms
+from plural.algorithms.cfl import (
+    CFLConfig,
+    bipartition,
+    cosine_similarities,
+    update_alignment,
+    update_norms,
+)
 
 ROUNDS = 60
 CFL_SETTINGS = {"name": "cfl", "eps1": 0.35, "eps2": 0.7, "min_rounds": 15}
@@ -140,3 +146,47 @@ def test_max_clusters_caps_the_splits() -> None:
     cfg["algorithm"] = {**CFL_SETTINGS, "max_clusters": 1}
     results = plural.run(cfg)
     assert (results.diagnostics["clusters"] == 1).all()
+
+
+# ---- defaults at scale: the scale-free criterion ----------------------------------------------
+
+SCALE: dict[str, Any] = {
+    "name": "cfl-scale",
+    "seed": 0,
+    "rounds": 40,
+    "dataset": {"name": "mnist", "max_samples": 4800},
+    "partition": {"name": "iid", "num_clients": 48},
+    "model": {"name": "mlp", "hidden": [32]},
+    "algorithm": {"name": "cfl"},
+    "train": {"lr": 0.1, "batch_size": 20},
+    "eval": {"every": 40},
+    "backend": {"threads_per_worker": 1},
+}
+
+
+def test_defaults_split_48_clients_into_their_4_rotation_groups() -> None:
+    cfg = copy.deepcopy(SCALE)
+    cfg["transforms"] = [{"name": "rotation", "groups": 4}]
+    results = plural.run(cfg)
+    assert results.summary["clustering"]["clusters"] == 4
+    assert results.summary["clustering"]["ari"] >= 0.9
+    splits = results.server.extra["cfl_splits"]
+    assert all(s["alignment"] < CFLConfig().max_alignment for s in splits)
+
+
+def test_defaults_keep_48_iid_clients_together() -> None:
+    results = plural.run(copy.deepcopy(SCALE))
+    assert results.server.extra["cfl_splits"] == []
+
+
+def test_alignment_does_not_depend_on_the_update_scale() -> None:
+    gen = torch.Generator().manual_seed(0)
+    deltas = torch.randn(10, 30, generator=gen)
+    weights = np.arange(1.0, 11.0)
+    assert update_alignment(deltas, weights) == pytest.approx(
+        update_alignment(1000.0 * deltas, weights)
+    )
+    same = torch.ones(4, 3)
+    assert update_alignment(same, np.ones(4)) == pytest.approx(1.0)
+    opposite = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert update_alignment(opposite, np.ones(2)) == pytest.approx(0.0)

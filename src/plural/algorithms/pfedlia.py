@@ -18,9 +18,11 @@ The run, round by round:
 
    * ``variant: central``: clients send their score rows (raw, sign votes, or differentially
      private votes by randomized response, as in the lazy-influence paper, Rokvic et al.
-     2022, arXiv 2205.11518); the server normalises them (``normalize``, ``symmetrize``) and
-     clusters the rows with OPTICS, which finds the number of clusters itself (``clusters``
-     sets it instead, by average-linkage clustering).
+     2022, arXiv 2205.11518); the server builds the graph of mutually helpful scores and
+     clusters it spectrally, finding the number of clusters itself
+     (:mod:`plural.algorithms.score_graph`; ``clusters`` sets it instead). ``clustering:
+     optics`` is the earlier rule: OPTICS on the normalised rows (``normalize``,
+     ``symmetrize``), which cuts groups of 50+ clients apart.
    * ``variant: decentral`` (peer to peer): each client clusters its own row with 1-D
      k-means (k=2) and keeps the helpful side as its peers. Its scores never leave it.
 5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
@@ -38,11 +40,15 @@ Choices the paper leaves open, and why:
 * ``normalize: row`` (default): each row divided by its largest absolute score, so clients
   whose validation loss moves a lot (small or hard validation sets) do not dominate the
   distances; the pattern of who helps whom is what groups clients.
-* OPTICS ``min_samples: 3``, ``xi: 0.05`` (scikit-learn's default ``xi``); a client OPTICS
+* ``clustering: spectral`` (default): see :mod:`plural.algorithms.score_graph`; a client
+  with no mutually helpful peer becomes its own cluster (``noise: own``) or joins the
+  cluster it scores highest (``noise: nearest``). With ``clustering: optics``:
+  OPTICS ``min_samples: 3``, ``xi: 0.05`` (scikit-learn's default ``xi``); a client OPTICS
   leaves as noise becomes its own cluster (``noise: own``) so a client that no one helps
   (e.g. one with corrupted labels) trains on its own, or joins the nearest cluster
   (``noise: nearest``). Missing scores (``peers_scored < 1``) are handled by NaN-aware
-  Euclidean distances.
+  Euclidean distances. ``peers_scored`` above 1 is a count of peers (e.g. 20), so that
+  each client's scoring work and the relayed bytes stay bounded as the federation grows.
 * Decentral training is simulated with the server as a relay: a client receives the average
   of its peers' models (one model down, one up); ``peer_exchange_bytes`` in the lazy-phase
   record is what a true peer-to-peer exchange of lazy models costs.
@@ -85,6 +91,7 @@ from plural.algorithms.influence import (
     row_epsilon,
     sign_votes,
 )
+from plural.algorithms.score_graph import graph_clusters
 from plural.config import ConfigError, setting
 from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
@@ -99,6 +106,7 @@ Variant = Literal["central", "decentral"]
 ScoreKind = Literal["loss", "accuracy"]
 Votes = Literal["raw", "sign", "private"]
 Recluster = Literal["never", "stale"]
+Clustering = Literal["spectral", "optics"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +143,17 @@ class PFedLIAConfig(AveragingConfig):
         help="central: cluster (S + S^T) / 2 instead of S (a pair scored one way only keeps that "
         "score); null: only when peers_scored < 1, where it fills in missing scores",
     )
+    clustering: Clustering = setting(
+        "spectral",
+        help="central: 'spectral' clusters the graph of mutually helpful scores (eigengap and "
+        "a modularity test choose the number of clusters; holds from 20 to 1,000+ clients); "
+        "'optics' clusters the score rows with OPTICS (min_samples, xi; the earlier default, "
+        "which cuts large groups apart)",
+    )
     clusters: int | None = setting(
         None,
-        help="central: null lets OPTICS find the number of clusters; a number k forces k "
-        "clusters (average linkage on the same distances; 1 is FedAvg)",
+        help="central: null finds the number of clusters; a number k forces k clusters "
+        "(spectral: k eigenvectors; optics: average linkage on the row distances; 1 is FedAvg)",
         ge=1,
     )
     min_samples: int = setting(
@@ -161,10 +176,9 @@ class PFedLIAConfig(AveragingConfig):
     epsilon: float = setting(1.0, help="'private': privacy budget of each vote", gt=0)
     peers_scored: float = setting(
         1.0,
-        help="share of the other clients each client scores (a random subset; fewer lazy "
-        "models relayed)",
+        help="how many of the other clients each client scores (a random subset; fewer lazy "
+        "models relayed): a share if at most 1 (1: all), else a count (e.g. 20; all if fewer)",
         gt=0,
-        le=1,
     )
     compression: Compression = setting(
         "none",
@@ -508,18 +522,29 @@ class PFedLIA(Clustered):
         First clustering: every client scores all others, or a random ``peers_scored`` share.
         Re-clustering: the re-trained clients score all others (their rows are new) and every
         other client scores the re-trained ones (their columns are new)."""
-        share = self.config.peers_scored
         plan: dict[int, list[int]] = {}
         for i in range(num_clients):
             if first or i in lazy_clients:
                 others = [j for j in range(num_clients) if j != i]
-                if first and share < 1 and others:
-                    count = max(1, round(share * len(others)))
+                count = self.peer_count(len(others))
+                if first and count < len(others):
                     others = sorted(rng.choice(others, size=count, replace=False).tolist())
                 plan[i] = others
             else:
                 plan[i] = list(lazy_clients)
         return plan
+
+    def peer_count(self, others: int) -> int:
+        """How many of ``others`` peers a client scores: ``peers_scored`` as a share (<= 1) or
+        a count (> 1), at least 1, at most all."""
+        share = self.config.peers_scored
+        if share <= 1:
+            return others if share == 1 else max(1, round(share * others)) if others else 0
+        return min(others, int(round(share)))
+
+    def partial_scoring(self) -> bool:
+        """Whether clients score only some of their peers (then scores are symmetrized)."""
+        return self.config.peers_scored < 1 or self.config.peers_scored > 1
 
     def regroup(
         self,
@@ -559,8 +584,10 @@ class PFedLIA(Clustered):
 
     def central_clusters(self, released: np.ndarray) -> np.ndarray:
         cfg = self.config
-        symmetrize = cfg.peers_scored < 1 if cfg.symmetrize is None else cfg.symmetrize
+        symmetrize = self.partial_scoring() if cfg.symmetrize is None else cfg.symmetrize
         features = influence_features(released, cfg.normalize, symmetrize)
+        if cfg.clustering == "spectral":
+            return graph_clusters(released, cfg.clusters, cfg.noise)
         if cfg.clusters is None:
             return optics_clusters(features, cfg.min_samples, cfg.xi, cfg.noise)
         return fixed_clusters(features, cfg.clusters)
