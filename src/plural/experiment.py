@@ -17,6 +17,7 @@ import yaml
 from plural.config import ConfigError, build, setting, to_dict, unknown_key_error
 from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
+from plural.privacy.settings import PrivacyConfig
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
 
 
@@ -56,10 +57,18 @@ class SamplingConfig:
         None, help="fraction of clients sampled per round (default: all clients)", gt=0, le=1
     )
     count: int | None = setting(None, help="number of clients sampled per round", ge=1)
+    poisson: bool = setting(
+        False,
+        help="each client joins a round independently with probability fraction (Poisson "
+        "sampling, which differential privacy's amplification analysis assumes); cohorts vary "
+        "in size and may be empty",
+    )
 
     def __post_init__(self) -> None:
         if self.fraction is not None and self.count is not None:
             raise ValueError("give either fraction or count, not both")
+        if self.poisson and self.fraction is None:
+            raise ValueError("poisson: true needs fraction (each client's probability to join)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +162,7 @@ class ExperimentConfig:
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
     transforms: tuple[Component, ...] = ()
+    privacy: PrivacyConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
@@ -163,6 +173,8 @@ class ExperimentConfig:
         for section in PLAIN_SECTIONS:
             out[section] = to_dict(getattr(self, section))
         out["transforms"] = [t.to_dict() for t in self.transforms]
+        if self.privacy is not None:
+            out["privacy"] = to_dict(self.privacy)
         return out
 
 
@@ -191,7 +203,7 @@ class RunSettings:
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
-TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms"]
+TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms", "privacy"]
 
 
 def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -214,6 +226,8 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
         if key in raw:
             values[key] = build(cls, raw[key], key)
     values["transforms"] = _parse_transforms(raw.get("transforms"))
+    if raw.get("privacy") is not None:
+        values["privacy"] = build(PrivacyConfig, raw["privacy"], "privacy")
     return ExperimentConfig(**values)
 
 

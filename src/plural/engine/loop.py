@@ -56,6 +56,7 @@ from plural.experiment import (
     with_defaults,
 )
 from plural.models.zoo import ModelFamily
+from plural.privacy.run import PrivateRun, plan_privacy
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
@@ -244,6 +245,7 @@ class _Ledger:
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
+        self.privacy_steps: dict[int, int] = defaultdict(int)
 
 
 class EngineRoundContext:
@@ -300,6 +302,7 @@ class EngineRoundContext:
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
+            self.ledger.privacy_steps[cid] += cost.privacy_steps
             if isinstance(reply, Update):
                 self.ledger.fit[cid] = reply
                 msg = per_client[cid] if per_client is not None else message
@@ -447,12 +450,15 @@ def run(
     device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
+    privacy = plan_privacy(cfg, algorithm)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
     federation = build_federation(cfg, dataset)
     models = build_client_models(cfg, federation, algorithm, model)
     info = federation_info(federation, models, cfg.seed)
+    if privacy is not None:
+        privacy.start(info.num_clients, federation.sizes("train").tolist(), info.parameters)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
     store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
     counters = _Progress()
@@ -460,7 +466,7 @@ def run(
     resumed = False
     if run_dir is not None:
         if resume and run_dir.has_checkpoint():
-            server, counters = _restore(run_dir, cfg, store)
+            server, counters = _restore(run_dir, cfg, store, privacy)
             resumed = True
             run_dir.drop_rounds_after(counters.round)
             frames.append(run_dir.read_metrics())
@@ -469,10 +475,9 @@ def run(
         run_dir.record_environment(environment_entry(str(device)))
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
-    setup = WorkerSetup(
-        federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
-    )
-    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+    train = privacy.train_config(cfg.train) if privacy is not None else cfg.train
+    setup = WorkerSetup(federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device)
+    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames, privacy)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
     backend = make_backend(setup, cfg.backend)
     notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
@@ -488,13 +493,15 @@ def run(
 
 
 def _restore(
-    run_dir: RunDirectory, cfg: ExperimentConfig, store: StateStore
+    run_dir: RunDirectory, cfg: ExperimentConfig, store: StateStore, privacy: PrivateRun | None
 ) -> tuple[ServerState, _Progress]:
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
     _check_resumable(with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
     store.restore(checkpoint["store"])
+    if privacy is not None:
+        privacy.restore(checkpoint.get("privacy"))
     return checkpoint["server"], _Progress(**checkpoint["progress"])
 
 
@@ -510,8 +517,10 @@ class _Loop:
         run_dir: RunDirectory | None,
         counters: _Progress,
         frames: list[pd.DataFrame],
+        privacy: PrivateRun | None = None,
     ) -> None:
         self.cfg = cfg
+        self.privacy = privacy
         self.algorithm = algorithm
         self.federation = federation
         self.store = store
@@ -534,7 +543,8 @@ class _Loop:
             ctx = EngineRoundContext(
                 round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
             )
-            server = self.algorithm.round(server, cohort, ctx)
+            if cohort:  # a Poisson-sampled round may have no client
+                server = self.algorithm.round(server, cohort, ctx)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
                 rows += _evaluation_rows(
@@ -601,6 +611,8 @@ class _Loop:
         every = self.cfg.diagnostics.gradient_every
         if every is not None and round_index % every == 0:
             record.update(self._gradient_dissimilarity(round_index, server, backend))
+        if self.privacy is not None:
+            record.update(self.privacy.after_round(ctx.ledger.fit, ctx.ledger.privacy_steps))
         self.diagnostics.append(record)
         if self.run_dir is not None:
             self.run_dir.append_diagnostics(record)
@@ -654,6 +666,7 @@ class _Loop:
                 "server": server,
                 "store": self.store.snapshot(),
                 "progress": dataclasses.asdict(self.counters),
+                **({"privacy": self.privacy.ledger.to_dict()} if self.privacy else {}),
             }
         )
         self.store.commit()
@@ -674,11 +687,17 @@ class _Loop:
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
+            **self._privacy_summary(),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "train_flops": c.flops,
             "wall_time_s": round(c.wall_time, 3),
         }
+
+    def _privacy_summary(self) -> dict[str, Any]:
+        if self.privacy is None:
+            return {}
+        return {"privacy": self.privacy.summary()}
 
     def _cluster_summary(self) -> dict[str, Any]:
         """The last round's cluster quality, for methods that cluster clients."""
