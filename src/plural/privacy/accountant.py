@@ -74,7 +74,7 @@ def calibrate(
     kind: str = "rdp",
     *,
     tolerance: float = 1e-3,
-    largest: float = 1e4,
+    largest: float = 100.0,
 ) -> float:
     """The smallest noise multiplier (to ``tolerance`` relative) whose epsilon after ``count``
     mechanisms sampled at ``rate`` is at most ``target``, by bisection (epsilon falls as the

@@ -70,12 +70,13 @@ class ClipUpdates:
 
 
 def clip_to(delta: Params, bound: float) -> Params:
-    """``delta`` scaled down to global L2 norm ``bound`` (unchanged when within it)."""
+    """``delta`` scaled down to global L2 norm ``bound`` (unchanged when within it); floating
+    entries scaled in float64, so the bound holds to float64 rounding."""
     norm = global_norm(delta)
     if norm <= bound or math.isinf(bound):
         return dict(delta)
     scale = bound / norm
-    return {k: v * scale if v.is_floating_point() else v for k, v in delta.items()}
+    return {k: v.double() * scale if v.is_floating_point() else v for k, v in delta.items()}
 
 
 def gaussian_like(delta: Params, std: float, rng: np.random.Generator) -> Params:
@@ -109,7 +110,8 @@ class SumNoise:
         assert rng is not None
         plan = self.plan
         bound = plan.current_clip(state)
-        noise = gaussian_like(delta, plan.update_noise() * bound, rng)
+        multiplier = plan.update_noise()
+        noise = gaussian_like(delta, multiplier * bound if multiplier > 0 else 0.0, rng)
         out = {}
         for name, mean in delta.items():
             if name in noise:  # the mean of uniformly weighted updates, times their count
@@ -153,7 +155,8 @@ class LocalNoise:
         rng: np.random.Generator | None,
     ) -> tuple[Params, AggregationState]:
         assert rng is not None
-        std = self.plan.noise_multiplier * self.plan.clip * math.sqrt(summary.count)
+        multiplier = self.plan.noise_multiplier
+        std = multiplier * self.plan.clip * math.sqrt(summary.count) if multiplier > 0 else 0.0
         noise = gaussian_like(delta, std, rng)
         out = {
             k: (v * summary.total_weight + noise[k]) / summary.total_weight if k in noise else v

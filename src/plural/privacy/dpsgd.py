@@ -110,7 +110,7 @@ def private_batches(
                 return total_loss, done, seen
             chosen = (torch.rand(n, generator=rng) < rate).nonzero().flatten()
             total_loss += _private_step(
-                trainer, x[chosen], y[chosen], rng, optimizer, live, loss_terms, std, batch * rate
+                trainer, x[chosen], y[chosen], rng, optimizer, live, loss_terms, std, n * rate
             )
             trainer.meter.privacy_steps += 1
             done += 1
