@@ -26,7 +26,7 @@ def _updates(count: int, scale: float, seed: int) -> list[dict[str, torch.Tensor
 def test_clipped_updates_have_norm_at_most_clip(scale: float, bound: float) -> None:
     stage = ClipUpdates(NoisePlan(bound))
     for delta in _updates(20, scale, seed=int(scale * 10)):
-        clipped, weight, notes = stage.apply(delta, 1.0, {})
+        clipped, _, notes = stage.apply(delta, 1.0, {})
         assert global_norm(clipped) <= bound * (1 + 1e-12)
         assert notes["unclipped"] == (global_norm(delta) <= bound)
         if notes["unclipped"]:  # within the bound: untouched

@@ -339,7 +339,7 @@ class LocalTrainer:
             return 0.0, done, seen
         if getattr(self.config, "dp_noise_multiplier", None) is not None:
             if stopper is not None or sample_weights is not None or objective is not None:
-                raise ValueError("DP-SGD supports plain fits only (no objective, weights, stopping)")
+                raise ValueError("DP-SGD runs plain fits only (no objective, weights, stopping)")
             from plural.privacy.dpsgd import private_batches
 
             return private_batches(self, x, y, rng, optimizer, live, loss_terms, epochs, step_cap)

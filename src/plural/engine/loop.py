@@ -476,7 +476,9 @@ def run(
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
     train = privacy.train_config(cfg.train) if privacy is not None else cfg.train
-    setup = WorkerSetup(federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device)
+    setup = WorkerSetup(
+        federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
+    )
     loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames, privacy)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
     backend = make_backend(setup, cfg.backend)

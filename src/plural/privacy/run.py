@@ -31,8 +31,7 @@ from plural.privacy.settings import PrivacyConfig
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP warnings
 
 REFUSED = {
-    "qfedavg": "its own aggregation rule replaces the weighted mean, so no sensitivity bound "
-    "holds",
+    "qfedavg": "its own aggregation rule replaces the weighted mean, so no sensitivity bound holds",
     "scaffold": "clients send control variates outside the aggregation chain, un-noised",
     "fedem": "it aggregates its mixture components outside the aggregation chain",
     "cfl": "it splits clusters from the clients' raw (un-noised) updates",
@@ -85,20 +84,20 @@ def check_settings(config: Any) -> None:
             f"privacy: level 'sample' needs algorithm.weighting uniform or private_samples "
             f"(got {weighting!r}): the server must not learn the clients' exact data sizes"
         )
-    if privacy.level == "sample" and weighting == "private_samples":
-        if _base_settings(config).count_noise <= 0:
-            raise ConfigError(
-                "privacy: level 'sample' with weighting private_samples needs "
-                "algorithm.count_noise > 0 (the Laplace noise that makes the counts private)"
-            )
+    counts_private = getattr(_base_settings(config), "count_noise", 0) > 0
+    if privacy.level == "sample" and weighting == "private_samples" and not counts_private:
+        raise ConfigError(
+            "privacy: level 'sample' with weighting private_samples needs "
+            "algorithm.count_noise > 0 (the Laplace noise that makes the counts private)"
+        )
     sampling = config.sampling
-    if privacy.level == "client" and not sampling.poisson:
-        if sampling.count is not None or (sampling.fraction or 1.0) < 1.0:
-            raise ConfigError(
-                "privacy: client-level DP is accounted for Poisson sampling of clients (each "
-                "joins a round independently with probability fraction); fixed-size cohorts "
-                "are not accounted. Set sampling: {fraction: ..., poisson: true}"
-            )
+    fixed_size = sampling.count is not None or (sampling.fraction or 1.0) < 1.0
+    if privacy.level == "client" and not sampling.poisson and fixed_size:
+        raise ConfigError(
+            "privacy: client-level DP is accounted for Poisson sampling of clients (each "
+            "joins a round independently with probability fraction); fixed-size cohorts "
+            "are not accounted. Set sampling: {fraction: ..., poisson: true}"
+        )
     if privacy.level == "sample" and config.backend.name == "vectorized":
         raise ConfigError(
             "privacy: level 'sample' runs DP-SGD one client at a time; batching it across "
@@ -277,9 +276,7 @@ class PrivateRun:
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         self.ledger = Ledger.from_dict(saved)
 
-    def after_round(
-        self, fits: Mapping[int, Update], steps: Mapping[int, int]
-    ) -> dict[str, Any]:
+    def after_round(self, fits: Mapping[int, Update], steps: Mapping[int, int]) -> dict[str, Any]:
         """Count the round and its clients' work; the diagnostics record of the round."""
         ledger = self.ledger
         ledger.rounds += 1
@@ -315,9 +312,7 @@ class PrivateRun:
             return {c: self._eps(half, 1.0, k) for c, k in self.ledger.participations.items()}
         if level == "sample":
             return {
-                c: self._eps(
-                    self.noise_multiplier, self._example_rate(self.sizes.get(c, 1)), k
-                )
+                c: self._eps(self.noise_multiplier, self._example_rate(self.sizes.get(c, 1)), k)
                 + self._count_epsilon(c)
                 for c, k in self.ledger.steps.items()
             }
