@@ -41,8 +41,9 @@ REFUSED = {
 }
 NOT_PRIVATIZED = {
     "ifca": "each client's choice of cluster",
-    "pfedlia": "the clients' influence score rows (votes: private makes each vote epsilon-DP by "
-    "randomized response; that cost is reported by pFedLIA, not composed into this budget)",
+    "pfedlia": "the lazy phase: each client's lazy update theta_j - theta0 (relayed to its "
+    "peers un-noised) and its influence score row (votes: private makes each vote epsilon-DP "
+    "by randomized response; pFedLIA reports that cost, it is not composed into this budget)",
 }
 COUNT_WEIGHTINGS = ("uniform", "private_samples")
 
