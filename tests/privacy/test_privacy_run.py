@@ -183,6 +183,17 @@ def test_client_level_summary_and_calibrated_epsilon(tmp_path: Path) -> None:
     assert epsilons == sorted(epsilons) and epsilons[-1] == block["epsilon"]
 
 
+def test_adaptive_clip_runs_and_keeps_its_clip_in_the_server_state() -> None:
+    privacy = {"clip": 5.0, "noise_multiplier": 1.0, "adaptive_clip": {"quantile": 0.5}}
+    results = run(_config(privacy=privacy, rounds=4))
+    state = results.server.extra["aggregation"]
+    assert state["noised_rounds"] == 4
+    assert state["clip"] < 5.0  # updates are far smaller than 5: the clip comes down
+    with pytest.raises(ConfigError, match="count_noise"):
+        privacy["adaptive_clip"] = {"count_noise": 0.1}
+        run(_config(privacy=privacy))
+
+
 def test_personal_parameters_are_not_privatized() -> None:
     results = run(_config(algorithm={"name": "fedper", "weighting": "uniform"}))
     privatized = results.summary["privacy"]["privatized_parameters"]

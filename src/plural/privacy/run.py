@@ -346,6 +346,8 @@ class PrivateRun:
             "rounds_accounted": self.ledger.rounds,
             "client_sampling_rate": self.rate,
         }
+        if privacy.epsilon is not None:
+            out["epsilon_target"] = privacy.epsilon
         if privacy.level == "client" and self.plan is not None:
             out["denominator"] = self.plan.denominator
         if privacy.level == "sample":
