@@ -139,6 +139,7 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
+                _write(args, rows, audits, started)
                 if method == "FedAvg":
                     advantage = membership_advantage(cfg, federation, results.server.params)
                     audits.append({"target_epsilon": eps, "seed": seed, "advantage": advantage})
@@ -158,19 +159,20 @@ def main() -> None:
     print(summary.round(3).to_string())
     print(audit.round(3).to_string())
     print(f"total {time.perf_counter() - started:.0f} s")
+    _write(args, rows, audits, started)
+
+
+def _write(args: argparse.Namespace, rows: list, audits: list, started: float) -> None:
+    """The results so far (rewritten after every run, so an interrupted run keeps them)."""
     (HERE / "results").mkdir(exist_ok=True)
     name = "privacy_quick.json" if args.quick else "privacy.json"
-    (HERE / "results" / name).write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "runs": rows,
-                "audit": audits,
-                "seconds": time.perf_counter() - started,
-            },
-            indent=1,
-        )
-    )
+    record = {
+        "args": vars(args),
+        "runs": rows,
+        "audit": audits,
+        "seconds": time.perf_counter() - started,
+    }
+    (HERE / "results" / name).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ def test_every_update_the_server_sums_has_norm_at_most_clip(
         fits = results.metrics[results.metrics["split"] == "fit"]
         assert len(seen) == int((fits["samples"] > 0).sum()) > 0
         assert max(seen) <= 0.5 * (1 + 1e-9)
+        block = results.summary["privacy"]
+        assert block["covers_all_messages"] == (algorithm != "ifca")
 
 
 def test_zero_noise_and_unbounded_clip_give_fedavg() -> None:
@@ -179,6 +181,7 @@ def test_client_level_summary_and_calibrated_epsilon(tmp_path: Path) -> None:
     assert 2.9 < block["epsilon"] <= 3.0  # calibrated for the rounds that ran
     assert block["rounds_accounted"] == 3
     assert block["privatized_parameters"] == sorted(results.server.params)
+    assert block["covers_all_messages"] and "not_privatized" not in block
     epsilons = results.diagnostics["epsilon"].tolist()
     assert epsilons == sorted(epsilons) and epsilons[-1] == block["epsilon"]
 

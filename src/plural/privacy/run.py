@@ -360,6 +360,7 @@ class PrivateRun:
             unprotected.append(NOT_PRIVATIZED[name])
         if unprotected and privacy.level != "sample":
             out["not_privatized"] = unprotected
+        out["covers_all_messages"] = privacy.level == "sample" or not unprotected
         return out
 
     def privatized(self) -> list[str]:
