@@ -78,6 +78,20 @@ def _config(**changes: Any) -> dict[str, Any]:
             },
             "backend",
         ),
+        (
+            {
+                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
+                "algorithm": {"name": "fedavg"},
+            },
+            "uniform or private_samples",
+        ),
+        (
+            {
+                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
+                "algorithm": {"name": "fedavg", "weighting": "private_samples"},
+            },
+            "count_noise > 0",
+        ),
         ({"privacy__delta": 0.05}, "delta: 0.05 must be below 1/n"),
         ({"privacy": {"clip": 1.0, "epsilon": 1e-6, "delta": 1e-3}}, "cannot be reached"),
     ],
@@ -218,6 +232,17 @@ def test_sample_level_counts_every_dp_sgd_step_and_gives_each_client_its_epsilon
     fits = results.metrics[results.metrics["split"] == "fit"]
     assert set(block["client_epsilon"]) == {str(c) for c in fits["client"].unique()}
     assert block["epsilon"] == max(block["client_epsilon"].values())
+
+
+def test_noised_counts_add_their_epsilon_at_sample_level() -> None:
+    privacy = {"level": "sample", "clip": 1.0, "noise_multiplier": 1.5, "delta": 1e-4}
+    algorithm = {"name": "fedavg", "weighting": "private_samples", "count_noise": 20.0}
+    counted = run(_config(privacy=privacy, algorithm=algorithm, rounds=2)).summary["privacy"]
+    uniform = {"name": "fedavg", "weighting": "uniform"}
+    plain = run(_config(privacy=privacy, algorithm=uniform, rounds=2)).summary["privacy"]
+    for client, eps in plain["client_epsilon"].items():  # each round taken adds 1 / 20
+        rounds_taken = (counted["client_epsilon"][client] - eps) / (1 / 20)
+        assert rounds_taken == pytest.approx(round(rounds_taken)) and 1 <= round(rounds_taken) <= 2
 
 
 def test_local_level_accounts_each_client_for_its_rounds() -> None:
