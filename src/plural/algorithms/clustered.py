@@ -154,7 +154,7 @@ class Clustered(FedAvg):
         Each cluster runs the chain on its own, with its own chain state and generator."""
         models = self.models(server)
         opt_states = list(server.extra["server_opts"])
-        chain_states = list(server.extra.get(CHAIN_STATE, [{} for _ in models]))
+        chain_states = cluster_chain_states(server.extra.get(CHAIN_STATE), len(models))
         generators = group_generators(rng, len(models), self.aggregation.needs_rng)
         settings = self.config.server_settings()
         for j, members in enumerate(feeds):
@@ -188,6 +188,15 @@ class Clustered(FedAvg):
 
     def cluster_assignment(self, server: ServerState) -> np.ndarray | None:
         return self.assignment(server).copy()
+
+
+def cluster_chain_states(stored: Any, count: int) -> list[dict[str, Any]]:
+    """One aggregation-chain state per model: the stored list, extended for new clusters;
+    a single state (left by global FedAvg rounds before clustering, e.g. pFedLIA's warm-up)
+    is inherited by every cluster."""
+    if isinstance(stored, list):
+        return [dict(s) for s in stored] + [{} for _ in range(count - len(stored))]
+    return [dict(stored or {}) for _ in range(count)]
 
 
 def reported_cluster(update: Update) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from plural.config import setting
+from plural.core.aggregation import AggregationChain
 from plural.core.algorithm import (
     Algorithm,
     FederationInfo,
@@ -81,6 +82,15 @@ class Finetune(Algorithm):
         super().__init__(config)
         entry, settings = ALGORITHMS.parse(config.base, "algorithm.base")
         self.base: Algorithm = entry.target(settings)
+
+    @property  # type: ignore[override]
+    def aggregation(self) -> AggregationChain:
+        """The base algorithm's aggregation chain (the run's chain is set on the base)."""
+        return self.base.aggregation
+
+    @aggregation.setter
+    def aggregation(self, chain: AggregationChain) -> None:
+        self.base.aggregation = chain
 
     def __getattr__(self, phase: str) -> Callable[..., Any]:
         # Extra client phases of a multi-phase base run with the base's own client state.

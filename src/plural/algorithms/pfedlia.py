@@ -344,7 +344,8 @@ class PFedLIA(Clustered):
         index = {c: self.model_index(server, c) for c in cohort}
         messages = {c: ModelMessage(models[index[c]]) for c in cohort}
         updates = ctx.map("client_update", cohort, per_client=messages)
-        server = self.step_models(server, self.feeds(server, cohort, updates, len(models)))
+        feeds = self.feeds(server, cohort, updates, len(models))
+        server = self.step_models(server, feeds, ctx.rng("aggregate"))
         if self.config.recluster == "stale" and server.extra["lia_clustered"]:
             server = self.watch_staleness(server, cohort, updates)
         return server

@@ -119,9 +119,12 @@ class WorkMeter:
 
     flops: float = 0.0
     per_sample: dict[tuple[Any, ...], float] = dataclasses.field(default_factory=dict)
+    privacy_steps: int = 0
+    """DP-SGD steps run (``privacy: {level: sample}``), which the privacy accountant counts."""
 
     def reset(self) -> None:
         self.flops = 0.0
+        self.privacy_steps = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -251,7 +254,9 @@ class LocalTrainer:
         cfg = self.config
         batcher = _BATCHER.get()
         early_stopping = validation is not None and patience is not None
+        private = getattr(cfg, "dp_noise_multiplier", None) is not None  # DP-SGD: one by one
         plain = objective is None and sample_weights is None and not early_stopping
+        plain = plain and not private
         if batcher is not None and plain:
             live_names = tuple(
                 n for n, _ in self.model.named_parameters() if trainable is None or trainable(n)
@@ -344,6 +349,12 @@ class LocalTrainer:
         total_loss, done, seen = torch.zeros((), device=x.device), 0, 0
         if n == 0 or not live:
             return 0.0, done, seen
+        if getattr(self.config, "dp_noise_multiplier", None) is not None:
+            if stopper is not None or sample_weights is not None or objective is not None:
+                raise ValueError("DP-SGD runs plain fits only (no objective, weights, stopping)")
+            from plural.privacy.dpsgd import private_batches
+
+            return private_batches(self, x, y, rng, optimizer, live, loss_terms, epochs, step_cap)
         for epoch in range(1, epochs + 1):
             if stopper is not None and stopper.should_stop():
                 break

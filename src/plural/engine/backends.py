@@ -140,6 +140,8 @@ class PhaseCost:
 
     flops: float
     seconds: float
+    privacy_steps: int = 0
+    """DP-SGD steps run (counted by the privacy accountant)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +185,8 @@ def run_client_phase(
     reply, state = phase(message, state, client, trainer, rng)
     if env.device.type != "cpu":  # what crosses back to the server lives on the CPU
         reply, state = to_device(reply, CPU), to_device(state, CPU)
-    return reply, state, PhaseCost(trainer.meter.flops, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return reply, state, PhaseCost(trainer.meter.flops, seconds, trainer.meter.privacy_steps)
 
 
 def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:

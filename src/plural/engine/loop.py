@@ -58,6 +58,7 @@ from plural.experiment import (
     with_defaults,
 )
 from plural.models.zoo import ModelFamily
+from plural.privacy.run import PrivateRun, plan_privacy
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
@@ -250,6 +251,7 @@ class _Ledger:
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
         self.dropped: list[int] = []  # clients whose non-finite updates were left out
+        self.privacy_steps: dict[int, int] = defaultdict(int)
 
 
 class EngineRoundContext:
@@ -309,6 +311,7 @@ class EngineRoundContext:
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
+            self.ledger.privacy_steps[cid] += cost.privacy_steps
             if isinstance(reply, Update):
                 self.ledger.fit[cid] = reply
                 msg = per_client[cid] if per_client is not None else message
@@ -457,6 +460,7 @@ def run(
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
     check_config(cfg)
+    privacy = plan_privacy(cfg, algorithm)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
@@ -466,6 +470,8 @@ def run(
     models = build_client_models(cfg, federation, algorithm, model)
     check_federation(cfg, federation, models)
     info = federation_info(federation, models, cfg.seed)
+    if privacy is not None:
+        privacy.start(info.num_clients, federation.sizes("train").tolist(), info.parameters)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
     with run_lock(run_dir.path) if run_dir is not None else contextlib.nullcontext():
         store = make_store(cfg.backend, run_dir.path if run_dir is not None else None)
@@ -474,7 +480,7 @@ def run(
         resumed = False
         if run_dir is not None:
             if resume and run_dir.has_checkpoint():
-                server, counters = _restore(run_dir, cfg, store)
+                server, counters = _restore(run_dir, cfg, store, privacy)
                 resumed = True
                 run_dir.drop_rounds_after(counters.round)
                 frames.append(run_dir.read_metrics())
@@ -485,10 +491,11 @@ def run(
             run_dir.record_environment(environment_entry(str(device)))
         if not resumed:
             store.restore({})  # a fresh run: no states left from an earlier attempt
+        train = privacy.train_config(cfg.train) if privacy is not None else cfg.train
         setup = WorkerSetup(
-            federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
+            federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
         )
-        loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+        loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames, privacy)
         bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
         backend = make_backend(setup, cfg.backend)
         notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
@@ -504,7 +511,7 @@ def run(
 
 
 def _restore(
-    run_dir: RunDirectory, cfg: ExperimentConfig, store: StateStore
+    run_dir: RunDirectory, cfg: ExperimentConfig, store: StateStore, privacy: PrivateRun | None
 ) -> tuple[ServerState, _Progress]:
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
@@ -518,6 +525,8 @@ def _restore(
             f"{progress.round} (every round's metrics are in metrics.parquet)"
         )
     store.restore(checkpoint["store"])
+    if privacy is not None:
+        privacy.restore(checkpoint.get("privacy"))
     return checkpoint["server"], progress
 
 
@@ -533,8 +542,10 @@ class _Loop:
         run_dir: RunDirectory | None,
         counters: _Progress,
         frames: list[pd.DataFrame],
+        privacy: PrivateRun | None = None,
     ) -> None:
         self.cfg = cfg
+        self.privacy = privacy
         self.algorithm = algorithm
         self.federation = federation
         self.store = store
@@ -558,7 +569,8 @@ class _Loop:
                 round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
             )
             ctx.train = cfg.train
-            server = self.algorithm.round(server, cohort, ctx)
+            if cohort:  # a Poisson-sampled round may have no client
+                server = self.algorithm.round(server, cohort, ctx)
             check_server(server.params, round_index, cfg.train.lr)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
@@ -629,6 +641,8 @@ class _Loop:
         every = self.cfg.diagnostics.gradient_every
         if every is not None and round_index % every == 0:
             record.update(self._gradient_dissimilarity(round_index, server, backend))
+        if self.privacy is not None:
+            record.update(self.privacy.after_round(ctx.ledger.fit, ctx.ledger.privacy_steps))
         self.diagnostics.append(record)
         if self.run_dir is not None:
             self.run_dir.append_diagnostics(record)
@@ -682,6 +696,7 @@ class _Loop:
                 "server": server,
                 "store": self.store.snapshot(),
                 "progress": dataclasses.asdict(self.counters),
+                **({"privacy": self.privacy.ledger.to_dict()} if self.privacy else {}),
             }
         )
         self.store.commit()
@@ -702,11 +717,17 @@ class _Loop:
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
+            **self._privacy_summary(),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "train_flops": c.flops,
             "wall_time_s": round(c.wall_time, 3),
         }
+
+    def _privacy_summary(self) -> dict[str, Any]:
+        if self.privacy is None:
+            return {}
+        return {"privacy": self.privacy.summary()}
 
     def _cluster_summary(self) -> dict[str, Any]:
         """The last round's cluster quality, for methods that cluster clients."""

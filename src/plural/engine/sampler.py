@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from plural.core.rng import numpy_rng
 from plural.experiment import SamplingConfig
 
@@ -20,7 +22,11 @@ def cohort_size(num_clients: int, config: SamplingConfig) -> int:
 def sample_cohort(
     num_clients: int, config: SamplingConfig, seed: int, round_index: int
 ) -> list[int]:
-    """The sorted client ids of one round, drawn without replacement from (seed, round)."""
+    """The sorted client ids of one round, drawn without replacement from (seed, round); with
+    ``poisson``, each client independently with probability ``fraction`` (maybe none)."""
+    if config.poisson:
+        rng = numpy_rng(seed, round_index, "sample-poisson")
+        return [int(c) for c in np.flatnonzero(rng.random(num_clients) < config.fraction)]
     size = cohort_size(num_clients, config)
     if size == num_clients:
         return list(range(num_clients))

@@ -71,6 +71,7 @@ def seed_results(
                     **costs,
                     "bytes": costs["bytes_up"] + costs["bytes_down"],
                     **_clustering(run),
+                    "epsilon": run_epsilon(run.summary),
                     "run_dir": str(run.path),
                     **{f"setting:{k}": v for k, v in method.settings.items()},
                 }
@@ -109,6 +110,13 @@ def _clustering(run: RunRecord) -> dict[str, float]:
     }
 
 
+def run_epsilon(summary: dict[str, Any]) -> float:
+    """The run's differential-privacy epsilon (``privacy.epsilon`` of its summary; NaN for a
+    run without privacy, inf for one whose noise was 0)."""
+    privacy = summary.get("privacy") or {}
+    return float(privacy.get("epsilon", math.nan))
+
+
 def comparison_table(
     methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
 ) -> pd.DataFrame:
@@ -132,6 +140,7 @@ def comparison_table(
         wall_time_s=("wall_time_s", "mean"),
         clusters=("clusters", "mean"),
         ari=("ari", "mean"),
+        epsilon=("epsilon", "max"),
         complete=("complete", "all"),
     ).reset_index()
     table = table.sort_values(
@@ -145,7 +154,9 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
     """The terminal table of :func:`comparison_table`."""
     several = bool((table["seeds"] > 1).any())
     clustered = bool(table["clusters"].notna().any())
-    header = ["method (ranked)", "seeds", f"{metric} mean", "worst10%", "best10%", "std", "MB sent"]
+    private = "epsilon" in table and bool(table["epsilon"].notna().any())
+    header = ["method (ranked)", "seeds", f"{metric} mean"] + (["epsilon"] if private else [])
+    header += ["worst10%", "best10%", "std", "MB sent"]
     header += ["time s"] + (["clusters (ARI)"] if clustered else [])
     rows = [header]
     for row in table.itertuples():
@@ -153,6 +164,7 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
             f"{row.rank}. {row.method}" + ("" if row.complete else " (incomplete)"),
             str(row.seeds),
             _with_sd(row.mean, row.mean_sd, several),
+            *([_epsilon_cell(row.epsilon)] if private else []),
             _with_sd(row.worst10, row.worst10_sd, several),
             f"{row.best10:.3f}",
             f"{row.std:.3f}",
@@ -174,6 +186,11 @@ def _with_sd(value: float, sd: float, several: bool) -> str:
     if not several:
         return f"{value:.3f}"
     return f"{value:.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{value:.3f}"
+
+
+def _epsilon_cell(epsilon: float) -> str:
+    """Epsilon of a private run; '-' for a run without privacy."""
+    return "-" if math.isnan(epsilon) else f"{epsilon:.2f}"
 
 
 def _clusters_cell(clusters: float, ari: float) -> str:

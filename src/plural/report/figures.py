@@ -598,3 +598,34 @@ def save_figure(figure: Figure, folder: Path, name: str) -> tuple[Path, Path]:
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT}):
         _write(figure, svg, format="svg", metadata={"Date": None})
     return png, svg
+
+
+def privacy_figure(frame: pd.DataFrame, colors: Colors, *, metric: str = "accuracy") -> Figure:
+    """Mean (left) and worst-10% (right) final ``metric`` against the privacy budget epsilon,
+    one line per algorithm (``frame``: method = algorithm, epsilon, mean, worst10; runs
+    without privacy at epsilon = inf, drawn at the right end)."""
+    from matplotlib.ticker import NullLocator
+
+    finite = frame.loc[np.isfinite(frame["epsilon"]), "epsilon"]
+    top = float(finite.max()) * 2 if len(finite) else 1.0
+    data = frame.assign(x=frame["epsilon"].where(np.isfinite(frame["epsilon"]), top))
+    labels = _methods(data, colors)
+    figure, panels = _panels(2, labels)
+    for panel, column, name in ((panels[0], "mean", "mean"), (panels[1], "worst10", "worst 10%")):
+        for label in labels:
+            rows = data[data["method"] == label].dropna(subset=[column]).sort_values("x")
+            _line(panel, rows["x"], rows[column], label, colors)
+        panel.set_xscale("log")
+        ticks = sorted(set(finite.tolist())) + (
+            [top] if (~np.isfinite(frame["epsilon"])).any() else []
+        )
+        panel.set_xticks(ticks, [f"{t:.2g}" if t != top else "no DP" for t in ticks])
+        panel.xaxis.set_minor_locator(NullLocator())
+        _decorate(
+            panel,
+            xlabel="epsilon",
+            ylabel=f"{name} {metric}",
+            title=f"{name} {metric} against epsilon",
+        )
+    _legend(figure, panels[-1], labels, colors)
+    return figure

@@ -32,6 +32,7 @@ from plural.report.compare import (
     cost_curves,
     final_values,
     round_curves,
+    seed_results,
 )
 from plural.report.runs import Method, RunRecord, assignments
 
@@ -86,6 +87,7 @@ def write_report(
     page.section("summary", "Ranking", _summary_html(table, metric, split))
     _results_sections(page, methods, order, colors, metric, split)
     _clustering_section(page, methods, colors)
+    _privacy_section(page, methods, metric, split)
     _heterogeneity_section(page, methods)
     page.section("reproduce", "Configs, seeds and versions", _reproduce_html(methods))
     document = _document(title, methods, page)
@@ -141,6 +143,31 @@ def _results_sections(
             "cost",
             f"Mean {split} accuracy against bytes communicated (up and down, all clients) and "
             "against wall-clock time, at each evaluated round.",
+        ),
+    )
+
+
+def _privacy_section(page: _Page, methods: Sequence[Method], metric: str, split: str) -> None:
+    """Accuracy against epsilon, per algorithm, when some runs are differentially private
+    and an algorithm was run at more than one epsilon (a sweep over the budget)."""
+    runs = seed_results(methods, metric, split)
+    if runs.empty or not runs["epsilon"].notna().any():
+        return
+    runs = runs.assign(epsilon=runs["epsilon"].fillna(np.inf))
+    points = runs.groupby(["algorithm", "epsilon"], as_index=False)[["mean", "worst10"]].mean()
+    if points.groupby("algorithm")["epsilon"].nunique().max() < 2:
+        return
+    frame = points.rename(columns={"algorithm": "method"})
+    colors = figures.method_colors(list(dict.fromkeys(frame["method"])))
+    page.section(
+        "privacy",
+        "Privacy",
+        page.figure(
+            figures.privacy_figure(frame, colors, metric=metric),
+            "privacy",
+            f"Final {split} {metric} against the differential-privacy budget epsilon (mean over "
+            "clients and the worst 10% of clients, averaged over seeds); 'no DP' is the run "
+            "without privacy.",
         ),
     )
 
@@ -276,7 +303,9 @@ def _federation_html(page: _Page, fed: dict[str, Any], users: list[str], index: 
 def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     several = bool((table["seeds"] > 1).any())
     clustered = bool(table["clusters"].notna().any())
-    header = ["#", "method", "seeds", "mean", "worst 10%", "best 10%", "std", "MB sent", "time s"]
+    private = "epsilon" in table and bool(table["epsilon"].notna().any())
+    header = ["#", "method", "seeds", "mean"] + (["epsilon"] if private else [])
+    header += ["worst 10%", "best 10%", "std", "MB sent", "time s"]
     header += ["clusters", "ARI"] if clustered else []
     body = []
     for row in table.itertuples():
@@ -285,6 +314,7 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
             html.escape(row.method) + ("" if row.complete else " <em>(incomplete)</em>"),
             str(row.seeds),
             _value(row.mean, row.mean_sd if several else None),
+            *([_value(row.epsilon, digits=2)] if private else []),
             _value(row.worst10, row.worst10_sd if several else None),
             _value(row.best10),
             _value(row.std),

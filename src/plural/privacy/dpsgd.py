@@ -1,0 +1,151 @@
+"""DP-SGD (Abadi et al. 2016, "Deep Learning with Differential Privacy") inside the one local
+epoch loop: each step samples every example independently with probability
+``batch_size / n`` (Poisson sampling, which the accountant assumes), clips each example's
+gradient to L2 norm ``clip``, adds N(0, (noise_multiplier * clip)^2) to their sum and divides
+by the expected batch size. Per-example gradients come from ``torch.func`` (``vmap`` of
+``grad``). Loss terms that do not read the data (FedProx's proximal term, Ditto's pull to
+the global model) are added to the noised gradient as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from plural.core.trainer import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivateTrainConfig(TrainConfig):
+    """The trainer's settings under ``privacy: {level: sample}`` (not a config section: the
+    run derives it from ``train`` and ``privacy``)."""
+
+    dp_noise_multiplier: float = 0.0
+    dp_clip: float = 1.0
+
+    @classmethod
+    def of(cls, train: TrainConfig, noise_multiplier: float, clip: float) -> PrivateTrainConfig:
+        values = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainConfig)}
+        return cls(**values, dp_noise_multiplier=noise_multiplier, dp_clip=clip)
+
+
+def is_private(config: Any) -> bool:
+    """Whether a trainer with these settings runs DP-SGD."""
+    return isinstance(config, PrivateTrainConfig)
+
+
+def _check_model(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                "privacy: level 'sample' (DP-SGD) cannot train a model with batch "
+                "normalization (it mixes examples, so per-example gradients are not defined); "
+                "use a model without it (or group normalization)"
+            )
+
+
+def per_example_gradients(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    live: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The gradient of each example's loss with respect to ``live``, stacked on a first
+    dimension of ``len(x)``."""
+    fixed = {n: t.detach() for n, t in model.named_parameters() if n not in live}
+    fixed.update({n: b for n, b in model.named_buffers()})
+
+    def loss_one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
+        out = functional_call(model, {**fixed, **params}, (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    detached = {n: p.detach() for n, p in live.items()}
+    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(detached, x, y)
+
+
+def clipped_sum(grads: Mapping[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
+    """The sum over examples of each example's gradient scaled to L2 norm at most ``clip``."""
+    first = next(iter(grads.values()))
+    squares = torch.zeros(first.shape[0], dtype=torch.float64)
+    for g in grads.values():
+        squares += g.reshape(len(g), -1).double().pow(2).sum(dim=1)
+    factor = (clip / squares.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+    return {
+        n: (g * factor.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1)))).sum(dim=0)
+        for n, g in grads.items()
+    }
+
+
+def private_batches(
+    trainer: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    live: Mapping[str, nn.Parameter],
+    loss_terms: Sequence[Callable[..., torch.Tensor]],
+    epochs: int,
+    step_cap: int | None,
+) -> tuple[float, int, int]:
+    """The DP-SGD version of the trainer's epoch loop: (sum of batch losses, steps, examples
+    seen). Every step counts in ``trainer.meter.privacy_steps``."""
+    model, cfg = trainer.model, trainer.config
+    _check_model(model)
+    n, batch = len(y), cfg.batch_size
+    rate = min(1.0, batch / n)
+    per_epoch = max(1, math.ceil(n / batch))
+    std = cfg.dp_noise_multiplier * cfg.dp_clip
+    total_loss, done, seen = 0.0, 0, 0
+    model.train()
+    for _ in range(epochs):
+        for _ in range(per_epoch):
+            if step_cap is not None and done >= step_cap:
+                return total_loss, done, seen
+            chosen = (torch.rand(n, generator=rng) < rate).nonzero().flatten()
+            total_loss += _private_step(
+                trainer, x[chosen], y[chosen], rng, optimizer, live, loss_terms, std, n * rate
+            )
+            trainer.meter.privacy_steps += 1
+            done += 1
+            seen += len(chosen)
+    return total_loss, done, seen
+
+
+def _private_step(
+    trainer: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rng: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    live: Mapping[str, nn.Parameter],
+    loss_terms: Sequence[Callable[..., torch.Tensor]],
+    std: float,
+    expected_batch: float,
+) -> float:
+    """One noised step; the mean loss of the sampled batch (0 for an empty one)."""
+    cfg = trainer.config
+    if len(y):
+        grads = per_example_gradients(trainer.model, trainer.loss_fn, live, x, y)
+        summed = clipped_sum(grads, cfg.dp_clip)
+        with torch.no_grad():
+            loss = float(trainer.loss_fn(trainer.model(x), y))
+    else:
+        summed = {n: torch.zeros_like(p) for n, p in live.items()}
+        loss = 0.0
+    optimizer.zero_grad(set_to_none=True)
+    if loss_terms:
+        extra = sum((term(live) for term in loss_terms), torch.zeros(()))
+        extra.backward()
+    for name, param in live.items():
+        noise = torch.randn(param.shape, generator=rng, dtype=param.dtype) * std
+        private = (summed[name].to(param.dtype) + noise) / expected_batch
+        param.grad = private if param.grad is None else param.grad + private
+    optimizer.step()
+    return loss

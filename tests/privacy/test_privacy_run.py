@@ -1,0 +1,278 @@
+"""Private runs end to end: settings errors before training, Poisson sampling, the ledger
+counts what ran (also across a resume), and the summary's privacy block."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from plural.config import ConfigError
+from plural.core import aggregation
+from plural.core.aggregation import AggregationChain, global_norm
+from plural.engine.loop import run
+from plural.engine.sampler import sample_cohort
+from plural.experiment import SamplingConfig, load_config
+from plural.privacy import chain as privacy_chain
+
+pytest.importorskip("dp_accounting")
+
+PRIVATE: dict[str, Any] = {
+    "name": "private",
+    "seed": 1,
+    "rounds": 3,
+    "dataset": {"name": "digits"},
+    "partition": {"name": "dirichlet", "num_clients": 30, "alpha": 0.5, "min_samples": 20},
+    "model": {"name": "mlp", "hidden": [16]},
+    "algorithm": {"name": "fedavg", "weighting": "uniform"},
+    "train": {"lr": 0.1, "batch_size": 16},
+    "sampling": {"fraction": 0.5, "poisson": True},
+    "backend": {"threads_per_worker": 1},
+    "eval": {"every": 3, "splits": ["test"]},
+    "privacy": {"level": "client", "clip": 0.5, "noise_multiplier": 1.0, "delta": 1e-3},
+}
+
+
+def _config(**changes: Any) -> dict[str, Any]:
+    config = copy.deepcopy(PRIVATE)
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        if name:
+            config[section][name] = value
+        else:
+            config[section] = value
+    return config
+
+
+# ---- settings errors, before any training -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"privacy": {"level": "client", "noise_multiplier": 1.0}}, "clip: required"),
+        ({"privacy": {"clip": 1.0}}, "exactly one of noise_multiplier"),
+        ({"privacy": {"clip": 1.0, "noise_multiplier": 1, "epsilon": 2}}, "exactly one"),
+        ({"privacy__level": "everyone"}, "privacy.level: must be one of"),
+        ({"privacy__colour": 1}, "privacy.colour: unknown setting"),
+        ({"sampling": {"fraction": 0.5}}, "poisson: true"),
+        ({"sampling": {"count": 5}}, "poisson: true"),
+        ({"sampling": {"poisson": True}}, "poisson: true needs fraction"),
+        ({"algorithm": {"name": "fedavg"}}, "weighting: uniform"),
+        ({"algorithm": {"name": "qfedavg"}}, "own aggregation rule"),
+        ({"algorithm": {"name": "scaffold", "weighting": "uniform"}}, "control variates"),
+        (
+            {"privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1, "adaptive_clip": {}}},
+            "adaptive_clip: applies to level client",
+        ),
+        (
+            {
+                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
+                "backend": {"name": "vectorized"},
+            },
+            "backend",
+        ),
+        (
+            {
+                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
+                "algorithm": {"name": "fedavg"},
+            },
+            "uniform or private_samples",
+        ),
+        (
+            {
+                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
+                "algorithm": {"name": "fedavg", "weighting": "private_samples"},
+            },
+            "count_noise > 0",
+        ),
+        ({"privacy__delta": 0.05}, "delta: 0.05 must be below 1/n"),
+        ({"privacy": {"clip": 1.0, "epsilon": 1e-6, "delta": 1e-3}}, "cannot be reached"),
+    ],
+)
+def test_settings_errors_before_training(
+    changes: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plural.engine import loop
+
+    monkeypatch.setattr(loop._Loop, "run", _no_training)
+    with pytest.raises(ConfigError, match=message):
+        run(_config(**changes), out=tmp_path / "run")
+
+
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("training started")
+
+
+def test_a_robust_aggregation_rule_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Median:
+        name = "median"
+        streaming = False
+
+        def reduce(self, deltas: Any, weights: Any, rng: Any) -> Any:
+            raise AssertionError("not reached")
+
+    monkeypatch.setattr(aggregation, "_BUILDERS", list(aggregation._BUILDERS))
+    aggregation.register_chain_builder(lambda cfg: AggregationChain(reducer=Median()))
+    with pytest.raises(ConfigError, match="'median' breaks the sensitivity bound"):
+        run(_config())
+
+
+# ---- Poisson sampling ---------------------------------------------------------------------
+
+
+def test_poisson_sampling_draws_each_client_independently() -> None:
+    config = SamplingConfig(fraction=0.3, poisson=True)
+    cohorts = [sample_cohort(200, config, seed=4, round_index=r) for r in range(1, 201)]
+    sizes = np.array([len(c) for c in cohorts])
+    assert len(set(sizes)) > 5  # sizes vary
+    # the mean size is 60 with std sqrt(200 * 0.3 * 0.7 / 200) per round average: well within
+    assert abs(sizes.mean() - 60) < 3
+    assert cohorts[0] == sample_cohort(200, config, seed=4, round_index=1)
+    assert all(c == sorted(set(c)) for c in cohorts)
+
+
+def test_an_empty_poisson_round_does_not_crash() -> None:
+    config = _config(sampling={"fraction": 0.01, "poisson": True}, rounds=4)
+    config["partition"]["num_clients"] = 6
+    config["privacy"]["delta"] = 0.05
+    results = run(config)
+    assert results.summary["privacy"]["rounds_accounted"] == 4
+    assert math.isfinite(results.summary["test"]["accuracy"]["mean"])
+
+
+# ---- what the server sums, and the reduction to FedAvg ------------------------------------
+
+
+def test_every_update_the_server_sums_has_norm_at_most_clip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[float] = []
+    apply = privacy_chain.ClipUpdates.apply
+
+    def recording(self: Any, delta: Any, weight: float, state: Any) -> Any:
+        out = apply(self, delta, weight, state)
+        seen.append(global_norm(out[0]))
+        return out
+
+    monkeypatch.setattr(privacy_chain.ClipUpdates, "apply", recording)
+    for algorithm in ("fedavg", "fedper", "ifca"):
+        seen.clear()
+        config = _config(algorithm={"name": algorithm, "weighting": "uniform"})
+        results = run(config)
+        fits = results.metrics[results.metrics["split"] == "fit"]
+        assert len(seen) == int((fits["samples"] > 0).sum()) > 0
+        assert max(seen) <= 0.5 * (1 + 1e-9)
+        block = results.summary["privacy"]
+        assert block["covers_all_messages"] == (algorithm != "ifca")
+
+
+def test_zero_noise_and_unbounded_clip_give_fedavg() -> None:
+    plain = _config(sampling={}, privacy=None)
+    del plain["privacy"]
+    private = _config(sampling={}, privacy={"clip": 1e12, "noise_multiplier": 0.0})
+    expected = run(plain).server.params
+    got = run(private).server.params
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=0)
+
+
+# ---- the ledger and the summary -----------------------------------------------------------
+
+
+def test_client_level_summary_and_calibrated_epsilon(tmp_path: Path) -> None:
+    config = _config(privacy={"clip": 0.5, "epsilon": 3.0, "delta": 1e-3})
+    results = run(config, out=tmp_path / "run")
+    block = json.loads((tmp_path / "run" / "summary.json").read_text())["privacy"]
+    keys = ("epsilon", "delta", "accountant", "noise_multiplier", "clip", "level")
+    assert set(keys) | {"privatized_parameters"} <= set(block)
+    assert 2.9 < block["epsilon"] <= 3.0  # calibrated for the rounds that ran
+    assert block["rounds_accounted"] == 3
+    assert block["privatized_parameters"] == sorted(results.server.params)
+    assert block["covers_all_messages"] and "not_privatized" not in block
+    epsilons = results.diagnostics["epsilon"].tolist()
+    assert epsilons == sorted(epsilons) and epsilons[-1] == block["epsilon"]
+
+
+def test_adaptive_clip_runs_and_keeps_its_clip_in_the_server_state() -> None:
+    privacy = {"clip": 5.0, "noise_multiplier": 1.0, "adaptive_clip": {"quantile": 0.5}}
+    results = run(_config(privacy=privacy, rounds=4))
+    state = results.server.extra["aggregation"]
+    assert state["noised_rounds"] == 4
+    assert state["clip"] < 5.0  # updates are far smaller than 5: the clip comes down
+    with pytest.raises(ConfigError, match="count_noise"):
+        privacy["adaptive_clip"] = {"count_noise": 0.1}
+        run(_config(privacy=privacy))
+
+
+def test_personal_parameters_are_not_privatized() -> None:
+    results = run(_config(algorithm={"name": "fedper", "weighting": "uniform"}))
+    privatized = results.summary["privacy"]["privatized_parameters"]
+    assert privatized and all(not name.startswith("3.") for name in privatized)
+
+
+def _expected_steps(results: Any, batch: int) -> int:
+    fits = results.metrics[results.metrics["split"] == "fit"]
+    fits = fits[fits["samples"] > 0]
+    return int(sum(-(-int(n) // batch) for n in fits["samples"]))
+
+
+def test_sample_level_counts_every_dp_sgd_step_and_gives_each_client_its_epsilon() -> None:
+    config = _config(privacy={"level": "sample", "clip": 1.0, "noise_multiplier": 1.1})
+    config["privacy"]["delta"] = 1e-4
+    results = run(config)
+    block = results.summary["privacy"]
+    assert block["steps_accounted"] == _expected_steps(results, 16) > 0
+    fits = results.metrics[results.metrics["split"] == "fit"]
+    assert set(block["client_epsilon"]) == {str(c) for c in fits["client"].unique()}
+    assert block["epsilon"] == max(block["client_epsilon"].values())
+
+
+def test_noised_counts_add_their_epsilon_at_sample_level() -> None:
+    privacy = {"level": "sample", "clip": 1.0, "noise_multiplier": 1.5, "delta": 1e-4}
+    algorithm = {"name": "fedavg", "weighting": "private_samples", "count_noise": 20.0}
+    counted = run(_config(privacy=privacy, algorithm=algorithm, rounds=2)).summary["privacy"]
+    uniform = {"name": "fedavg", "weighting": "uniform"}
+    plain = run(_config(privacy=privacy, algorithm=uniform, rounds=2)).summary["privacy"]
+    for client, eps in plain["client_epsilon"].items():  # each round taken adds 1 / 20
+        rounds_taken = (counted["client_epsilon"][client] - eps) / (1 / 20)
+        assert rounds_taken == pytest.approx(round(rounds_taken)) and 1 <= round(rounds_taken) <= 2
+
+
+def test_local_level_accounts_each_client_for_its_rounds() -> None:
+    config = _config(privacy={"level": "local", "clip": 0.5, "noise_multiplier": 4.0})
+    results = run(config)
+    fits = results.metrics[results.metrics["split"] == "fit"]
+    taken = fits.groupby("client").size()
+    block = results.summary["privacy"]
+    eps = {int(c): e for c, e in block["client_epsilon"].items()}
+    assert set(eps) == set(taken.index)
+    most, least = taken.idxmax(), taken.idxmin()
+    assert eps[most] >= eps[least]
+
+
+@pytest.mark.parametrize("level", ["client", "sample"])
+def test_resume_counts_exactly_the_rounds_and_steps_that_ran(
+    level: str, tmp_path: Path, crash_after: Any
+) -> None:
+    privacy = {"level": level, "clip": 0.5, "noise_multiplier": 1.2, "delta": 1e-4}
+    config = _config(privacy=privacy, rounds=4)
+    whole = run(config, out=tmp_path / "whole")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(config, out=tmp_path / "cut", callbacks=[crash_after(2)])
+    resumed = run(config, out=tmp_path / "cut", resume=True)
+    assert resumed.summary["privacy"] == whole.summary["privacy"]
+    assert resumed.summary["privacy"]["rounds_accounted"] == 4
+    for name, tensor in whole.server.params.items():
+        assert torch.equal(resumed.server.params[name], tensor)
+
+
+def test_no_privacy_section_keeps_the_config_unchanged() -> None:
+    config = load_config({k: v for k, v in PRIVATE.items() if k != "privacy"})
+    assert config.privacy is None and "privacy" not in config.to_dict()
