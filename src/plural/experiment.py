@@ -18,6 +18,7 @@ from plural.config import ConfigError, build, setting, to_dict, unknown_key_erro
 from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
+from plural.robust.config import AggregatorConfig, AttackConfig, FaultsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,15 @@ class SamplingConfig:
         None, help="fraction of clients sampled per round (default: all clients)", gt=0, le=1
     )
     count: int | None = setting(None, help="number of clients sampled per round", ge=1)
+    availability: str | None = setting(
+        None,
+        help="when clients can be sampled: a CSV of available time windows (columns client, "
+        "start, end; hours), or 'diurnal' (each client online 8 hours a day from a seeded "
+        "local time zone); clients are drawn among those available (null: always available)",
+    )
+    round_hours: float = setting(
+        1.0, help="availability: hours between rounds (round r starts at (r - 1) x this)", gt=0
+    )
 
     def __post_init__(self) -> None:
         if self.fraction is not None and self.count is not None:
@@ -152,6 +162,9 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
+    aggregator: AggregatorConfig = dataclasses.field(default_factory=AggregatorConfig)
+    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+    faults: FaultsConfig = dataclasses.field(default_factory=FaultsConfig)
     transforms: tuple[Component, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +191,9 @@ PLAIN_SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "backend": BackendConfig,
     "diagnostics": DiagnosticsConfig,
+    "aggregator": AggregatorConfig,
+    "attack": AttackConfig,
+    "faults": FaultsConfig,
 }
 
 
