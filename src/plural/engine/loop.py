@@ -37,6 +37,7 @@ from plural.engine.backends import (
     ClientModels,
     ClientWork,
     EvalWork,
+    WorkerEnv,
     WorkerSetup,
     evaluate_client,
     make_backend,
@@ -59,6 +60,14 @@ from plural.models.zoo import ModelFamily
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+from plural.robust.runtime import (
+    ClientFailure,
+    ClientsFailed,
+    GuardedAlgorithm,
+    Robustness,
+    RoundHooks,
+    check_attack_support,
+)
 
 CHECKPOINT_VERSION = 1
 GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
@@ -258,6 +267,7 @@ class EngineRoundContext:
         store: StateStore,
         backend: Backend,
         evaluating: bool = False,
+        hooks: RoundHooks | None = None,
     ) -> None:
         self.round = round_index
         self.seed = seed
@@ -268,11 +278,21 @@ class EngineRoundContext:
         self._store = store
         self._backend = backend
         self.ledger = _Ledger()
+        self.hooks = hooks
+        self._pending: dict[int, Any] = {}  # states of a round that may be replayed
+
+    def commit(self) -> None:
+        """Keep the client states of a round that is not replayed."""
+        for cid, state in self._pending.items():
+            self._store.put(cid, state)
+        self._pending.clear()
 
     def rng(self, purpose: str) -> np.random.Generator:
         return numpy_rng(self.seed, self.round, purpose)
 
     def _state(self, client_id: int) -> Any:
+        if client_id in self._pending:
+            return self._pending[client_id]
         if client_id in self._store:
             return self._store.get(client_id)
         return self._algorithm.init_client(self.server, client_id)
@@ -287,16 +307,25 @@ class EngineRoundContext:
     ) -> list[Any]:
         if not hasattr(self._algorithm, phase):
             raise AttributeError(f"{type(self._algorithm).__name__} has no client phase {phase!r}")
+        hooks = self.hooks
+        algorithm: Any = self._algorithm
+        if hooks is not None:
+            self._charge_absent(hooks, message, per_client)
+            algorithm = GuardedAlgorithm(algorithm) if hooks.guard else algorithm
         work = []
         for cid in cohort:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
-            work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
+            work.append(ClientWork(algorithm, phase, cid, self.round, msg, self._state(cid)))
+        results = self._backend.map(run_client_phase, work)
+        if hooks is not None:
+            results = self._screen(hooks, phase, cohort, results, message, per_client)
         replies = []
-        for cid, (reply, state, cost) in zip(
-            cohort, self._backend.map(run_client_phase, work), strict=True
-        ):
-            self._store.put(cid, state)
+        for cid, (reply, state, cost) in zip(cohort, results, strict=True):
+            if hooks is not None and hooks.guard:
+                self._pending[cid] = state
+            else:
+                self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
@@ -307,6 +336,43 @@ class EngineRoundContext:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)
             replies.append(reply)
         return replies
+
+    def _charge_absent(
+        self, hooks: RoundHooks, message: Any, per_client: Mapping[int, Any] | None
+    ) -> None:
+        """Absent clients downloaded the round's first message, then never replied."""
+        if hooks.charged:
+            return
+        hooks.charged = True
+        for cid in hooks.absent:
+            msg = message if per_client is None else per_client.get(cid)
+            if msg is not None:
+                self.ledger.down[cid] += nbytes(msg)
+
+    def _screen(
+        self,
+        hooks: RoundHooks,
+        phase: str,
+        cohort: Sequence[int],
+        results: list[Any],
+        message: Any,
+        per_client: Mapping[int, Any] | None,
+    ) -> list[Any]:
+        """Replay the round without clients that failed; poison the attackers' replies."""
+        failed = {
+            cid: (phase, reply.error)
+            for cid, (reply, _, _) in zip(cohort, results, strict=True)
+            if isinstance(reply, ClientFailure)
+        }
+        if failed:
+            raise ClientsFailed(failed)
+        replies = hooks.poison(
+            phase,
+            cohort,
+            [reply for reply, _, _ in results],
+            lambda cid: per_client[cid] if per_client is not None else message,
+        )
+        return [(r, state, cost) for r, (_, state, cost) in zip(replies, results, strict=True)]
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
@@ -447,10 +513,13 @@ def run(
     device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
+    check_attack_support(cfg)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
     federation = build_federation(cfg, dataset)
+    robust = Robustness.build(cfg, federation)
+    federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
     info = federation_info(federation, models, cfg.seed)
     server = algorithm.init(state_of(models.members[0]), info, numpy_rng(cfg.seed, "init"))
@@ -465,14 +534,17 @@ def run(
             run_dir.drop_rounds_after(counters.round)
             frames.append(run_dir.read_metrics())
         run_dir.prepare(cfg.to_dict(), resume=resume)
-        run_dir.write_json(run_dir.federation_path, federation.describe())
+        run_dir.write_json(
+            run_dir.federation_path,
+            {**federation.describe(), **(robust.describe() if robust.malicious else {})},
+        )
         run_dir.record_environment(environment_entry(str(device)))
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
     setup = WorkerSetup(
         federation, models, cfg.train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
     )
-    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames)
+    loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames, robust, setup)
     bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
     backend = make_backend(setup, cfg.backend)
     notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
@@ -510,6 +582,8 @@ class _Loop:
         run_dir: RunDirectory | None,
         counters: _Progress,
         frames: list[pd.DataFrame],
+        robust: Robustness | None = None,
+        setup: WorkerSetup | None = None,
     ) -> None:
         self.cfg = cfg
         self.algorithm = algorithm
@@ -522,6 +596,10 @@ class _Loop:
         self.diagnostics: list[dict[str, Any]] = (
             run_dir.read_diagnostics() if run_dir is not None else []
         )
+        self.robust = robust
+        self.setup = setup
+        self._robust_record: dict[str, Any] = {}
+        self._env: WorkerEnv | None = None
 
     def run(
         self, server: ServerState, backend: Backend, callbacks: Sequence[Callback]
@@ -529,12 +607,21 @@ class _Loop:
         cfg = self.cfg
         for round_index in range(self.counters.round + 1, cfg.rounds + 1):
             started = time.perf_counter()
-            cohort = sample_cohort(self.federation.num_clients, cfg.sampling, cfg.seed, round_index)
-            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
-            ctx = EngineRoundContext(
-                round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
+            robust = self.robust if self.robust is not None and self.robust.active else None
+            available = robust.available(round_index, cfg.sampling.round_hours) if robust else None
+            cohort = sample_cohort(
+                self.federation.num_clients, cfg.sampling, cfg.seed, round_index, available
             )
-            server = self.algorithm.round(server, cohort, ctx)
+            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
+            if robust is not None:
+                server, ctx = self._robust_round(
+                    server, round_index, cohort, available, evaluate, backend
+                )
+            else:
+                ctx = EngineRoundContext(
+                    round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
+                )
+                server = self.algorithm.round(server, cohort, ctx)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
                 rows += _evaluation_rows(
@@ -546,6 +633,8 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
+            if robust is not None:
+                self._robust_metrics(rows, server, evaluate)
             self._record_diagnostics(round_index, server, ctx, backend)
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
@@ -555,6 +644,75 @@ class _Loop:
                 self.stopped_early = round_index < cfg.rounds
                 break
         return server
+
+    def _robust_round(
+        self,
+        server: ServerState,
+        round_index: int,
+        cohort: list[int],
+        available: list[int] | None,
+        evaluate: bool,
+        backend: Backend,
+    ) -> tuple[ServerState, EngineRoundContext]:
+        """A round with faults and attackers: absent clients are left out of the cohort the
+        algorithm sees; a round in which clients failed is replayed without them."""
+        assert self.robust is not None
+        absent = self.robust.absent(cohort, round_index)
+        failures: list[dict[str, Any]] = []
+        earlier = sum(int(d.get("failures", 0)) for d in self.diagnostics)
+        while True:
+            hooks = self.robust.hooks(round_index, absent)
+            ctx = EngineRoundContext(
+                round_index, self.cfg.seed, server, self.algorithm, self.store, backend, evaluate
+            )
+            ctx.hooks = hooks
+            present = [c for c in cohort if c not in absent]
+            try:
+                new_server = self.algorithm.round(server, present, ctx) if present else server
+            except ClientsFailed as failed:
+                for cid, (phase, error) in sorted(failed.failures.items()):
+                    if cid in absent:  # a phase that every client runs: cannot go on without it
+                        raise RuntimeError(
+                            f"round {round_index}: client {cid} failed in phase {phase!r}, "
+                            f"which the algorithm runs on every client: {error}"
+                        ) from None
+                    absent[cid] = "failed"
+                    failures.append(
+                        {"round": round_index, "client": cid, "phase": phase, "error": error}
+                    )
+                self.robust.check_failures(earlier + len(failures), failures)
+                continue
+            ctx.commit()
+            reasons = list(absent.values())
+            self._robust_record = {
+                "sampled": len(cohort),
+                "dropouts": reasons.count("dropout"),
+                "deadline_missed": reasons.count("deadline"),
+                "failures": len(failures),
+                "failed": failures,
+                "round_lost": not present,
+                "poisoned": hooks.poisoned,
+                **({"available": len(available)} if available is not None else {}),
+            }
+            return new_server, ctx
+
+    def _robust_metrics(
+        self, rows: list[dict[str, Any]], server: ServerState, evaluate: bool
+    ) -> None:
+        """Clean clients' accuracy and the backdoor's success, on evaluated rounds."""
+        assert self.robust is not None
+        if not evaluate or not self.robust.malicious:
+            return
+        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        clean = self.robust.clean_summary(frame)
+        for split, stats in clean.items():
+            self._robust_record[f"clean_{split}_accuracy_mean"] = stats["mean"]
+            self._robust_record[f"clean_{split}_accuracy_worst10"] = stats["worst10"]
+        if self.robust.trigger is not None and self.setup is not None:
+            if self._env is None:
+                self._env = WorkerEnv(self.setup)
+            success = self.robust.attack_success(self.algorithm, server, self.store, self._env)
+            self._robust_record["attack_success"] = success
 
     def _record(
         self,
@@ -594,6 +752,8 @@ class _Loop:
         self, round_index: int, server: ServerState, ctx: EngineRoundContext, backend: Backend
     ) -> None:
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
+        record.update(self._robust_record)
+        self._robust_record = {}
         assignment = self.algorithm.cluster_assignment(server)
         if assignment is not None:
             previous = self._previous_assignment()
@@ -674,11 +834,39 @@ class _Loop:
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
+            **self._robustness_summary(metrics),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "train_flops": c.flops,
             "wall_time_s": round(c.wall_time, 3),
         }
+
+    def _robustness_summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
+        """Attackers, clean clients' accuracy, backdoor success and faults of the run."""
+        robust = self.robust
+        if robust is None or not robust.active:
+            return {}
+        cfg = self.cfg
+        totals = {
+            key: sum(int(d.get(key, 0)) for d in self.diagnostics)
+            for key in ("dropouts", "deadline_missed", "failures", "round_lost")
+        }
+        out: dict[str, Any] = {
+            "aggregator": cfg.aggregator.name,
+            "attack": cfg.attack.name,
+            "malicious": list(robust.malicious),
+            "dropouts": totals["dropouts"],
+            "deadline_missed": totals["deadline_missed"],
+            "failures": totals["failures"],
+            "rounds_lost": totals["round_lost"],
+        }
+        if robust.malicious:
+            last = metrics[metrics["round"] == self.counters.last_eval]
+            out["clean"] = robust.clean_summary(last)
+        success = [d["attack_success"] for d in self.diagnostics if "attack_success" in d]
+        if success:
+            out["attack_success"] = success[-1]
+        return {"robustness": out}
 
     def _cluster_summary(self) -> dict[str, Any]:
         """The last round's cluster quality, for methods that cluster clients."""

@@ -18,9 +18,19 @@ def cohort_size(num_clients: int, config: SamplingConfig) -> int:
 
 
 def sample_cohort(
-    num_clients: int, config: SamplingConfig, seed: int, round_index: int
+    num_clients: int,
+    config: SamplingConfig,
+    seed: int,
+    round_index: int,
+    available: list[int] | None = None,
 ) -> list[int]:
-    """The sorted client ids of one round, drawn without replacement from (seed, round)."""
+    """The sorted client ids of one round, drawn without replacement from (seed, round);
+    only among ``available`` clients when given (``sampling.availability``), as many as the
+    config asks of the whole federation, at most all of those available."""
+    if available is not None:
+        size = min(cohort_size(num_clients, config), len(available))
+        rng = numpy_rng(seed, round_index, "sample")
+        return sorted(int(c) for c in rng.choice(available, size=size, replace=False))
     size = cohort_size(num_clients, config)
     if size == num_clients:
         return list(range(num_clients))

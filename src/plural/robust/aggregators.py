@@ -70,9 +70,7 @@ def stack_updates(deltas: Sequence[Params]) -> torch.Tensor:
     )
 
 
-def unstack_update(
-    vector: torch.Tensor, deltas: Sequence[Params], weights: np.ndarray
-) -> Params:
+def unstack_update(vector: torch.Tensor, deltas: Sequence[Params], weights: np.ndarray) -> Params:
     """``vector`` put back into the entries of an update; non-floating entries (counters such
     as BatchNorm's ``num_batches_tracked``) are the weighted mean of the clients'."""
     out: Params = {}

@@ -64,9 +64,7 @@ class AggregatorConfig:
         help="'multi_krum': updates averaged (the m best Krum scores; null: n - f)",
         ge=1,
     )
-    iterations: int = setting(
-        10, help="'geometric_median': Weiszfeld iterations (at most)", ge=1
-    )
+    iterations: int = setting(10, help="'geometric_median': Weiszfeld iterations (at most)", ge=1)
     smoothing: float = setting(
         1e-6,
         help="'geometric_median': smoothing nu, the least distance a point is weighed at",
@@ -128,8 +126,7 @@ class AttackConfig:
     start_round: int = setting(1, help="first round in which the attack acts", ge=1)
     scale: float = setting(
         -1.0,
-        help="'scale': the factor the update is multiplied by; 'sign_flip' ignores it "
-        "(always -1)",
+        help="'scale': the factor the update is multiplied by; 'sign_flip' ignores it (always -1)",
     )
     std: float = setting(1.0, help="'gaussian': std of the noise that replaces the update", gt=0)
     z: float | None = setting(
@@ -143,7 +140,8 @@ class AttackConfig:
     )
     target: int = setting(0, help="'backdoor': the label the trigger makes the model predict", ge=0)
     poison_share: float = setting(
-        0.5, help="'backdoor': share of a malicious client's training samples given the trigger",
+        0.5,
+        help="'backdoor': share of a malicious client's training samples given the trigger",
         gt=0,
         le=1,
     )
