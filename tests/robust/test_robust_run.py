@@ -236,3 +236,23 @@ def test_resume_with_attack_faults_and_robust_rule_is_exact(
     for name, tensor in straight.server.params.items():
         assert (tensor == resumed.server.params[name]).all()
     assert straight.summary["robustness"] == resumed.summary["robustness"]
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl"]
+)
+@pytest.mark.parametrize("rule", ["median", "centered_clip"])
+def test_robust_rules_apply_to_every_averaging_algorithm(
+    tiny_config: dict[str, Any], algorithm: str, rule: str
+) -> None:
+    cfg = _config(tiny_config, rounds=2, algorithm={"name": algorithm}, sampling={"count": 6})
+    if algorithm == "fedbn":
+        cfg["model"] = {"name": "mlp", "hidden": [16], "batch_norm": True}
+    plain = plural.run(cfg)
+    settings = {"tau": 0.05} if rule == "centered_clip" else {}
+    robust = plural.run({**cfg, "aggregator": {"name": rule, **settings}})
+    assert robust.summary["robustness"]["aggregator"] == rule
+    changed = any(
+        not (plain.server.params[k] == robust.server.params[k]).all() for k in plain.server.params
+    )
+    assert changed  # the rule took part in aggregation
