@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -614,8 +615,18 @@ class _Loop:
             )
             evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
             if robust is not None:
-                server, ctx = self._robust_round(
-                    server, round_index, cohort, available, evaluate, backend
+                context = functools.partial(
+                    EngineRoundContext,
+                    *(round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate),
+                )
+                server, ctx, self._robust_record = robust.play_round(
+                    self.algorithm,
+                    server,
+                    round_index,
+                    cohort,
+                    available,
+                    self.diagnostics,
+                    context,
                 )
             else:
                 ctx = EngineRoundContext(
@@ -633,8 +644,11 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
-            if robust is not None:
-                self._robust_metrics(rows, server, evaluate)
+            if robust is not None and evaluate:
+                env = self._env = self._env or (WorkerEnv(self.setup) if self.setup else None)
+                self._robust_record.update(
+                    robust.round_metrics(rows, self.algorithm, server, self.store, env)
+                )
             self._record_diagnostics(round_index, server, ctx, backend)
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
@@ -644,75 +658,6 @@ class _Loop:
                 self.stopped_early = round_index < cfg.rounds
                 break
         return server
-
-    def _robust_round(
-        self,
-        server: ServerState,
-        round_index: int,
-        cohort: list[int],
-        available: list[int] | None,
-        evaluate: bool,
-        backend: Backend,
-    ) -> tuple[ServerState, EngineRoundContext]:
-        """A round with faults and attackers: absent clients are left out of the cohort the
-        algorithm sees; a round in which clients failed is replayed without them."""
-        assert self.robust is not None
-        absent = self.robust.absent(cohort, round_index)
-        failures: list[dict[str, Any]] = []
-        earlier = sum(int(d.get("failures", 0)) for d in self.diagnostics)
-        while True:
-            hooks = self.robust.hooks(round_index, absent)
-            ctx = EngineRoundContext(
-                round_index, self.cfg.seed, server, self.algorithm, self.store, backend, evaluate
-            )
-            ctx.hooks = hooks
-            present = [c for c in cohort if c not in absent]
-            try:
-                new_server = self.algorithm.round(server, present, ctx) if present else server
-            except ClientsFailed as failed:
-                for cid, (phase, error) in sorted(failed.failures.items()):
-                    if cid in absent:  # a phase that every client runs: cannot go on without it
-                        raise RuntimeError(
-                            f"round {round_index}: client {cid} failed in phase {phase!r}, "
-                            f"which the algorithm runs on every client: {error}"
-                        ) from None
-                    absent[cid] = "failed"
-                    failures.append(
-                        {"round": round_index, "client": cid, "phase": phase, "error": error}
-                    )
-                self.robust.check_failures(earlier + len(failures), failures)
-                continue
-            ctx.commit()
-            reasons = list(absent.values())
-            self._robust_record = {
-                "sampled": len(cohort),
-                "dropouts": reasons.count("dropout"),
-                "deadline_missed": reasons.count("deadline"),
-                "failures": len(failures),
-                "failed": failures,
-                "round_lost": not present,
-                "poisoned": hooks.poisoned,
-                **({"available": len(available)} if available is not None else {}),
-            }
-            return new_server, ctx
-
-    def _robust_metrics(
-        self, rows: list[dict[str, Any]], server: ServerState, evaluate: bool
-    ) -> None:
-        """Clean clients' accuracy and the backdoor's success, on evaluated rounds."""
-        assert self.robust is not None
-        if not evaluate or not self.robust.malicious:
-            return
-        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-        clean = self.robust.clean_summary(frame)
-        for split, stats in clean.items():
-            self._robust_record[f"clean_{split}_accuracy_mean"] = stats["mean"]
-            self._robust_record[f"clean_{split}_accuracy_worst10"] = stats["worst10"]
-        if self.robust.trigger is not None and self.setup is not None:
-            if self._env is None:
-                self._env = WorkerEnv(self.setup)
-            success = self.robust.attack_success(self.algorithm, server, self.store, self._env)
-            self._robust_record["attack_success"] = success
 
     def _record(
         self,
@@ -834,39 +779,16 @@ class _Loop:
             "stopped_early": self.stopped_early,
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
-            **self._robustness_summary(metrics),
+            **(
+                self.robust.summary(self.cfg, self.diagnostics, metrics, c.last_eval)
+                if self.robust is not None and self.robust.active
+                else {}
+            ),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "train_flops": c.flops,
             "wall_time_s": round(c.wall_time, 3),
         }
-
-    def _robustness_summary(self, metrics: pd.DataFrame) -> dict[str, Any]:
-        """Attackers, clean clients' accuracy, backdoor success and faults of the run."""
-        robust = self.robust
-        if robust is None or not robust.active:
-            return {}
-        cfg = self.cfg
-        totals = {
-            key: sum(int(d.get(key, 0)) for d in self.diagnostics)
-            for key in ("dropouts", "deadline_missed", "failures", "round_lost")
-        }
-        out: dict[str, Any] = {
-            "aggregator": cfg.aggregator.name,
-            "attack": cfg.attack.name,
-            "malicious": list(robust.malicious),
-            "dropouts": totals["dropouts"],
-            "deadline_missed": totals["deadline_missed"],
-            "failures": totals["failures"],
-            "rounds_lost": totals["round_lost"],
-        }
-        if robust.malicious:
-            last = metrics[metrics["round"] == self.counters.last_eval]
-            out["clean"] = robust.clean_summary(last)
-        success = [d["attack_success"] for d in self.diagnostics if "attack_success" in d]
-        if success:
-            out["attack_success"] = success[-1]
-        return {"robustness": out}
 
     def _cluster_summary(self) -> dict[str, Any]:
         """The last round's cluster quality, for methods that cluster clients."""

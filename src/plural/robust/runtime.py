@@ -254,6 +254,105 @@ class Robustness:
             total += result.count
         return hits / total if total else None
 
+    def play_round(
+        self,
+        algorithm: Any,
+        server: Any,
+        round_index: int,
+        cohort: list[int],
+        available: list[int] | None,
+        diagnostics: Sequence[Mapping[str, Any]],
+        new_context: Callable[[], Any],
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """One round with faults and attackers: absent clients are left out of the cohort
+        the algorithm sees, and a round in which clients failed is played again without them
+        (the failed attempt's client states are dropped). Returns the new server state, the
+        round's context and its record for ``diagnostics.jsonl``."""
+        absent = self.absent(cohort, round_index)
+        failures: list[dict[str, Any]] = []
+        earlier = sum(int(d.get("failures", 0)) for d in diagnostics)
+        while True:
+            ctx = new_context()
+            ctx.hooks = hooks = self.hooks(round_index, absent)
+            present = [c for c in cohort if c not in absent]
+            try:
+                new_server = algorithm.round(server, present, ctx) if present else server
+            except ClientsFailed as failed:
+                for cid, (phase, error) in sorted(failed.failures.items()):
+                    if cid in absent:  # a phase that every client runs: cannot go on without it
+                        raise RuntimeError(
+                            f"round {round_index}: client {cid} failed in phase {phase!r}, "
+                            f"which the algorithm runs on every client: {error}"
+                        ) from None
+                    absent[cid] = FAILED
+                    failures.append(
+                        {"round": round_index, "client": cid, "phase": phase, "error": error}
+                    )
+                self.check_failures(earlier + len(failures), failures)
+                continue
+            ctx.commit()
+            reasons = list(absent.values())
+            record = {
+                "sampled": len(cohort),
+                "dropouts": reasons.count(DROPPED),
+                "deadline_missed": reasons.count(LATE),
+                "failures": len(failures),
+                "failed": failures,
+                "round_lost": not present,
+                "poisoned": hooks.poisoned,
+                **({"available": len(available)} if available is not None else {}),
+            }
+            return new_server, ctx, record
+
+    def round_metrics(
+        self,
+        rows: list[dict[str, Any]],
+        algorithm: Any,
+        server: Any,
+        store: Any,
+        env: WorkerEnv | None,
+    ) -> dict[str, Any]:
+        """Clean clients' accuracy and the backdoor's success after an evaluated round."""
+        if not self.malicious:
+            return {}
+        out: dict[str, Any] = {}
+        for split, stats in self.clean_summary(pd.DataFrame(rows)).items():
+            out[f"clean_{split}_accuracy_mean"] = stats["mean"]
+            out[f"clean_{split}_accuracy_worst10"] = stats["worst10"]
+        if self.trigger is not None and env is not None:
+            out["attack_success"] = self.attack_success(algorithm, server, store, env)
+        return out
+
+    def summary(
+        self,
+        cfg: Any,
+        diagnostics: Sequence[Mapping[str, Any]],
+        metrics: pd.DataFrame,
+        last_eval: int,
+    ) -> dict[str, Any]:
+        """The ``robustness`` entry of ``summary.json``: the rule, the attack and its
+        clients, the clean clients' accuracy at the last evaluated round, the backdoor's
+        success, and the faults of the whole run."""
+        totals = {
+            key: sum(int(d.get(key, 0)) for d in diagnostics)
+            for key in ("dropouts", "deadline_missed", "failures", "round_lost")
+        }
+        out: dict[str, Any] = {
+            "aggregator": cfg.aggregator.name,
+            "attack": cfg.attack.name,
+            "malicious": list(self.malicious),
+            "dropouts": totals["dropouts"],
+            "deadline_missed": totals["deadline_missed"],
+            "failures": totals["failures"],
+            "rounds_lost": totals["round_lost"],
+        }
+        if self.malicious:
+            out["clean"] = self.clean_summary(metrics[metrics["round"] == last_eval])
+        success = [d["attack_success"] for d in diagnostics if "attack_success" in d]
+        if success:
+            out["attack_success"] = success[-1]
+        return {"robustness": out}
+
     def describe(self) -> dict[str, Any]:
         """What ``federation.json`` records."""
         return {"malicious": list(self.malicious)}
