@@ -256,3 +256,21 @@ def test_robust_rules_apply_to_every_averaging_algorithm(
         not (plain.server.params[k] == robust.server.params[k]).all() for k in plain.server.params
     )
     assert changed  # the rule took part in aggregation
+
+
+def test_faults_and_attacks_give_the_same_run_on_the_vectorized_backend(
+    tiny_config: dict[str, Any], raising_client: int
+) -> None:
+    cfg = _config(
+        tiny_config,
+        sampling={"count": 10},
+        faults={"dropout": 0.2, "max_failures": 5},
+        attack={"name": "ipm", "clients": [1, 6]},
+        aggregator={"name": "geometric_median"},
+    )
+    sequential = plural.run(cfg)
+    vectorized = plural.run({**cfg, "backend": {"name": "vectorized", "vectorize": "always"}})
+    for key in ("dropouts", "failures", "poisoned"):
+        assert list(sequential.diagnostics[key]) == list(vectorized.diagnostics[key])
+    for name, tensor in sequential.server.params.items():
+        assert float((tensor - vectorized.server.params[name]).abs().max()) < 1e-4
