@@ -19,6 +19,7 @@ from plural.core.trainer import TrainConfig
 from plural.models.zoo import ModelSpec, parse_model
 from plural.privacy.settings import PrivacyConfig
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS, Registry
+from plural.robust.config import AggregatorConfig, AttackConfig, FaultsConfig
 from plural.safety.imports import check_packages, config_allows
 from plural.safety.yamlsafe import BoundedSafeLoader, load_bounded
 
@@ -64,6 +65,15 @@ class SamplingConfig:
         help="each client joins a round independently with probability fraction (Poisson "
         "sampling, which differential privacy's amplification analysis assumes); cohorts vary "
         "in size and may be empty",
+    )
+    availability: str | None = setting(
+        None,
+        help="when clients can be sampled: a CSV of available time windows (columns client, "
+        "start, end; hours), or 'diurnal' (each client online 8 hours a day from a seeded "
+        "local time zone); clients are drawn among those available (null: always available)",
+    )
+    round_hours: float = setting(
+        1.0, help="availability: hours between rounds (round r starts at (r - 1) x this)", gt=0
     )
 
     def __post_init__(self) -> None:
@@ -164,6 +174,9 @@ class ExperimentConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     backend: BackendConfig = dataclasses.field(default_factory=BackendConfig)
     diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
+    aggregator: AggregatorConfig = dataclasses.field(default_factory=AggregatorConfig)
+    attack: AttackConfig = dataclasses.field(default_factory=AttackConfig)
+    faults: FaultsConfig = dataclasses.field(default_factory=FaultsConfig)
     transforms: tuple[Component, ...] = ()
     allow_import: tuple[str, ...] = ()
     """Packages the config lets the CLI import code from (model factories by import path)."""
@@ -197,6 +210,9 @@ PLAIN_SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "backend": BackendConfig,
     "diagnostics": DiagnosticsConfig,
+    "aggregator": AggregatorConfig,
+    "attack": AttackConfig,
+    "faults": FaultsConfig,
 }
 
 

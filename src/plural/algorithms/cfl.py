@@ -59,6 +59,7 @@ from scipy.spatial.distance import squareform
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import setting
+from plural.core.aggregation import group_generators
 from plural.core.algorithm import (
     FederationInfo,
     ModelMessage,
@@ -237,10 +238,14 @@ class CFL(FedAvg):
         replies = ctx.map("client_update", cohort, per_client=per_client)
         drop = self.config.drop_stragglers
         used = [(c, u) for c, u in zip(cohort, replies, strict=True) if u.complete or not drop]
-        return self._aggregate_clusters(server, used, ctx.round)
+        return self._aggregate_clusters(server, used, ctx.round, ctx.rng("aggregate"))
 
     def _aggregate_clusters(
-        self, server: ServerState, used: list[tuple[int, Update]], round_index: int
+        self,
+        server: ServerState,
+        used: list[tuple[int, Update]],
+        round_index: int,
+        rng: np.random.Generator | None = None,
     ) -> ServerState:
         extra = dict(server.extra)
         names = extra["cfl_names"]
@@ -258,16 +263,19 @@ class CFL(FedAvg):
             stored.update({c: deltas[i].clone() for i, (c, _) in enumerate(mine)})
         norms: list[dict[str, float]] = [{} for _ in clusters]
         splits = list(extra["cfl_splits"])
+        generators = group_generators(rng, len(clusters), self.aggregation.needs_rng)
         for cr in rounds:
             weights = self.weights(cr.updates)
             mean_norm, max_norm = update_norms(cr.deltas, weights)
             alignment = update_alignment(cr.deltas, weights)
             norms[cr.index] = {"mean": mean_norm, "max": max_norm, "alignment": alignment}
             old = models[cr.index]
-            models[cr.index], opt[cr.index] = self._step(old, cr.updates, opt[cr.index])
+            models[cr.index], opt[cr.index] = self._step(
+                old, cr.updates, opt[cr.index], generators[cr.index]
+            )
             if not self._should_split(norms[cr.index], round_index, len(clusters)):
                 continue
-            record = self._split(cr, clusters, models, opt, stored, old)
+            record = self._split(cr, clusters, models, opt, stored, old, generators[cr.index])
             if record is not None:
                 splits.append(
                     {"round": round_index, "cluster": cr.index, **norms[cr.index], **record}
@@ -285,12 +293,15 @@ class CFL(FedAvg):
         return ServerState(models[0], extra)
 
     def _step(
-        self, params: Params, updates: list[Update], state: dict[str, Any]
+        self,
+        params: Params,
+        updates: list[Update],
+        state: dict[str, Any],
+        rng: np.random.Generator | None = None,
     ) -> tuple[Params, dict[str, Any]]:
         """FedAvg on one cluster: the weighted mean of its models, through the server optimizer."""
-        return server_step(
-            params, self.target(ServerState(params), updates), state, self.config.server_settings()
-        )
+        target = self.target(ServerState(params), updates, rng)
+        return server_step(params, target, state, self.config.server_settings())
 
     def _should_split(self, norms: dict[str, float], round_index: int, num_clusters: int) -> bool:
         """Sattler et al.'s criteria: absolute (eps1, eps2) when eps1 is set, else scale-free
@@ -314,6 +325,7 @@ class CFL(FedAvg):
         opt: list[dict[str, Any]],
         stored: dict[int, torch.Tensor],
         old: Params,
+        rng: np.random.Generator | None = None,
     ) -> dict[str, Any] | None:
         """Split cluster ``cr.index`` in two (in place); None when a child would be too small.
 
@@ -335,7 +347,9 @@ class CFL(FedAvg):
             return None  # the two parts are not more alike inside than across: no real groups
         for side, part in enumerate(parts):
             mine = [u for c, u in zip(cr.clients, cr.updates, strict=True) if c in part]
-            model, state = self._step(old, mine, opt[cr.index]) if mine else (old, opt[cr.index])
+            model, state = (
+                self._step(old, mine, opt[cr.index], rng) if mine else (old, opt[cr.index])
+            )
             if side == 0:
                 clusters[cr.index], models[cr.index], opt[cr.index] = part, model, state
             else:

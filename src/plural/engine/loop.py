@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +40,7 @@ from plural.engine.backends import (
     ClientModels,
     ClientWork,
     EvalWork,
+    WorkerEnv,
     WorkerSetup,
     evaluate_client,
     make_backend,
@@ -62,6 +64,14 @@ from plural.privacy.run import PrivateRun, plan_privacy
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
+from plural.robust.runtime import (
+    ClientFailure,
+    ClientsFailed,
+    GuardedAlgorithm,
+    Robustness,
+    RoundHooks,
+    check_attack_support,
+)
 from plural.safety.checks import check_config, check_federation
 from plural.safety.numerics import check_scores, check_server, screen_replies
 from plural.safety.runlock import check_run_target, run_lock
@@ -254,6 +264,13 @@ class _Ledger:
         self.privacy_steps: dict[int, int] = defaultdict(int)
 
 
+def _round_context(train: TrainConfig, *args: Any, **kwargs: Any) -> EngineRoundContext:
+    """A round's context that knows the run's training settings (non-finite updates)."""
+    ctx = EngineRoundContext(*args, **kwargs)
+    ctx.train = train
+    return ctx
+
+
 class EngineRoundContext:
     """The engine's side of :class:`plural.core.algorithm.RoundContext` for one round."""
 
@@ -266,6 +283,7 @@ class EngineRoundContext:
         store: StateStore,
         backend: Backend,
         evaluating: bool = False,
+        hooks: RoundHooks | None = None,
     ) -> None:
         self.round = round_index
         self.seed = seed
@@ -277,11 +295,21 @@ class EngineRoundContext:
         self._backend = backend
         self.ledger = _Ledger()
         self.train = TrainConfig()  # the run's: what to do with non-finite updates
+        self.hooks = hooks
+        self._pending: dict[int, Any] = {}  # states of a round that may be replayed
+
+    def commit(self) -> None:
+        """Keep the client states of a round that is not replayed."""
+        for cid, state in self._pending.items():
+            self._store.put(cid, state)
+        self._pending.clear()
 
     def rng(self, purpose: str) -> np.random.Generator:
         return numpy_rng(self.seed, self.round, purpose)
 
     def _state(self, client_id: int) -> Any:
+        if client_id in self._pending:
+            return self._pending[client_id]
         if client_id in self._store:
             return self._store.get(client_id)
         return self._algorithm.init_client(self.server, client_id)
@@ -296,18 +324,28 @@ class EngineRoundContext:
     ) -> list[Any]:
         if not hasattr(self._algorithm, phase):
             raise AttributeError(f"{type(self._algorithm).__name__} has no client phase {phase!r}")
+        hooks = self.hooks
+        algorithm: Any = self._algorithm
+        if hooks is not None:
+            self._charge_absent(hooks, message, per_client)
+            algorithm = GuardedAlgorithm(algorithm) if hooks.guard else algorithm
         work = []
         for cid in cohort:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
-            work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
+            work.append(ClientWork(algorithm, phase, cid, self.round, msg, self._state(cid)))
         results = list(self._backend.map(run_client_phase, work))
+        if hooks is not None:
+            results = self._screen(hooks, phase, cohort, results, message, per_client)
         self.ledger.dropped += screen_replies(
             self.round, work, results, self.train.on_nonfinite, self.train.lr
         )
         replies = []
         for cid, (reply, state, cost) in zip(cohort, results, strict=True):
-            self._store.put(cid, state)
+            if hooks is not None and hooks.guard:
+                self._pending[cid] = state
+            else:
+                self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
@@ -319,6 +357,43 @@ class EngineRoundContext:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)
             replies.append(reply)
         return replies
+
+    def _charge_absent(
+        self, hooks: RoundHooks, message: Any, per_client: Mapping[int, Any] | None
+    ) -> None:
+        """Absent clients downloaded the round's first message, then never replied."""
+        if hooks.charged:
+            return
+        hooks.charged = True
+        for cid in hooks.absent:
+            msg = message if per_client is None else per_client.get(cid)
+            if msg is not None:
+                self.ledger.down[cid] += nbytes(msg)
+
+    def _screen(
+        self,
+        hooks: RoundHooks,
+        phase: str,
+        cohort: Sequence[int],
+        results: list[Any],
+        message: Any,
+        per_client: Mapping[int, Any] | None,
+    ) -> list[Any]:
+        """Replay the round without clients that failed; poison the attackers' replies."""
+        failed = {
+            cid: (phase, reply.error)
+            for cid, (reply, _, _) in zip(cohort, results, strict=True)
+            if isinstance(reply, ClientFailure)
+        }
+        if failed:
+            raise ClientsFailed(failed)
+        replies = hooks.poison(
+            phase,
+            cohort,
+            [reply for reply, _, _ in results],
+            lambda cid: per_client[cid] if per_client is not None else message,
+        )
+        return [(r, state, cost) for r, (_, state, cost) in zip(replies, results, strict=True)]
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:
@@ -460,6 +535,7 @@ def run(
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
     check_config(cfg)
+    check_attack_support(cfg)
     privacy = plan_privacy(cfg, algorithm)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
@@ -467,6 +543,8 @@ def run(
     if run_dir is not None:
         check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
+    robust = Robustness.build(cfg, federation)
+    federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
     check_federation(cfg, federation, models)
     info = federation_info(federation, models, cfg.seed)
@@ -487,7 +565,10 @@ def run(
             elif resume:  # no checkpoint (killed in round 1): what was written goes
                 run_dir.forget_rounds()
             run_dir.prepare(cfg.to_dict(), resume=resume)
-            run_dir.write_json(run_dir.federation_path, federation.describe())
+            run_dir.write_json(
+                run_dir.federation_path,
+                {**federation.describe(), **(robust.describe() if robust.malicious else {})},
+            )
             run_dir.record_environment(environment_entry(str(device)))
         if not resumed:
             store.restore({})  # a fresh run: no states left from an earlier attempt
@@ -495,7 +576,9 @@ def run(
         setup = WorkerSetup(
             federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
         )
-        loop = _Loop(cfg, algorithm, federation, store, run_dir, counters, frames, privacy)
+        loop = _Loop(
+            cfg, algorithm, federation, store, run_dir, counters, frames, privacy, robust, setup
+        )
         bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
         backend = make_backend(setup, cfg.backend)
         notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
@@ -543,6 +626,8 @@ class _Loop:
         counters: _Progress,
         frames: list[pd.DataFrame],
         privacy: PrivateRun | None = None,
+        robust: Robustness | None = None,
+        setup: WorkerSetup | None = None,
     ) -> None:
         self.cfg = cfg
         self.privacy = privacy
@@ -556,6 +641,10 @@ class _Loop:
         self.diagnostics: list[dict[str, Any]] = (
             run_dir.read_diagnostics() if run_dir is not None else []
         )
+        self.robust = robust
+        self.setup = setup
+        self._robust_record: dict[str, Any] = {}
+        self._env: WorkerEnv | None = None
 
     def run(
         self, server: ServerState, backend: Backend, callbacks: Sequence[Callback]
@@ -563,14 +652,32 @@ class _Loop:
         cfg = self.cfg
         for round_index in range(self.counters.round + 1, cfg.rounds + 1):
             started = time.perf_counter()
-            cohort = sample_cohort(self.federation.num_clients, cfg.sampling, cfg.seed, round_index)
-            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
-            ctx = EngineRoundContext(
-                round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate
+            robust = self.robust if self.robust is not None and self.robust.active else None
+            available = robust.available(round_index, cfg.sampling.round_hours) if robust else None
+            cohort = sample_cohort(
+                self.federation.num_clients, cfg.sampling, cfg.seed, round_index, available
             )
-            ctx.train = cfg.train
-            if cohort:  # a Poisson-sampled round may have no client
-                server = self.algorithm.round(server, cohort, ctx)
+            evaluate = round_index % cfg.eval.every == 0 or round_index == cfg.rounds
+
+            context = functools.partial(
+                _round_context,
+                cfg.train,
+                *(round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate),
+            )
+            if robust is not None:
+                server, ctx, self._robust_record = robust.play_round(
+                    self.algorithm,
+                    server,
+                    round_index,
+                    cohort,
+                    available,
+                    self.diagnostics,
+                    context,
+                )
+            else:
+                ctx = context()
+                if cohort:  # a Poisson-sampled round may have no client
+                    server = self.algorithm.round(server, cohort, ctx)
             check_server(server.params, round_index, cfg.train.lr)
             rows = _training_rows(round_index, ctx.ledger)
             if evaluate:
@@ -584,6 +691,11 @@ class _Loop:
                     cfg.eval.splits,
                 )
                 check_scores(rows, round_index, cfg.train.lr)
+            if robust is not None and evaluate:
+                env = self._env = self._env or (WorkerEnv(self.setup) if self.setup else None)
+                self._robust_record.update(
+                    robust.round_metrics(rows, self.algorithm, server, self.store, env)
+                )
             self._record_diagnostics(round_index, server, ctx, backend)
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
@@ -634,6 +746,8 @@ class _Loop:
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
         if ctx.ledger.dropped:
             record["dropped_nonfinite"] = sorted(ctx.ledger.dropped)
+        record.update(self._robust_record)
+        self._robust_record = {}
         assignment = self.algorithm.cluster_assignment(server)
         if assignment is not None:
             previous = self._previous_assignment()
@@ -718,6 +832,11 @@ class _Loop:
             **summarize_round(metrics, c.last_eval),
             **self._cluster_summary(),
             **self._privacy_summary(),
+            **(
+                self.robust.summary(self.cfg, self.diagnostics, metrics, c.last_eval)
+                if self.robust is not None and self.robust.active
+                else {}
+            ),
             **({self.cfg.algorithm.name: details} if details else {}),
             "bytes": {"up": c.bytes_up, "down": c.bytes_down, "total": c.bytes_up + c.bytes_down},
             "train_flops": c.flops,

@@ -20,13 +20,27 @@ def cohort_size(num_clients: int, config: SamplingConfig) -> int:
 
 
 def sample_cohort(
-    num_clients: int, config: SamplingConfig, seed: int, round_index: int
+    num_clients: int,
+    config: SamplingConfig,
+    seed: int,
+    round_index: int,
+    available: list[int] | None = None,
 ) -> list[int]:
     """The sorted client ids of one round, drawn without replacement from (seed, round); with
-    ``poisson``, each client independently with probability ``fraction`` (maybe none)."""
+    ``poisson``, each client independently with probability ``fraction`` (maybe none). Only
+    ``available`` clients are drawn when given (``sampling.availability``): as many as the
+    config asks of the whole federation, at most all of those available."""
     if config.poisson:
         rng = numpy_rng(seed, round_index, "sample-poisson")
-        return [int(c) for c in np.flatnonzero(rng.random(num_clients) < config.fraction)]
+        joined = np.flatnonzero(rng.random(num_clients) < config.fraction)
+        if available is not None:
+            online = set(available)
+            return [int(c) for c in joined if int(c) in online]
+        return [int(c) for c in joined]
+    if available is not None:
+        size = min(cohort_size(num_clients, config), len(available))
+        rng = numpy_rng(seed, round_index, "sample")
+        return sorted(int(c) for c in rng.choice(available, size=size, replace=False))
     size = cohort_size(num_clients, config)
     if size == num_clients:
         return list(range(num_clients))

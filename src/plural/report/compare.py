@@ -72,6 +72,7 @@ def seed_results(
                     "bytes": costs["bytes_up"] + costs["bytes_down"],
                     **_clustering(run),
                     "epsilon": run_epsilon(run.summary),
+                    **_robustness(run, split),
                     "run_dir": str(run.path),
                     **{f"setting:{k}": v for k, v in method.settings.items()},
                 }
@@ -117,6 +118,20 @@ def run_epsilon(summary: dict[str, Any]) -> float:
     return float(privacy.get("epsilon", math.nan))
 
 
+def _robustness(run: RunRecord, split: str) -> dict[str, float]:
+    """Clean clients' mean accuracy and the backdoor's success (runs with attackers), and
+    the clients that dropped, missed the deadline or failed (runs with faults)."""
+    robust = run.summary.get("robustness") or {}
+    clean = (robust.get("clean") or {}).get(split) or {}
+    success = robust.get("attack_success")
+    lost = sum(robust.get(k, 0) for k in ("dropouts", "deadline_missed", "failures"))
+    return {
+        "clean_mean": float(clean.get("mean", math.nan)),
+        "attack_success": float(success) if success is not None else math.nan,
+        "absent": float(lost) if robust else math.nan,
+    }
+
+
 def comparison_table(
     methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
 ) -> pd.DataFrame:
@@ -141,6 +156,9 @@ def comparison_table(
         clusters=("clusters", "mean"),
         ari=("ari", "mean"),
         epsilon=("epsilon", "max"),
+        clean_mean=("clean_mean", "mean"),
+        attack_success=("attack_success", "mean"),
+        absent=("absent", "mean"),
         complete=("complete", "all"),
     ).reset_index()
     table = table.sort_values(
@@ -157,7 +175,10 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
     private = "epsilon" in table and bool(table["epsilon"].notna().any())
     header = ["method (ranked)", "seeds", f"{metric} mean"] + (["epsilon"] if private else [])
     header += ["worst10%", "best10%", "std", "MB sent"]
+    attacked = "clean_mean" in table and bool(table["clean_mean"].notna().any())
+    faulty = "absent" in table and bool(table["absent"].notna().any())
     header += ["time s"] + (["clusters (ARI)"] if clustered else [])
+    header += (["clean mean", "backdoor ASR"] if attacked else []) + (["absent"] if faulty else [])
     rows = [header]
     for row in table.itertuples():
         cells = [
@@ -173,13 +194,32 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
         ]
         if clustered:
             cells.append(_clusters_cell(row.clusters, row.ari))
+        if attacked:
+            cells += [_number(row.clean_mean), _number(row.attack_success)]
+        if faulty:
+            cells.append(_number(row.absent, "{:.0f}"))
         rows.append(cells)
     note = (
         f"Final per-client {metric} on {split} (each run's last evaluated round); tails are the "
         "mean of the worst/best 10% of clients"
         + ("; +- is the std over seeds." if several else ".")
+        + (
+            " 'clean mean' leaves the malicious clients out; 'backdoor ASR' is the share of "
+            "triggered test inputs classified as the target."
+            if attacked
+            else ""
+        )
+        + (
+            " 'absent': sampled clients that dropped, missed the deadline or failed."
+            if faulty
+            else ""
+        )
     )
     return note + "\n" + format_table(rows)
+
+
+def _number(value: float, form: str = "{:.3f}") -> str:
+    return "-" if math.isnan(value) else form.format(value)
 
 
 def _with_sd(value: float, sd: float, several: bool) -> str:

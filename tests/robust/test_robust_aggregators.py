@@ -1,0 +1,177 @@
+"""Robust aggregation rules: reductions to the mean, and each rule removes the outliers it is
+meant to remove, at more than one scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from plural.config import ConfigError, build
+from plural.core.aggregation import chain_for
+from plural.core.aggregators import weighted_mean
+from plural.core.params import Params
+from plural.experiment import load_config
+from plural.robust.aggregators import (
+    CENTER_KEY,
+    chain_of,
+    check_cohort,
+    coordinate_median,
+    krum_scores,
+)
+from plural.robust.config import AggregatorConfig
+
+RNG = np.random.default_rng(0)
+
+
+def _rule(name: str, **settings: object) -> AggregatorConfig:
+    return build(AggregatorConfig, {"name": name, **settings}, "aggregator")
+
+
+def _combine(config: AggregatorConfig, models: list[Params], weights, state=None):
+    chain = chain_of(config)
+    assert chain is not None
+    reference = {k: torch.zeros_like(v) for k, v in models[0].items()}
+    return chain.combine(reference, models, weights, np.random.default_rng(0), state)
+
+
+def _honest(n: int, seed: int, dim: int = 6) -> list[Params]:
+    gen = torch.Generator().manual_seed(seed)
+    center = torch.ones(dim)
+    return [
+        {"w": center + 0.1 * torch.randn(dim, generator=gen), "b": torch.randn(2, generator=gen) * 0.1}
+        for _ in range(n)
+    ]
+
+
+def _close(a: Params, b: Params, atol: float = 1e-6) -> bool:
+    return all(torch.allclose(a[k].double(), b[k].double(), atol=atol) for k in a)
+
+
+def test_mean_rule_adds_nothing_to_the_chain() -> None:
+    assert chain_of(_rule("mean")) is None
+    cfg = load_config(
+        {
+            "dataset": {"name": "digits"},
+            "partition": {"name": "iid", "num_clients": 4},
+            "model": {"name": "logreg"},
+            "algorithm": {"name": "fedavg"},
+        }
+    )
+    assert chain_for(cfg).plain
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reductions_to_the_weighted_mean(seed: int) -> None:
+    models = _honest(7, seed)
+    weights = np.arange(1.0, 8.0)
+    mean = weighted_mean(list(zip(models, weights, strict=True)))
+    trimmed, _ = _combine(_rule("trimmed_mean", trim=0.0), models, weights)
+    assert _close(trimmed, mean)
+    # trim share below 1/n trims nothing either
+    assert _close(_combine(_rule("trimmed_mean", trim=0.1), models, weights)[0], mean)
+    multi, _ = _combine(_rule("multi_krum", f=2, m=7), models, weights)
+    assert _close(multi, mean)
+    bounded, _ = _combine(_rule("norm_bound", bound=1e6), models, weights)
+    assert _close(bounded, mean)
+
+
+def test_krum_with_every_update_selected_is_the_mean() -> None:
+    models = _honest(5, 3)
+    weights = np.ones(5)
+    mean = weighted_mean([(m, 1.0) for m in models])
+    assert _close(_combine(_rule("multi_krum", f=1, m=5), models, weights)[0], mean)
+
+
+@pytest.mark.parametrize("name", ["geometric_median", "median", "krum", "bulyan", "trimmed_mean"])
+def test_identical_updates_give_that_update(name: str) -> None:
+    update = {"w": torch.tensor([0.5, -2.0, 3.0]), "b": torch.tensor([1.0])}
+    models = [dict(update) for _ in range(7)]
+    result, _ = _combine(_rule(name), models, np.arange(1.0, 8.0))
+    assert _close(result, update)
+
+
+def test_coordinate_median_of_even_count_is_middle_mean() -> None:
+    matrix = torch.tensor([[1.0, 4.0], [2.0, 3.0], [10.0, 1.0], [3.0, 2.0]], dtype=torch.float64)
+    assert torch.equal(coordinate_median(matrix), torch.tensor([2.5, 2.5], dtype=torch.float64))
+
+
+def test_krum_scores_sum_nearest_squared_distances() -> None:
+    matrix = torch.tensor([[0.0], [1.0], [3.0], [10.0], [11.0]], dtype=torch.float64)
+    # n=5, f=1: each update sums its n - f - 2 = 2 nearest squared distances
+    expected = torch.tensor([1 + 9, 1 + 4, 4 + 9, 1 + 49, 1 + 64], dtype=torch.float64)
+    assert torch.equal(krum_scores(matrix, 1), expected)
+
+
+ROBUST = [
+    ("median", {}),
+    ("trimmed_mean", {"trim": 0.25}),
+    ("krum", {"f": 2}),
+    ("multi_krum", {"f": 2}),
+    ("bulyan", {"f": 1}),
+    ("geometric_median", {}),
+    ("norm_bound", {"bound": 1.0}),
+    ("centered_clip", {"tau": 1.0}),
+]
+
+
+@pytest.mark.parametrize(("name", "settings"), ROBUST)
+@pytest.mark.parametrize(("honest", "seed"), [(8, 0), (30, 1)])
+def test_each_rule_removes_a_planted_outlier(
+    name: str, settings: dict[str, object], honest: int, seed: int
+) -> None:
+    models = _honest(honest, seed)
+    clean_mean = weighted_mean([(m, 1.0) for m in models])
+    outlier = {"w": torch.full((6,), 1e4), "b": torch.full((2,), -1e4)}
+    planted = [*models[:3], outlier, *models[3:]]
+    result, _ = _combine(_rule(name, **settings), planted, np.ones(len(planted)))
+    naive = weighted_mean([(m, 1.0) for m in planted])
+    error = max(float((result[k] - clean_mean[k]).abs().max()) for k in result)
+    naive_error = max(float((naive[k] - clean_mean[k]).abs().max()) for k in naive)
+    assert naive_error > 100
+    # clipping rules keep a bounded share of the outlier; selection rules drop it
+    assert error < (1.0 if name in ("norm_bound", "centered_clip") else 0.3)
+
+
+def test_a_huge_weight_does_not_let_an_outlier_through_krum_or_median() -> None:
+    models = _honest(9, 4)
+    outlier = {"w": torch.full((6,), -50.0), "b": torch.full((2,), 50.0)}
+    weights = np.array([1.0] * 9 + [1e6])
+    for name in ("krum", "median", "bulyan"):
+        result, _ = _combine(_rule(name, f=1) if name != "median" else _rule(name), [*models, outlier], weights)
+        assert float(result["w"].mean()) > 0.5
+
+
+def test_centered_clip_keeps_its_center_in_chain_state() -> None:
+    models = _honest(6, 2)
+    _, state = _combine(_rule("centered_clip", tau=0.5), models, np.ones(6))
+    center = state[CENTER_KEY]
+    assert set(center) == {"w", "b"}
+    # next round, updates far from the last center move the result at most tau per client
+    far = [{"w": torch.full((6,), 100.0), "b": torch.zeros(2)} for _ in range(6)]
+    result, _ = _combine(_rule("centered_clip", tau=0.5), far, np.ones(6), state)
+    step = torch.cat([result["w"] - center["w"], result["b"] - center["b"]]).norm()
+    assert float(step) == pytest.approx(0.5, rel=1e-6)
+
+
+def test_small_rounds_run_with_the_f_they_allow() -> None:
+    models = _honest(3, 5)
+    for name in ("krum", "bulyan", "multi_krum"):
+        result, _ = _combine(_rule(name, f=3), models, np.ones(3))
+        assert torch.isfinite(result["w"]).all()
+    single, _ = _combine(_rule("krum", f=2), models[:1], np.ones(1))
+    assert _close(single, models[0])
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="'trim' is not a setting of 'krum'.*trimmed_mean"):
+        _rule("krum", trim=0.2)
+    with pytest.raises(ConfigError, match="trim: must be < 0.5"):
+        _rule("trimmed_mean", trim=0.5)
+    with pytest.raises(ConfigError, match="more than 2f \\+ 2 = 6 updates.*5 clients.*f <= 1"):
+        check_cohort(_rule("krum", f=2), 5)
+    with pytest.raises(ConfigError, match="4f \\+ 3 = 7.*f <= 0"):
+        check_cohort(_rule("bulyan", f=1), 6)
+    check_cohort(_rule("krum", f=1), 5)
+    with pytest.raises(ConfigError, match="aggregator.name: must be one of"):
+        _rule("average")

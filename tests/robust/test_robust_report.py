@@ -1,0 +1,42 @@
+"""The compare table shows clean clients' accuracy, the backdoor's success and absent clients
+for runs with attackers and faults, and nothing more for runs without."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import plural
+from plural.report.compare import comparison_table, format_comparison
+from plural.report.runs import discover_runs, group_methods
+
+
+def test_compare_table_has_robustness_columns_only_when_runs_have_them(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = copy.deepcopy(tiny_config)
+    cfg["partition"]["num_clients"] = 10
+    plain = plural.run(cfg, out=tmp_path / "plain")
+    plain_methods = group_methods(discover_runs([tmp_path / "plain"]))
+    assert "clean mean" not in format_comparison(comparison_table(plain_methods))
+    attacked = {
+        **cfg,
+        "attack": {"name": "backdoor", "clients": [1, 2]},
+        "faults": {"dropout": 0.3},
+        "aggregator": {"name": "median"},
+    }
+    results = plural.run(attacked, out=tmp_path / "attacked")
+    methods = group_methods(discover_runs([tmp_path / "plain", tmp_path / "attacked"]))
+    table = comparison_table(methods)
+    text = format_comparison(table)
+    assert "clean mean" in text and "backdoor ASR" in text and "absent" in text
+    row = table[table["algorithm"] == "fedavg"].set_index("method")
+    robust = results.summary["robustness"]
+    attacked_row = row[row["attack_success"].notna()].iloc[0]
+    assert attacked_row["clean_mean"] == pytest.approx(robust["clean"]["test"]["mean"])
+    assert attacked_row["attack_success"] == pytest.approx(robust["attack_success"])
+    assert attacked_row["absent"] == robust["dropouts"]
+    assert plain.summary.get("robustness") is None
