@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,13 +234,22 @@ def build_algorithm(config: ExperimentConfig) -> Algorithm:
     return algorithm
 
 
+@dataclasses.dataclass(frozen=True)
+class _FitRecord:
+    """What the ledger keeps of a client's update: scalars, never its parameters."""
+
+    loss: float
+    num_samples: int
+
+
 class _Ledger:
-    """Per-client bytes and training statistics of the current round."""
+    """Per-client bytes and training statistics of the current round (numbers only, so
+    that replies folded into the aggregate as they arrive are not kept alive here)."""
 
     def __init__(self) -> None:
         self.up: dict[int, int] = defaultdict(int)
         self.down: dict[int, int] = defaultdict(int)
-        self.fit: dict[int, Update] = {}
+        self.fit: dict[int, _FitRecord] = {}
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
@@ -285,6 +294,18 @@ class EngineRoundContext:
         *,
         per_client: Mapping[int, Any] | None = None,
     ) -> list[Any]:
+        return list(self.stream(phase, cohort, message, per_client=per_client))
+
+    def stream(
+        self,
+        phase: str,
+        cohort: Sequence[int],
+        message: Any = None,
+        *,
+        per_client: Mapping[int, Any] | None = None,
+    ) -> Iterator[Any]:
+        """:meth:`map`'s replies one at a time, in cohort order, each as the backend returns
+        it; the engine keeps none of them (only their bytes and scalar statistics)."""
         if not hasattr(self._algorithm, phase):
             raise AttributeError(f"{type(self._algorithm).__name__} has no client phase {phase!r}")
         work = []
@@ -292,21 +313,24 @@ class EngineRoundContext:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
             work.append(ClientWork(self._algorithm, phase, cid, self.round, msg, self._state(cid)))
-        replies = []
-        for cid, (reply, state, cost) in zip(
-            cohort, self._backend.map(run_client_phase, work), strict=True
-        ):
+        results = _imap(self._backend, run_client_phase, work)
+        for cid, (reply, state, cost) in zip(cohort, results, strict=True):
             self._store.put(cid, state)
             self.ledger.up[cid] += nbytes(reply)
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
             if isinstance(reply, Update):
-                self.ledger.fit[cid] = reply
+                self.ledger.fit[cid] = _FitRecord(reply.loss, reply.num_samples)
                 msg = per_client[cid] if per_client is not None else message
                 if isinstance(msg, ModelMessage) and reply.params is not None:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)
-            replies.append(reply)
-        return replies
+            yield reply
+
+
+def _imap(backend: Backend, task: Callable[[Any, Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """``backend.imap`` (results as they come), or its ``map`` for a backend without one."""
+    imap = getattr(backend, "imap", None)
+    return imap(task, items) if imap is not None else iter(backend.map(task, items))
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:

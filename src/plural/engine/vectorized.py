@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import greenlet
@@ -568,15 +568,20 @@ class VectorizedBackend(SequentialBackend):
         self.eval_stats = FitStats()
         """How evaluations ran: ``batched`` items in ``batches`` batches, ``alone`` items."""
 
-    def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        """Results in order: a client phase wave by wave (of ``max_batch_clients``),
+        evaluation chunk by chunk, other tasks one by one."""
         if task is evaluate_client:
-            return self._evaluate(items)  # type: ignore[arg-type,return-value]
+            for start in range(0, len(items), self.max_batch_clients):
+                yield from self._evaluate(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
+            return
         if task is not run_client_phase:
-            return super().map(task, items)
-        results: list[Any] = []
+            yield from super().imap(task, items)
+            return
         for start in range(0, len(items), self.max_batch_clients):
-            results.extend(self._wave(items[start : start + self.max_batch_clients]))  # type: ignore[arg-type]
-        return results
+            yield from self._wave(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
 
     def _evaluate(self, items: Sequence[EvalWork]) -> list[dict[str, EvalResult]]:
         """``evaluate_client`` of every item, batched per group of clients whose models have
