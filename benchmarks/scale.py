@@ -35,10 +35,18 @@ keeps the personal part of every client that trained). ``ckpt MB`` / ``ckpt s`` 
 last checkpoint's size and write time: the memory store's checkpoint holds every state,
 the disk store's only a manifest.
 
+Cohort sizes (``--fractions``, one cell per fraction): FedAvg (``--algorithm fedavg``, no
+client state) on 1,000 clients with 1%, 10% and 100% of them per round measures how memory
+grows with the cohort. The peak resident set is reset when round 1 starts
+(``/proc/self/clear_refs``), so ``loop peak`` is the round loop's own peak (``VmHWM``) and
+``loop +MB`` its growth over the resident set at that start.
+
 Usage::
 
     .venv/bin/python benchmarks/scale.py                               # 100, 1000, 10000
     .venv/bin/python benchmarks/scale.py --sizes 100,1000 --rounds 3 --out /tmp/scale.json
+    .venv/bin/python benchmarks/scale.py --sizes 1000 --fractions 0.01,0.1,1 --algorithm fedavg \
+        --stores memory --rounds 3 --out benchmarks/results/scale_cohorts.json
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ from plural.report.rundir import RunDirectory
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "scale.json"
 PERSONAL = ("3.*", "5.*")  # the MLP's last two linear layers (Linear 200-200, Linear 200-10)
 STORES = ("memory", "disk")
+ALGORITHMS = ("fedper", "fedavg")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
 
@@ -81,6 +90,11 @@ MB = 1024 * 1024
 def int_list(text: str) -> list[int]:
     """``"100,1000"`` -> ``[100, 1000]``."""
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    """``"0.01,0.1"`` -> ``[0.01, 0.1]``."""
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def store_list(text: str) -> list[str]:
@@ -97,24 +111,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int_list, default=[100, 1000, 10000], help="clients")
     parser.add_argument("--stores", type=store_list, default=list(STORES), help="memory,disk")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--fraction", type=float, default=0.01, help="clients sampled per round")
+    parser.add_argument(
+        "--fractions",
+        "--fraction",
+        type=float_list,
+        default=[0.01],
+        help="clients sampled per round (several: one cell per cohort size)",
+    )
+    parser.add_argument(
+        "--algorithm", default="fedper", choices=ALGORITHMS, help="fedper (personal layers)"
+    )
     parser.add_argument("--max-samples", type=int, default=None, help="MNIST subset (all: 70k)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmpdir", type=Path, default=None, help="where run directories go")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="JSON results file")
-    parser.add_argument("--cell", nargs=2, metavar=("CLIENTS", "STORE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--cell", nargs=3, metavar=("CLIENTS", "STORE", "FRACTION"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--cell-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or not 0 < args.fraction <= 1 or min(args.sizes, default=0) < 1:
+    if args.rounds < 1 or not all(0 < f <= 1 for f in args.fractions) or min(args.sizes) < 1:
         parser.error("--rounds and --sizes must be >= 1 and --fraction in (0, 1]")
     return args
 
 
-def make_config(args: argparse.Namespace, clients: int, store: str) -> dict[str, Any]:
+def make_config(
+    args: argparse.Namespace, clients: int, store: str, fraction: float
+) -> dict[str, Any]:
     """One cell's experiment as a plain config dict (what ``plural.run`` takes)."""
     dataset: dict[str, Any] = {"name": "mnist"}
     if args.max_samples is not None:
         dataset["max_samples"] = args.max_samples
+    algorithm: dict[str, Any] = {"name": args.algorithm}
+    if args.algorithm == "fedper":
+        algorithm["personal"] = list(PERSONAL)
     return {
         "name": f"scale-{store}-{clients}",
         "seed": args.seed,
@@ -123,8 +153,8 @@ def make_config(args: argparse.Namespace, clients: int, store: str) -> dict[str,
         "partition": {"name": "iid", "num_clients": clients},
         "split": {"val": 0.0, "test": 0.15},
         "model": {"name": "mlp", "hidden": [200, 200]},
-        "algorithm": {"name": "fedper", "personal": list(PERSONAL)},
-        "sampling": {"fraction": args.fraction},
+        "algorithm": algorithm,
+        "sampling": {"fraction": fraction},
         "train": {"lr": 0.05, "batch_size": 10, "local_epochs": 1},
         "eval": {"every": args.rounds, "splits": ["test"]},
         "backend": {"name": "sequential", "threads_per_worker": 1, "state": store},
@@ -138,6 +168,22 @@ def rss_mb() -> float:
     """The current resident set of this process, in MB."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * PAGE_BYTES / MB
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak resident set (``VmHWM``; Linux >= 4.0), so that
+    :func:`high_water_mb` then tells the peak of the round loop alone."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+def high_water_mb() -> float:
+    """The peak resident set since the last :func:`reset_peak_rss` (``VmHWM``), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def peak_rss_mb() -> float:
@@ -166,6 +212,7 @@ class RoundProbe:
             self.rss_start.append(rss_mb())
             if self.peak_before_loop is None:
                 self.peak_before_loop = peak_rss_mb()
+                reset_peak_rss()
             cohort = sample(*args, **kwargs)
             self.cohorts.append(list(cohort))
             return cohort
@@ -231,8 +278,8 @@ def timings(probe: RoundProbe, started: float, finished: float) -> dict[str, Any
     }
 
 
-def run_cell(args: argparse.Namespace, clients: int, store: str) -> dict[str, Any]:
-    """One (clients, store) run of ``plural.run`` in this process, measured."""
+def run_cell(args: argparse.Namespace, clients: int, store: str, fraction: float) -> dict[str, Any]:
+    """One (clients, store, fraction) run of ``plural.run`` in this process, measured."""
     torch.set_num_threads(1)
     rss_at_start = rss_mb()
     probe = RoundProbe()
@@ -243,10 +290,14 @@ def run_cell(args: argparse.Namespace, clients: int, store: str) -> dict[str, An
         run_dir = Path(tmp) / "run"
         started = time.perf_counter()
         results = plural.run(
-            make_config(args, clients, store), out=run_dir, progress=False, callbacks=[probe]
+            make_config(args, clients, store, fraction),
+            out=run_dir,
+            progress=False,
+            callbacks=[probe],
         )
         finished = time.perf_counter()
         peak = peak_rss_mb()
+        loop_peak = high_water_mb()
         held, held_bytes = stored_states(run_dir)
         checkpoint_bytes = (run_dir / "checkpoint.pt").stat().st_size
     return {
@@ -259,12 +310,16 @@ def run_cell(args: argparse.Namespace, clients: int, store: str) -> dict[str, An
         "state_bytes": held_bytes,
         "checkpoint_bytes": checkpoint_bytes,
         "checkpoint_s": probe.checkpoint_s,
-        "personal_entries": list(results.server.extra["personal"]),
+        "fraction": fraction,
+        "algorithm": args.algorithm,
+        "personal_entries": list(results.server.extra.get("personal", [])),
         "rss_start_mb": rss_at_start,
         "rss_before_loop_mb": probe.rss_start[0],
         "peak_before_loop_mb": probe.peak_before_loop,
         "rss_round_end_mb": probe.rss_end,
-        "peak_rss_mb": peak,
+        "peak_rss_mb": max(peak, probe.peak_before_loop or 0.0),
+        "loop_peak_rss_mb": loop_peak,
+        "loop_growth_mb": loop_peak - probe.rss_start[0],
         **timings(probe, started, finished),
         "test_accuracy_mean": results.summary["test"]["accuracy"]["mean"],
     }
@@ -273,10 +328,12 @@ def run_cell(args: argparse.Namespace, clients: int, store: str) -> dict[str, An
 # --------------------------------------------------------------------------- all cells
 
 
-def cell_command(args: argparse.Namespace, clients: int, store: str, out: Path) -> list[str]:
+def cell_command(
+    args: argparse.Namespace, clients: int, store: str, fraction: float, out: Path
+) -> list[str]:
     """The command that measures one cell in a fresh process, writing its JSON to ``out``."""
     command = [sys.executable, str(Path(__file__).resolve()), "--cell", str(clients), store]
-    command += ["--rounds", str(args.rounds), "--fraction", str(args.fraction)]
+    command += [str(fraction), "--rounds", str(args.rounds), "--algorithm", args.algorithm]
     command += ["--seed", str(args.seed), "--cell-out", str(out)]
     if args.max_samples is not None:
         command += ["--max-samples", str(args.max_samples)]
@@ -285,15 +342,15 @@ def cell_command(args: argparse.Namespace, clients: int, store: str, out: Path) 
     return command
 
 
-def measure(args: argparse.Namespace, clients: int, store: str) -> dict[str, Any]:
+def measure(args: argparse.Namespace, clients: int, store: str, fraction: float) -> dict[str, Any]:
     """One cell, in a fresh subprocess; its figures plus the wall time of the process."""
     with tempfile.TemporaryDirectory(prefix="plural-scale-cell-") as tmp:
         out = Path(tmp) / "cell.json"
         started = time.perf_counter()
-        subprocess.run(cell_command(args, clients, store, out), check=True)
+        subprocess.run(cell_command(args, clients, store, fraction, out), check=True)
         cell = json.loads(out.read_text())
     cell["process_s"] = time.perf_counter() - started
-    cell["config"] = make_config(args, clients, store)
+    cell["config"] = make_config(args, clients, store, fraction)
     return cell
 
 
@@ -303,6 +360,7 @@ def measure(args: argparse.Namespace, clients: int, store: str) -> dict[str, Any
 HEADER = [
     "clients",
     "store",
+    "cohort",
     "rounds",
     "w/ state",
     "state MB",
@@ -311,6 +369,8 @@ HEADER = [
     "RSS loop0",
     "RSS end",
     "peak MB",
+    "loop peak",
+    "loop +MB",
     "setup s",
     "steady s",
     "last rnd s",
@@ -322,6 +382,7 @@ def row(cell: dict[str, Any]) -> list[str]:
     return [
         str(cell["clients"]),
         cell["store"],
+        str(cell["cohort_size"]),
         str(cell["rounds"]),
         str(cell["clients_with_state"]),
         f"{cell['state_bytes'] / MB:.1f}",
@@ -330,6 +391,8 @@ def row(cell: dict[str, Any]) -> list[str]:
         f"{cell['rss_before_loop_mb']:.0f}",
         f"{cell['rss_round_end_mb'][-1]:.0f}",
         f"{cell['peak_rss_mb']:.0f}",
+        f"{cell.get('loop_peak_rss_mb', float('nan')):.0f}",
+        f"{cell.get('loop_growth_mb', float('nan')):.0f}",
         f"{cell['setup_s']:.2f}",
         f"{cell['steady_round_s']:.3f}",
         f"{cell['last_round_s']:.2f}",
@@ -350,7 +413,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.cell is not None:
-        cell = run_cell(args, int(args.cell[0]), store_list(args.cell[1])[0])
+        cell = run_cell(args, int(args.cell[0]), store_list(args.cell[1])[0], float(args.cell[2]))
         write_json(args.cell_out, cell)
         return 0
     info = machine_info(torch_threads=1)
@@ -358,11 +421,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = []
     for clients in args.sizes:
         for store in args.stores:
-            print(f"{clients} clients, {store} store ...", flush=True)
-            cells.append(measure(args, clients, store))
-            print("  " + "  ".join(row(cells[-1])), flush=True)
-            if cells[-1]["clients_with_state"] != cells[-1]["clients_sampled"]:
-                print(f"  WARNING: {cells[-1]['clients_sampled']} clients sampled", flush=True)
+            for fraction in args.fractions:
+                print(f"{clients} clients, {store} store, fraction {fraction} ...", flush=True)
+                cells.append(measure(args, clients, store, fraction))
+                print("  " + "  ".join(row(cells[-1])), flush=True)
+                stateful = args.algorithm == "fedper"
+                if stateful and cells[-1]["clients_with_state"] != cells[-1]["clients_sampled"]:
+                    print(f"  WARNING: {cells[-1]['clients_sampled']} clients sampled", flush=True)
     info["loadavg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     payload = {

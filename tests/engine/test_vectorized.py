@@ -18,7 +18,13 @@ from plural.core.rng import torch_generator
 from plural.core.trainer import FitRequest, LocalTrainer, TrainConfig
 from plural.engine import loop
 from plural.engine.backends import resolve_device, to_device
-from plural.engine.vectorized import VectorizedBackend, batched_fit, can_batch, worth_batching
+from plural.engine.vectorized import (
+    VectorizedBackend,
+    batched_evaluate,
+    batched_fit,
+    can_batch,
+    worth_batching,
+)
 
 
 def mlp() -> nn.Module:
@@ -252,3 +258,57 @@ def test_explicit_cpu_device_gives_the_default_run(tiny_config: dict[str, Any]) 
     default = plural.run(tiny_config)
     on_cpu = plural.run(tiny_config, overrides=["backend.device=cpu"])
     assert default.metrics.drop(columns="seconds").equals(on_cpu.metrics.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("sizes", [[3, 40, 0, 17], [1, 1], [250, 9, 64]])
+def test_batched_evaluation_equals_one_by_one(loss: str, sizes: list[int]) -> None:
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3 if loss != "mse" else 1))
+    trainer = LocalTrainer(model, TrainConfig(loss=loss))  # type: ignore[arg-type]
+    start = state_of(model)
+    own = [{k: v + 0.05 * c for k, v in start.items()} for c in range(len(sizes))]
+    head_only = [{**start, "2.weight": p["2.weight"]} for p in own]  # a shared body
+    data = []
+    for c, n in enumerate(sizes):
+        x, y = client_data(n, 10 + c)
+        data.append((x, y.float() if loss == "mse" else y))
+    for params in (own, head_only, [start] * len(sizes)):  # per client, personal head, global
+        batched = batched_evaluate(trainer, params, data)
+        for b, p, (x, y) in zip(batched, params, data, strict=True):
+            alone = trainer.evaluate(p, x, y, batch_size=16)
+            assert (b.count, b.correct) == (alone.count, alone.correct)
+            assert b.loss_sum == pytest.approx(alone.loss_sum, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["local", "fedper", "ifca", "fedavg"])
+def test_engine_evaluation_is_batched_and_agrees_with_sequential(
+    algorithm: str, tiny_config: dict[str, Any], built_backends: list[Any]
+) -> None:
+    """Per-client models, personal heads, cluster models and a global model."""
+    tiny_config["algorithm"] = {"name": algorithm}
+    tiny_config["eval"] = {"splits": ["val", "test"]}
+    sequential = plural.run(tiny_config).metrics
+    vectorized = plural.run(tiny_config, overrides=["backend.name=vectorized"]).metrics
+    backend = built_backends[-1]
+    assert backend.eval_stats.batched == 12 and backend.eval_stats.alone == 0  # 6 clients x 2
+    evaluated = sequential["split"] != "fit"
+    assert evaluated.sum() > 0
+    for column in ("loss", "accuracy", "samples"):
+        torch.testing.assert_close(
+            torch.tensor(vectorized.loc[evaluated, column].to_numpy()),
+            torch.tensor(sequential.loc[evaluated, column].to_numpy()),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_unbatchable_models_and_mixtures_evaluate_alone(
+    tiny_config: dict[str, Any], built_backends: list[Any]
+) -> None:
+    tiny_config["algorithm"] = {"name": "fedem"}
+    plural.run(tiny_config, overrides=["backend.name=vectorized"])
+    assert built_backends[-1].eval_stats.batched == 0 and built_backends[-1].eval_stats.alone > 0
+    tiny_config["algorithm"] = {"name": "local"}
+    tiny_config["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.3}
+    plural.run(tiny_config, overrides=["backend.name=vectorized"])
+    assert built_backends[-1].eval_stats.batched == 0 and built_backends[-1].eval_stats.alone > 0

@@ -11,20 +11,21 @@ update, and how the server turns updates into its next model.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from plural.config import setting
-from plural.core.aggregation import AggregationState
+from plural.core.aggregation import AggregationState, ChainAccumulator
 from plural.core.aggregators import (
     WEIGHTINGS_HELP,
     Weighting,
     aggregation_weights,
     report_count,
 )
-from plural.core.algorithm import Algorithm, ModelMessage, ServerState, Update
+from plural.core.algorithm import Algorithm, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizer, ServerOptimizerSettings, server_step
 from plural.core.trainer import FitResult, LocalTrainer, LossTerm
@@ -236,6 +237,54 @@ class FedAvg(Algorithm):
         if not used:
             return server  # every participant was a dropped straggler
         target, chain_state = self.combine(server, used, rng, server.extra.get(CHAIN_STATE))
+        return self.finish_aggregate(self._step(server, target, chain_state), used)
+
+    # ---- streaming ---------------------------------------------------------------------------
+
+    def streams_updates(self) -> bool:
+        """Whether :meth:`round` folds each update into the aggregate as it arrives: when the
+        server-side hooks are FedAvg's own and each client's weight depends on that client
+        alone. 'capped' weighting (its shares need every count) and subclasses that override
+        ``aggregate``, ``combine``, ``target``, ``weights``, ``used_updates`` or
+        ``finish_aggregate`` (q-FedAvg, SCAFFOLD, FedEM, clustered methods) receive the list
+        of updates as before. A reducer that needs every update (a median, Krum) streams
+        the replies but its accumulator holds the updates until the end."""
+        own = all(getattr(type(self), hook) is getattr(FedAvg, hook) for hook in _SERVER_HOOKS)
+        return own and self.config.weighting != "capped"
+
+    def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
+        """One round; with :meth:`streams_updates`, replies are folded as they arrive."""
+        stream = getattr(ctx, "stream", None)
+        if stream is None or not self.streams_updates():
+            return super().round(server, cohort, ctx)
+        updates = stream("client_update", cohort, self.broadcast(server))
+        return self.aggregate_stream(server, updates, ctx.rng("aggregate"))
+
+    def aggregate_stream(
+        self, server: ServerState, updates: Iterable[Update], rng: np.random.Generator
+    ) -> ServerState:
+        """:meth:`aggregate`, folding ``updates`` one at a time through the aggregation
+        chain's accumulator (in the same order, so the result is the same bit for bit); no
+        update is kept (see :meth:`streams_updates` for when this applies)."""
+        accumulator: ChainAccumulator | None = None
+        for update in updates:
+            if self.config.drop_stragglers and not update.complete:
+                continue
+            assert update.params is not None
+            if accumulator is None:
+                reference = server.params
+                if not self.aggregation.plain:
+                    reference = {name: server.params[name] for name in update.params}
+                accumulator = self.aggregation.accumulator(reference, server.extra.get(CHAIN_STATE))
+            accumulator.add(update.params, float(self.weights([update])[0]))
+        if accumulator is None:
+            return server  # every participant was a dropped straggler
+        return self._step(server, *accumulator.result(rng))
+
+    def _step(
+        self, server: ServerState, target: Params, chain_state: AggregationState
+    ) -> ServerState:
+        """The server optimizer's step towards ``target``, with the chain's new state."""
         new_params, opt_state = server_step(
             server.params,
             target,
@@ -247,8 +296,12 @@ class FedAvg(Algorithm):
             extra["server_opt"] = opt_state
         if chain_state:
             extra[CHAIN_STATE] = chain_state
-        return self.finish_aggregate(ServerState(new_params, extra), used)
+        return ServerState(new_params, extra)
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
         """Update algorithm-specific server state after the model step (FedAvg: nothing)."""
         return server
+
+
+_SERVER_HOOKS = ("aggregate", "combine", "target", "weights", "used_updates", "finish_aggregate")
+"""FedAvg's server-side hooks: a subclass that overrides one gets the list of updates."""

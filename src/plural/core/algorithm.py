@@ -10,7 +10,7 @@ send every piece of client work through ``ctx.map`` so that every backend applie
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -141,6 +141,18 @@ class RoundContext(Protocol):
 
         Every client receives ``message``, or its own ``per_client[client_id]``.
         """
+        ...
+
+    def stream(
+        self,
+        phase: str,
+        cohort: Sequence[int],
+        message: Any = None,
+        *,
+        per_client: Mapping[int, Any] | None = None,
+    ) -> Iterator[Any]:
+        """:meth:`map`'s replies one at a time, in cohort order, as they come back, so that
+        the server can fold each into its aggregate and drop it (streaming aggregation)."""
         ...
 
     def rng(self, purpose: str) -> np.random.Generator:

@@ -19,7 +19,7 @@ import pickle
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -211,6 +211,13 @@ class Backend(Protocol):
         """``[task(env, item) for item in items]``, in order."""
         ...
 
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        """The results of :meth:`map` one at a time, in order, each as soon as it (and those
+        before it) are done, so that a caller can fold them without holding them all."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -229,7 +236,13 @@ class SequentialBackend:
             torch.set_num_threads(threads)
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
-        return [task(self.env, item) for item in items]
+        return list(self.imap(task, items))
+
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        for item in items:
+            yield task(self.env, item)
 
     def close(self) -> None:
         torch.set_num_threads(self._restore_threads)
@@ -281,17 +294,21 @@ class ProcessBackend:
         )
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
+        return list(self.imap(task, items))
+
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        """Results chunk by chunk, in order, as the workers return them."""
         if not items:
-            return []
+            return
         chunk = math.ceil(len(items) / (self.workers * 2))
         payloads = [
             pickle.dumps(list(items[i : i + chunk]), protocol=pickle.HIGHEST_PROTOCOL)
             for i in range(0, len(items), chunk)
         ]
-        results: list[Result] = []
         for reply in self._pool.map(functools.partial(_run_chunk, task), payloads):
-            results.extend(pickle.loads(reply))
-        return results
+            yield from pickle.loads(reply)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -250,13 +250,22 @@ def build_algorithm(config: ExperimentConfig) -> Algorithm:
     return algorithm
 
 
+@dataclasses.dataclass(frozen=True)
+class _FitRecord:
+    """What the ledger keeps of a client's update: scalars, never its parameters."""
+
+    loss: float
+    num_samples: int
+
+
 class _Ledger:
-    """Per-client bytes and training statistics of the current round."""
+    """Per-client bytes and training statistics of the current round (numbers only, so
+    that replies folded into the aggregate as they arrive are not kept alive here)."""
 
     def __init__(self) -> None:
         self.up: dict[int, int] = defaultdict(int)
         self.down: dict[int, int] = defaultdict(int)
-        self.fit: dict[int, Update] = {}
+        self.fit: dict[int, _FitRecord] = {}
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
@@ -322,6 +331,18 @@ class EngineRoundContext:
         *,
         per_client: Mapping[int, Any] | None = None,
     ) -> list[Any]:
+        return list(self.stream(phase, cohort, message, per_client=per_client))
+
+    def stream(
+        self,
+        phase: str,
+        cohort: Sequence[int],
+        message: Any = None,
+        *,
+        per_client: Mapping[int, Any] | None = None,
+    ) -> Iterator[Any]:
+        """:meth:`map`'s replies one at a time, in cohort order, each as the backend returns
+        it; the engine keeps none of them (only their bytes and scalar statistics)."""
         if not hasattr(self._algorithm, phase):
             raise AttributeError(f"{type(self._algorithm).__name__} has no client phase {phase!r}")
         hooks = self.hooks
@@ -334,14 +355,16 @@ class EngineRoundContext:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg)
             work.append(ClientWork(algorithm, phase, cid, self.round, msg, self._state(cid)))
-        results = list(self._backend.map(run_client_phase, work))
-        if hooks is not None:
-            results = self._screen(hooks, phase, cohort, results, message, per_client)
-        self.ledger.dropped += screen_replies(
-            self.round, work, results, self.train.on_nonfinite, self.train.lr
-        )
-        replies = []
-        for cid, (reply, state, cost) in zip(cohort, results, strict=True):
+        results = _imap(self._backend, run_client_phase, work)
+        if hooks is not None:  # attacks and failures act on the whole round's replies
+            results = iter(self._screen(hooks, phase, cohort, list(results), message, per_client))
+        for item, result in zip(work, results, strict=True):
+            cid = item.client_id
+            checked = [result]  # non-finite replies stop the run or are dropped
+            self.ledger.dropped += screen_replies(
+                self.round, [item], checked, self.train.on_nonfinite, self.train.lr
+            )
+            reply, state, cost = checked[0]
             if hooks is not None and hooks.guard:
                 self._pending[cid] = state
             else:
@@ -351,12 +374,11 @@ class EngineRoundContext:
             self.ledger.seconds[cid] += cost.seconds
             self.ledger.privacy_steps[cid] += cost.privacy_steps
             if isinstance(reply, Update):
-                self.ledger.fit[cid] = reply
+                self.ledger.fit[cid] = _FitRecord(reply.loss, reply.num_samples)
                 msg = per_client[cid] if per_client is not None else message
                 if isinstance(msg, ModelMessage) and reply.params is not None:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)
-            replies.append(reply)
-        return replies
+            yield reply
 
     def _charge_absent(
         self, hooks: RoundHooks, message: Any, per_client: Mapping[int, Any] | None
@@ -394,6 +416,12 @@ class EngineRoundContext:
             lambda cid: per_client[cid] if per_client is not None else message,
         )
         return [(r, state, cost) for r, (_, state, cost) in zip(replies, results, strict=True)]
+
+
+def _imap(backend: Backend, task: Callable[[Any, Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+    """``backend.imap`` (results as they come), or its ``map`` for a backend without one."""
+    imap = getattr(backend, "imap", None)
+    return imap(task, items) if imap is not None else iter(backend.map(task, items))
 
 
 def _training_rows(round_index: int, ledger: _Ledger) -> list[dict[str, Any]]:

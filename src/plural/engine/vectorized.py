@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import greenlet
@@ -40,21 +40,28 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from plural.core.algorithm import full_params
+from plural.core.params import Params
 from plural.core.trainer import (
+    EvalResult,
     FitRequest,
     FitResult,
+    LocalTrainer,
+    Mixture,
     WorkMeter,
     batching,
     has_random_layers,
 )
 from plural.engine.backends import (
     ClientWork,
+    EvalWork,
     Item,
     PhaseCost,
     Result,
     SequentialBackend,
     WorkerEnv,
     WorkerSetup,
+    evaluate_client,
     run_client_phase,
 )
 
@@ -148,14 +155,17 @@ def _schedule(requests: Sequence[FitRequest], device: torch.device) -> _Schedule
 
 
 def _stack_params(
-    requests: Sequence[FitRequest], template: dict[str, torch.Tensor], device: torch.device
+    clients: Sequence[Mapping[str, torch.Tensor]],
+    template: dict[str, torch.Tensor],
+    device: torch.device,
+    live: Collection[str] = (),
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(batched, shared): entries that train or differ between clients stacked along a new
     first dimension; frozen entries every client holds as the same tensor passed once."""
-    live = set(requests[0].live)
+    live = set(live)
     batched, shared = {}, {}
     for name, like in template.items():
-        tensors = [r.params[name] for r in requests]
+        tensors = [params[name] for params in clients]
         if name not in live and all(t is tensors[0] for t in tensors):
             shared[name] = tensors[0].to(device=device, dtype=like.dtype)
         else:
@@ -178,7 +188,9 @@ def batched_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
     trainer, cfg = first.trainer, first.trainer.config
     model, device = trainer.model, first.x.device
     live = list(first.live)
-    batched, shared = _stack_params(requests, dict(model.state_dict()), device)
+    batched, shared = _stack_params(
+        [r.params for r in requests], dict(model.state_dict()), device, live
+    )
     for name in live:
         batched[name].requires_grad_(True)
     schedule = _schedule(requests, device)
@@ -304,6 +316,81 @@ def _result(
         live = {name: named[name] for name in request.live}
         trainer.meter.flops += seen * trainer._flops_per_sample(request.x, request.y, live, None)
     return FitResult(params, float(totals[c]) / max(steps, 1), steps, seen)
+
+
+# --------------------------------------------------------------------------- batched evaluation
+
+EVAL_ROWS = 65_536
+"""Input rows (summed over the clients of a group) of one batched evaluation pass."""
+
+
+@torch.no_grad()
+def batched_evaluate(
+    trainer: LocalTrainer,
+    params: Sequence[Mapping[str, torch.Tensor]],
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> list[EvalResult]:
+    """:meth:`LocalTrainer.evaluate` of ``params[c]`` on ``data[c]`` for every client c at
+    once: the clients' parameters stacked (entries every client holds as the same tensor,
+    e.g. a global model, passed once), their inputs padded to the longest client and masked,
+    the forward pass ``vmap`` over ``functional_call``. Equal to one-by-one evaluation up to
+    float rounding (summation order)."""
+    model = trainer.model
+    x0, y0 = data[0]
+    device = x0.device
+    batched, shared = _stack_params(params, dict(model.state_dict()), device)
+    counts = [len(y) for _, y in data]
+    longest, clients = max(counts), len(data)
+    classify = trainer.config.loss == "cross_entropy"
+    loss_sums = torch.zeros(clients, dtype=torch.float64, device=device)
+    correct = torch.zeros(clients, dtype=torch.long, device=device)
+    inputs = torch.cat([*(x for x, _ in data), torch.zeros_like(x0[:1])])
+    targets = torch.cat([*(y for _, y in data), torch.zeros_like(y0[:1])])
+    index = torch.full((clients, longest), len(targets) - 1, dtype=torch.long)
+    offset = 0
+    for c, n in enumerate(counts):
+        index[c, :n] = torch.arange(offset, offset + n)
+        offset += n
+    index = index.to(device)
+    mask = torch.arange(longest, device=device) < torch.tensor(counts, device=device)[:, None]
+
+    def forward(entries: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (entries, shared), (x,))
+
+    outputs = vmap(forward)
+    model.eval()
+    width = max(1, min(longest, EVAL_ROWS // clients))
+    for start in range(0, longest, width):
+        rows, real = index[:, start : start + width], mask[:, start : start + width]
+        output = outputs(batched, inputs[rows])  # (clients, width, ...)
+        flat, target = output.flatten(0, 1), targets[rows].flatten(0, 1)
+        losses = trainer.loss_fn(flat, target, reduction="none").reshape(len(target), -1)
+        per_row = losses.sum(dim=1).view(clients, -1) * real
+        loss_sums += per_row.sum(dim=1).double()
+        if classify:
+            hits = (flat.argmax(dim=-1) == target).view(clients, -1) & real
+            correct += hits.sum(dim=1)
+    return [
+        EvalResult(float(loss_sums[c]), int(correct[c]) if classify else -1, counts[c])
+        for c in range(clients)
+    ]
+
+
+def _evaluate_group(
+    env: WorkerEnv, trainer: LocalTrainer, items: Sequence[EvalWork], params: Sequence[Params]
+) -> list[dict[str, EvalResult]]:
+    """Every item's splits, each split evaluated for the whole group at once."""
+    clients = [env.federation.client(w.client_id, w.round) for w in items]
+    results: list[dict[str, EvalResult]] = [{} for _ in items]
+    for split in items[0].splits:
+        data = [(s.x, s.y) for s in (client.split(split) for client in clients)]
+        if not any(len(y) for _, y in data):
+            scored = [trainer.evaluate(p, x, y) for p, (x, y) in zip(params, data, strict=True)]
+        else:
+            scored = batched_evaluate(trainer, params, data)
+        for out, result in zip(results, scored, strict=True):
+            out[split] = result
+    return results
 
 
 # --------------------------------------------------------------------------- interleaving
@@ -458,8 +545,12 @@ def _group_key(request: FitRequest) -> Hashable:
 class VectorizedBackend(SequentialBackend):
     """Clients in this process, their plain local fits batched with ``torch.func``.
 
-    Other tasks (evaluation, gradients) run one client after another, as in the sequential
-    backend. ``max_batch_clients`` bounds how many clients run as one wave.
+    Evaluation is batched too (:func:`batched_evaluate`): the evaluated models of clients
+    with the same architecture and entries are stacked, under the same rules as training
+    (``can_batch``; with ``auto``, ``worth_batching`` of the entries that differ between
+    clients, so a global model is always batched). FedEM's mixtures and other tasks
+    (gradients) run one client after another, as in the sequential backend.
+    ``max_batch_clients`` bounds how many clients run as one wave or one evaluation batch.
     """
 
     def __init__(
@@ -474,14 +565,66 @@ class VectorizedBackend(SequentialBackend):
         self.max_batch_clients = max_batch_clients
         self._refused: set[Hashable] = set()
         self.stats = FitStats()
+        self.eval_stats = FitStats()
+        """How evaluations ran: ``batched`` items in ``batches`` batches, ``alone`` items."""
 
-    def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        """Results in order: a client phase wave by wave (of ``max_batch_clients``),
+        evaluation chunk by chunk, other tasks one by one."""
+        if task is evaluate_client:
+            for start in range(0, len(items), self.max_batch_clients):
+                yield from self._evaluate(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
+            return
         if task is not run_client_phase:
-            return super().map(task, items)
-        results: list[Any] = []
+            yield from super().imap(task, items)
+            return
         for start in range(0, len(items), self.max_batch_clients):
-            results.extend(self._wave(items[start : start + self.max_batch_clients]))  # type: ignore[arg-type]
-        return results
+            yield from self._wave(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
+
+    def _evaluate(self, items: Sequence[EvalWork]) -> list[dict[str, EvalResult]]:
+        """``evaluate_client`` of every item, batched per group of clients whose models have
+        the same architecture, entries and splits; in the items' order."""
+        results: list[dict[str, EvalResult] | None] = [None] * len(items)
+        models: list[Params | Mixture] = []
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for position, work in enumerate(items):
+            trainer = self.env.trainer_for(work.client_id)
+            params = work.params
+            if not isinstance(params, Mixture):
+                params = full_params(params, trainer)
+            models.append(params)
+            key = None if isinstance(params, Mixture) else (id(trainer), tuple(params), work.splits)
+            groups[key].append(position)
+        for key, positions in groups.items():
+            for start in range(0, len(positions), self.max_batch_clients):
+                chunk = positions[start : start + self.max_batch_clients]
+                group = [items[p] for p in chunk]
+                scored = self._evaluate_chunk(key, group, [models[p] for p in chunk])
+                for position, result in zip(chunk, scored, strict=True):
+                    results[position] = result
+        return results  # type: ignore[return-value]
+
+    def _evaluate_chunk(
+        self, key: Hashable, items: list[EvalWork], models: list[Any]
+    ) -> list[dict[str, EvalResult]]:
+        trainer = self.env.trainer_for(items[0].client_id)
+        if key is not None and len(items) > 1 and key not in self._refused:
+            differing = [n for n in models[0] if any(m[n] is not models[0][n] for m in models)]
+            model, device = trainer.model, self.env.device
+            if can_batch(model) and (
+                self.mode == "always" or worth_batching(model, differing, device)
+            ):
+                try:
+                    results = _evaluate_group(self.env, trainer, items, models)
+                    self.eval_stats.batched += len(items)
+                    self.eval_stats.batches += 1
+                    return results
+                except (RuntimeError, NotImplementedError):  # an operation vmap cannot batch
+                    self._refused.add(key)
+        self.eval_stats.alone += len(items)
+        return [evaluate_client(self.env, work) for work in items]
 
     def _wave(self, items: Sequence[ClientWork]) -> list[tuple[Any, Any, PhaseCost]]:
         shared_counts = self.env.trainer.meter.per_sample
