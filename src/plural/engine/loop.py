@@ -251,11 +251,21 @@ def build_algorithm(config: ExperimentConfig) -> Algorithm:
 
 
 @dataclasses.dataclass(frozen=True)
-class _FitRecord:
-    """What the ledger keeps of a client's update: scalars, never its parameters."""
+class FitRecord:
+    """What the ledger keeps of a client's update: scalars and names, never its tensors."""
 
     loss: float
     num_samples: int
+    sent: tuple[str, ...] = ()
+    """Names of the floating-point parameters the update carried."""
+    sent_outside: tuple[str, ...] = ()
+    """Keys of what else it carried (``Update.extra``)."""
+
+    @classmethod
+    def of(cls, update: Update) -> FitRecord:
+        params = update.params or {}
+        sent = tuple(name for name, tensor in params.items() if tensor.is_floating_point())
+        return cls(update.loss, update.num_samples, sent, tuple(update.extra))
 
 
 class _Ledger:
@@ -265,7 +275,7 @@ class _Ledger:
     def __init__(self) -> None:
         self.up: dict[int, int] = defaultdict(int)
         self.down: dict[int, int] = defaultdict(int)
-        self.fit: dict[int, _FitRecord] = {}
+        self.fit: dict[int, FitRecord] = {}
         self.drift: dict[int, float] = {}
         self.flops: dict[int, float] = defaultdict(float)
         self.seconds: dict[int, float] = defaultdict(float)
@@ -374,7 +384,7 @@ class EngineRoundContext:
             self.ledger.seconds[cid] += cost.seconds
             self.ledger.privacy_steps[cid] += cost.privacy_steps
             if isinstance(reply, Update):
-                self.ledger.fit[cid] = _FitRecord(reply.loss, reply.num_samples)
+                self.ledger.fit[cid] = FitRecord.of(reply)
                 msg = per_client[cid] if per_client is not None else message
                 if isinstance(msg, ModelMessage) and reply.params is not None:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)

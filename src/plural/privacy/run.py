@@ -22,7 +22,7 @@ from typing import Any
 
 from plural.config import ConfigError
 from plural.core.aggregation import AggregationChain, WeightedMeanReducer, register_chain_builder
-from plural.core.algorithm import Algorithm, Update
+from plural.core.algorithm import Algorithm
 from plural.privacy import accountant
 from plural.privacy.chain import ClipUpdates, LocalNoise, NoisePlan, SumNoise
 from plural.privacy.dpsgd import PrivateTrainConfig
@@ -277,7 +277,7 @@ class PrivateRun:
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         self.ledger = Ledger.from_dict(saved)
 
-    def after_round(self, fits: Mapping[int, Update], steps: Mapping[int, int]) -> dict[str, Any]:
+    def after_round(self, fits: Mapping[int, Any], steps: Mapping[int, int]) -> dict[str, Any]:
         """Count the round and its clients' work; the diagnostics record of the round."""
         ledger = self.ledger
         ledger.rounds += 1
@@ -286,10 +286,10 @@ class PrivateRun:
         for cid, count in steps.items():
             if count:
                 ledger.steps[cid] = ledger.steps.get(cid, 0) + int(count)
-        for update in fits.values():
-            if not ledger.sent and update.params is not None:
-                ledger.sent = sorted(n for n, t in update.params.items() if t.is_floating_point())
-            for key in update.extra:
+        for fit in fits.values():  # the engine's FitRecord: names of what each update sent
+            if not ledger.sent and fit.sent:
+                ledger.sent = sorted(fit.sent)
+            for key in fit.sent_outside:
                 if key not in ledger.sent_outside:
                     ledger.sent_outside.append(key)
         return {"epsilon": self.epsilon()}
