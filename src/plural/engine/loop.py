@@ -73,7 +73,13 @@ from plural.robust.runtime import (
     check_attack_support,
 )
 from plural.safety.checks import check_config, check_federation
-from plural.safety.numerics import check_scores, check_server, screen_replies
+from plural.safety.numerics import (
+    check_scores,
+    check_server,
+    diverged,
+    dropped_result,
+    result_is_finite,
+)
 from plural.safety.runlock import check_run_target, run_lock
 
 CHECKPOINT_VERSION = 1
@@ -368,13 +374,16 @@ class EngineRoundContext:
         results = _imap(self._backend, run_client_phase, work)
         if hooks is not None:  # attacks and failures act on the whole round's replies
             results = iter(self._screen(hooks, phase, cohort, list(results), message, per_client))
+        nonfinite: list[int] = []  # clients whose replies stop the run once all are in
         for item, result in zip(work, results, strict=True):
             cid = item.client_id
-            checked = [result]  # non-finite replies stop the run or are dropped
-            self.ledger.dropped += screen_replies(
-                self.round, [item], checked, self.train.on_nonfinite, self.train.lr
-            )
-            reply, state, cost = checked[0]
+            if not result_is_finite(result):
+                if self.train.on_nonfinite == "drop":
+                    result = dropped_result(self.round, item, result, self.train.lr)
+                    self.ledger.dropped.append(cid)
+                else:
+                    nonfinite.append(cid)
+            reply, state, cost = result
             if hooks is not None and hooks.guard:
                 self._pending[cid] = state
             else:
@@ -389,6 +398,8 @@ class EngineRoundContext:
                 if isinstance(msg, ModelMessage) and reply.params is not None:
                     self.ledger.drift[cid] = distance(reply.params, msg.params)
             yield reply
+        if nonfinite:
+            raise diverged(self.round, nonfinite, self.train.lr)
 
     def _charge_absent(
         self, hooks: RoundHooks, message: Any, per_client: Mapping[int, Any] | None

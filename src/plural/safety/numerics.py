@@ -75,34 +75,24 @@ def dropped_update(update: Update, message: Any, round_index: int, client: int) 
     )
 
 
-def screen_replies(
-    round_index: int,
-    work: Sequence[Any],
-    results: list[tuple[Any, Any, Any]],
-    policy: str,
-    lr: float,
-) -> list[int]:
-    """Check each client's (reply, state, cost) of a phase; on non-finite values raise
-    DivergedError (``policy`` "stop"), or (``"drop"``) replace the reply in ``results`` by
-    :func:`dropped_update` and keep the client's previous state. Returns the dropped clients."""
-    bad = []
-    for index, (reply, state, _) in enumerate(results):
-        reply_ok = update_is_finite(reply) if isinstance(reply, Update) else all_finite(reply)
-        if not (reply_ok and all_finite(state)):
-            bad.append(index)
-    if not bad:
-        return []
-    clients = [work[i].client_id for i in bad]
-    if policy != "drop":
-        raise diverged(round_index, clients, lr)
-    for index in bad:
-        reply, _, cost = results[index]
-        item = work[index]
-        if not isinstance(reply, Update):
-            raise diverged(round_index, [item.client_id], lr)
-        replaced = dropped_update(reply, item.message, round_index, item.client_id)
-        results[index] = (replaced, item.state, cost)
-    return clients
+def result_is_finite(result: tuple[Any, Any, Any]) -> bool:
+    """Whether a client's (reply, state, cost) of a phase holds only finite values. Only
+    model updates are checked: other phases' replies may use NaN for "not measured" (pFedLIA
+    leaves the peers a client did not score as NaN), and a diverged fit shows in its update."""
+    reply, state, _ = result
+    return (not isinstance(reply, Update) or update_is_finite(reply)) and all_finite(state)
+
+
+def dropped_result(
+    round_index: int, item: Any, result: tuple[Any, Any, Any], lr: float
+) -> tuple[Any, Any, Any]:
+    """What replaces a non-finite result under ``on_nonfinite: drop``: an update that leaves
+    the model as it was, and the client's previous state (a reply that is not an update
+    cannot be dropped: DivergedError)."""
+    reply, _, cost = result
+    if not isinstance(reply, Update):
+        raise diverged(round_index, [item.client_id], lr)
+    return dropped_update(reply, item.message, round_index, item.client_id), item.state, cost
 
 
 def check_server(server_params: Mapping[str, torch.Tensor], round_index: int, lr: float) -> None:
