@@ -538,3 +538,30 @@ def test_an_npy_named_npz_is_a_data_error(tmp_path: Path) -> None:
         np.save(handle, np.ones((4, 2)))
     with pytest.raises(DataError, match=r"single \.npy array"):
         plural.run(config(dataset={"name": "npz", "path": str(path)}, rounds=1))
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_seeds_are_bounded_and_grid_names_must_be_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.yaml")
+    out = str(tmp_path / "sweep")
+    code, err = cli(capsys, "sweep", str(path), "--seeds", "0-1000000000", "--out", out)
+    assert code == 2 and "more than 10000 seeds" in err
+    code, err = cli(capsys, "sweep", str(path), "--grid", "algorithm=[fedavg],ditto", "--out", out)
+    assert code == 2 and "algorithm" in err and "Traceback" not in err
+    evil = "model={name: 'os:system', command: 'touch pwned'}"
+    code, err = cli(capsys, "sweep", str(path), "--grid", evil, "--out", out)
+    assert code == 2 and "not allowed" in err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_of_zero_rows_is_an_error_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    frame = good_table().iloc[:0]
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    dataset = {"name": "table", "path": str(path), "label_column": "y"}
+    with pytest.raises(DataError, match=rf"{path.name}.*no samples"):
+        plural.run(config(dataset=dataset, rounds=1))
