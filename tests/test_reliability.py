@@ -26,7 +26,7 @@ from plural.data.partitioners import _apportion, _law_sizes
 from plural.engine.store import DiskStateStore
 from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
-from plural.safety import diskio
+from plural.safety import diskio, runlock
 from plural.safety.checks import PluralWarning
 from plural.safety.numerics import DivergedError, check_scores
 from plural.safety.runlock import MARKER, RunDirectoryError, run_lock
@@ -124,6 +124,15 @@ def test_out_refuses_a_read_only_folder(tmp_path: Path) -> None:
             plural.run(CONFIG, out=out)
     finally:
         out.chmod(0o700)
+
+
+def test_out_in_a_folder_without_write_permission_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runlock.os, "access", lambda path, mode: False)  # as for non-root
+    with pytest.raises(RunDirectoryError, match="read-only"):
+        plural.run(CONFIG, out=tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(
