@@ -574,3 +574,11 @@ def test_a_table_of_zero_rows_is_an_error_naming_the_file(tmp_path: Path, suffix
     dataset = {"name": "table", "path": str(path), "label_column": "y"}
     with pytest.raises(DataError, match=rf"{path.name}.*no samples"):
         plural.run(config(dataset=dataset, rounds=1))
+
+
+def test_a_damaged_metrics_file_on_resume_is_an_error_naming_it(tmp_path: Path) -> None:
+    plural.run(config(rounds=1), out=tmp_path)
+    part = tmp_path / "metrics" / "round_000001.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(RunDirectoryError, match=r"round_000001\.parquet.*damaged"):
+        plural.run(config(rounds=2), out=tmp_path, resume=True)
