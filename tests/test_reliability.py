@@ -26,7 +26,7 @@ from plural.data.partitioners import _apportion, _law_sizes
 from plural.engine.store import DiskStateStore
 from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
-from plural.safety import diskio
+from plural.safety import diskio, runlock
 from plural.safety.checks import PluralWarning
 from plural.safety.numerics import DivergedError, check_scores
 from plural.safety.runlock import MARKER, RunDirectoryError, run_lock
@@ -124,6 +124,15 @@ def test_out_refuses_a_read_only_folder(tmp_path: Path) -> None:
             plural.run(CONFIG, out=out)
     finally:
         out.chmod(0o700)
+
+
+def test_out_in_a_folder_without_write_permission_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runlock.os, "access", lambda path, mode: False)  # as for non-root
+    with pytest.raises(RunDirectoryError, match="read-only"):
+        plural.run(CONFIG, out=tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(
@@ -538,3 +547,38 @@ def test_an_npy_named_npz_is_a_data_error(tmp_path: Path) -> None:
         np.save(handle, np.ones((4, 2)))
     with pytest.raises(DataError, match=r"single \.npy array"):
         plural.run(config(dataset={"name": "npz", "path": str(path)}, rounds=1))
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_sweep_seeds_are_bounded_and_grid_names_must_be_names(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.yaml")
+    out = str(tmp_path / "sweep")
+    code, err = cli(capsys, "sweep", str(path), "--seeds", "0-1000000000", "--out", out)
+    assert code == 2 and "more than 10000 seeds" in err
+    code, err = cli(capsys, "sweep", str(path), "--grid", "algorithm=[fedavg],ditto", "--out", out)
+    assert code == 2 and "algorithm" in err and "Traceback" not in err
+    evil = "model={name: 'os:system', command: 'touch pwned'}"
+    code, err = cli(capsys, "sweep", str(path), "--grid", evil, "--out", out)
+    assert code == 2 and "not allowed" in err
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_of_zero_rows_is_an_error_naming_the_file(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"empty{suffix}"
+    frame = good_table().iloc[:0]
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    dataset = {"name": "table", "path": str(path), "label_column": "y"}
+    with pytest.raises(DataError, match=rf"{path.name}.*no samples"):
+        plural.run(config(dataset=dataset, rounds=1))
+
+
+def test_a_damaged_metrics_file_on_resume_is_an_error_naming_it(tmp_path: Path) -> None:
+    plural.run(config(rounds=1), out=tmp_path)
+    part = tmp_path / "metrics" / "round_000001.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(RunDirectoryError, match=r"round_000001\.parquet.*damaged"):
+        plural.run(config(rounds=2), out=tmp_path, resume=True)

@@ -742,9 +742,17 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
 
         x, y = get(config.x_key, "x"), get(config.y_key, "y")
         clients, groups = get(config.client_key, "client"), get(config.group_key, "group")
-    return from_arrays(
-        x, y, client_ids=clients, sample_groups=groups, num_classes=config.num_classes, name="npz"
-    )
+    try:
+        return from_arrays(
+            x,
+            y,
+            client_ids=clients,
+            sample_groups=groups,
+            num_classes=config.num_classes,
+            name="npz",
+        )
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from err
 
 
 # --------------------------------------------------------------------------- table
@@ -817,7 +825,8 @@ def _feature_names(frame: Any, config: TableConfig, special: Sequence[str]) -> l
     other = [c for c in names if c not in numeric]
     if other:
         raise DataError(
-            f"table: feature columns must be numeric; {', '.join(other)} are not. Drop or encode "
+            f"table: {config.path}: feature columns must be numeric; {', '.join(other)} are "
+            "not. Drop or encode "
             "them, or list the features to use in feature_columns"
         )
     return names
@@ -827,6 +836,8 @@ def _feature_names(frame: Any, config: TableConfig, special: Sequence[str]) -> l
 def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
     """Features, labels and optional client / group ids from a CSV or Parquet table."""
     frame = _read_table(Path(config.path))
+    if len(frame) == 0:
+        raise DataError(f"table: {config.path}: the data has no samples (zero rows)")
     available = [str(c) for c in frame.columns]
     special = [c for c in (config.label_column, config.client_column, config.group_column) if c]
     unknown = [c for c in (*special, *(config.feature_columns or ())) if c not in available]
@@ -843,11 +854,14 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
     def column(name: str | None) -> np.ndarray | None:
         return None if name is None else frame[name].to_numpy()
 
-    return from_arrays(
-        frame[features].to_numpy(dtype=np.float32),
-        column(config.label_column),
-        client_ids=column(config.client_column),
-        sample_groups=column(config.group_column),
-        num_classes=config.num_classes,
-        name="table",
-    )
+    try:
+        return from_arrays(
+            frame[features].to_numpy(dtype=np.float32),
+            column(config.label_column),
+            client_ids=column(config.client_column),
+            sample_groups=column(config.group_column),
+            num_classes=config.num_classes,
+            name="table",
+        )
+    except DataError as err:
+        raise DataError(f"{config.path}: {err}") from err

@@ -110,9 +110,9 @@ class RunDirectory:
         parts = sorted(self.metrics_dir.glob("round_*.parquet"))
         if not parts:
             if self.metrics_path.is_file():
-                return pd.read_parquet(self.metrics_path)
+                return _read_parquet(self.metrics_path)
             return pd.DataFrame(columns=METRIC_COLUMNS)
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        return pd.concat([_read_parquet(p) for p in parts], ignore_index=True)
 
     def consolidate_metrics(self) -> pd.DataFrame:
         frame = self.read_metrics()
@@ -226,6 +226,16 @@ class RunDirectory:
                 f"--resume: {str(self.checkpoint_path)!r} is not a plural checkpoint"
             )
         return checkpoint
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises many types for a damaged file
+        raise RunDirectoryError(
+            f"{str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:200]}); the file "
+            "is damaged: delete the run directory and start again"
+        ) from err
 
 
 def _save_npy(path: Path, value: np.ndarray) -> None:
