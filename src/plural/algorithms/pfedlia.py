@@ -697,11 +697,14 @@ class PFedLIA(Clustered):
                 "peer_exchange_bytes",
             )
         }
-        return {
+        out = {
             "lazy_phases": len(records),
             "lazy_cost": totals,
             "last_lazy_phase": json_record(records[-1]),
         }
+        if "neighbourhoods" in records[-1]:  # decentral: purity and recall, not clusters
+            out["neighbourhoods"] = records[-1]["neighbourhoods"]
+        return out
 
 
 def json_record(record: Mapping[str, Any]) -> dict[str, Any]:
