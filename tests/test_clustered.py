@@ -104,3 +104,40 @@ def test_ifca_sends_k_models_and_records_the_clients_choices(tiny_config: dict[s
     # Round 2 evaluates: all 6 clients also receive the 3 models to choose theirs.
     second = fit[fit["round"] == 2]
     assert len(second) == 6 and (second["bytes_down"] >= 3 * model_bytes).all()
+
+
+def test_ifca_finds_8_label_swap_groups_with_k_8() -> None:
+    cfg = copy.deepcopy(ROTATED)
+    cfg.update(
+        dataset={"name": "mnist", "max_samples": 7200},
+        partition={"name": "iid", "num_clients": 48},
+        transforms=[{"name": "label_swap", "groups": 8}],
+        model={"name": "mlp", "hidden": [32]},
+    )
+    ifca = plural.run(with_algorithm(cfg, name="ifca", k=8))
+    assert ifca.summary["clustering"]["clusters"] == 8
+    assert ifca.summary["clustering"]["ari"] >= 0.9
+
+
+def test_unused_models_are_reseeded_from_the_worst_fitting_clients() -> None:
+    cfg = copy.deepcopy(ROTATED)
+    cfg.update(rounds=4, eval={"every": 4}, partition={"name": "iid", "num_clients": 8})
+    # 8 models for 8 clients of 4 groups: some are never picked and must be replaced.
+    ifca = plural.run(with_algorithm(cfg, name="ifca", k=8, reseed_after=1))
+    reseeds = ifca.server.extra["ifca_reseeds"]
+    assert reseeds and all(0 <= r["client"] < 8 for r in reseeds)
+    # The first re-seed uses a different client for each unused model.
+    first = reseeds[: 8 - len(set(ifca.diagnostics["assignment"].iloc[0]))]
+    assert len({r["client"] for r in first}) == len(first)
+    never = plural.run(with_algorithm(cfg, name="ifca", k=8, reseed_after=None))
+    assert "ifca_reseeds" not in never.server.extra
+
+
+def test_spread_init_seeds_k_models_from_far_apart_clients() -> None:
+    cfg = copy.deepcopy(ROTATED)
+    cfg.update(rounds=1, eval={"every": 1}, transforms=[{"name": "label_swap", "groups": 2}])
+    ifca = plural.run(with_algorithm(cfg, name="ifca", k=2, init="spread"))
+    models = ifca.server.extra["models"]
+    assert max_abs_difference(models[0], models[1]) > 0  # two different clients' models
+    fit = ifca.metrics[(ifca.metrics["split"] == "fit") & (ifca.metrics["round"] == 1)]
+    assert (fit["bytes_down"] >= nbytes(models[0])).all()

@@ -90,3 +90,30 @@ def test_diagnose_rejects_bad_options(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["diagnose", "examples/rotated_digits.yaml", "--probe-rounds", "0"])
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_probe_gives_clustered_candidates_the_detected_groups_and_time() -> None:
+    from plural.diagnose import candidate_settings
+
+    assert candidate_settings("ifca", 10, 4) == {"k": 4}
+    assert candidate_settings("ifca", 10, None) == {}
+    assert candidate_settings("cfl", 12, 4)["min_rounds"] == 4  # splits can happen in the probe
+    assert candidate_settings("pfedlia", 10, 4)["warmup_rounds"] < 10 // 2
+    assert candidate_settings("fedavg", 10, 4) == {}
+
+
+def test_probe_runs_ifca_with_the_detected_k(monkeypatch: pytest.MonkeyPatch) -> None:
+    import plural.diagnose as diagnose_module
+
+    seen: dict[str, Any] = {}
+    original = diagnose_module.probe_methods
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(diagnose_module, "probe_methods", spy)
+    result = diagnose("examples/rotated_digits.yaml", probe=True, probe_rounds=2)
+    assert result.recommendation.family == "clustered"
+    assert seen["groups"] == result.cluster.k == 4  # the example's 4 rotation groups
+    assert {"ifca", "cfl", "pfedlia"} <= set(result.probe["algorithm"])

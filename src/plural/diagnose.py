@@ -163,19 +163,37 @@ def _warmup_params(
     return {"model": initial, "params": warm.server.params}
 
 
+def candidate_settings(name: str, rounds: int, groups: int | None) -> dict[str, Any]:
+    """Settings that let a clustered candidate work within a probe of ``rounds`` rounds:
+    IFCA gets the detected group count as ``k``; CFL may split after a third of the rounds
+    (its default ``min_rounds`` of 20 is longer than a probe); pFedLIA's warm-up leaves at
+    least half of the rounds to its clusters."""
+    if name == "ifca" and groups is not None:
+        return {"k": groups}
+    if name == "cfl":
+        return {"min_rounds": max(1, rounds // 3)}
+    if name == "pfedlia":
+        return {"warmup_rounds": min(5, max(0, rounds // 2 - 1))}
+    return {}
+
+
 def probe_methods(
     cfg: ExperimentConfig,
     federation: FederatedDataset,
     model: ModelSource | None,
     candidates: Sequence[str],
     rounds: int,
+    groups: int | None = None,
 ) -> pd.DataFrame:
-    """Run each candidate for ``rounds`` rounds; rank by mean (then worst-10%) test accuracy."""
+    """Run each candidate for ``rounds`` rounds; rank by mean (then worst-10%) test accuracy.
+    ``groups``: the number of client groups the diagnosis detected (IFCA's ``k``)."""
     rows = []
     for name in candidates:
+        settings = {"name": name, **candidate_settings(name, rounds, groups)}
+        algorithm = ", ".join(f"{k}: {v}" for k, v in settings.items())
         results = run(
             cfg,
-            overrides=[f"rounds={rounds}", f"algorithm={{name: {name}}}", "eval.splits=[test]"],
+            overrides=[f"rounds={rounds}", f"algorithm={{{algorithm}}}", "eval.splits=[test]"],
             dataset=federation,
             model=model,
             progress=False,
@@ -292,7 +310,12 @@ def diagnose(
     )
     if probe:
         candidates = probe_candidates(recommendation)
-        diagnosis.probe = probe_methods(cfg, federation, model, candidates, probe_rounds)
+        grouped = cluster is not None and cluster.k >= 2
+        grouped = grouped and (cluster.distinct or recommendation.family == "clustered")
+        groups = cluster.k if grouped else None
+        diagnosis.probe = probe_methods(
+            cfg, federation, model, candidates, probe_rounds, groups=groups
+        )
     if out is not None:
         out = Path(out)
         diagnosis.files = _write_files(diagnosis, federation, out)

@@ -31,7 +31,8 @@ the true groups were split further (0.37-0.62 inside a group); an IID federation
 but ``min_separation`` keeps it whole. Set ``eps1`` (and ``eps2``) to use the paper's absolute
 criteria instead (``server.extra["cfl_norms"]`` shows the norms of a run). ``min_rounds``
 (default 20) delays every split until the joint model has had time to approach a stationary
-point, as the paper assumes. A split also needs both children to have at least ``min_cluster_size`` clients.
+point, as the paper assumes. A split also needs both children to have at least
+``min_cluster_size`` clients.
 
 Server state (``server.extra``): ``cfl_clusters`` (each cluster's client ids), ``cfl_models``
 (one model per cluster; ``server.params`` is cluster 0's model), ``cfl_updates`` (each client's

@@ -72,9 +72,7 @@ def _rows(scores: np.ndarray | csr_matrix) -> list[tuple[np.ndarray, np.ndarray]
     return out
 
 
-def score_edges(
-    scores: np.ndarray | csr_matrix, mutual: bool = True
-) -> csr_matrix:
+def score_edges(scores: np.ndarray | csr_matrix, mutual: bool = True) -> csr_matrix:
     """The symmetric helpful-score graph of steps 1-3 (module docstring), as CSR float64;
     ``mutual=False``: an edge where either side chose the other.
 

@@ -105,9 +105,13 @@ def run_costs(run: RunRecord) -> dict[str, float]:
 
 def _clustering(run: RunRecord) -> dict[str, float]:
     clustering = run.summary.get("clustering") or {}
+    # Neighbourhood methods (decentral pFedLIA) have no clusters: purity and recall instead.
+    neighbourhoods = (run.summary.get("pfedlia") or {}).get("neighbourhoods") or {}
     return {
         "clusters": float(clustering.get("clusters", math.nan)),
         "ari": float(clustering["ari"]) if clustering.get("ari") is not None else math.nan,
+        "purity": float(neighbourhoods.get("purity", math.nan)),
+        "recall": float(neighbourhoods.get("recall", math.nan)),
     }
 
 
@@ -159,6 +163,8 @@ def comparison_table(
         clean_mean=("clean_mean", "mean"),
         attack_success=("attack_success", "mean"),
         absent=("absent", "mean"),
+        purity=("purity", "mean"),
+        recall=("recall", "mean"),
         complete=("complete", "all"),
     ).reset_index()
     table = table.sort_values(
@@ -193,7 +199,11 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
             f"{row.wall_time_s:.1f}",
         ]
         if clustered:
-            cells.append(_clusters_cell(row.clusters, row.ari))
+            cells.append(
+                _clusters_cell(row.clusters, row.ari)
+                if math.isnan(row.purity)
+                else f"purity {row.purity:.2f}, recall {row.recall:.2f}"
+            )
         if attacked:
             cells += [_number(row.clean_mean), _number(row.attack_success)]
         if faulty:

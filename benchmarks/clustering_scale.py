@@ -1,0 +1,313 @@
+"""Clustered methods from 20 to 1,000 clients: pFedLIA (central, decentral), IFCA, CFL, Oracle
+and FedAvg at their defaults (IFCA told the number of groups), on MNIST federations.
+
+Three experiments (all by default; ``--experiments`` picks some):
+
+* ``synthetic``: the clustering step alone, on block-structured score matrices calibrated on
+  a measured one (see ``tests/test_score_graph.py``): OPTICS (``clustering: optics``, the
+  earlier default) against the score-graph spectral clustering (the default), 20 to 1,000
+  clients, equal and very unequal groups, noise 1x and 2x the measured level; ARI and
+  clusters found, min over seeds.
+* ``federations``: every method on rotation (4 groups), label swap (4) and class pairs
+  (``class_groups``, 5 groups of 2 classes), at each ``--sizes`` client count (unequal
+  group sizes are in ``synthetic`` only: the transforms make equal groups): ARI, clusters
+  (decentral: neighbourhood
+  purity and recall), mean and worst-10% test accuracy and their gap to Oracle, lazy-phase
+  bytes and seconds.
+* ``lazy``: pFedLIA's lazy phase at ``--lazy-sizes`` clients: seconds with the batched
+  evaluation of the lazy models (:mod:`plural.core.batched_eval`) against one model at a
+  time, and ARI and bytes against ``peers_scored`` (all, 20, 10 peers).
+
+Workload: MNIST, 60 training images a client (split 60/20/20 train/val/test of 100), MLP
+784-32-10, SGD lr 0.1, batch 20, one local epoch, full participation, sequential backend,
+torch threads 1; pFedLIA warm-up 5 rounds; ``--rounds`` rounds (CFL: ``--cfl-rounds``).
+
+Run from the repository root, under the shared lock (figures in
+``benchmarks/results/clustering_scale.json``)::
+
+    flock /tmp/plural-bench.lock .venv/bin/python benchmarks/clustering_scale.py
+    .venv/bin/python benchmarks/clustering_scale.py --quick   # seconds: 20/100 clients, 1 seed
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+import plural
+import plural.algorithms.pfedlia as pfedlia_module
+from plural.algorithms.influence import influence_features, optics_clusters
+from plural.algorithms.pfedlia import lia_records
+from plural.algorithms.score_graph import graph_clusters
+
+HERE = Path(__file__).parent
+EXPERIMENTS = ("synthetic", "federations", "lazy")
+SAMPLES_PER_CLIENT = 100
+
+FEDERATIONS: dict[str, dict[str, Any]] = {
+    "rotation": {"transforms": [{"name": "rotation", "groups": 4}]},
+    "label swap": {"transforms": [{"name": "label_swap", "groups": 4}]},
+    "class pairs": {"partition": {"name": "class_groups", "groups": 5, "classes_per_group": 2}},
+}
+GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5}
+METHODS: dict[str, dict[str, Any]] = {
+    "pFedLIA central": {"name": "pfedlia"},
+    "pFedLIA decentral": {"name": "pfedlia", "variant": "decentral"},
+    "IFCA": {"name": "ifca"},
+    "CFL": {"name": "cfl"},
+    "Oracle": {"name": "oracle"},
+    "FedAvg": {"name": "fedavg"},
+}
+
+
+def config(num_clients: int, federation: str, seed: int, rounds: int) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "clustering_scale",
+        "seed": seed,
+        "rounds": rounds,
+        "dataset": {"name": "mnist", "max_samples": num_clients * SAMPLES_PER_CLIENT},
+        "partition": {"name": "iid", "num_clients": num_clients},
+        "model": {"name": "mlp", "hidden": [32]},
+        "train": {"lr": 0.1, "batch_size": 20},
+        "split": {"val": 0.2, "test": 0.2},
+        "sampling": {"fraction": 1.0},
+        "eval": {"every": rounds, "splits": ["test"]},
+        "backend": {"threads_per_worker": 1},
+    }
+    changes = copy.deepcopy(FEDERATIONS[federation])
+    if "partition" in changes:
+        cfg["partition"] = {**changes.pop("partition"), "num_clients": num_clients}
+    cfg.update(changes)
+    return cfg
+
+
+def method_run(
+    num_clients: int, federation: str, method: str, seed: int, rounds: int, cfl_rounds: int
+) -> dict[str, Any]:
+    algorithm = dict(METHODS[method])
+    if algorithm["name"] == "ifca":
+        algorithm["k"] = GROUPS[federation]
+    cfg = config(num_clients, federation, seed, cfl_rounds if method == "CFL" else rounds)
+    cfg["algorithm"] = algorithm
+    started = time.perf_counter()
+    results = plural.run(cfg)
+    row: dict[str, Any] = {
+        "clients": num_clients,
+        "federation": federation,
+        "method": method,
+        "seed": seed,
+        "mean": results.summary["test"]["accuracy"]["mean"],
+        "worst10": results.summary["test"]["accuracy"]["worst10"],
+        "seconds": time.perf_counter() - started,
+    }
+    clustering = results.summary.get("clustering", {})
+    row["ari"] = clustering.get("ari")
+    row["clusters"] = clustering.get("clusters")
+    records = lia_records(results.server) if algorithm["name"] == "pfedlia" else []
+    if records:
+        cost = records[-1]["cost"]
+        row["lazy_bytes"] = cost["bytes_up"] + cost["bytes_down"]
+        row["lazy_seconds"] = cost["seconds"]
+        if "neighbourhoods" in records[-1]:
+            row.update({k: records[-1]["neighbourhoods"][k] for k in ("purity", "recall")})
+    return row
+
+
+def federations_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for n in args.sizes:
+        for federation in args.federations:
+            for seed in args.seeds:
+                for method in args.methods:
+                    if method == "CFL" and n > args.cfl_max_clients:
+                        continue
+                    row = method_run(n, federation, method, seed, args.rounds, args.cfl_rounds)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    return rows
+
+
+def lazy_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Lazy-phase seconds batched vs one at a time; ARI and bytes against peers_scored."""
+    rows = []
+    for n in args.lazy_sizes:
+        for peers in (1.0, 20, 10):
+            for batched in (True, False) if peers == 1.0 else (True,):
+                cfg = config(n, "rotation", args.seeds[0], 6)
+                cfg["algorithm"] = {"name": "pfedlia", "peers_scored": peers}
+                original = pfedlia_module.evaluate_stacked
+                if not batched:
+                    pfedlia_module.evaluate_stacked = _one_at_a_time  # type: ignore[assignment]
+                try:
+                    record = lia_records(plural.run(cfg).server)[-1]
+                finally:
+                    pfedlia_module.evaluate_stacked = original  # type: ignore[assignment]
+                cost = record["cost"]
+                row = {
+                    "clients": n,
+                    "peers_scored": peers,
+                    "batched": batched,
+                    "ari": record["ari"],
+                    "clusters": record["clusters"],
+                    "lazy_seconds": cost["seconds"],
+                    "lazy_bytes": cost["bytes_up"] + cost["bytes_down"],
+                    "peer_exchange_bytes": cost["peer_exchange_bytes"],
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def _one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError("benchmark: evaluate the lazy models one at a time")
+
+
+def block_scores(
+    sizes: list[int], seed: int, noise: float = 0.21, cross: float = 0.08
+) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic score matrices of ``tests/test_score_graph.py``."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    n, k = len(groups), len(sizes)
+    mean = rng.normal(cross, 0.05, size=(k, k))
+    np.fill_diagonal(mean, 1.0)
+    row_noise = noise * np.exp(rng.normal(0, 0.25, n))
+    scores = mean[groups][:, groups] + rng.normal(0, 0.1, n)[None, :]
+    scores += row_noise[:, None] * rng.normal(size=(n, n))
+    scores[np.arange(n), np.arange(n)] += 0.35
+    return scores * np.exp(rng.normal(0, 0.15, n))[:, None], groups
+
+
+SYNTHETIC = {
+    "4x5": [5] * 4,
+    "4x25": [25] * 4,
+    "4x50": [50] * 4,
+    "20x10": [10] * 20,
+    "20x3": [3] * 20,
+    "250,100,50,20,8x3": [250, 100, 50, 20] + [3] * 8,
+    "4x250": [250] * 4,
+    "20x50": [50] * 20,
+    "1x100 (IID)": [100],
+    "1x1000 (IID)": [1000],
+}
+
+
+def synthetic_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for name, sizes in SYNTHETIC.items():
+        if sum(sizes) > max(args.sizes):
+            continue
+        for noise, cross in ((0.21, 0.08), (0.42, 0.3)):
+            for method in ("optics", "spectral"):
+                aris, found = [], []
+                for seed in args.seeds:
+                    scores, groups = block_scores(sizes, seed, noise, cross)
+                    if method == "optics":
+                        labels = optics_clusters(influence_features(scores, "row"), 3, 0.05)
+                    else:
+                        labels = graph_clusters(scores)
+                    aris.append(adjusted_rand_score(groups, labels))
+                    found.append(int(labels.max()) + 1)
+                row = {
+                    "case": name,
+                    "clients": sum(sizes),
+                    "noise": noise,
+                    "cross": cross,
+                    "method": method,
+                    "ari_min": min(aris),
+                    "clusters": found,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> None:
+    """Mean over seeds per (clients, federation, method), with the gap to Oracle."""
+    keys = sorted({(r["clients"], r["federation"], r["method"]) for r in rows})
+    oracle = {
+        (n, f): statistics.mean(
+            r["mean"]
+            for r in rows
+            if (r["clients"], r["federation"], r["method"]) == (n, f, "Oracle")
+        )
+        for n, f, m in keys
+        if m == "Oracle"
+    }
+    columns = "clients federation method ARI clusters mean vs-Oracle worst-10% lazy-MB lazy-s"
+    print("| " + " | ".join(c.replace("-", " ") for c in columns.split()) + " |")
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n, f, m in keys:
+        mine = [r for r in rows if (r["clients"], r["federation"], r["method"]) == (n, f, m)]
+        mean = statistics.mean(r["mean"] for r in mine)
+        gap = f"{mean - oracle[(n, f)]:+.3f}" if (n, f) in oracle else "-"
+        ari = _mean_of(mine, "ari")
+        clusters = _mean_of(mine, "clusters", ".1f")
+        if mine[0].get("purity") is not None:
+            clusters = f"purity {_mean_of(mine, 'purity')}, recall {_mean_of(mine, 'recall')}"
+        worst = statistics.mean(r["worst10"] for r in mine)
+        mb = _mean_of(mine, "lazy_bytes", ".1f", 1e-6)
+        seconds = _mean_of(mine, "lazy_seconds", ".1f")
+        cells = [n, f, m, ari, clusters, f"{mean:.3f}", gap, f"{worst:.3f}", mb, seconds]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str, fmt: str = ".3f", scale: float = 1.0) -> str:
+    values = [r[key] * scale for r in rows if r.get(key) is not None]
+    return format(statistics.mean(values), fmt) if values else "-"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[20, 100, 200])
+    parser.add_argument("--lazy-sizes", nargs="+", type=int, default=[200])
+    parser.add_argument("--federations", nargs="+", choices=list(FEDERATIONS), default=["rotation"])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--cfl-rounds", type=int, default=40)
+    parser.add_argument("--cfl-max-clients", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="20 and 100 clients, short runs")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.lazy_sizes, args.rounds, args.cfl_rounds = [20, 100], [100], 8, 30
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    if "synthetic" in args.experiments:
+        results["synthetic"] = synthetic_experiment(args)
+    if "federations" in args.experiments:
+        results["federations"] = federations_experiment(args)
+        summarise(results["federations"])
+    if "lazy" in args.experiments:
+        results["lazy"] = lazy_experiment(args)
+    results["meta"] = {
+        "command": " ".join(sys.argv),
+        "seconds": time.perf_counter() - started,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+    }
+    print(f"total {results['meta']['seconds']:.0f} s")
+    out = args.out or (None if args.quick else HERE / "results" / "clustering_scale.json")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
