@@ -8,12 +8,15 @@ a round, 30 rounds, uniform weights. Each method runs without DP and at epsilon 
 3 seeds. Personalization methods keep their personal part (FedPer's head, Ditto's personal
 model, the fine-tuned model) on the client, so only the shared part is privatized.
 
-The audit: a loss-threshold membership-inference attack (Yeom et al. 2018) on the smallest
-10% of clients, against FedAvg's global model: the attack's advantage max_t (TPR - FPR) at
-telling a client's training examples (members) from its test examples (non-members) by their
-loss under the model, with and without DP.
+Two loss-threshold membership-inference audits (Yeom et al. 2018): the attack's advantage
+max_t (TPR - FPR) at telling a client's training examples (members) from its test examples
+(non-members) by their loss, on the smallest clients:
+- against FedAvg's global model on the 500-client federation (client-level DP), smallest 10%;
+- against each client's own model where models memorize: 40 MNIST clients training alone
+  (``local``, 2 epochs a round) under DP-SGD (``level: sample``, example-level epsilon
+  calibrated for the smallest client) or without DP, smallest 25%, 2 seeds.
 
-    flock /tmp/plural-bench.lock .venv/bin/python benchmarks/privacy.py [--quick]
+    flock /tmp/plural-bench.lock .venv/bin/python benchmarks/privacy.py [--quick | --audit-only]
 
 Writes benchmarks/results/privacy.json and prints the tables recorded in
 benchmarks/README.md.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -100,6 +104,57 @@ def membership_advantage(cfg: dict, federation: Any, params: dict, share: float 
     return float(np.max(tpr - fpr))
 
 
+def audit_config(seed: int, eps: float, rounds: int) -> dict:
+    """The audit's federation: 40 MNIST clients, each training its own MLP alone (``local``)
+    for ``rounds`` x 2 epochs, under DP-SGD at example-level ``eps`` (or without DP)."""
+    out: dict[str, Any] = {
+        "name": f"audit-{eps}",
+        "seed": seed,
+        "rounds": rounds,
+        "dataset": {"name": "mnist", "max_samples": 6000, "standardize": True},
+        "partition": {"name": "dirichlet", "num_clients": 40, "alpha": 0.3, "min_samples": 20},
+        "split": {"val": 0.15, "test": 0.25},
+        "model": {"name": "mlp", "hidden": [64]},
+        "algorithm": {"name": "local"},
+        "train": {"lr": 0.1, "batch_size": 16, "local_epochs": 2},
+        "eval": {"every": rounds, "splits": ["test"]},
+        "backend": {"threads_per_worker": 1},
+    }
+    if math.isfinite(eps):
+        out["privacy"] = {"level": "sample", "clip": 1.0, "epsilon": eps}
+    return out
+
+
+def audit_personal_models(seed: int, eps: float, rounds: int, folder: Path) -> dict[str, Any]:
+    """Loss-threshold attack on the smallest 25% of clients' own models (members: their
+    training examples; non-members: their test examples), with DP-SGD at ``eps``."""
+    cfg = audit_config(seed, eps, rounds)
+    results = run(cfg, out=folder)
+    federation = build_federation(load_config(cfg))
+    states = torch.load(folder / "checkpoint.pt", weights_only=False)["store"]
+    model = build_model(load_config(cfg), federation)
+    sizes = federation.sizes("train")
+    small = np.argsort(sizes, kind="stable")[: len(sizes) // 4]
+    losses, members = [], []
+    with torch.no_grad():
+        for cid in small:
+            client, params = federation.client(int(cid)), states[int(cid)]
+            for split, member in ((client.train, 1), (client.test, 0)):
+                out = functional_call(model, params, (split.x,))
+                loss = torch.nn.functional.cross_entropy(out, split.y, reduction="none")
+                losses.append(loss.numpy())
+                members.append(np.full(len(loss), member))
+    fpr, tpr, _ = roc_curve(np.concatenate(members), -np.concatenate(losses))
+    privacy = results.summary.get("privacy", {})
+    return {
+        "target_epsilon": eps,
+        "seed": seed,
+        "advantage": float(np.max(tpr - fpr)),
+        "epsilon_max_client": float(privacy.get("epsilon", math.inf)),
+        "accuracy": results.summary["test"]["accuracy"]["mean"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 15 rounds, 3 methods")
@@ -107,14 +162,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--samples", type=int, default=30000)
+    parser.add_argument("--audit-only", action="store_true", help="only the DP-SGD audit")
+    parser.add_argument("--audit-rounds", type=int, default=5)
+    parser.add_argument("--audit-seeds", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds, rounds, methods = args.seeds, args.rounds, list(METHODS)
     if args.quick:
         seeds, rounds, methods = 1, 15, ["FedAvg", "FedPer", "Fine-tuning"]
-    rows, audits = [], []
+        args.audit_rounds = 2
+    rows, audits, personal = [], [], []
     started = time.perf_counter()
-    for seed in range(seeds):
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in range(1 if args.quick else args.audit_seeds):
+            for eps in EPSILONS:
+                folder = Path(tmp) / f"audit-{seed}-{eps}"
+                personal.append(audit_personal_models(seed, eps, args.audit_rounds, folder))
+                print(json.dumps(personal[-1]), flush=True)
+    print(pd.DataFrame(personal).groupby("target_epsilon", sort=False).mean().round(3))
+    for seed in range(0 if args.audit_only else seeds):
         base = config(seed, rounds, args.clients, args.samples, "FedAvg", math.inf)
         federation = build_federation(load_config(base))
         for method in methods:
@@ -139,11 +205,14 @@ def main() -> None:
                     }
                 )
                 print(json.dumps(rows[-1]), flush=True)
-                _write(args, rows, audits, started)
+                _write(args, rows, audits, personal, started)
                 if method == "FedAvg":
                     advantage = membership_advantage(cfg, federation, results.server.params)
                     audits.append({"target_epsilon": eps, "seed": seed, "advantage": advantage})
                     print(json.dumps(audits[-1]), flush=True)
+    _write(args, rows, audits, personal, started)
+    if args.audit_only:
+        return
     table = pd.DataFrame(rows)
     summary = table.groupby(["method", "target_epsilon"], sort=False).agg(
         mean=("mean", "mean"),
@@ -159,17 +228,21 @@ def main() -> None:
     print(summary.round(3).to_string())
     print(audit.round(3).to_string())
     print(f"total {time.perf_counter() - started:.0f} s")
-    _write(args, rows, audits, started)
+    _write(args, rows, audits, personal, started)
 
 
-def _write(args: argparse.Namespace, rows: list, audits: list, started: float) -> None:
+def _write(
+    args: argparse.Namespace, rows: list, audits: list, personal: list, started: float
+) -> None:
     """The results so far (rewritten after every run, so an interrupted run keeps them)."""
     (HERE / "results").mkdir(exist_ok=True)
     name = "privacy_quick.json" if args.quick else "privacy.json"
+    name = "privacy_audit.json" if args.audit_only else name
     record = {
         "args": vars(args),
         "runs": rows,
         "audit": audits,
+        "audit_personal": personal,
         "seconds": time.perf_counter() - started,
     }
     (HERE / "results" / name).write_text(json.dumps(record, indent=1))

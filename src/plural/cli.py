@@ -15,6 +15,7 @@ from plural.config import ConfigError, describe
 from plural.data.datasets import DataError, DatasetUnavailable
 from plural.engine.loop import Results, run
 from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
+from plural.privacy.settings import PrivacyConfig
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 from plural.report.tables import format_table
 from plural.safety.imports import restricted_imports
@@ -41,7 +42,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "algorithms": ALGORITHMS,
     "transforms": TRANSFORMS,
 }
-SECTIONS: dict[str, type] = {"(top level)": RunSettings, **PLAIN_SECTIONS}
+SECTIONS: dict[str, type] = {"(top level)": RunSettings, **PLAIN_SECTIONS, "privacy": PrivacyConfig}
 
 
 def results_table(results: Sequence[Results], split: str = "test") -> str:

@@ -58,9 +58,16 @@ def epsilon(composition: Composition, delta: float, kind: str = "rdp") -> float:
     return float(accountant.get_epsilon(delta))
 
 
+RDP_ORDERS = (*range(2, 65), 80, 96, 128, 192, 256, 512)
+"""Integer Renyi orders: the subsampled Gaussian's RDP has a closed form there, while
+fractional orders need a series that is slow at high sampling rates (DP-SGD on a small
+client samples most of its examples each step). Leaving fractional orders out can only make
+epsilon larger (it is a minimum over orders): by 0.001 on Opacus' reference case."""
+
+
 def _accountant(kind: str) -> dp_accounting.PrivacyAccountant:
     if kind == "rdp":
-        return rdp.RdpAccountant()
+        return rdp.RdpAccountant(orders=list(RDP_ORDERS))
     if kind == "pld":
         return pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     raise ValueError(f"unknown accountant {kind!r}; allowed: 'rdp', 'pld'")

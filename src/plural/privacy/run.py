@@ -27,6 +27,7 @@ from plural.privacy import accountant
 from plural.privacy.chain import ClipUpdates, LocalNoise, NoisePlan, SumNoise
 from plural.privacy.dpsgd import PrivateTrainConfig
 from plural.privacy.settings import PrivacyConfig
+from plural.registry import ALGORITHMS
 
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP warnings
 
@@ -58,8 +59,6 @@ def _base_name(config: Any) -> str:
 
 def _base_settings(config: Any) -> Any:
     if config.algorithm.name == "finetune":
-        from plural.registry import ALGORITHMS
-
         return ALGORITHMS.parse(config.algorithm.settings.base, "algorithm.base")[1]
     return config.algorithm.settings
 
