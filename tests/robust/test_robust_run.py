@@ -274,3 +274,23 @@ def test_faults_and_attacks_give_the_same_run_on_the_vectorized_backend(
         assert list(sequential.diagnostics[key]) == list(vectorized.diagnostics[key])
     for name, tensor in sequential.server.params.items():
         assert float((tensor - vectorized.server.params[name]).abs().max()) < 1e-4
+
+
+def test_rules_and_attacks_that_would_not_act_are_refused(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"'qfedavg' combines clients its own way"):
+        plural.run(_config(tiny_config, algorithm={"name": "qfedavg"}, aggregator={"name": "krum"}))
+    with pytest.raises(ConfigError, match=r"'fedproto' clients do not send a model"):
+        plural.run(
+            _config(
+                tiny_config, algorithm={"name": "fedproto"}, attack={"name": "ipm", "clients": [1]}
+            )
+        )
+    results = plural.run(
+        _config(
+            tiny_config,
+            rounds=2,
+            algorithm={"name": "finetune", "epochs": 1},
+            attack={"name": "sign_flip", "clients": [1, 2, 3]},
+        )
+    )
+    assert results.diagnostics["poisoned"].sum() > 0  # fine-tuning's base updates are attacked

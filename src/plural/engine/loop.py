@@ -67,7 +67,7 @@ from plural.robust.runtime import (
     GuardedAlgorithm,
     Robustness,
     RoundHooks,
-    check_attack_support,
+    check_algorithm,
 )
 
 CHECKPOINT_VERSION = 1
@@ -514,7 +514,7 @@ def run(
     device = resolve_device(cfg.backend.device)  # fail before any data is loaded
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
-    check_attack_support(cfg)
+    check_algorithm(cfg, algorithm)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:
         raise ConfigError("resume: needs the run directory (out=...) to resume from")
