@@ -239,7 +239,8 @@ def test_resume_with_attack_faults_and_robust_rule_is_exact(
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl"]
+    "algorithm",
+    ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl", "finetune"],
 )
 @pytest.mark.parametrize("rule", ["median", "centered_clip"])
 def test_robust_rules_apply_to_every_averaging_algorithm(

@@ -241,6 +241,9 @@ def build_algorithm(config: ExperimentConfig) -> Algorithm:
     """The configured algorithm, with the aggregation chain the run's settings ask for."""
     algorithm = ALGORITHMS.get(config.algorithm.name).target(config.algorithm.settings)
     algorithm.aggregation = chain_for(config)
+    base = getattr(algorithm, "base", None)
+    if isinstance(base, Algorithm):  # fine-tuning aggregates through its base algorithm
+        base.aggregation = algorithm.aggregation
     return algorithm
 
 

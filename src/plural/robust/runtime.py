@@ -415,14 +415,15 @@ def check_algorithm(cfg: Any, algorithm: Any) -> None:
     from plural.registry import ALGORITHMS
 
     name = cfg.algorithm.name
-    if cfg.aggregator.name != "mean" and not averages_through_chain(type(algorithm)):
+    base = getattr(algorithm, "base", algorithm)  # fine-tuning averages with its base
+    if cfg.aggregator.name != "mean" and not averages_through_chain(type(base)):
         able = [e.name for e in ALGORITHMS if averages_through_chain(e.target)]
+        able.append("finetune of any of these")
         raise ConfigError(
             f"aggregator.name: {cfg.aggregator.name!r} replaces the weighted mean of the "
             f"averaging algorithms ({', '.join(able)}); {name!r} combines clients its own way, "
             "so the rule would not act (use aggregator: {name: mean})"
         )
-    base = getattr(algorithm, "base", algorithm)  # fine-tuning attacks its base's updates
     if cfg.attack.name in MODEL_ATTACKS and not sends_averaged_models(type(base)):
         raise ConfigError(
             f"attack.name: {cfg.attack.name!r} rewrites the model updates clients send; "
