@@ -111,7 +111,9 @@ def test_poison_replies_rewrites_updates_around_the_received_model() -> None:
         params = {"w": reference["w"] + cid, "steps": torch.tensor(3)}
         replies.append(Update(10, params))
         messages[cid] = ModelMessage(reference)
-    out, count = poison_replies(_attack("sign_flip", (1, 3)), 1, [0, 1, 2, 3], replies, messages.get)
+    out, count = poison_replies(
+        _attack("sign_flip", (1, 3)), 1, [0, 1, 2, 3], replies, messages.get
+    )
     assert count == 2
     assert out[0] is replies[0] and out[2] is replies[2]
     assert torch.equal(out[1].params["w"], reference["w"] - 1)

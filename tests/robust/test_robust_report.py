@@ -11,6 +11,7 @@ import pytest
 
 import plural
 from plural.report.compare import comparison_table, format_comparison
+from plural.report.html import write_report
 from plural.report.runs import discover_runs, group_methods
 
 
@@ -40,3 +41,5 @@ def test_compare_table_has_robustness_columns_only_when_runs_have_them(
     assert attacked_row["attack_success"] == pytest.approx(robust["attack_success"])
     assert attacked_row["absent"] == robust["dropouts"]
     assert plain.summary.get("robustness") is None
+    page = write_report(methods, tmp_path / "report.html", title="robust").read_text()
+    assert "<th>clean mean</th>" in page and "<th>backdoor ASR</th>" in page

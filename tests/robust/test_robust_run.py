@@ -84,7 +84,7 @@ def test_too_many_failures_stop_the_run_with_the_message(
     tiny_config: dict[str, Any], raising_client: int
 ) -> None:
     cfg = _config(tiny_config, sampling={"count": 10}, faults={"max_failures": 1})
-    with pytest.raises(TooManyFailures, match="2 client failures exceed the 1 allowed.*disk full"):
+    with pytest.raises(TooManyFailures, match=r"2 client failures exceed the 1 allowed.*disk full"):
         plural.run(cfg)
 
 
@@ -92,7 +92,7 @@ def test_without_max_failures_client_errors_stop_the_run_as_before(
     tiny_config: dict[str, Any], raising_client: int
 ) -> None:
     cfg = _config(tiny_config, sampling={"count": 10})
-    with pytest.raises(ValueError, match="disk full on client 4"):
+    with pytest.raises(ValueError, match=r"disk full on client 4"):
         plural.run(cfg)
 
 
@@ -182,18 +182,18 @@ def test_malicious_clients_are_recorded_and_left_out_of_clean_accuracy(
 def test_attack_and_faults_settings_are_checked_before_training(
     tiny_config: dict[str, Any],
 ) -> None:
-    with pytest.raises(ConfigError, match="needs fraction or clients"):
+    with pytest.raises(ConfigError, match=r"needs fraction or clients"):
         plural.run(_config(tiny_config, attack={"name": "alie"}))
-    with pytest.raises(ConfigError, match="not clients of this federation"):
+    with pytest.raises(ConfigError, match=r"not clients of this federation"):
         plural.run(_config(tiny_config, attack={"name": "alie", "clients": [12]}))
-    with pytest.raises(ConfigError, match="pixel trigger on images.*synthetic"):
+    with pytest.raises(ConfigError, match=r"pixel trigger on images.*synthetic"):
         cfg = _config(tiny_config, attack={"name": "backdoor", "fraction": 0.2})
         cfg["dataset"] = {"name": "synthetic"}
         cfg["model"] = {"name": "logreg"}
         plural.run(cfg)
-    with pytest.raises(ConfigError, match="krum with f=2 needs more than 2f"):
+    with pytest.raises(ConfigError, match=r"krum with f=2 needs more than 2f"):
         plural.run(_config(tiny_config, aggregator={"name": "krum", "f": 2}))
-    with pytest.raises(ConfigError, match="sampling.availability.*does not exist"):
+    with pytest.raises(ConfigError, match=r"sampling.availability.*does not exist"):
         plural.run(_config(tiny_config, sampling={"availability": "/nonexistent/trace.csv"}))
 
 
@@ -229,7 +229,7 @@ def test_resume_with_attack_faults_and_robust_rule_is_exact(
     cfg = _config(tiny_config, rounds=4, algorithm={"name": algorithm}, sampling={"count": 8})
     cfg.update(sections)
     straight = plural.run(cfg, out=tmp_path / "straight")
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(RuntimeError, match=r"simulated crash"):
         plural.run(cfg, out=tmp_path / "run", callbacks=[crash_after(2)])
     resumed = plural.run(cfg, out=tmp_path / "run", resume=True)
     pd.testing.assert_frame_equal(deterministic(straight.metrics), deterministic(resumed.metrics))
@@ -239,7 +239,8 @@ def test_resume_with_attack_faults_and_robust_rule_is_exact(
 
 
 @pytest.mark.parametrize(
-    "algorithm", ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl"]
+    "algorithm",
+    ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl", "finetune"],
 )
 @pytest.mark.parametrize("rule", ["median", "centered_clip"])
 def test_robust_rules_apply_to_every_averaging_algorithm(
@@ -274,3 +275,23 @@ def test_faults_and_attacks_give_the_same_run_on_the_vectorized_backend(
         assert list(sequential.diagnostics[key]) == list(vectorized.diagnostics[key])
     for name, tensor in sequential.server.params.items():
         assert float((tensor - vectorized.server.params[name]).abs().max()) < 1e-4
+
+
+def test_rules_and_attacks_that_would_not_act_are_refused(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"'qfedavg' combines clients its own way"):
+        plural.run(_config(tiny_config, algorithm={"name": "qfedavg"}, aggregator={"name": "krum"}))
+    with pytest.raises(ConfigError, match=r"'fedproto' clients do not send a model"):
+        plural.run(
+            _config(
+                tiny_config, algorithm={"name": "fedproto"}, attack={"name": "ipm", "clients": [1]}
+            )
+        )
+    results = plural.run(
+        _config(
+            tiny_config,
+            rounds=2,
+            algorithm={"name": "finetune", "epochs": 1},
+            attack={"name": "sign_flip", "clients": [1, 2, 3]},
+        )
+    )
+    assert results.diagnostics["poisoned"].sum() > 0  # fine-tuning's base updates are attacked

@@ -70,7 +70,7 @@ from plural.robust.runtime import (
     GuardedAlgorithm,
     Robustness,
     RoundHooks,
-    check_attack_support,
+    check_algorithm,
 )
 from plural.safety.checks import check_config, check_federation
 from plural.safety.numerics import (
@@ -253,6 +253,9 @@ def build_algorithm(config: ExperimentConfig) -> Algorithm:
     """The configured algorithm, with the aggregation chain the run's settings ask for."""
     algorithm = ALGORITHMS.get(config.algorithm.name).target(config.algorithm.settings)
     algorithm.aggregation = chain_for(config)
+    base = getattr(algorithm, "base", None)
+    if isinstance(base, Algorithm):  # fine-tuning aggregates through its base algorithm
+        base.aggregation = algorithm.aggregation
     return algorithm
 
 
@@ -584,7 +587,7 @@ def run(
     algorithm = build_algorithm(cfg)
     algorithm.check(cfg)
     check_config(cfg)
-    check_attack_support(cfg)
+    check_algorithm(cfg, algorithm)
     privacy = plan_privacy(cfg, algorithm)
     run_dir = RunDirectory(out) if out is not None else None
     if resume and run_dir is None:

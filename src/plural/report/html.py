@@ -307,6 +307,8 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     header = ["#", "method", "seeds", "mean"] + (["epsilon"] if private else [])
     header += ["worst 10%", "best 10%", "std", "MB sent", "time s"]
     header += ["clusters", "ARI"] if clustered else []
+    attacked = "clean_mean" in table and bool(table["clean_mean"].notna().any())
+    header += ["clean mean", "backdoor ASR"] if attacked else []
     body = []
     for row in table.itertuples():
         cells = [
@@ -323,12 +325,20 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
         ]
         if clustered:
             cells += [_value(row.clusters, digits=1), _value(row.ari, digits=2)]
+        if attacked:
+            cells += [_value(row.clean_mean), _value(row.attack_success)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     note = (
         f"Final per-client {split} {metric} at each run's last evaluated round: mean over "
         "clients, the mean of the worst and best 10% of clients, and the std over clients"
         + ("; ± is the std of the mean over seeds." if several else ".")
+        + (
+            " Clean mean leaves the malicious clients out; backdoor ASR is the share of "
+            "triggered test inputs classified as the target."
+            if attacked
+            else ""
+        )
     )
     return (
         f"<p>{html.escape(note)}</p><table class='ranking'><tr>{head}</tr>{''.join(body)}</table>"

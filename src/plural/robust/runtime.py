@@ -376,8 +376,60 @@ def nominal_seconds(
     return work / (throughput * speeds)
 
 
-def check_attack_support(cfg: Any) -> None:
-    """ConfigError for attack settings that cannot act on this run."""
+# pFedLIA averages its clusters without passing a generator to the chain (its file is being
+# rewritten); until it does, rules are refused for it before the run starts.
+NO_GENERATOR = ("pfedlia",)
+
+
+def averages_through_chain(cls: type) -> bool:
+    """Whether an algorithm class combines client models with the run's aggregation chain:
+    FedAvg and the classes built on it that keep FedAvg's ``combine`` and ``aggregate``
+    (clustered methods, whose per-cluster aggregation is FedAvg's, included)."""
+    from plural.algorithms.clustered import Clustered
+    from plural.algorithms.fedavg import FedAvg
+
+    if not issubclass(cls, FedAvg) or getattr(cls, "name", "") in NO_GENERATOR:
+        return False
+    for klass in cls.__mro__[: cls.__mro__.index(FedAvg)]:
+        if klass is not Clustered and ("aggregate" in vars(klass) or "combine" in vars(klass)):
+            return False
+    return True
+
+
+def sends_averaged_models(cls: type) -> bool:
+    """Whether an algorithm's clients send models that the server averages FedAvg's way
+    (what model-poisoning attacks rewrite)."""
+    from plural.algorithms.clustered import Clustered
+    from plural.algorithms.fedavg import FedAvg
+
+    if not issubclass(cls, FedAvg):
+        return False
+    own = cls.__mro__[: cls.__mro__.index(FedAvg)]
+    return not any(k is not Clustered and "aggregate" in vars(k) for k in own)
+
+
+def check_algorithm(cfg: Any, algorithm: Any) -> None:
+    """ConfigErrors before any work for settings that would silently do nothing: a robust
+    rule for an algorithm that aggregates its own way, a model-poisoning attack on one whose
+    clients do not send models back, an attack that starts after the last round."""
+    from plural.registry import ALGORITHMS
+
+    name = cfg.algorithm.name
+    base = getattr(algorithm, "base", algorithm)  # fine-tuning averages with its base
+    if cfg.aggregator.name != "mean" and not averages_through_chain(type(base)):
+        able = [e.name for e in ALGORITHMS if averages_through_chain(e.target)]
+        able.append("finetune of any of these")
+        raise ConfigError(
+            f"aggregator.name: {cfg.aggregator.name!r} replaces the weighted mean of the "
+            f"averaging algorithms ({', '.join(able)}); {name!r} combines clients its own way, "
+            "so the rule would not act (use aggregator: {name: mean})"
+        )
+    if cfg.attack.name in MODEL_ATTACKS and not sends_averaged_models(type(base)):
+        raise ConfigError(
+            f"attack.name: {cfg.attack.name!r} rewrites the model updates clients send; "
+            f"{name!r} clients do not send a model averaged by the server. Use a data-"
+            "poisoning attack (label_flip, backdoor) or an averaging algorithm"
+        )
     if cfg.attack.active and cfg.attack.start_round > cfg.rounds:
         raise ConfigError(
             f"attack.start_round: {cfg.attack.start_round} is after the last round ({cfg.rounds})"
