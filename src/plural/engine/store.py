@@ -29,6 +29,8 @@ import torch
 from plural.experiment import BackendConfig
 
 MANIFEST_KIND = "plural-disk-states"
+SHARDED_KIND = "plural-sharded-states"
+"""A snapshot made of several stores' snapshots (``shards``): the Ray backend's actors'."""
 
 
 class StateStore(Protocol):
@@ -178,7 +180,11 @@ def _is_manifest(snapshot: Any) -> bool:
 
 
 def _states_of(snapshot: Any) -> Iterator[tuple[int, Any]]:
-    """(client, state) pairs of a snapshot: a dict of states, or a disk manifest."""
+    """(client, state) pairs of a snapshot: a dict of states, a disk manifest, or shards."""
+    if isinstance(snapshot, Mapping) and snapshot.get("kind") == SHARDED_KIND:
+        for shard in snapshot["shards"]:
+            yield from _states_of(shard)
+        return
     if not _is_manifest(snapshot):
         yield from dict(snapshot).items()
         return
