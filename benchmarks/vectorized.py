@@ -1,12 +1,15 @@
 """Vectorized against one-by-one local training, for many small clients.
 
-Two measurements, each alternating the two ways of running the same work:
+Three measurements, each alternating the two ways of running the same work:
 
 * ``engine``: ``plural.run`` of FedAvg with every client taking part, the sequential backend
   against the vectorized backend (``vectorize: always``), for models from small to large:
   a 32-unit MLP on digits, logistic regression, a 64-unit MLP and FedAvg's 2NN on MNIST, and
   LeNet (a CNN). The figure is the median time of a training round (rounds 2..R-1; the last
   round, which evaluates every client, is left out), engine costs included.
+* ``rounds``: whole engine rounds, training and evaluation: the same runs with every client
+  evaluated (on its test split) after every round, for the small models (the MLP on digits,
+  logistic regression on MNIST); the median of rounds 2..R, so batched evaluation counts.
 * ``fit``: the local training alone, 100 clients: ``LocalTrainer.fit`` client after client
   against one :func:`plural.engine.vectorized.batched_fit` of all of them, for the small
   MLP on digits and logistic regression on MNIST (every parameter trains) and for head-only
@@ -19,6 +22,7 @@ Usage::
 
     .venv/bin/python benchmarks/vectorized.py                 # MNIST subset, 100 clients
     .venv/bin/python benchmarks/vectorized.py --device cuda   # on a GPU
+    .venv/bin/python benchmarks/vectorized.py --only rounds   # whole rounds, small models
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=64, help="MLP hidden width")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=("engine", "fit"), default=None)
+    parser.add_argument("--only", choices=("engine", "rounds", "fit"), default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     if args.rounds < 3:
@@ -73,12 +77,18 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
     "mnist_2nn": ("mnist", {"name": "mlp", "hidden": [200, 200]}),
     "mnist_lenet": ("mnist", {"name": "lenet"}),
 }
+ROUND_WORKLOADS = ("digits_mlp32", "mnist_logreg")
+"""Whole-round workloads (training and evaluation every round): the small models."""
 FIT_WORKLOADS = {"digits_mlp32": False, "mnist_logreg": False, "mnist_lenet": True}
 """Fit-level workloads: name -> head-only training."""
 
 
 def experiment(
-    args: argparse.Namespace, model: dict[str, Any], backend: str, dataset: str = "mnist"
+    args: argparse.Namespace,
+    model: dict[str, Any],
+    backend: str,
+    dataset: str = "mnist",
+    eval_every: int | None = None,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"name": dataset}
     if dataset == "mnist":
@@ -92,7 +102,7 @@ def experiment(
         "model": model,
         "algorithm": {"name": "fedavg"},
         "train": {"lr": 0.05, "batch_size": args.batch_size, "local_epochs": 1},
-        "eval": {"every": args.rounds, "splits": ["test"]},
+        "eval": {"every": eval_every or args.rounds, "splits": ["test"]},
         "backend": {
             "name": backend,
             "vectorize": "always",
@@ -102,25 +112,29 @@ def experiment(
     }
 
 
-def timed_run(config: dict[str, Any]) -> tuple[float, plural.Results]:
-    """The median training-round seconds (rounds 2..R-1) of one run, and its results."""
+def timed_run(config: dict[str, Any], whole: bool = False) -> tuple[float, plural.Results]:
+    """The median round seconds of one run (training rounds 2..R-1, or with ``whole`` every
+    round 2..R, each evaluated), and its results."""
     clock = RoundClock()
     started = time.perf_counter()
     results = plural.run(config, callbacks=[clock])
     ends = [started, *clock.ends]
     rounds = [b - a for a, b in itertools.pairwise(ends)]
-    return statistics.median(rounds[1:-1]), results
+    return statistics.median(rounds[1:] if whole else rounds[1:-1]), results
 
 
-def measure_engine(args: argparse.Namespace, workload: str) -> dict[str, Any]:
+def measure_engine(args: argparse.Namespace, workload: str, whole: bool = False) -> dict[str, Any]:
+    """Sequential against vectorized engine rounds (``whole``: each round evaluated too)."""
     dataset, model = WORKLOADS[workload]
+    eval_every = 1 if whole else None
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     params: dict[str, Any] = {}
     accuracy: dict[str, float] = {}
     for repeat in range(args.repeats):
         order = ["sequential", "vectorized"]
         for backend in order if repeat % 2 == 0 else order[::-1]:
-            seconds, results = timed_run(experiment(args, model, backend, dataset))
+            config = experiment(args, model, backend, dataset, eval_every)
+            seconds, results = timed_run(config, whole)
             times[backend].append(seconds)
             params[backend] = results.server.params
             accuracy[backend] = results.summary["test"]["accuracy"]["mean"]
@@ -227,10 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in (None, "engine"):
         print("engine, FedAvg, every client every round:", flush=True)
         payload["engine"] = {name: measure_engine(args, name) for name in WORKLOADS}
+    if args.only in (None, "rounds"):
+        print("whole rounds (training and evaluation), every client every round:", flush=True)
+        payload["rounds"] = {name: measure_engine(args, name, True) for name in ROUND_WORKLOADS}
     if args.only in (None, "fit"):
         print("local training alone:", flush=True)
         payload["fit"] = {name: measure_fit(args, name) for name in FIT_WORKLOADS}
-    for part in ("engine", "fit"):
+    for part in ("engine", "rounds", "fit"):
         for name, figures in payload.get(part, {}).items():
             print(
                 f"{part} {name}: speedup {figures['speedup']:.2f}x (target >= {TARGET}), "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -114,3 +117,160 @@ def test_missing_ray_says_how_to_install(
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(ConfigError, match=r"needs Ray: pip install \"plural\[ray\]\""):
         RayBackend(tiny_setup(tiny_config))
+
+
+CLUSTER_SCRIPT = """
+import json, sys
+import pandas as pd
+import ray
+import plural
+from plural.core.params import max_abs_difference
+from plural.report.rundir import deterministic
+
+config, address, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+on_ray = ["backend.name=ray", "backend.workers=2", f"backend.address={address}"]
+
+
+class CrashAfter:
+    def on_round_end(self, round_index, summary):
+        if round_index == 2:
+            raise RuntimeError("simulated crash")
+        return False
+
+
+def same(a, b):
+    pd.testing.assert_frame_equal(deterministic(a.metrics), deterministic(b.metrics))
+    assert max_abs_difference(a.server.params, b.server.params) == 0.0
+
+
+sequential = plural.run(config)
+for state in ("memory", "disk"):
+    run_dir = f"{out}/{state}"
+    overrides = [*on_ray, f"backend.state={state}"]
+    same(sequential, plural.run(config, overrides=overrides, out=run_dir + "-full"))
+    try:
+        plural.run(config, overrides=overrides, out=run_dir, callbacks=[CrashAfter()])
+        raise AssertionError("the crash did not happen")
+    except RuntimeError as error:
+        assert "simulated crash" in str(error)
+    same(sequential, plural.run(config, overrides=overrides, out=run_dir, resume=True))
+ray.init(address=address, logging_level="ERROR")
+nodes = [n for n in ray.nodes() if n["Alive"]]
+print(json.dumps({"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU")}))
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.ray
+def test_a_two_node_cluster_keeps_states_on_actors_and_equals_sequential(
+    tiny_config: dict[str, Any], tmp_path: Any
+) -> None:
+    """A head and a second node (one CPU each) on this machine: one actor per node, each
+    keeping its clients' states (in memory or in files on its node); results equal the
+    sequential backend's, and a run killed after round 2 resumes exactly."""
+    import signal
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import plural as package
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    src = str(Path(package.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")  # no token files
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    temp = tempfile.mkdtemp(prefix="plural-ray-", dir="/tmp")  # short: Ray's socket paths
+    node = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--block"]
+    nodes: list[subprocess.Popen[bytes]] = []
+    config = copy.deepcopy(tiny_config)
+    config["algorithm"] = {"name": "ditto"}  # a personal model per client: client state
+    config["rounds"] = 3
+    try:
+        nodes.append(
+            _start_node(
+                [
+                    ray_cli,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    f"--temp-dir={temp}",
+                    "--include-dashboard=false",
+                    *node,
+                ],
+                env,
+            )
+        )
+        _wait_for_nodes(address, 1, env)
+        nodes.append(_start_node([ray_cli, "start", f"--address={address}", *node], env))
+        _wait_for_nodes(address, 2, env)
+        script = tmp_path / "cluster.py"
+        script.write_text(CLUSTER_SCRIPT)
+        done = subprocess.run(
+            [sys.executable, str(script), json.dumps(config), address, str(tmp_path / "runs")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {"nodes": 2, "cpus": 2.0}
+        for k in (0, 1):  # each actor kept its clients' state files in its own folder
+            assert list((tmp_path / "runs" / "disk" / "client_state" / f"worker-{k}").glob("*.pt"))
+    finally:
+        for process in reversed(nodes):  # only the processes this test started, by group id
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(nodes):
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _start_node(command: list[str], env: dict[str, str]) -> Any:
+    """``ray start ... --block`` in its own process group (stopped by that group's id)."""
+    import subprocess
+
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _wait_for_nodes(address: str, count: int, env: dict[str, str], timeout: float = 120) -> None:
+    """Wait until the cluster at ``address`` has ``count`` live nodes (or fail)."""
+    import subprocess
+    import time
+
+    probe = (
+        "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-c", probe, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0 and done.stdout.strip().endswith(str(count)):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the Ray cluster at {address} did not reach {count} nodes")

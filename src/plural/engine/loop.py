@@ -50,6 +50,7 @@ from plural.engine.backends import (
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
+from plural.engine.kept_state import KeptEvalWork, evaluate_kept
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import StateStore, make_store
 from plural.experiment import (
@@ -498,13 +499,26 @@ def _evaluate_chunk(
     clients: Sequence[int],
     splits: tuple[str, ...],
 ) -> list[dict[str, Any]]:
-    work, labels = [], []
-    for cid in clients:
-        for model_name, params in algorithm.evaluated(server, store.get(cid), cid).items():
-            work.append(EvalWork(cid, round_index, params, splits))  # type: ignore[arg-type]
-            labels.append((cid, f"@{model_name}" if model_name else ""))
+    if getattr(store, "on_workers", False):  # the workers pick the models, by the states
+        kept = [KeptEvalWork(cid, round_index, algorithm, server, splits) for cid in clients]
+        scored = [
+            (cid, name, results)
+            for cid, models in zip(clients, backend.map(evaluate_kept, kept), strict=True)
+            for name, results in models
+        ]
+    else:
+        work, labels = [], []
+        for cid in clients:
+            for model_name, params in algorithm.evaluated(server, store.get(cid), cid).items():
+                work.append(EvalWork(cid, round_index, params, splits))  # type: ignore[arg-type]
+                labels.append((cid, model_name))
+        scored = [
+            (cid, name, results)
+            for (cid, name), results in zip(labels, backend.map(evaluate_client, work), strict=True)
+        ]
     rows = []
-    for (cid, suffix), results in zip(labels, backend.map(evaluate_client, work), strict=True):
+    for cid, model_name, results in scored:
+        suffix = f"@{model_name}" if model_name else ""
         for split, result in results.items():
             rows.append(
                 {
@@ -633,8 +647,13 @@ def run(
         )
         bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
         backend = make_backend(setup, cfg.backend)
-        notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
         try:
+            keep_states = getattr(backend, "keep_states", None)
+            if keep_states is not None:  # client states move to the workers that run the clients
+                store = loop.store = keep_states(store)
+            notify(
+                callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round
+            )
             server = loop.run(server, backend, [bar, *callbacks])
         finally:
             backend.close()

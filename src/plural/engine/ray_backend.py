@@ -5,12 +5,20 @@ from a :class:`~plural.engine.backends.WorkerSetup` put in Ray's object store on
 federation's data is sent once per actor, never per round). Actor ``k`` of ``W`` owns the
 clients ``c`` with ``c % W == k``: every work item of client ``c`` (its training phases, its
 evaluation, its gradient) runs on that actor, so a client's data is only ever read there.
-Per call of :meth:`RayBackend.map`, the items of one actor travel in one remote call and the
-results come back in the items' order. Client state stays on the server: it travels inside
-the work items like any message. Items and results are serialised as plain pickles (through
-cloudpickle, so that tasks and classes defined in a script work too); tensors are copied by
-value. Client randomness is derived from (seed, round, client, phase), so results equal the
-sequential backend's exactly.
+Items travel in blocks (of :data:`BLOCK` items per actor): the items of one actor in a block
+travel in one remote call, every block is sent at once, and results come back block by block
+in the items' order (:meth:`RayBackend.imap`), so the server can fold them as they arrive.
+
+Client states stay on the actors (:meth:`RayBackend.keep_states`, see
+:mod:`plural.engine.kept_state`): each actor keeps the states of the clients it owns, in
+memory or, with ``backend.state: disk``, in files on its own node (``worker-K/`` inside the
+run's state folder), so a round ships only messages. Evaluation runs on the actors, next to
+the states; a checkpoint gathers each actor's snapshot (its states, or with the disk store
+the manifest of its files), and a resumed run hands each state to its owner again, so a
+resumed run gives exactly the results of an uninterrupted one. Items and results are
+serialised as plain pickles (through cloudpickle, so that tasks and classes defined in a
+script work too); tensors are copied by value. Client randomness is derived from (seed,
+round, client, phase), so results equal the sequential backend's exactly.
 
 Without an address (and with Ray not yet initialised) the backend starts a local Ray
 instance with this machine's cores and shuts it down on :meth:`RayBackend.close`. On a
@@ -26,18 +34,30 @@ import logging
 import os
 import pickle
 import warnings
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from plural.config import ConfigError
-from plural.engine.backends import WorkerEnv, WorkerSetup
+from plural.engine.backends import WorkerEnv, WorkerSetup, run_client_phase
+from plural.engine.kept_state import KEPT, run_kept_phase
+from plural.engine.store import (
+    SHARDED_KIND,
+    DiskStateStore,
+    InMemoryStateStore,
+    StateStore,
+    _states_of,
+)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 MISSING_RAY = "backend.name: 'ray' needs Ray: pip install \"plural[ray]\""
+BLOCK = 32
+"""Items per actor in one remote call; results come back block by block."""
 
 
 def import_ray() -> Any:
@@ -71,6 +91,41 @@ class ShardWorker:
         """Run a pickled ``(task, items)`` on this actor's environment; pickled results."""
         task, items = pickle.loads(payload)
         return _dumps([task(self.env, item) for item in items])
+
+    # ---- the client states this actor keeps (see plural.engine.kept_state)
+
+    def open_store(self, folder: str | None, temporary: bool) -> None:
+        """Keep client states in memory (``folder`` None) or in files in ``folder``."""
+        if folder is None:
+            self.env.kept_states = InMemoryStateStore()  # type: ignore[attr-defined]
+        else:
+            self.env.kept_states = DiskStateStore(folder, temporary=temporary)  # type: ignore[attr-defined]
+
+    def add_states(self, payload: bytes) -> list[int]:
+        """Keep the pickled ``{client: state}`` too; the clients that have a state. Files a
+        resumed run's checkpoint names are left alone until the next checkpoint is saved."""
+        store = self.env.kept_states  # type: ignore[attr-defined]
+        for client_id, state in pickle.loads(payload).items():
+            store.put(client_id, state)
+        return list(store)
+
+    def snapshot_states(self) -> bytes:
+        return _dumps(self.env.kept_states.snapshot())  # type: ignore[attr-defined]
+
+    def commit_states(self) -> None:
+        """The last snapshot is saved; the first time, files from before (a resumed run's
+        old checkpoint) are removed from this actor's folder."""
+        store = self.env.kept_states  # type: ignore[attr-defined]
+        store.commit()
+        if isinstance(store, DiskStateStore) and not getattr(self, "_tidied", False):
+            store.restore(store.snapshot())  # adopts its own files, removes the others
+            store.commit()
+            self._tidied = True
+
+    def close_store(self) -> None:
+        store = getattr(self.env, "kept_states", None)
+        if store is not None:
+            store.close()
 
 
 def owner(item: Any, position: int, workers: int) -> int:
@@ -106,6 +161,7 @@ class RayBackend:
         self.threads = threads or 1
         self._owns_ray = _connect(ray, address)
         self._actors: list[Any] = []
+        self.states: ActorStates | None = None
         try:
             self.workers = workers or _default_workers(ray, self.threads, self.num_clients)
             self._actors = _start_actors(ray, setup, self.workers, self.threads)
@@ -115,29 +171,129 @@ class RayBackend:
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
         """``[task(env, item) for item in items]``, each item on its client's actor."""
+        return list(self.imap(task, items))
+
+    def imap(
+        self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
+    ) -> Iterator[Result]:
+        """:meth:`map`'s results block by block, in order, as the actors return them."""
         if not items:
-            return []
+            return
         ray = import_ray()
-        calls = []
-        for actor, positions in zip(self._actors, shard(items, self.workers), strict=True):
-            if positions:
-                payload = _dumps((task, [items[p] for p in positions]))
-                calls.append((positions, actor.run.remote(payload)))
-        results: list[Any] = [None] * len(items)
-        for (positions, _), reply in zip(calls, ray.get([ref for _, ref in calls]), strict=True):
-            for position, result in zip(positions, pickle.loads(reply), strict=True):
-                results[position] = result
-        return results
+        if task is run_client_phase and self.states is not None:
+            task = run_kept_phase  # type: ignore[assignment]
+        size = BLOCK * self.workers
+        blocks = []
+        for start in range(0, len(items), size):
+            block = items[start : start + size]
+            calls = []
+            for actor, positions in zip(self._actors, shard(block, self.workers), strict=True):
+                if positions:
+                    payload = _dumps((task, [block[p] for p in positions]))
+                    calls.append((positions, actor.run.remote(payload)))
+            blocks.append((len(block), calls))
+        for length, calls in blocks:
+            results: list[Any] = [None] * length
+            for (positions, _), reply in zip(calls, ray.get([r for _, r in calls]), strict=True):
+                for position, result in zip(positions, pickle.loads(reply), strict=True):
+                    results[position] = result
+            yield from results
+
+    def keep_states(self, store: StateStore) -> ActorStates:
+        """Keep the client states on the actors from now on: each actor opens a store of
+        the kind of ``store`` (files in ``worker-K/`` of a disk store's folder) and receives
+        the states ``store`` holds of the clients it owns (a resumed run's). Returns the
+        server's side (see :class:`ActorStates`), which the engine uses as its store."""
+        ray = import_ray()
+        folder = getattr(store, "folder", None)
+        temporary = bool(getattr(store, "temporary", False))
+        opened = []
+        for k, actor in enumerate(self._actors):
+            path = None if folder is None else str(Path(folder) / f"worker-{k}")
+            opened.append(actor.open_store.remote(path, temporary))
+        ray.get(opened)
+        self.states = ActorStates(self, store)
+        self.states.restore({cid: store.get(cid) for cid in store})
+        return self.states
 
     def close(self) -> None:
-        """Stop the actors, and Ray itself if this backend started it."""
+        """Stop the actors (closing the stores they keep), and Ray if this backend started it."""
         ray = import_ray()
+        if self.states is not None and self._actors:
+            ray.get([actor.close_store.remote() for actor in self._actors])
+        self.states = None
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
         self._owns_ray = False
+
+
+class ActorStates:
+    """The server's side of the client states the actors keep: which clients have one.
+    :meth:`get` gives :data:`~plural.engine.kept_state.KEPT` for them (the actor swaps it
+    for the state); snapshots and restores go through the actors."""
+
+    on_workers = True
+
+    def __init__(self, backend: RayBackend, local: StateStore) -> None:
+        self._backend = backend
+        self._local: StateStore | None = local  # the run's store, until the first commit
+        self._held: set[int] = set()
+
+    def get(self, client_id: int) -> Any:
+        return KEPT if client_id in self._held else None
+
+    def put(self, client_id: int, state: Any) -> None:
+        if state is None:
+            self._held.discard(client_id)
+        elif state is KEPT:
+            self._held.add(client_id)
+        else:
+            raise TypeError(f"client {client_id}'s state is kept by its actor, not the server")
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._held))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every actor's snapshot: its states (memory) or the manifest of its files (disk)."""
+        ray = import_ray()
+        replies = ray.get([a.snapshot_states.remote() for a in self._backend._actors])
+        return {"kind": SHARDED_KIND, "shards": [pickle.loads(r) for r in replies]}
+
+    def commit(self) -> None:
+        ray = import_ray()
+        ray.get([a.commit_states.remote() for a in self._backend._actors])
+        if self._local is not None:  # its states now live on the actors, checkpointed there
+            self._local.restore({})
+            self._local.close()
+            self._local = None
+
+    def restore(self, snapshot: Any) -> None:
+        """Hand each state of ``snapshot`` (of any store) to the actor of its client (once,
+        to actors that keep nothing yet)."""
+        ray = import_ray()
+        actors = self._backend._actors
+        parts: dict[int, dict[int, Any]] = defaultdict(dict)
+        for client_id, state in _states_of(snapshot):
+            parts[client_id % len(actors)][client_id] = state
+        calls = [
+            actor.add_states.remote(_dumps(parts.get(k, {}))) for k, actor in enumerate(actors)
+        ]
+        self._held = set()
+        for held in ray.get(calls):
+            self._held.update(held)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
 
 
 def _connect(ray: Any, address: str | None) -> bool:

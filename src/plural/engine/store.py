@@ -38,6 +38,8 @@ OWNER_FILE = ".plural-states.json"
 WRITTEN_FILE = ".plural-states.written"
 """The state files the store wrote there, one name a line: the only files it ever deletes."""
 _STATE_FILE = re.compile(r"^\d+\.[0-9a-f]{16}\.pt$")
+SHARDED_KIND = "plural-sharded-states"
+"""A snapshot made of several stores' snapshots (``shards``): the Ray backend's actors'."""
 
 
 class StateStore(Protocol):
@@ -262,7 +264,11 @@ def _is_manifest(snapshot: Any) -> bool:
 
 
 def _states_of(snapshot: Any) -> Iterator[tuple[int, Any]]:
-    """(client, state) pairs of a snapshot: a dict of states, or a disk manifest."""
+    """(client, state) pairs of a snapshot: a dict of states, a disk manifest, or shards."""
+    if isinstance(snapshot, Mapping) and snapshot.get("kind") == SHARDED_KIND:
+        for shard in snapshot["shards"]:
+            yield from _states_of(shard)
+        return
     if not _is_manifest(snapshot):
         yield from dict(snapshot).items()
         return

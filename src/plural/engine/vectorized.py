@@ -19,6 +19,11 @@ floating-point rounding (summation order). Extra loss terms (FedProx, SCAFFOLD, 
 evaluated per client on its slice of the stacked parameters. SGD momentum, weight decay and
 gradient clipping are applied per client as ``torch.optim.SGD`` and ``clip_grad_norm_`` do.
 
+Evaluation is batched the same way (:func:`batched_evaluate`): the clients' evaluated models
+stacked (a model every client shares, such as the global one, passed once), their splits
+padded and masked, one forward pass per group; the loss sums and correct counts equal
+one-by-one evaluation up to float rounding.
+
 Fits that cannot be batched (a custom objective, sample weights, early stopping, models with
 dropout, batch normalisation or recurrent layers, whose randomness or running statistics a
 batched pass would change) run one by one, exactly as in the sequential backend. With
