@@ -376,9 +376,9 @@ def nominal_seconds(
     return work / (throughput * speeds)
 
 
-# pFedLIA averages its clusters without passing a generator to the chain (its file is being
-# rewritten); until it does, rules are refused for it before the run starts.
-NO_GENERATOR = ("pfedlia",)
+# Algorithms that average without passing a generator to the chain: rules are refused for
+# them before the run starts (none today; pFedLIA passes the round's aggregation generator).
+NO_GENERATOR: tuple[str, ...] = ()
 
 
 def averages_through_chain(cls: type) -> bool:
