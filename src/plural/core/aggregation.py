@@ -24,6 +24,7 @@ with ``streaming = False`` and the accumulator keeps the updates until ``result`
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -239,6 +240,19 @@ def global_norm(params: Mapping[str, torch.Tensor]) -> float:
         if tensor.is_floating_point():
             total += float(tensor.double().pow(2).sum())
     return total**0.5
+
+
+def clip_to_norm(delta: Params, bound: float) -> tuple[Params, bool]:
+    """``delta`` scaled down to global L2 norm ``bound`` if it is longer (floating entries in
+    float64, so the bound holds to float64 rounding), and whether it was scaled. The one
+    clipping of updates that privacy (DP-FedAvg) and robustness (norm bounding, centered
+    clipping) share."""
+    norm = global_norm(delta)
+    if norm <= bound or math.isinf(bound):
+        return dict(delta), False
+    scale = bound / norm
+    clipped = {k: v.double() * scale if v.is_floating_point() else v for k, v in delta.items()}
+    return clipped, True
 
 
 def group_generators(

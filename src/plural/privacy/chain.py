@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from plural.core.aggregation import AggregationState, RoundSummary, global_norm
+from plural.core.aggregation import AggregationState, RoundSummary, clip_to_norm, global_norm
 from plural.core.params import Params
 
 CLIP = "clip"
@@ -70,13 +70,8 @@ class ClipUpdates:
 
 
 def clip_to(delta: Params, bound: float) -> Params:
-    """``delta`` scaled down to global L2 norm ``bound`` (unchanged when within it); floating
-    entries scaled in float64, so the bound holds to float64 rounding."""
-    norm = global_norm(delta)
-    if norm <= bound or math.isinf(bound):
-        return dict(delta)
-    scale = bound / norm
-    return {k: v.double() * scale if v.is_floating_point() else v for k, v in delta.items()}
+    """``delta`` scaled down to global L2 norm ``bound`` (unchanged when within it)."""
+    return clip_to_norm(delta, bound)[0]
 
 
 def gaussian_like(delta: Params, std: float, rng: np.random.Generator) -> Params:

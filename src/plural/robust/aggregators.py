@@ -41,7 +41,7 @@ from plural.core.aggregation import (
     AggregationChain,
     AggregationState,
     RoundSummary,
-    global_norm,
+    clip_to_norm,
     register_chain_builder,
 )
 from plural.core.aggregators import WeightedMean
@@ -249,15 +249,6 @@ class MatrixReducer:
         raise ValueError(f"{cfg.name!r} is not a matrix rule")
 
 
-def clip_norm(delta: Params, bound: float) -> tuple[Params, bool]:
-    """``delta`` scaled down to L2 norm ``bound`` if longer; and whether it was."""
-    norm = global_norm(delta)
-    if norm <= bound:
-        return delta, False
-    scale = bound / norm
-    return {k: v * scale if v.is_floating_point() else v for k, v in delta.items()}, True
-
-
 @dataclasses.dataclass(frozen=True)
 class NormBound:
     """Client stage: each update clipped to L2 norm ``bound`` (Sun et al. 2019)."""
@@ -268,7 +259,7 @@ class NormBound:
     def apply(
         self, delta: Params, weight: float, state: AggregationState
     ) -> tuple[Params, float, Mapping[str, Any]]:
-        clipped, was = clip_norm(delta, self.bound)
+        clipped, was = clip_to_norm(delta, self.bound)
         return clipped, weight, {"norm_bound_clipped": was}
 
 
@@ -289,7 +280,7 @@ class CenteredClip:
             k: v - center[k] if v.is_floating_point() and k in center else v
             for k, v in delta.items()
         }
-        clipped, was = clip_norm(offsets, self.tau)
+        clipped, was = clip_to_norm(offsets, self.tau)
         recentred = {
             k: v + center[k] if v.is_floating_point() and k in center else v
             for k, v in clipped.items()
