@@ -5,7 +5,7 @@ Three experiments (all by default; ``--experiments`` picks some):
 
 * ``synthetic``: the clustering step alone, on block-structured score matrices calibrated on
   a measured one (see ``tests/test_score_graph.py``): OPTICS (``clustering: optics``, the
-  earlier default) against the score-graph spectral clustering (the default), 20 to 1,000
+  default) against the score-graph spectral clustering (``clustering: spectral``), 20 to 1,000
   clients, equal and very unequal groups, noise 1x and 2x the measured level; ARI and
   clusters found, min over seeds.
 * ``federations``: every method on rotation (4 groups), label swap (4) and class pairs
@@ -63,7 +63,7 @@ FEDERATIONS: dict[str, dict[str, Any]] = {
 }
 GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5}
 METHODS: dict[str, dict[str, Any]] = {
-    "pFedLIA central": {"name": "pfedlia"},
+    "pFedLIA central": {"name": "pfedlia", "clustering": "spectral"},
     "pFedLIA decentral": {"name": "pfedlia", "variant": "decentral"},
     "IFCA": {"name": "ifca"},
     "CFL": {"name": "cfl"},

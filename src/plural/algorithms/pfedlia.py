@@ -18,11 +18,12 @@ The run, round by round:
 
    * ``variant: central``: clients send their score rows (raw, sign votes, or differentially
      private votes by randomized response, as in the lazy-influence paper, Rokvic et al.
-     2022, arXiv 2205.11518); the server builds the graph of mutually helpful scores and
-     clusters it spectrally, finding the number of clusters itself
-     (:mod:`plural.algorithms.score_graph`; ``clusters`` sets it instead). ``clustering:
-     optics`` is the earlier rule: OPTICS on the normalised rows (``normalize``,
-     ``symmetrize``), which cuts groups of 50+ clients apart.
+     2022, arXiv 2205.11518); the server clusters them with OPTICS on the normalised rows
+     (``normalize``, ``symmetrize``; the default), which resolves small close groups but
+     cuts groups of 50+ clients apart, or (``clustering: spectral``) spectrally on the graph
+     of mutually helpful scores, finding the number of clusters itself
+     (:mod:`plural.algorithms.score_graph`; ``clusters`` sets it instead), which holds for
+     large well-separated groups but merges close small ones.
    * ``variant: decentral`` (peer to peer): each client clusters its own row with 1-D
      k-means (k=2) and keeps the helpful side as its peers. Its scores never leave it.
 5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
@@ -40,7 +41,8 @@ Choices the paper leaves open, and why:
 * ``normalize: row`` (default): each row divided by its largest absolute score, so clients
   whose validation loss moves a lot (small or hard validation sets) do not dominate the
   distances; the pattern of who helps whom is what groups clients.
-* ``clustering: spectral`` (default): see :mod:`plural.algorithms.score_graph`; a client
+* ``clustering: optics`` (default) or ``spectral``, see :mod:`plural.algorithms.score_graph`
+  (neither is right for every federation yet: see the ``clustering`` setting); a client
   with no mutually helpful peer becomes its own cluster (``noise: own``) or joins the
   cluster it scores highest (``noise: nearest``). With ``clustering: optics``:
   OPTICS ``min_samples: 3``, ``xi: 0.05`` (scikit-learn's default ``xi``); a client OPTICS
@@ -145,11 +147,12 @@ class PFedLIAConfig(AveragingConfig):
         "score); null: only when peers_scored < 1, where it fills in missing scores",
     )
     clustering: Clustering = setting(
-        "spectral",
-        help="central: 'spectral' clusters the graph of mutually helpful scores (eigengap and "
-        "a modularity test choose the number of clusters; holds from 20 to 1,000+ clients); "
-        "'optics' clusters the score rows with OPTICS (min_samples, xi; the earlier default, "
-        "which cuts large groups apart)",
+        "optics",
+        help="central: 'optics' clusters the score rows with OPTICS (min_samples, xi; "
+        "resolves small, close groups but cuts large groups apart); 'spectral' clusters the "
+        "graph of mutually helpful scores (eigengap and a modularity test choose the number "
+        "of clusters; holds from 20 to 1,000 clients of well-separated groups, but merges "
+        "close small groups such as English and German in the fortunes federation)",
     )
     clusters: int | None = setting(
         None,
