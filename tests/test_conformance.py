@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -169,10 +170,44 @@ def test_client_update_does_not_mutate_message_or_state(
     assert _equal(message, message_copy) and _equal(state, state_copy)
 
 
+SERVER_METHODS = {"round": 2, "aggregate": 2, "broadcast": 1}
+"""Server-side methods and how many leading arguments (after self) are their inputs."""
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_server_methods_do_not_mutate_their_inputs(
+    name: str, tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """round(), aggregate() and broadcast() return new states: the server state, cohort and
+    updates they were given are unchanged after the call (run on copies, compared)."""
+    cfg = config_for(name, tiny_config)
+    cls = type(build_algorithm(load_config(cfg)))
+    mutated: list[str] = []
+    for method, inputs in SERVER_METHODS.items():
+        monkeypatch.setattr(cls, method, _checking(getattr(cls, method), method, inputs, mutated))
+    plural.run(cfg)
+    assert not mutated, f"{name} mutated the inputs of {sorted(set(mutated))}"
+
+
+def _checking(original: Any, method: str, inputs: int, mutated: list[str]) -> Any:
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        before = copy.deepcopy(args[:inputs])
+        result = original(self, *args, **kwargs)
+        if not _equal(list(args[:inputs]), list(before)):
+            mutated.append(method)
+        return result
+
+    return checked
+
+
 def _equal(a: Any, b: Any) -> bool:
-    """Deep equality that compares tensors by value."""
+    """Deep equality that compares tensors and arrays by value (NaN equals NaN)."""
     if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
+        return torch.equal(a, b) or bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    if isinstance(a, np.ndarray):
+        return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+    if isinstance(a, float) and isinstance(b, float) and a != a:
+        return b != b
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):

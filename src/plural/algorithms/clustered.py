@@ -121,7 +121,7 @@ class Clustered(FedAvg):
 
     @staticmethod
     def assignment(server: ServerState) -> np.ndarray:
-        return np.asarray(server.extra["assignment"], dtype=np.int64)
+        return np.array(server.extra["assignment"], dtype=np.int64)  # a copy: states are immutable
 
     @staticmethod
     def with_clusters(

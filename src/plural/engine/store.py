@@ -26,11 +26,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
 from plural.config import ConfigError
 from plural.experiment import BackendConfig
 from plural.safety.diskio import atomic_write, writing
+from plural.safety.plain import load_plain, save_plain
 
 MANIFEST_KIND = "plural-disk-states"
 OWNER_FILE = ".plural-states.json"
@@ -196,7 +195,7 @@ class DiskStateStore:
         name = self._files.get(client_id)
         if name is None:
             return None
-        return torch.load(self.folder / name, weights_only=False, mmap=True)
+        return load_plain(self.folder / name, mmap=True)
 
     def put(self, client_id: int, state: Any) -> None:
         old = self._files.pop(client_id, None)
@@ -207,7 +206,7 @@ class DiskStateStore:
                 with (self.folder / WRITTEN_FILE).open("a", encoding="utf-8") as log:
                     log.write(name + "\n")  # listed before it exists: never an unknown file
                 self._written.add(name)
-                torch.save(state, path)
+                save_plain(state, path)
             self._files[client_id] = name
         if old is not None:
             self._discard(old)
@@ -280,7 +279,7 @@ def _states_of(snapshot: Any) -> Iterator[tuple[int, Any]]:
                 f"client {client_id}'s state file {str(path)!r}, named by the checkpoint, is "
                 "missing: the run's client_state folder was moved or deleted"
             )
-        yield int(client_id), torch.load(path, weights_only=False)
+        yield int(client_id), load_plain(path)
 
 
 def make_store(config: BackendConfig, run_dir: Path | None) -> InMemoryStateStore | DiskStateStore:

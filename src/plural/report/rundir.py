@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from plural.config import ConfigError
 from plural.safety.diskio import atomic_write, writing
+from plural.safety.plain import UnsafeCheckpointError, load_plain, save_plain
 from plural.safety.runlock import RunDirectoryError
 
 METRIC_COLUMNS = [
@@ -209,13 +209,15 @@ class RunDirectory:
         return path
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        _atomic_write(self.checkpoint_path, lambda tmp: torch.save(dict(state), tmp))
+        _atomic_write(self.checkpoint_path, lambda tmp: save_plain(dict(state), tmp))
 
     def load_checkpoint(self) -> dict[str, Any]:
-        # Checkpoints hold plural's own dataclasses, so they are loaded with full unpickling:
-        # only resume from run directories you trust.
+        # Loaded with torch's weights-only unpickler (plural.safety.plain): a checkpoint from
+        # someone else cannot run code when it is read.
         try:
-            checkpoint = torch.load(self.checkpoint_path, weights_only=False)
+            checkpoint = load_plain(self.checkpoint_path)
+        except UnsafeCheckpointError as err:
+            raise RunDirectoryError(f"--resume: {err}") from None
         except Exception as err:  # torch raises many types for a damaged file
             raise RunDirectoryError(
                 f"--resume: {str(self.checkpoint_path)!r} cannot be read ({type(err).__name__}: "
