@@ -268,8 +268,8 @@ def measure_cell(seed: int, k: int, w: int, args: argparse.Namespace) -> dict[st
     theta0 = results.server.extra["lia_theta0"]
     groups = np.asarray(results.server.extra["lia_groups"])
     parsed = plural.experiment.load_config(cfg)
-    federation = plural.engine.loop.build_federation(parsed)
-    trainer = LocalTrainer(plural.engine.loop.build_model(parsed, federation), parsed.train)
+    federation = plural.runner.build_federation(parsed)
+    trainer = LocalTrainer(plural.runner.build_model(parsed, federation), parsed.train)
     scores = np.asarray(record["scores"], dtype=np.float64)
     check = lazy_scores(trainer, federation, theta0, seed, w, k)
     lazy_cost = {key: record["cost"][key] for key in ("lazy_samples", "eval_samples", "seconds")}

@@ -128,7 +128,7 @@ def drift_config(seed: int, rounds: int, start: int, algorithm: dict[str, Any]) 
 
 
 def federation_of(cfg: dict[str, Any]) -> Any:
-    return plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    return plural.runner.build_federation(plural.experiment.load_config(cfg))
 
 
 def timed_run(cfg: dict[str, Any]) -> tuple[plural.Results, float]:

@@ -38,8 +38,8 @@ import torch
 from sklearn.metrics import roc_curve
 from torch.func import functional_call
 
-from plural.engine.loop import build_federation, build_model, run
 from plural.experiment import load_config
+from plural.runner import build_federation, build_model, run
 
 HERE = Path(__file__).parent
 EPSILONS = (math.inf, 8.0, 4.0, 2.0, 1.0)

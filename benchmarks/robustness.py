@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 import plural
-from plural.engine.loop import build_federation
 from plural.experiment import load_config
 from plural.robust.attacks import choose_malicious
+from plural.runner import build_federation
 
 HERE = Path(__file__).parent
 FRACTION = 0.2

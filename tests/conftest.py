@@ -59,16 +59,16 @@ def ray_instance() -> Iterator[Any]:
 @pytest.fixture
 def built_backends(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The backends ``plural.run`` builds during the test, in order (to inspect them)."""
-    from plural.engine import loop
+    from plural.runner import session
 
     built: list[Any] = []
-    make_backend = loop.make_backend
+    make_backend = session.make_backend
 
     def recording(setup: Any, backend_config: Any) -> Any:
         built.append(make_backend(setup, backend_config))
         return built[-1]
 
-    monkeypatch.setattr(loop, "make_backend", recording)
+    monkeypatch.setattr(session, "make_backend", recording)
     return built
 
 

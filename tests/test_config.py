@@ -11,9 +11,9 @@ import yaml
 
 import plural
 from plural.config import ConfigError
-from plural.engine import loop
 from plural.experiment import TOP_LEVEL_KEYS, apply_overrides, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS
+from plural.runner import assembly, session
 
 BASE: dict[str, Any] = {
     "name": "cfg",
@@ -38,9 +38,9 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the run went past config validation")
 
-    monkeypatch.setattr(loop, "build_federation", forbidden)
-    monkeypatch.setattr(loop, "build_model", forbidden)
-    monkeypatch.setattr(loop, "make_backend", forbidden)
+    monkeypatch.setattr(session, "build_federation", forbidden)
+    monkeypatch.setattr(assembly, "build_model", forbidden)
+    monkeypatch.setattr(session, "make_backend", forbidden)
 
 
 def run_error(overrides: list[str], tmp_path: Path, raw: dict[str, Any] | None = None) -> str:

@@ -19,15 +19,10 @@ from plural.core.masks import norm_layer_names
 from plural.core.params import max_abs_difference, state_of
 from plural.core.rng import numpy_rng
 from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
-from plural.engine.loop import (
-    build_algorithm,
-    build_client_models,
-    build_federation,
-    build_model,
-)
 from plural.experiment import load_config
 from plural.registry import ALGORITHMS
 from plural.report.rundir import deterministic
+from plural.runner import build_algorithm, build_client_models, build_federation, build_model
 
 ALGORITHM_SETTINGS: dict[str, dict[str, Any]] = {
     # The tiny runs have 2-3 rounds: cluster after one warm-up round.

@@ -26,11 +26,11 @@ from plural.core.algorithm import FederationInfo, ServerState, Update
 from plural.core.params import Params, max_abs_difference, nbytes
 from plural.core.rng import derive_seed
 from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
-from plural.engine.loop import build_algorithm, build_client_models, build_federation
 from plural.experiment import load_config
 from plural.models.adapters import ADAPTER_PREFIX, LOCAL_PREFIX, parallel_network
 from plural.models.zoo import BodyHeadCNN
 from plural.report.rundir import RunDirectory, deterministic
+from plural.runner import build_algorithm, build_client_models, build_federation
 
 EVALUATED = ["round", "client", "split", "loss", "accuracy", "samples"]
 

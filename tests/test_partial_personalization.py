@@ -21,11 +21,11 @@ from plural.core.masks import last_module_names, norm_layer_names
 from plural.core.params import max_abs_difference, nbytes, state_of
 from plural.core.rng import numpy_rng, torch_generator
 from plural.core.trainer import LocalTrainer
-from plural.engine.loop import build_federation, build_model
 from plural.engine.sampler import sample_cohort
 from plural.experiment import load_config
 from plural.models.zoo import parse_model
 from plural.report.rundir import RunDirectory, deterministic
+from plural.runner import build_federation, build_model
 
 LABEL_SKEW: dict[str, Any] = {
     "name": "label-skew",

@@ -84,7 +84,7 @@ def test_noisy_clients_do_not_help_clean_ones() -> None:
     result = plural.run(cfg)
     record = lia_records(result.server)[-1]
     extra = result.server.extra
-    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    federation = plural.runner.build_federation(plural.experiment.load_config(cfg))
     noisy = federation.group_ids["label_noise"].astype(bool)
     classes = federation.group_ids["partition"]
     assignment = np.asarray(record["assignment"])
@@ -184,7 +184,7 @@ def test_stale_clusters_are_redone_after_drift(tiny_config: dict[str, Any]) -> N
         "algorithm": {"name": "pfedlia", "warmup_rounds": 2, "recluster": "stale"},
     }
     result = plural.run(cfg)
-    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    federation = plural.runner.build_federation(plural.experiment.load_config(cfg))
     drifting = np.flatnonzero(federation.group_ids["drift"])
     records = lia_records(result.server)
     before = np.asarray(records[0]["assignment"])
@@ -232,7 +232,7 @@ def test_a_group_with_a_dense_core_stays_one_cluster() -> None:
     )
     cfg["algorithm"]["warmup_rounds"] = 5
     result = plural.run(cfg)
-    federation = plural.engine.loop.build_federation(plural.experiment.load_config(cfg))
+    federation = plural.runner.build_federation(plural.experiment.load_config(cfg))
     assignment = lia_records(result.server)[-1]["assignment"]
     assert adjusted_rand_score(federation.group_ids["rotation"], assignment) == 1.0
 

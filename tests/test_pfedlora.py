@@ -20,15 +20,10 @@ from plural.core.params import Params, max_abs_difference, nbytes
 from plural.core.rng import derive_seed
 from plural.core.trainer import FitResult, LocalTrainer
 from plural.engine.backends import ClientWork, WorkerEnv, WorkerSetup, run_client_phase
-from plural.engine.loop import (
-    build_algorithm,
-    build_client_models,
-    build_federation,
-    federation_info,
-)
 from plural.experiment import load_config
 from plural.models.adapters import ADAPTER_PREFIX, LOCAL_PREFIX, parallel_network
 from plural.report.rundir import deterministic
+from plural.runner import build_algorithm, build_client_models, build_federation, federation_info
 
 EVALUATED = ["round", "client", "split", "loss", "accuracy", "samples"]
 

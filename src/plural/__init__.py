@@ -13,9 +13,10 @@ aggregators, rng), ``plural.engine``.
 
 from plural import algorithms, data, models, placeholders  # noqa: F401  (registers components)
 from plural.config import ConfigError
-from plural.engine import EarlyStopping, Results, run
+from plural.engine import EarlyStopping
 from plural.experiment import ExperimentConfig, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
+from plural.runner import Results, run
 
 __version__ = "0.1.0"
 

@@ -13,11 +13,11 @@ from typing import Any
 import plural
 from plural.config import ConfigError, describe
 from plural.data.datasets import DataError, DatasetUnavailable
-from plural.engine.loop import Results, run
 from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
 from plural.privacy.settings import PrivacyConfig
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
 from plural.report.tables import format_table
+from plural.runner import Results, run
 from plural.safety.imports import restricted_imports
 from plural.safety.numerics import DivergedError
 

@@ -40,9 +40,9 @@ from plural.diagnostics.recommend import (
     cluster_structure,
     recommend,
 )
-from plural.engine.loop import ModelSource, build_federation, build_model, run
 from plural.experiment import ExperimentConfig, load_config
 from plural.registry import ALGORITHMS
+from plural.runner import ModelSource, build_federation, build_model, run
 
 BASELINES = ("fedavg", "local")
 

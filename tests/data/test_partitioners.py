@@ -654,8 +654,8 @@ def test_class_groups_small_unused_class_is_fine_without_shuffle() -> None:
 
 
 def test_class_groups_builds_a_grouped_federation() -> None:
-    from plural.engine.loop import build_federation
     from plural.experiment import load_config
+    from plural.runner import build_federation
 
     cfg = {
         "name": "class-groups",

@@ -23,9 +23,9 @@ from plural.data.partitioners import (
     train_val_test_split,
 )
 from plural.data.types import ArrayDataset, Partition
-from plural.engine.loop import build_federation
 from plural.experiment import SplitConfig, load_config
 from plural.registry import DATASETS, TRANSFORMS
+from plural.runner import build_federation
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_PLAY = (FIXTURES / "tiny_play_gut.txt").read_text()

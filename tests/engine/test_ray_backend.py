@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 import plural
+from plural import runner
 from plural.config import ConfigError
 from plural.core.params import max_abs_difference
-from plural.engine import loop
 from plural.engine.backends import EvalWork, WorkerEnv, WorkerSetup
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
@@ -39,9 +39,9 @@ def ray(ray_instance: Any) -> Iterator[Any]:
 def tiny_setup(tiny_config: dict[str, Any]) -> WorkerSetup:
     """The worker setup of the tiny federation (6 clients)."""
     cfg = load_config(tiny_config)
-    federation = loop.build_federation(cfg)
-    algorithm = loop.build_algorithm(cfg)
-    models = loop.build_client_models(cfg, federation, algorithm)
+    federation = runner.build_federation(cfg)
+    algorithm = runner.build_algorithm(cfg)
+    models = runner.build_client_models(cfg, federation, algorithm)
     return WorkerSetup(federation, models, cfg.train, cfg.seed)
 
 

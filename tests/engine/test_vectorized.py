@@ -16,7 +16,6 @@ from plural.config import ConfigError
 from plural.core.params import state_of
 from plural.core.rng import torch_generator
 from plural.core.trainer import FitRequest, LocalTrainer, TrainConfig
-from plural.engine import loop
 from plural.engine.backends import resolve_device, to_device
 from plural.engine.vectorized import (
     VectorizedBackend,
@@ -25,6 +24,7 @@ from plural.engine.vectorized import (
     can_batch,
     worth_batching,
 )
+from plural.runner import session
 
 
 def mlp() -> nn.Module:
@@ -226,7 +226,7 @@ def test_an_unavailable_device_is_refused_before_any_work(
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the federation was built before the device was checked")
 
-    monkeypatch.setattr(loop, "build_federation", forbidden)
+    monkeypatch.setattr(session, "build_federation", forbidden)
     with pytest.raises(ConfigError, match=r"backend.device: 'cuda' is not available.*cpu"):
         plural.run(tiny_config, overrides=["backend.device=cuda"])
     with pytest.raises(ConfigError, match=r"backend\.device"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from plural.engine.loop import run
 from plural.report.compare import comparison_table, format_comparison
 from plural.report.html import write_report
 from plural.report.runs import discover_runs, group_methods
+from plural.runner import run
 
 pytest.importorskip("dp_accounting")
 

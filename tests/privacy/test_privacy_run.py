@@ -16,10 +16,10 @@ import torch
 from plural.config import ConfigError
 from plural.core import aggregation
 from plural.core.aggregation import AggregationChain, global_norm
-from plural.engine.loop import run
 from plural.engine.sampler import sample_cohort
 from plural.experiment import SamplingConfig, load_config
 from plural.privacy import chain as privacy_chain
+from plural.runner import run
 
 pytest.importorskip("dp_accounting")
 
@@ -99,9 +99,9 @@ def _config(**changes: Any) -> dict[str, Any]:
 def test_settings_errors_before_training(
     changes: dict[str, Any], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plural.engine import loop
+    from plural.engine.loop import RoundLoop
 
-    monkeypatch.setattr(loop._Loop, "run", _no_training)
+    monkeypatch.setattr(RoundLoop, "run", _no_training)
     with pytest.raises(ConfigError, match=message):
         run(_config(**changes), out=tmp_path / "run")
 

@@ -15,7 +15,6 @@ from scipy.stats import norm
 from plural.algorithms.clustered import ModelsMessage
 from plural.config import build
 from plural.core.algorithm import ModelMessage, Update
-from plural.engine.loop import build_federation
 from plural.experiment import load_config
 from plural.robust.attacks import (
     ModelAttack,
@@ -28,6 +27,7 @@ from plural.robust.attacks import (
     triggered_test,
 )
 from plural.robust.config import AttackConfig
+from plural.runner import build_federation
 
 
 def _attack(name: str, malicious: tuple[int, ...] = (3, 4), **settings: Any) -> ModelAttack:

@@ -16,10 +16,10 @@ import pytest
 import plural
 from plural.algorithms.fedavg import FedAvg
 from plural.config import ConfigError
-from plural.engine.loop import build_federation
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
 from plural.robust.runtime import Robustness, TooManyFailures
+from plural.runner import build_federation
 
 
 def _config(tiny_config: dict[str, Any], **sections: Any) -> dict[str, Any]:

@@ -31,23 +31,11 @@ import pandas as pd
 import yaml
 
 from plural.config import ConfigError
+from plural.engine.rows import METRIC_COLUMNS
 from plural.safety.diskio import atomic_write, writing
 from plural.safety.plain import UnsafeCheckpointError, load_plain, save_plain
 from plural.safety.runlock import RunDirectoryError
 
-METRIC_COLUMNS = [
-    "round",
-    "client",
-    "split",
-    "loss",
-    "accuracy",
-    "samples",
-    "bytes_up",
-    "bytes_down",
-    "drift",
-    "flops",
-    "seconds",
-]
 TIMING_COLUMNS = ["seconds"]
 """Columns measured by the clock: they differ between otherwise identical runs."""
 

@@ -197,7 +197,7 @@ def cell_config(base: Mapping[str, Any], cell: Cell) -> ExperimentConfig:
 
 def validate_cells(base: Mapping[str, Any], cells: Sequence[Cell]) -> list[ExperimentConfig]:
     """Every cell's config, checked by its algorithm too, before any cell runs."""
-    from plural.engine.loop import build_algorithm
+    from plural.runner import build_algorithm
 
     configs = []
     for cell in cells:
@@ -480,7 +480,7 @@ def run_cell(
     base: Mapping[str, Any], cell: Cell, run_dir: str, callbacks: CallbackFactory | None = None
 ) -> Outcome:
     """Run (or resume) one cell; errors are returned, not raised, so the sweep goes on."""
-    from plural.engine.loop import run
+    from plural.runner import run
 
     started = time.perf_counter()
     resumed = (Path(run_dir) / "checkpoint.pt").is_file()

@@ -38,8 +38,8 @@ from plural.config import ConfigError
 from plural.report.runs import flatten
 
 if TYPE_CHECKING:
-    from plural.engine.loop import Results
     from plural.experiment import ExperimentConfig
+    from plural.runner import Results
 
 ROUND_METRICS = ("accuracy", "loss")
 ROUND_STATS = ("mean", "worst10", "best10", "std")

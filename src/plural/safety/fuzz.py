@@ -197,8 +197,8 @@ def mutate_text(text: str, rng: np.random.Generator) -> bytes:
 
 def validate(path: Path) -> str | None:
     """What ``plural run`` checks before loading data, as the CLI does (imports restricted)."""
-    from plural.engine.loop import build_algorithm
     from plural.experiment import load_config
+    from plural.runner import build_algorithm
     from plural.safety.checks import check_config
     from plural.safety.imports import restricted_imports
 
