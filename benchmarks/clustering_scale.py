@@ -48,9 +48,9 @@ from sklearn.metrics import adjusted_rand_score
 
 import plural
 import plural.algorithms.pfedlia as pfedlia_module
-from plural.algorithms.influence import influence_features, optics_clusters
 from plural.algorithms.pfedlia import lia_records
-from plural.algorithms.score_graph import graph_clusters
+from plural.core.influence import influence_features, optics_clusters
+from plural.core.score_graph import graph_clusters
 
 HERE = Path(__file__).parent
 EXPERIMENTS = ("synthetic", "federations", "lazy")

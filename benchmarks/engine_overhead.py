@@ -47,8 +47,8 @@ from torch import nn
 import plural
 from plural.core.rng import torch_generator
 from plural.data.federated import FederatedDataset
-from plural.engine import build_federation, build_model
 from plural.experiment import ExperimentConfig, load_config
+from plural.runner import build_federation, build_model
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "engine_overhead.json"
 TARGET_RATIO = 1.05

@@ -84,8 +84,8 @@ from torch import nn
 import plural
 from plural.core.rng import torch_generator
 from plural.data.federated import FederatedDataset, TensorSplit
-from plural.engine import build_federation, build_model
 from plural.experiment import ExperimentConfig, load_config
+from plural.runner import build_federation, build_model
 
 if TYPE_CHECKING:  # flwr and Ray are imported only where used (see ``flower_class``)
     from flwr.app import Context

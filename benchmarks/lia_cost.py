@@ -79,8 +79,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 import plural
-from plural.algorithms.influence import influence_features, optics_clusters, rank_correlation
 from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
+from plural.core.influence import influence_features, optics_clusters, rank_correlation
 from plural.core.params import Params
 from plural.core.rng import torch_generator
 from plural.core.trainer import LocalTrainer

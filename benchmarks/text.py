@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import plural
-from plural.engine import build_federation
+from plural.runner import build_federation
 
 HERE = Path(__file__).parent
 

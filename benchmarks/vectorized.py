@@ -44,9 +44,9 @@ import plural
 from plural.core.params import max_abs_difference
 from plural.core.rng import torch_generator
 from plural.core.trainer import FitRequest, FitResult, LocalTrainer
-from plural.engine import build_federation, build_model
 from plural.engine.vectorized import batched_fit
 from plural.experiment import load_config
+from plural.runner import build_federation, build_model
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "vectorized.json"
 TARGET = 4.0

@@ -17,8 +17,8 @@ from torch import nn
 import plural
 from plural.config import ConfigError
 from plural.data import from_arrays
-from plural.engine import build_federation, loop
 from plural.experiment import load_config
+from plural.runner import build_federation, session
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -59,8 +59,8 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the run went past config validation")
 
-    monkeypatch.setattr(loop, "build_federation", forbidden)
-    monkeypatch.setattr(loop, "make_backend", forbidden)
+    monkeypatch.setattr(session, "build_federation", forbidden)
+    monkeypatch.setattr(session, "make_backend", forbidden)
 
 
 def user_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

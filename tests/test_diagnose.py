@@ -60,7 +60,7 @@ def test_every_client_starts_from_the_same_model(tiny_config: dict[str, Any]) ->
     # identically: the starting model must not move from one client to the next.
     tiny_config.update(partition={"name": "iid", "num_clients": 1})
     tiny_config["train"]["batch_size"] = 10_000
-    federation = plural.engine.build_federation(plural.load_config(tiny_config))
+    federation = plural.runner.build_federation(plural.load_config(tiny_config))
     same = federation.clients[0]
     clones = [plural.data.ClientData(k, same.train, same.val, same.test) for k in range(3)]
     twins = plural.data.FederatedDataset("twins", clones, 10, federation.input_shape)

@@ -9,12 +9,10 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from plural.algorithms.influence import (
-    CompressedDelta,
+from plural.core.compression import CompressedDelta, compress, decompress
+from plural.core.influence import (
     _noise_to_nearest,
     client_distances,
-    compress,
-    decompress,
     fixed_clusters,
     influence_features,
     keep_probability,

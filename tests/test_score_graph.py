@@ -13,7 +13,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from sklearn.metrics import adjusted_rand_score
 
-from plural.algorithms.score_graph import graph_clusters, modularity, score_edges
+from plural.core.score_graph import graph_clusters, modularity, score_edges
 
 
 def block_scores(

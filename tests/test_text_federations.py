@@ -13,7 +13,7 @@ import pytest
 import plural
 from plural.data import text as T
 from plural.data.datasets import DatasetUnavailable
-from plural.engine import build_federation
+from plural.runner import build_federation
 
 ARCHIVE = T._resolve(T.ShakespeareConfig().archive)
 needs_archive = pytest.mark.skipif(

@@ -17,8 +17,8 @@ from plural.config import ConfigError
 from plural.data.federated import SPLITS, FederatedDataset, TensorSplit
 from plural.data.transforms import rotate_images
 from plural.data.types import ArrayDataset, Partition
-from plural.engine import build_federation
 from plural.registry import TRANSFORMS
+from plural.runner import build_federation
 
 NAMES = ("rotation", "noise", "brightness", "permutation", "label_swap", "label_noise", "drift")
 BASE: dict[str, Any] = {

@@ -13,8 +13,8 @@ import plural
 from plural.core.params import Params, state_of
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import FederatedDataset
-from plural.engine import build_federation, build_model
 from plural.experiment import ExperimentConfig
+from plural.runner import build_federation, build_model
 
 MakeFederation = Callable[..., FederatedDataset]
 MakeTrainer = Callable[..., tuple[LocalTrainer, Params]]

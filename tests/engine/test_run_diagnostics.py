@@ -11,8 +11,8 @@ import torch
 
 import plural
 from plural.data.federated import ClientData, FederatedDataset
-from plural.engine import build_federation
 from plural.engine.diagnostics import GradientMoments
+from plural.runner import build_federation
 
 
 def test_drift_is_recorded_for_participants(tiny_config: dict[str, Any]) -> None:

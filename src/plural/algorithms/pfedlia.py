@@ -22,7 +22,7 @@ The run, round by round:
      (``normalize``, ``symmetrize``; the default), which resolves small close groups but
      cuts groups of 50+ clients apart, or (``clustering: spectral``) spectrally on the graph
      of mutually helpful scores, finding the number of clusters itself
-     (:mod:`plural.algorithms.score_graph`; ``clusters`` sets it instead), which holds for
+     (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
      large well-separated groups but merges close small ones.
    * ``variant: decentral`` (peer to peer): each client clusters its own row with 1-D
      k-means (k=2) and keeps the helpful side as its peers. Its scores never leave it.
@@ -41,7 +41,7 @@ Choices the paper leaves open, and why:
 * ``normalize: row`` (default): each row divided by its largest absolute score, so clients
   whose validation loss moves a lot (small or hard validation sets) do not dominate the
   distances; the pattern of who helps whom is what groups clients.
-* ``clustering: optics`` (default) or ``spectral``, see :mod:`plural.algorithms.score_graph`
+* ``clustering: optics`` (default) or ``spectral``, see :mod:`plural.core.score_graph`
   (neither is right for every federation yet: see the ``clustering`` setting); a client
   with no mutually helpful peer becomes its own cluster (``noise: own``) or joins the
   cluster it scores highest (``noise: nearest``). With ``clustering: optics``:
@@ -75,13 +75,14 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from plural.algorithms.clustered import Clustered
 from plural.algorithms.fedavg import AveragingConfig
-from plural.algorithms.influence import (
-    CompressedDelta,
-    Compression,
+from plural.config import ConfigError, setting
+from plural.core.aggregators import weighted_mean
+from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
+from plural.core.batched_eval import evaluate_stacked, stack_params
+from plural.core.compression import CompressedDelta, Compression, compress, decompress
+from plural.core.influence import (
     NoisePolicy,
     Normalize,
-    compress,
-    decompress,
     fixed_clusters,
     influence_features,
     keep_probability,
@@ -93,12 +94,8 @@ from plural.algorithms.influence import (
     row_epsilon,
     sign_votes,
 )
-from plural.algorithms.score_graph import graph_clusters
-from plural.config import ConfigError, setting
-from plural.core.aggregators import weighted_mean
-from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
-from plural.core.batched_eval import evaluate_stacked, stack_params
 from plural.core.params import Params, nbytes
+from plural.core.score_graph import graph_clusters
 from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS

@@ -42,7 +42,7 @@ from scipy.sparse import coo_matrix, csr_matrix, diags
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
 
-from plural.algorithms.influence import kmeans_peers
+from plural.core.influence import kmeans_peers
 
 __all__ = ["graph_clusters", "modularity", "score_edges", "spectral_labels"]
 

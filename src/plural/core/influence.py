@@ -30,20 +30,16 @@ The helpers are pure (inputs are never mutated) and deterministic given their ar
   mutual peers form groups.
 * :func:`neighbourhood_quality` and :func:`rank_correlation` are diagnostics against the
   true groups or a reference score matrix.
-* :class:`CompressedDelta`, :func:`compress` and :func:`decompress` shrink the lazy update
-  ``theta_j - theta0`` that travels between clients (top-k sparsification, int8
-  quantisation); :func:`plural.core.params.nbytes` counts only its tensors.
+* Compressing the lazy update that travels between clients is
+  :mod:`plural.core.compression`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 from typing import Literal, get_args
 
 import numpy as np
-import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr
@@ -51,13 +47,9 @@ from sklearn.cluster import OPTICS, AgglomerativeClustering
 from sklearn.metrics.pairwise import nan_euclidean_distances
 
 __all__ = [
-    "CompressedDelta",
-    "Compression",
     "NoisePolicy",
     "Normalize",
     "client_distances",
-    "compress",
-    "decompress",
     "fixed_clusters",
     "influence_features",
     "keep_probability",
@@ -73,10 +65,8 @@ __all__ = [
 
 Normalize = Literal["none", "row", "helpful"]
 NoisePolicy = Literal["own", "nearest"]
-Compression = Literal["none", "topk", "int8"]
 
 _KMEANS_MAX_ITER = 100
-_INT8_MAX = 127
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -403,95 +393,3 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     return float(spearmanr(x, y)[0])
-
-
-# --------------------------------------------------------------------------- compression
-
-
-@dataclasses.dataclass(frozen=True)
-class CompressedDelta:
-    """A client's lazy update theta_j - theta0 as it travels; only tensors count as bytes."""
-
-    method: str
-    tensors: dict[str, dict[str, torch.Tensor]]
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, torch.dtype]
-
-
-def _topk_count(numel: int, fraction: float) -> int:
-    """``max(1, ceil(fraction * numel))`` capped at ``numel``, robust to float round-off."""
-    return min(numel, max(1, math.ceil(round(fraction * numel, 6))))
-
-
-def _encode_topk(tensor: torch.Tensor, fraction: float) -> dict[str, torch.Tensor]:
-    """The largest-magnitude entries of the flattened tensor and their positions."""
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() > torch.iinfo(torch.int32).max:
-        raise ValueError(f"topk needs int32 indices; tensor has {flat.numel()} entries")
-    k = _topk_count(flat.numel(), fraction)
-    indices = torch.topk(flat.abs(), k).indices.sort().values
-    return {"values": flat[indices].to(torch.float32), "indices": indices.to(torch.int32)}
-
-
-def _encode_int8(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Symmetric linear int8 quantisation with a float32 scale ``max|t| / 127``."""
-    values = tensor.detach().to(torch.float64)
-    largest = float(values.abs().max()) if values.numel() else 0.0
-    scale = torch.tensor([largest / _INT8_MAX if largest > 0 else 1.0], dtype=torch.float32)
-    scale = scale.to(tensor.device)
-    codes = torch.round(values / scale.to(torch.float64)).clamp(-_INT8_MAX, _INT8_MAX)
-    return {"codes": codes.to(torch.int8), "scale": scale}
-
-
-def _encode(tensor: torch.Tensor, method: Compression, fraction: float) -> dict[str, torch.Tensor]:
-    """One tensor's parts; non-floating tensors always travel as they are."""
-    if method == "none" or not tensor.is_floating_point():
-        return {"values": tensor}
-    if method == "topk":
-        return _encode_topk(tensor, fraction)
-    return _encode_int8(tensor)
-
-
-def _decode(
-    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype
-) -> torch.Tensor:
-    """Rebuild one tensor (always a new tensor) from its encoded parts."""
-    if "codes" in parts:
-        scale = parts["scale"].to(torch.float64)
-        return (parts["codes"].to(torch.float64) * scale).to(dtype).reshape(shape)
-    values = parts["values"]
-    if "indices" not in parts:
-        return values.detach().clone()
-    out = torch.zeros(math.prod(shape), dtype=dtype, device=values.device)
-    out[parts["indices"].long()] = values.to(dtype)
-    return out.reshape(shape)
-
-
-def compress(
-    delta: Mapping[str, torch.Tensor], method: Compression, fraction: float = 0.1
-) -> CompressedDelta:
-    """Encode a parameter delta for transport.
-
-    ``"none"``: tensors as they are (not copied). ``"topk"``: per floating tensor the
-    ``max(1, ceil(fraction * numel))`` largest-magnitude entries (float32 values, int32
-    indices). ``"int8"``: per floating tensor int8 codes and a float32 scale
-    ``max|t| / 127`` (1.0 for an all-zero tensor). Non-floating tensors always travel as
-    they are. ``fraction`` must be in (0, 1].
-    """
-    _check_choice("method", method, get_args(Compression))
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    return CompressedDelta(
-        method=method,
-        tensors={name: _encode(t, method, fraction) for name, t in delta.items()},
-        shapes={name: tuple(t.shape) for name, t in delta.items()},
-        dtypes={name: t.dtype for name, t in delta.items()},
-    )
-
-
-def decompress(compressed: CompressedDelta) -> dict[str, torch.Tensor]:
-    """The delta rebuilt from :func:`compress`'s output (new tensors, original shapes/dtypes)."""
-    return {
-        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name])
-        for name, parts in compressed.tensors.items()
-    }
