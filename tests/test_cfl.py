@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.cfl import (
-    CFLConfig,
+from plural.algorithms.cfl import CFLConfig
+from plural.core.similarity import (
     bipartition,
     cosine_similarities,
     update_alignment,

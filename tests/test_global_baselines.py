@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.fedavg import AveragingConfig, FedAvg, WorkBudget
+from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import build
 from plural.core.aggregators import aggregation_weights, capped_shares, report_count
 from plural.core.algorithm import ServerState, Update
 from plural.core.params import max_abs_difference, nbytes
 from plural.core.rng import torch_generator
 from plural.core.server_opt import ServerOptimizerSettings, server_step
-from plural.core.trainer import LocalTrainer, TrainConfig
+from plural.core.trainer import LocalTrainer, TrainConfig, WorkBudget
 from plural.data import from_arrays
 from plural.report.rundir import deterministic
 

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 import plural
-from plural.algorithms.partial import PERSONAL_KEY, FedRep, FedRepConfig
+from plural.algorithms.fedrep import FedRep, FedRepConfig
+from plural.algorithms.partial import PERSONAL_KEY
 from plural.cli import main
 from plural.config import ConfigError, build
 from plural.core.algorithm import FederationInfo

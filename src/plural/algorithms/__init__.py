@@ -2,26 +2,21 @@
 
 from plural.algorithms.apfl import APFL, APFLConfig
 from plural.algorithms.cfl import CFL, CFLConfig
-from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedbn import FedBN, FedBNConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
+from plural.algorithms.fedrep import FedRep, FedRepConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.fml import FML, FMLConfig
+from plural.algorithms.ifca import IFCA, IFCAConfig
+from plural.algorithms.lg_fedavg import LGFedAvg, LGFedAvgConfig
 from plural.algorithms.local import Local, LocalConfig
 from plural.algorithms.mocha import MOCHA, MOCHAConfig
-from plural.algorithms.partial import (
-    FedBN,
-    FedBNConfig,
-    FedPer,
-    FedPerConfig,
-    FedRep,
-    FedRepConfig,
-    PartialFedAvg,
-    SharedBody,
-)
+from plural.algorithms.oracle import Oracle, OracleConfig
+from plural.algorithms.partial import FedPer, FedPerConfig, PartialFedAvg, SharedBody
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
@@ -57,6 +52,8 @@ __all__ = [
     "Finetune",
     "FinetuneConfig",
     "IFCAConfig",
+    "LGFedAvg",
+    "LGFedAvgConfig",
     "Local",
     "LocalConfig",
     "MOCHAConfig",

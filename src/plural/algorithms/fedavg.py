@@ -28,7 +28,7 @@ from plural.core.aggregators import (
 from plural.core.algorithm import Algorithm, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizer, ServerOptimizerSettings, server_step
-from plural.core.trainer import FitResult, LocalTrainer, LossTerm
+from plural.core.trainer import FitResult, LocalTrainer, LossTerm, WorkBudget
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
@@ -89,15 +89,6 @@ FedAvgConfig = AveragingConfig
 
 CHAIN_STATE = "aggregation"
 """Key of the aggregation chain's state in ``ServerState.extra`` (absent when stateless)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkBudget:
-    """How much local work a client does this round."""
-
-    epochs: int | None = None
-    steps: int | None = None
-    complete: bool = True
 
 
 @ALGORITHMS.register("fedavg", FedAvgConfig, "FedAvg: local SGD, weighted model averaging")

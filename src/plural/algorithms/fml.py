@@ -50,12 +50,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plural.algorithms.fedavg import AveragingConfig, WorkBudget
+from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PartialFedAvg
 from plural.config import ConfigError, setting
 from plural.core.algorithm import FederationInfo, ModelMessage, ServerState
 from plural.core.params import Params
-from plural.core.trainer import FitResult, LocalTrainer
+from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
 from plural.data.federated import ClientData
 from plural.models.adapters import (
     LOCAL_PREFIX,

@@ -42,13 +42,13 @@ from collections.abc import Iterator
 import torch
 
 from plural.algorithms.ditto import PersonalModels
-from plural.algorithms.fedavg import AveragingConfig, FedAvg, WorkBudget
+from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.algorithms.fedprox import proximal_term
 from plural.config import setting
 from plural.core.algorithm import ModelMessage, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizerSettings
-from plural.core.trainer import FitResult, LocalTrainer
+from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
 from plural.data.federated import ClientData
 from plural.data.types import ArrayDataset
 from plural.registry import ALGORITHMS

@@ -33,6 +33,15 @@ Trainable = Callable[[str], bool]
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkBudget:
+    """How much local work a client does this round."""
+
+    epochs: int | None = None
+    steps: int | None = None
+    complete: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Local optimisation settings shared by all algorithms."""
 

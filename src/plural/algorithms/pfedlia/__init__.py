@@ -1,0 +1,68 @@
+"""pFedLIA (Rokvic, Danassis, Faltings 2025, "Lazy But Effective: Collaborative Personalized
+Federated Learning with Heterogeneous Data", arXiv 2505.02540): clients cluster themselves by
+a lazy influence approximation, then train FedAvg inside their cluster.
+
+The run, round by round:
+
+1. **Warm-up** (rounds ``1..warmup_rounds``): FedAvg over the whole federation gives the
+   shared start ``theta0`` (the initial model when ``warmup_rounds`` is 0).
+2. **Lazy phase** (start of round ``warmup_rounds + 1``, every client takes part whatever the
+   sampling): client ``j`` trains ``lazy_epochs`` epochs from ``theta0`` on its training split
+   and uploads ``theta_j - theta0`` (optionally compressed: ``compression``). The server relays
+   to each client the lazy models it is to score (all others, or a random ``peers_scored``
+   share of them).
+3. **Influence**: client ``i`` scores each lazy model on its *own* validation split,
+   ``S[i, j] = L_i(theta0) - L_i(theta_j)`` (``score: accuracy``: ``A_i(theta_j) -
+   A_i(theta0)``); positive means ``j``'s data helps ``i``. It scores its own lazy model too.
+4. **Clustering**, once by default:
+
+   * ``variant: central``: clients send their score rows (raw, sign votes, or differentially
+     private votes by randomized response, as in the lazy-influence paper, Rokvic et al.
+     2022, arXiv 2205.11518); the server clusters them with OPTICS on the normalised rows
+     (``normalize``, ``symmetrize``; the default), which resolves small close groups but
+     cuts groups of 50+ clients apart, or (``clustering: spectral``) spectrally on the graph
+     of mutually helpful scores, finding the number of clusters itself
+     (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
+     large well-separated groups but merges close small ones.
+   * ``variant: decentral`` (peer to peer): each client clusters its own row with 1-D
+     k-means (k=2) and keeps the helpful side as its peers. Its scores never leave it.
+5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
+   the FedAvg of its peers' models (decentral: each client has its own neighbourhood model).
+   The updates are FedAvg's (weights, server optimizer, stragglers all apply).
+
+Beyond the paper: ``recluster: stale`` watches each client's validation loss under its
+cluster's model and re-runs the lazy phase for the clients whose loss rose by more than
+``stale_rise`` over its lowest since they were clustered (data drift), then re-clusters with
+their new rows and columns; ``peers_scored`` and ``compression`` cut the lazy phase's traffic;
+``votes: private`` gives epsilon-DP votes.
+
+Choices the paper leaves open, and why:
+
+* ``normalize: row`` (default): each row divided by its largest absolute score, so clients
+  whose validation loss moves a lot (small or hard validation sets) do not dominate the
+  distances; the pattern of who helps whom is what groups clients.
+* ``clustering: optics`` (default) or ``spectral``, see :mod:`plural.core.score_graph`
+  (neither is right for every federation yet: see the ``clustering`` setting); a client
+  with no mutually helpful peer becomes its own cluster (``noise: own``) or joins the
+  cluster it scores highest (``noise: nearest``). With ``clustering: optics``:
+  OPTICS ``min_samples: 3``, ``xi: 0.05`` (scikit-learn's default ``xi``); a client OPTICS
+  leaves as noise becomes its own cluster (``noise: own``) so a client that no one helps
+  (e.g. one with corrupted labels) trains on its own, or joins the nearest cluster
+  (``noise: nearest``). Missing scores (``peers_scored < 1``) are handled by NaN-aware
+  Euclidean distances. ``peers_scored`` above 1 is a count of peers (e.g. 20), so that
+  each client's scoring work and the relayed bytes stay bounded as the federation grows.
+* Decentral training is simulated with the server as a relay: a client receives the average
+  of its peers' models (one model down, one up); ``peer_exchange_bytes`` in the lazy-phase
+  record is what a true peer-to-peer exchange of lazy models costs.
+* The lazy phase's cost is recorded separately from training (``server.extra["lia_records"]``
+  and ``summary.json``): client compute as samples trained and evaluated, wall time, and bytes.
+  The round's metric rows count all bytes, lazy phase included.
+
+Measured defaults: see ``benchmarks/README.md`` (pFedLIA section).
+"""
+
+from plural.algorithms.pfedlia.algorithm import PFedLIA
+from plural.algorithms.pfedlia.config import PFedLIAConfig
+from plural.algorithms.pfedlia.messages import lia_records
+
+__all__ = ["PFedLIA", "PFedLIAConfig", "lia_records"]

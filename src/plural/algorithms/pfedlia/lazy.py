@@ -1,0 +1,204 @@
+"""pFedLIA's lazy phase: clients train lazily from theta0 and score each other."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from plural.algorithms.pfedlia.config import (
+    PFedLIAConfig,
+)
+from plural.algorithms.pfedlia.messages import (
+    NO_VALIDATION,
+    LazyReply,
+    LIAClientState,
+    ScoreMessage,
+    ScoreReply,
+    decoded,
+    lazy_results,
+)
+from plural.core.algorithm import ModelMessage, RoundContext, ServerState
+from plural.core.compression import compress
+from plural.core.influence import (
+    kmeans_peers,
+    randomized_response,
+    sign_votes,
+)
+from plural.core.params import nbytes
+from plural.core.trainer import EvalResult, LocalTrainer
+from plural.data.federated import ClientData
+
+
+class LazyPhase:
+    """The lazy phase: lazy training, relaying, scoring and releasing scores (part of
+    :class:`~plural.algorithms.pfedlia.algorithm.PFedLIA`)."""
+
+    config: PFedLIAConfig
+
+    def lazy_train(
+        self,
+        message: ModelMessage,
+        state: LIAClientState | None,
+        client: ClientData,
+        trainer: LocalTrainer,
+        rng: torch.Generator,
+    ) -> tuple[LazyReply, LIAClientState]:
+        """Train ``lazy_epochs`` from ``theta0`` and send the (compressed) change."""
+        cfg, theta0 = self.config, message.params
+        train = client.train
+        fit = trainer.fit(theta0, train.x, train.y, rng=rng, epochs=cfg.lazy_epochs, lr=cfg.lazy_lr)
+        delta = compress(
+            {n: fit.params[n] - theta0[n] for n in theta0}, cfg.compression, cfg.topk_fraction
+        )
+        row = state.row if state is not None else None
+        return LazyReply(delta, fit.samples_seen), LIAClientState(theta0, delta, row)
+
+    def score(
+        self,
+        message: ScoreMessage,
+        state: LIAClientState | None,
+        client: ClientData,
+        trainer: LocalTrainer,
+        rng: torch.Generator,
+    ) -> tuple[ScoreReply, LIAClientState]:
+        """Score the relayed lazy models (and its own) on the client's validation split."""
+        val = client.val
+        if len(val) == 0:
+            raise ValueError(NO_VALIDATION.format(client=client.client_id))
+        state = state or LIAClientState()
+        theta0 = message.theta0 if message.theta0 is not None else state.theta0
+        if theta0 is None:
+            raise ValueError("pfedlia: a client was asked to score without theta0")
+        row = np.full(message.num_clients, np.nan) if state.row is None else state.row.copy()
+        peers, deltas = list(message.peers), list(message.deltas)
+        if state.delta is not None:
+            peers.append(client.client_id)
+            deltas.append(state.delta)
+        base = trainer.evaluate(theta0, val.x, val.y)
+        for peer, result in zip(peers, lazy_results(trainer, theta0, deltas, val), strict=True):
+            row[peer] = self.influence(base, result)
+        reply = ScoreReply(
+            self.release(row, client.client_id, rng), row, (len(peers) + 1) * len(val)
+        )
+        return reply, LIAClientState(row=row)
+
+    def influence(self, base: EvalResult, lazy: EvalResult) -> float:
+        """How much the lazy model helps: drop in loss, or gain in accuracy."""
+        if self.config.score == "accuracy":
+            return lazy.accuracy - base.accuracy
+        return base.loss - lazy.loss
+
+    def release(self, row: np.ndarray, client_id: int, rng: torch.Generator) -> torch.Tensor:
+        """What the client sends about its row (see :class:`ScoreReply`)."""
+        cfg = self.config
+        if cfg.variant == "decentral":
+            peers = np.flatnonzero(kmeans_peers(row, client_id))
+            return torch.as_tensor(peers, dtype=torch.int32)
+        if cfg.votes == "raw":
+            return torch.as_tensor(row, dtype=torch.float32)
+        votes = sign_votes(row)
+        if cfg.votes == "private":
+            seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+            votes = randomized_response(votes, cfg.epsilon, np.random.default_rng(seed))
+        return torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8)
+
+    # ---- server side: the lazy phase -----------------------------------------------------------
+
+    def lazy_phase(
+        self, server: ServerState, lazy_clients: list[int], ctx: RoundContext
+    ) -> ServerState:
+        """Lazy training of ``lazy_clients``, scoring, and (re-)clustering."""
+        started = time.perf_counter()
+        extra = dict(server.extra)
+        first = not extra["lia_clustered"]
+        theta0 = server.params if first else extra["lia_theta0"]
+        broadcast = ModelMessage(theta0)
+        lazy = ctx.map("lazy_train", lazy_clients, broadcast)
+        deltas = {
+            **extra["lia_deltas"],
+            **{c: r.delta for c, r in zip(lazy_clients, lazy, strict=True)},
+        }
+        plan = self.scoring_plan(lazy_clients, first, ctx.num_clients, ctx.rng("lia_peers"))
+        fresh = set(lazy_clients)
+        messages = {
+            i: ScoreMessage(
+                None if i in fresh else theta0,
+                tuple(peers),
+                tuple(deltas[j] for j in peers),
+                ctx.num_clients,
+            )
+            for i, peers in plan.items()
+        }
+        scorers = sorted(plan)
+        replies = ctx.map("score", scorers, per_client=messages)
+        extra["lia_scores"] = extra["lia_scores"].copy()
+        extra["lia_released"] = extra["lia_released"].copy()
+        for i, reply in zip(scorers, replies, strict=True):
+            extra["lia_scores"][i] = reply.scores
+            if self.config.variant == "central":
+                extra["lia_released"][i] = decoded(reply.released, self.config.votes)
+        server = ServerState(server.params, extra)
+        server = self.regroup(server, theta0, first, lazy_clients, scorers, replies)
+        extra = server.extra
+        extra.update(
+            lia_clustered=True,
+            lia_theta0=theta0,
+            lia_deltas=deltas if self.config.recluster == "stale" else {},
+            lia_stale=[],
+        )
+        reference = extra["lia_reference"].copy()
+        reference[lazy_clients] = np.inf
+        extra["lia_reference"] = reference
+        cost = {
+            "lazy_clients": len(lazy_clients),
+            "scorers": len(scorers),
+            "lazy_samples": int(sum(r.samples for r in lazy)),
+            "eval_samples": int(sum(r.evaluated for r in replies)),
+            "seconds": time.perf_counter() - started,
+            "bytes_up": sum(nbytes(r) for r in lazy) + sum(nbytes(r) for r in replies),
+            "bytes_down": nbytes(broadcast) * len(lazy_clients)
+            + sum(nbytes(m) for m in messages.values()),
+            "peer_exchange_bytes": sum(nbytes(m.deltas) for m in messages.values()),
+            "model_bytes": nbytes(theta0),
+        }
+        extra["lia_records"] = [
+            *extra["lia_records"],
+            self.record(server, ctx.round, first, lazy_clients, cost, plan),
+        ]
+        return server
+
+    def scoring_plan(
+        self, lazy_clients: list[int], first: bool, num_clients: int, rng: np.random.Generator
+    ) -> dict[int, list[int]]:
+        """Which lazy models each client scores (its own is scored from its state).
+
+        First clustering: every client scores all others, or a random ``peers_scored`` share.
+        Re-clustering: the re-trained clients score all others (their rows are new) and every
+        other client scores the re-trained ones (their columns are new)."""
+        plan: dict[int, list[int]] = {}
+        for i in range(num_clients):
+            if first or i in lazy_clients:
+                others = [j for j in range(num_clients) if j != i]
+                count = self.peer_count(len(others))
+                if first and count < len(others):
+                    others = sorted(rng.choice(others, size=count, replace=False).tolist())
+                plan[i] = others
+            else:
+                plan[i] = list(lazy_clients)
+        return plan
+
+    def peer_count(self, others: int) -> int:
+        """How many of ``others`` peers a client scores: ``peers_scored`` as a share (<= 1) or
+        a count (> 1), at least 1, at most all."""
+        share = self.config.peers_scored
+        if share == 1 or others == 0:
+            return others
+        if share < 1:
+            return max(1, round(share * others))
+        return min(others, round(share))
+
+    def partial_scoring(self) -> bool:
+        """Whether clients score only some of their peers (then scores are symmetrized)."""
+        return self.config.peers_scored < 1 or self.config.peers_scored > 1

@@ -1,0 +1,159 @@
+"""pFedLIA's clustering step: central clusters or decentral neighbourhoods, records."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from plural.algorithms.pfedlia.config import (
+    PFedLIAConfig,
+)
+from plural.algorithms.pfedlia.messages import (
+    ScoreReply,
+    inherited_clusters,
+)
+from plural.core.aggregators import weighted_mean
+from plural.core.algorithm import ServerState, Update
+from plural.core.influence import (
+    fixed_clusters,
+    influence_features,
+    keep_probability,
+    mutual_components,
+    neighbourhood_quality,
+    optics_clusters,
+    row_epsilon,
+)
+from plural.core.params import Params
+from plural.core.score_graph import graph_clusters
+
+
+class Regrouping:
+    """Clustering from the released scores, records and staleness (part of
+    :class:`~plural.algorithms.pfedlia.algorithm.PFedLIA`)."""
+
+    config: PFedLIAConfig
+
+    def regroup(
+        self,
+        server: ServerState,
+        theta0: Params,
+        first: bool,
+        lazy_clients: list[int],
+        scorers: list[int],
+        replies: Sequence[ScoreReply],
+    ) -> ServerState:
+        """New clusters (central) or neighbourhoods (decentral), with the models they start
+        from: ``theta0`` the first time; on re-clustering, the models the clusters had."""
+        n = len(self.assignment(server))
+        if self.config.variant == "decentral":
+            peers = np.zeros((n, n), dtype=bool) if first else server.extra["lia_peers"].copy()
+            for i, reply in zip(scorers, replies, strict=True):
+                peers[i] = False
+                peers[i, reply.released.numpy()] = True
+            server.extra["lia_peers"] = peers
+            labels = mutual_components(peers)
+            if first:
+                return self.with_clusters(server, [theta0] * n, labels, [{} for _ in range(n)])
+            return self.with_clusters(
+                server,
+                models=self.rejoined_neighbours(server, peers, lazy_clients),
+                assignment=labels,
+            )
+        labels = self.central_clusters(server.extra["lia_released"])
+        k = int(labels.max()) + 1
+        if first:
+            return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
+        source = inherited_clusters(self.assignment(server), labels, set(lazy_clients))
+        models, opts = self.models(server), server.extra["server_opts"]
+        return self.with_clusters(
+            server, [models[s] for s in source], labels, [dict(opts[s]) for s in source]
+        )
+
+    def central_clusters(self, released: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        symmetrize = self.partial_scoring() if cfg.symmetrize is None else cfg.symmetrize
+        features = influence_features(released, cfg.normalize, symmetrize)
+        if cfg.clustering == "spectral":
+            return graph_clusters(released, cfg.clusters, cfg.noise)
+        if cfg.clusters is None:
+            return optics_clusters(features, cfg.min_samples, cfg.xi, cfg.noise)
+        return fixed_clusters(features, cfg.clusters)
+
+    def rejoined_neighbours(
+        self, server: ServerState, peers: np.ndarray, moved: list[int]
+    ) -> list[Params]:
+        """Decentral re-clustering: a re-scored client starts from the mean of its new peers'
+        models (its own model fitted the data it had before)."""
+        models = self.models(server)
+        for i in moved:
+            others = [j for j in np.flatnonzero(peers[i]) if j != i]
+            if others:
+                models[i] = weighted_mean([(models[j], 1.0) for j in others])
+        return models
+
+    def record(
+        self,
+        server: ServerState,
+        round_index: int,
+        first: bool,
+        lazy_clients: list[int],
+        cost: dict[str, Any],
+        plan: Mapping[int, list[int]],
+    ) -> dict[str, Any]:
+        """What one lazy phase found and cost (see :func:`lia_records`)."""
+        extra, cfg = server.extra, self.config
+        assignment = self.assignment(server)
+        record: dict[str, Any] = {
+            "round": round_index,
+            "kind": "cluster" if first else "recluster",
+            "lazy_clients": list(lazy_clients),
+            "scores": extra["lia_scores"],  # a lazy phase copies before it writes
+            "assignment": assignment.tolist(),
+            "clusters": len(np.unique(assignment)),
+            "cost": cost,
+        }
+        if cfg.variant == "central" and cfg.votes != "raw":
+            record["released"] = extra["lia_released"]
+        if cfg.votes == "private":
+            per_row = max(len(p) for p in plan.values()) + 1
+            record["privacy"] = {
+                "epsilon_per_vote": cfg.epsilon,
+                "votes_per_row": per_row,
+                "epsilon_per_row": row_epsilon(cfg.epsilon, per_row),
+                "keep_probability": keep_probability(cfg.epsilon),
+            }
+        groups = extra["lia_groups"]
+        if cfg.variant == "decentral":
+            record["peers"] = [np.flatnonzero(p).tolist() for p in extra["lia_peers"]]
+            if groups is not None:
+                record["neighbourhoods"] = neighbourhood_quality(extra["lia_peers"], groups)
+        if groups is not None:
+            record["ari"] = float(adjusted_rand_score(groups, assignment))
+            record["nmi"] = float(normalized_mutual_info_score(groups, assignment))
+        return record
+
+    # ---- server side: staleness ----------------------------------------------------------------
+
+    def watch_staleness(
+        self, server: ServerState, cohort: Sequence[int], updates: Sequence[Update]
+    ) -> ServerState:
+        """Flag clients whose validation loss under their cluster's model rose by more than
+        ``stale_rise`` over its lowest since they were clustered; they re-run the lazy phase
+        at the start of the next round."""
+        extra = dict(server.extra)
+        reference = extra["lia_reference"].copy()
+        stale = set(extra["lia_stale"])
+        for client, update in zip(cohort, updates, strict=True):
+            loss = update.extra.get("val_loss")
+            if loss is None or not math.isfinite(loss):
+                continue
+            if loss > reference[client] + self.config.stale_rise:
+                stale.add(client)
+            else:
+                reference[client] = min(reference[client], loss)
+        extra.update(lia_reference=reference, lia_stale=sorted(stale))
+        return ServerState(server.params, extra)
