@@ -34,13 +34,9 @@ criteria instead (``server.extra["cfl_norms"]`` shows the norms of a run). ``min
 point, as the paper assumes. A split also needs both children to have at least
 ``min_cluster_size`` clients.
 
-Server state (``server.extra``): ``cfl_clusters`` (each cluster's client ids), ``cfl_models``
-(one model per cluster; ``server.params`` is cluster 0's model), ``cfl_updates`` (each client's
-latest update, flat float32, for clients that have participated), ``cfl_opt`` (each cluster's
-server-optimizer state), ``cfl_norms`` (this round's ``{"mean", "max"}`` norms per cluster;
-empty for a cluster without participants), ``cfl_history`` (``{"round", "norms"}`` for every
-round so far) and ``cfl_splits`` (one record per split: round, cluster, norms, the two
-children's client ids and the largest cross-cluster cosine similarity).
+Server state (``server.extra``, ``cfl_*``): each cluster's clients, model and server-optimizer
+state, each client's latest flat update, the norms of every round (``cfl_norms``,
+``cfl_history``) and one record per split (``cfl_splits``: round, norms, children, gap).
 
 Partial participation: the norms are measured on the cluster's participants this round; a split
 partitions the members with a stored update (their latest one), and members never seen yet join
@@ -142,8 +138,6 @@ class CFL(FedAvg):
     name = "cfl"
     config: CFLConfig
 
-    # ---- state -------------------------------------------------------------------------------
-
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         names = list(info.parameters) or [n for n, t in params.items() if t.is_floating_point()]
         extra: dict[str, Any] = {
@@ -171,8 +165,6 @@ class CFL(FedAvg):
         for k, members in enumerate(clusters):
             assignment[members] = k
         return assignment
-
-    # ---- round -------------------------------------------------------------------------------
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         """Train every participant from its cluster's model, average per cluster, then split

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from plural.algorithms.fedavg import CHAIN_STATE, FedAvg
 from plural.core.aggregation import group_generators
-from plural.core.algorithm import ServerState, Update
+from plural.core.algorithm import ServerState, Update, reported_cluster
 from plural.core.params import Params
 from plural.core.server_opt import server_step
 
@@ -145,11 +144,3 @@ def cluster_chain_states(stored: Any, count: int) -> list[dict[str, Any]]:
     if isinstance(stored, list):
         return [dict(s) for s in stored] + [{} for _ in range(count - len(stored))]
     return [dict(stored or {}) for _ in range(count)]
-
-
-def reported_cluster(update: Update) -> int:
-    return int(update.extra["cluster"])
-
-
-def cluster_tensor(cluster: int) -> torch.Tensor:
-    return torch.tensor(cluster, dtype=torch.int64)

@@ -28,11 +28,10 @@ from typing import Any
 import torch
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
-from plural.algorithms.fedprox import proximal_term
 from plural.config import setting
 from plural.core.algorithm import ModelMessage, ServerState, Update
 from plural.core.params import Params
-from plural.core.trainer import LocalTrainer
+from plural.core.trainer import LocalTrainer, epoch_budget, proximal_term
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
@@ -48,15 +47,6 @@ class DittoConfig(AveragingConfig):
         "(null: the same local work as the global model)",
         ge=0,
     )
-
-
-def epoch_budget(trainer: LocalTrainer, num_samples: int, epochs: int | None) -> dict[str, int]:
-    """``trainer.fit`` keywords for exactly ``epochs`` passes even when ``train.local_steps``
-    is set (empty for None: the trainer's own budget)."""
-    if epochs is None:
-        return {}
-    per_epoch = -(-num_samples // trainer.config.batch_size)
-    return {"epochs": epochs, "steps": epochs * per_epoch}
 
 
 class PersonalModels:

@@ -7,16 +7,12 @@ exactly FedAvg."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
-
-import torch
-from torch import nn
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import setting
 from plural.core.algorithm import ModelMessage
-from plural.core.trainer import LossTerm
+from plural.core.trainer import LossTerm, proximal_term
 from plural.registry import ALGORITHMS
 
 
@@ -25,15 +21,6 @@ class FedProxConfig(AveragingConfig):
     mu: float = setting(
         0.01, help="proximal weight mu (0 = FedAvg; the paper's best on Synthetic(1,1) is 1)", ge=0
     )
-
-
-def proximal_term(anchor: Mapping[str, torch.Tensor], mu: float) -> LossTerm:
-    """``mu/2 * sum ||w - anchor||^2`` over the parameters being trained."""
-
-    def term(live: Mapping[str, nn.Parameter]) -> torch.Tensor:
-        return 0.5 * mu * sum((p - anchor[n]).pow(2).sum() for n, p in live.items())
-
-    return term
 
 
 @ALGORITHMS.register(

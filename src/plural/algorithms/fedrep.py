@@ -8,16 +8,12 @@ import dataclasses
 
 import torch
 
-from plural.algorithms.partial import (
-    FedPer,
-    FedPerConfig,
-    RestrictedTrainer,
-    personal_state,
-)
+from plural.algorithms.partial import FedPer, FedPerConfig, RestrictedTrainer
 from plural.config import setting
 from plural.core.algorithm import (
     ModelMessage,
     Update,
+    personal_state,
 )
 from plural.core.params import Params, subset
 from plural.core.trainer import LocalTrainer

@@ -44,15 +44,18 @@ import numpy as np
 import torch
 from sklearn.cluster import kmeans_plusplus
 
-from plural.algorithms.clustered import (
-    Clustered,
-    ModelsMessage,
+from plural.algorithms.clustered import Clustered, ModelsMessage
+from plural.algorithms.fedavg import AveragingConfig
+from plural.config import setting
+from plural.core.algorithm import (
+    FederationInfo,
+    ModelMessage,
+    RoundContext,
+    ServerState,
+    Update,
     cluster_tensor,
     reported_cluster,
 )
-from plural.algorithms.fedavg import AveragingConfig
-from plural.config import setting
-from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params, clone
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData

@@ -45,9 +45,10 @@ from plural.core.algorithm import (
     ServerState,
     Update,
     check_shared_shapes,
+    personal_state,
 )
 from plural.core.masks import LAST, NORM, check_patterns, select
-from plural.core.params import Params, clone, subset
+from plural.core.params import Params, subset
 from plural.core.trainer import FitResult, LocalTrainer, Trainable
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -77,14 +78,6 @@ class SharedModelMessage(ModelMessage):
 def personal_names(server: ServerState) -> tuple[str, ...]:
     """The personal entry names that :meth:`PartialFedAvg.init` resolved."""
     return server.extra[PERSONAL_KEY]
-
-
-def personal_state(message: ModelMessage, state: Params | None, trainer: LocalTrainer) -> Params:
-    """The client's personal entries: its state, or, the first time, the entries of its own
-    initial model that the message does not carry."""
-    if state is not None:
-        return state
-    return clone({n: t for n, t in trainer.initial_params.items() if n not in message.params})
 
 
 class RestrictedTrainer(LocalTrainer):

@@ -46,9 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plural.algorithms.ditto import epoch_budget
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
-from plural.algorithms.partial import personal_state
 from plural.config import ConfigError, setting
 from plural.core.algorithm import (
     FederationInfo,
@@ -57,9 +55,10 @@ from plural.core.algorithm import (
     ServerState,
     Update,
     check_shared_shapes,
+    personal_state,
 )
 from plural.core.params import Params, clone
-from plural.core.trainer import FitResult, LocalTrainer
+from plural.core.trainer import FitResult, LocalTrainer, epoch_budget
 from plural.data.federated import ClientData
 from plural.models.adapters import AdaptedModel, build_adapter, is_adapter_entry
 from plural.registry import ALGORITHMS

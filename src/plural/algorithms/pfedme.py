@@ -7,7 +7,7 @@ local steps, on one minibatch,
 
 1. solve the inner problem approximately: ``inner_steps`` (K) steps of size ``personal_lr``
    of the trainer on that minibatch with the proximal term ``lam/2 ||theta - w_local||^2``
-   (FedProx's :func:`~plural.algorithms.fedprox.proximal_term`);
+   (FedProx's :func:`~plural.core.trainer.proximal_term`);
 2. move ``w_local <- w_local - eta * lam * (w_local - theta)`` with ``eta = train.lr``.
 
 The client sends ``w_local``; its last ``theta`` is its state (its personalized model). The
@@ -43,12 +43,11 @@ import torch
 
 from plural.algorithms.ditto import PersonalModels
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
-from plural.algorithms.fedprox import proximal_term
 from plural.config import setting
 from plural.core.algorithm import ModelMessage, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizerSettings
-from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
+from plural.core.trainer import FitResult, LocalTrainer, WorkBudget, proximal_term
 from plural.data.federated import ClientData
 from plural.data.types import ArrayDataset
 from plural.registry import ALGORITHMS

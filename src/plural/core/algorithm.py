@@ -19,7 +19,7 @@ from torch import nn
 
 from plural.config import ConfigError
 from plural.core.aggregation import PLAIN, AggregationChain
-from plural.core.params import Params
+from plural.core.params import Params, clone
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 
@@ -255,3 +255,21 @@ class Algorithm:
         """One round: broadcast, local updates, aggregation."""
         updates = ctx.map("client_update", cohort, self.broadcast(server))
         return self.aggregate(server, updates, ctx.rng("aggregate"))
+
+
+def personal_state(message: ModelMessage, state: Params | None, trainer: LocalTrainer) -> Params:
+    """The client's personal entries: its state, or, the first time, the entries of its own
+    initial model that the message does not carry."""
+    if state is not None:
+        return state
+    return clone({n: t for n, t in trainer.initial_params.items() if n not in message.params})
+
+
+def reported_cluster(update: Update) -> int:
+    """The cluster a clustered method's client said it trained (``Update.extra["cluster"]``)."""
+    return int(update.extra["cluster"])
+
+
+def cluster_tensor(cluster: int) -> torch.Tensor:
+    """A cluster index as it travels in a reply."""
+    return torch.tensor(cluster, dtype=torch.int64)

@@ -574,3 +574,21 @@ class _EarlyStopping:
 
     def should_stop(self) -> bool:
         return self.waited >= self.patience
+
+
+def proximal_term(anchor: Mapping[str, torch.Tensor], mu: float) -> LossTerm:
+    """``mu/2 * sum ||w - anchor||^2`` over the parameters being trained."""
+
+    def term(live: Mapping[str, nn.Parameter]) -> torch.Tensor:
+        return 0.5 * mu * sum((p - anchor[n]).pow(2).sum() for n, p in live.items())
+
+    return term
+
+
+def epoch_budget(trainer: LocalTrainer, num_samples: int, epochs: int | None) -> dict[str, int]:
+    """``trainer.fit`` keywords for exactly ``epochs`` passes even when ``train.local_steps``
+    is set (empty for None: the trainer's own budget)."""
+    if epochs is None:
+        return {}
+    per_epoch = -(-num_samples // trainer.config.batch_size)
+    return {"epochs": epochs, "steps": epochs * per_epoch}
