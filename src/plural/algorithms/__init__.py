@@ -5,6 +5,7 @@ from plural.algorithms.cfl import CFL, CFLConfig
 from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedbabu import FedBABU, FedBABUConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
@@ -22,6 +23,7 @@ from plural.algorithms.partial import (
     PartialFedAvg,
     SharedBody,
 )
+from plural.algorithms.per_fedavg import PerFedAvg, PerFedAvgConfig
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
@@ -42,6 +44,8 @@ __all__ = [
     "FMLConfig",
     "FedAvg",
     "FedAvgConfig",
+    "FedBABU",
+    "FedBABUConfig",
     "FedBN",
     "FedBNConfig",
     "FedEM",
@@ -69,6 +73,8 @@ __all__ = [
     "PFedMe",
     "PFedMeConfig",
     "PartialFedAvg",
+    "PerFedAvg",
+    "PerFedAvgConfig",
     "QFedAvg",
     "QFedAvgConfig",
     "Scaffold",
