@@ -7,8 +7,10 @@ from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedbabu import FedBABU, FedBABUConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
+from plural.algorithms.fedfomo import FedFomo, FedFomoConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
+from plural.algorithms.fedrod import FedRoD, FedRoDConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.fml import FML, FMLConfig
 from plural.algorithms.local import Local, LocalConfig
@@ -50,6 +52,8 @@ __all__ = [
     "FedBNConfig",
     "FedEM",
     "FedEMConfig",
+    "FedFomo",
+    "FedFomoConfig",
     "FedPer",
     "FedPerConfig",
     "FedProto",
@@ -58,6 +62,8 @@ __all__ = [
     "FedProxConfig",
     "FedRep",
     "FedRepConfig",
+    "FedRoD",
+    "FedRoDConfig",
     "Finetune",
     "FinetuneConfig",
     "IFCAConfig",
