@@ -26,6 +26,7 @@ from plural.algorithms.partial import (
     SharedBody,
 )
 from plural.algorithms.per_fedavg import PerFedAvg, PerFedAvgConfig
+from plural.algorithms.pfedhn import PFedHN, PFedHNConfig
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
@@ -72,6 +73,8 @@ __all__ = [
     "MOCHAConfig",
     "Oracle",
     "OracleConfig",
+    "PFedHN",
+    "PFedHNConfig",
     "PFedLIA",
     "PFedLIAConfig",
     "PFedLoRA",

@@ -166,6 +166,10 @@ class FedFomo(Algorithm):
         models = {name: stacked[index] for name, stacked in server.extra[MODELS_KEY].items()}
         return FomoMessage(models, ids)
 
+    def broadcast(self, server: ServerState) -> FomoMessage:
+        """A message with no model (what a client receives before anyone has uploaded)."""
+        return self.message(server, ())
+
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         rng = ctx.rng("fedfomo-select")
         epsilon = self.epsilon(ctx.round)
