@@ -8,6 +8,7 @@ from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedbabu import FedBABU, FedBABUConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedfomo import FedFomo, FedFomoConfig
+from plural.algorithms.fedpac import FedPAC, FedPACConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.fedrod import FedRoD, FedRoDConfig
@@ -55,6 +56,8 @@ __all__ = [
     "FedEMConfig",
     "FedFomo",
     "FedFomoConfig",
+    "FedPAC",
+    "FedPACConfig",
     "FedPer",
     "FedPerConfig",
     "FedProto",
