@@ -93,30 +93,20 @@ def collaboration_weights(
     differences = (centroid_terms[client][None] - centroid_terms).reshape(len(variances), -1)
     quadratic = differences @ differences.T + np.diag(variances)
     count = len(variances)
-
-    def objective(a: np.ndarray) -> tuple[float, np.ndarray]:
-        return float(a @ quadratic @ a), 2 * quadratic @ a
-
-    start = np.full(count, 1.0 / count)
     result = minimize(
-        objective,
-        start,
+        lambda a: (float(a @ quadratic @ a), 2 * quadratic @ a),
+        np.full(count, 1.0 / count),
         jac=True,
         method="SLSQP",
         options={"ftol": 1e-12, "maxiter": 500},
         bounds=[(0.0, 1.0)] * count,
-        constraints=[{"type": "eq", "fun": _excess, "jac": np.ones_like}],
+        constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0}],
     )
     weights = np.clip(result.x, 0.0, None)
     weights[weights < SMALL_WEIGHT] = 0.0
     if weights.sum() <= 0:  # no solution: the client keeps its own head
         weights = np.eye(count)[client]
     return weights / weights.sum()
-
-
-def _excess(a: np.ndarray) -> float:
-    """How far the weights' sum is from 1 (the QP's equality constraint)."""
-    return float(a.sum()) - 1.0
 
 
 def variance_term(counts: torch.Tensor, means: torch.Tensor, squared: torch.Tensor) -> float:
