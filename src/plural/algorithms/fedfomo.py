@@ -17,7 +17,8 @@ M clients drawn at random among those with a model (epsilon-greedy exploration).
 
 Choices and defaults:
 
-* M = 5, epsilon = 0.3 decaying by 0.05 a round: the paper's settings.
+* M = 5 (the default of the paper's experiments and of reimplementations such as PFLlib);
+  epsilon 0.3 decaying by 0.05 a round (the paper's exploration schedule as we read it).
 * ``L`` is the loss on the client's validation split (the paper holds out part of the local
   data); a client without validation data uses its training split.
 * A client that has not trained starts from its architecture's initial model (every client
