@@ -4,11 +4,15 @@ from plural.algorithms.apfl import APFL, APFLConfig
 from plural.algorithms.cfl import CFL, CFLConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedbabu import FedBABU, FedBABUConfig
 from plural.algorithms.fedbn import FedBN, FedBNConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
+from plural.algorithms.fedfomo import FedFomo, FedFomoConfig
+from plural.algorithms.fedpac import FedPAC, FedPACConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.fedrep import FedRep, FedRepConfig
+from plural.algorithms.fedrod import FedRoD, FedRoDConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.fml import FML, FMLConfig
 from plural.algorithms.ifca import IFCA, IFCAConfig
@@ -17,6 +21,8 @@ from plural.algorithms.local import Local, LocalConfig
 from plural.algorithms.mocha import MOCHA, MOCHAConfig
 from plural.algorithms.oracle import Oracle, OracleConfig
 from plural.algorithms.partial import FedPer, FedPerConfig, PartialFedAvg, SharedBody
+from plural.algorithms.per_fedavg import PerFedAvg, PerFedAvgConfig
+from plural.algorithms.pfedhn import PFedHN, PFedHNConfig
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
@@ -37,10 +43,16 @@ __all__ = [
     "FMLConfig",
     "FedAvg",
     "FedAvgConfig",
+    "FedBABU",
+    "FedBABUConfig",
     "FedBN",
     "FedBNConfig",
     "FedEM",
     "FedEMConfig",
+    "FedFomo",
+    "FedFomoConfig",
+    "FedPAC",
+    "FedPACConfig",
     "FedPer",
     "FedPerConfig",
     "FedProto",
@@ -49,6 +61,8 @@ __all__ = [
     "FedProxConfig",
     "FedRep",
     "FedRepConfig",
+    "FedRoD",
+    "FedRoDConfig",
     "Finetune",
     "FinetuneConfig",
     "IFCAConfig",
@@ -59,6 +73,8 @@ __all__ = [
     "MOCHAConfig",
     "Oracle",
     "OracleConfig",
+    "PFedHN",
+    "PFedHNConfig",
     "PFedLIA",
     "PFedLIAConfig",
     "PFedLoRA",
@@ -66,6 +82,8 @@ __all__ = [
     "PFedMe",
     "PFedMeConfig",
     "PartialFedAvg",
+    "PerFedAvg",
+    "PerFedAvgConfig",
     "QFedAvg",
     "QFedAvgConfig",
     "Scaffold",

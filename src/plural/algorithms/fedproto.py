@@ -48,20 +48,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from plural.config import ConfigError, setting
 from plural.core.algorithm import Algorithm, FederationInfo, OnClient, ServerState, Update
 from plural.core.masks import last_module_names
 from plural.core.params import Params
+from plural.core.prototypes import (
+    PrototypeObjective,
+    ProtoWeighting,
+    aggregate_prototypes,
+    class_prototypes,
+)
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
-from plural.models.adapters import body_and_head
 from plural.registry import ALGORITHMS
 
 PROTOTYPES_KEY = "prototypes"
@@ -70,8 +73,6 @@ PRESENT_KEY = "present"
 """``server.extra`` key of the (classes,) mask of classes that have a global prototype."""
 COUNTS_KEY = "counts"
 """``Update.extra`` key of the (classes,) training sample counts behind the prototypes."""
-
-ProtoWeighting = Literal["counts", "clients"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,24 +100,6 @@ class PrototypeMessage:
     """(classes, width); rows of classes without a prototype are meaningless."""
     present: torch.Tensor
     """(classes,) bool."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PrototypeObjective:
-    """``CE(head(h), y) + lam * MSE(h, P[y])`` with ``h = body(x)``; samples whose class has
-    no prototype contribute 0 to the sum of squares (the mean still counts them)."""
-
-    prototypes: torch.Tensor
-    present: torch.Tensor
-    lam: float
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        body, head = body_and_head(model)
-        h = body(x)
-        loss = F.cross_entropy(head(h), y)
-        keep = self.present[y].unsqueeze(1).to(h.dtype)
-        squared = ((h - self.prototypes[y].to(h.dtype)) * keep).pow(2)
-        return loss + self.lam * squared.sum() / max(h.numel(), 1)
 
 
 def head_weight_name(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> str:
@@ -151,58 +134,6 @@ def representation_width(params: Params, info: FederationInfo) -> int:
             f"have widths {widths} (for cnn_family they share model.representation)"
         )
     return widths[0]
-
-
-@torch.no_grad()
-def class_prototypes(
-    trainer: LocalTrainer,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    batch_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean representation of ``(x, y)`` at ``params`` (evaluation mode) and the
-    class counts, shapes (classes, width) and (classes,), in the representation's dtype; rows
-    of absent classes are 0."""
-    model = trainer.model
-    model.load_state_dict(params)
-    model.eval()
-    body, head = body_and_head(model)
-    sums = torch.zeros(num_classes, head.in_features, dtype=torch.float64, device=x.device)
-    dtype = head.weight.dtype
-    for start in range(0, len(y), batch_size):
-        h = body(x[start : start + batch_size])
-        sums.index_add_(0, y[start : start + batch_size], h.double())
-        dtype = h.dtype
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    prototypes = sums / counts.clamp_min(1).unsqueeze(1)
-    return prototypes.to(dtype), counts.to(dtype)
-
-
-def aggregate_prototypes(
-    previous: torch.Tensor,
-    present: torch.Tensor,
-    reports: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    weighting: ProtoWeighting = "counts",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """New global prototypes and presence mask from the clients' ``(prototypes, counts)``.
-
-    Class ``c``'s prototype is the mean of the clients' class-``c`` prototypes over the
-    clients with a positive count, weighted by that count (``counts``) or equally
-    (``clients``); a class no client reported keeps its previous prototype and presence.
-    """
-    sums = torch.zeros(previous.shape, dtype=torch.float64)
-    total = torch.zeros(previous.shape[0], dtype=torch.float64)
-    for prototypes, counts in reports:
-        weight = counts.to(torch.float64).clamp_min(0)
-        if weighting == "clients":
-            weight = (weight > 0).to(torch.float64)
-        sums += weight.unsqueeze(1) * prototypes.to(torch.float64)
-        total += weight
-    reported = total > 0
-    mean = (sums / total.clamp_min(1e-300).unsqueeze(1)).to(previous.dtype)
-    return torch.where(reported.unsqueeze(1), mean, previous), present | reported
 
 
 @ALGORITHMS.register(

@@ -39,12 +39,25 @@ REFUSED = {
     "fedproto": "it aggregates class prototypes, not models, outside the aggregation chain",
     "mocha": "it does not average models through the aggregation chain",
     "local": "clients never communicate: there is nothing to privatize",
+    "fedfomo": "clients send their models to the server as they are, to be relayed to peers",
+    "pfedhn": "the hypernetwork learns from each client's raw update, outside the chain",
+    "fedpac": "clients send heads, class centroids and feature variances outside the chain",
 }
 NOT_PRIVATIZED = {
     "ifca": "each client's choice of cluster",
     "pfedlia": "the lazy phase: each client's lazy update theta_j - theta0 (relayed to its "
     "peers un-noised) and its influence score row (votes: private makes each vote epsilon-DP "
     "by randomized response; pFedLIA reports that cost, it is not composed into this budget)",
+}
+SAMPLE_REFUSED = {
+    name: "DP-SGD clips per-sample gradients of the plain loss; its local objective "
+    f"({objective}) is not covered"
+    for name, objective in (
+        ("fedproto", "the prototype term"),
+        ("per_fedavg", "the meta-gradient"),
+        ("fedrod", "the balanced generic loss plus the personal-head loss"),
+        ("fedpac", "the feature alignment term"),
+    )
 }
 COUNT_WEIGHTINGS = ("uniform", "private_samples")
 
@@ -71,6 +84,10 @@ def check_settings(config: Any) -> None:
     if name in REFUSED and privacy.level != "sample":
         raise ConfigError(
             f"privacy: level {privacy.level!r} cannot protect algorithm {name!r}: {REFUSED[name]}"
+        )
+    if name in SAMPLE_REFUSED and privacy.level == "sample":
+        raise ConfigError(
+            f"privacy: level 'sample' cannot protect {name!r}: {SAMPLE_REFUSED[name]}"
         )
     weighting = getattr(_base_settings(config), "weighting", "uniform")
     if privacy.level in ("client", "local") and weighting != "uniform":

@@ -1,0 +1,241 @@
+"""FedFomo (Zhang, Sapra, Fidler, Yeung & Alvarez 2021, "Personalized Federated Learning with
+First Order Model Optimization", ICLR 2021; arXiv 2012.08565).
+
+Every client keeps its own model. The server stores the latest model each client uploaded
+and sends each sampled client ``models_per_client`` (M) of the other clients' models. The
+client weighs each received model ``theta_n`` by how much it lowers its own validation loss
+per unit of distance,
+
+    w_n = max(L(theta_old) - L(theta_n), 0) / ||theta_n - theta_old||,
+
+normalised to sum to 1 (all zero: it keeps its own model), moves to
+``theta_old + sum_n w_n (theta_n - theta_old)``, trains locally from there (the trainer's
+local epochs) and uploads the result with its weights. The server adds the weights to an
+affinity matrix ``P`` (``P[i, n] += w_n``) and picks whom to send next: the M clients of
+highest affinity, or, with probability ``epsilon`` (decaying by ``epsilon_decay`` a round),
+M clients drawn at random among those with a model (epsilon-greedy exploration).
+
+Choices and defaults:
+
+* M = 5 (the default of the paper's experiments and of reimplementations such as PFLlib);
+  epsilon 0.3 decaying by 0.05 a round (the paper's exploration schedule as we read it).
+* ``L`` is the loss on the client's validation split (the paper holds out part of the local
+  data); a client without validation data uses its training split.
+* A client that has not trained starts from its architecture's initial model (every client
+  has the same one, so nothing needs to be sent); round 1 sends no model. Ties in affinity
+  are broken at random.
+* The server never averages, so aggregation rules and model-poisoning attacks do not apply
+  (the engine refuses them).
+
+Bytes: downlink M models (fewer while fewer clients have uploaded); uplink the client's
+model and its M weights (float32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from plural.config import setting
+from plural.core.algorithm import (
+    Algorithm,
+    FederationInfo,
+    OnClient,
+    RoundContext,
+    ServerState,
+    Update,
+)
+from plural.core.params import Params, distance
+from plural.core.trainer import LocalTrainer
+from plural.data.federated import ClientData
+from plural.registry import ALGORITHMS
+
+MODELS_KEY = "models"
+"""``server.extra``: every client's latest model, each entry stacked over clients."""
+UPLOADED_KEY = "uploaded"
+"""``server.extra``: (clients,) bool, which clients have uploaded a model."""
+AFFINITY_KEY = "affinity"
+"""``server.extra``: (clients, clients) float64, ``P[i, n]``: summed weights client i gave n."""
+WEIGHTS_KEY = "weights"
+"""``Update.extra``: the weights the client gave the models it received, in their order."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FedFomoConfig:
+    models_per_client: int = setting(
+        5, help="M: other clients' models sent to each sampled client (0: local training)", ge=0
+    )
+    epsilon: float = setting(
+        0.3, help="probability of sending M random models instead of the top M", ge=0, le=1
+    )
+    epsilon_decay: float = setting(
+        0.05, help="epsilon falls by this much each round (not below 0)", ge=0
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FomoMessage:
+    """Server to client: other clients' models, each entry stacked (M, ...) in ``ids`` order."""
+
+    models: Params
+    ids: tuple[int, ...]
+
+    def model(self, k: int) -> Params:
+        return {name: stacked[k] for name, stacked in self.models.items()}
+
+
+def first_order_weights(
+    own_loss: float, losses: Sequence[float], distances: Sequence[float]
+) -> np.ndarray:
+    """FedFomo's normalised weights: positive loss improvement per unit distance (all 0 when
+    no model improves on the client's own)."""
+    raw = np.array(
+        [
+            max(own_loss - loss, 0.0) / dist if dist > 0 else 0.0
+            for loss, dist in zip(losses, distances, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    total = raw.sum()
+    return raw / total if total > 0 else raw
+
+
+def combine(own: Params, others: Sequence[Params], weights: np.ndarray) -> Params:
+    """``own + sum_n w_n (other_n - own)`` on floating entries (the others kept as own)."""
+    out: Params = {}
+    for name, tensor in own.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+            continue
+        moved = tensor.double().clone()
+        for other, weight in zip(others, weights, strict=True):
+            if weight > 0:
+                moved += float(weight) * (other[name].double() - tensor.double())
+        out[name] = moved.to(tensor.dtype)
+    return out
+
+
+@ALGORITHMS.register(
+    "fedfomo",
+    FedFomoConfig,
+    "FedFomo: own models, each combines other clients' models weighted by validation gain",
+)
+class FedFomo(Algorithm):
+    """FedFomo (Zhang et al. 2021): see the module docstring."""
+
+    name = "fedfomo"
+    config: FedFomoConfig
+
+    # ---- server side -------------------------------------------------------------------------
+
+    def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
+        n = info.num_clients
+        models = {name: torch.zeros((n, *t.shape), dtype=t.dtype) for name, t in params.items()}
+        return ServerState(
+            {},
+            {
+                MODELS_KEY: models,
+                UPLOADED_KEY: torch.zeros(n, dtype=torch.bool),
+                AFFINITY_KEY: torch.zeros(n, n, dtype=torch.float64),
+            },
+        )
+
+    def epsilon(self, round_index: int) -> float:
+        cfg = self.config
+        return max(cfg.epsilon - cfg.epsilon_decay * (round_index - 1), 0.0)
+
+    def choose(
+        self, server: ServerState, client_id: int, epsilon: float, rng: np.random.Generator
+    ) -> tuple[int, ...]:
+        """The clients whose models ``client_id`` receives: top affinity, or random."""
+        available = np.flatnonzero(server.extra[UPLOADED_KEY].numpy())
+        available = rng.permutation(available[available != client_id])
+        count = min(self.config.models_per_client, len(available))
+        explore = rng.random() < epsilon
+        if explore or count == len(available):
+            return tuple(int(c) for c in sorted(available[:count]))
+        affinity = server.extra[AFFINITY_KEY][client_id].numpy()[available]
+        best = available[np.argsort(-affinity, kind="stable")[:count]]
+        return tuple(int(c) for c in sorted(best))
+
+    def message(self, server: ServerState, ids: tuple[int, ...]) -> FomoMessage:
+        index = torch.tensor(ids, dtype=torch.long)
+        models = {name: stacked[index] for name, stacked in server.extra[MODELS_KEY].items()}
+        return FomoMessage(models, ids)
+
+    def broadcast(self, server: ServerState) -> FomoMessage:
+        """A message with no model (what a client receives before anyone has uploaded)."""
+        return self.message(server, ())
+
+    def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
+        rng = ctx.rng("fedfomo-select")
+        epsilon = self.epsilon(ctx.round)
+        messages = {
+            cid: self.message(server, self.choose(server, cid, epsilon, rng)) for cid in cohort
+        }
+        updates = ctx.map("client_update", cohort, per_client=messages)
+        return self.record(server, cohort, messages, updates)
+
+    def record(
+        self,
+        server: ServerState,
+        cohort: Sequence[int],
+        messages: Mapping[int, FomoMessage],
+        updates: Sequence[Update],
+    ) -> ServerState:
+        """Store the uploaded models and add the clients' weights to the affinity matrix."""
+        models = {name: stacked.clone() for name, stacked in server.extra[MODELS_KEY].items()}
+        uploaded = server.extra[UPLOADED_KEY].clone()
+        affinity = server.extra[AFFINITY_KEY].clone()
+        for cid, update in zip(cohort, updates, strict=True):
+            if update.params is None or WEIGHTS_KEY not in update.extra:
+                continue
+            for name, tensor in update.params.items():
+                models[name][cid] = tensor
+            uploaded[cid] = True
+            ids = list(messages[cid].ids)
+            if ids:
+                affinity[cid, ids] += update.extra[WEIGHTS_KEY].double()
+        extra = {MODELS_KEY: models, UPLOADED_KEY: uploaded, AFFINITY_KEY: affinity}
+        return ServerState(server.params, {**server.extra, **extra})
+
+    def personalized(
+        self, server: ServerState, state: Params | None, client_id: int
+    ) -> Params | OnClient:
+        """The client's own model (its initial model before it has trained)."""
+        return OnClient({}) if state is None else state
+
+    def summary(self, server: ServerState) -> dict[str, Any]:
+        return {"clients_with_a_model": int(server.extra[UPLOADED_KEY].sum())}
+
+    # ---- client side -------------------------------------------------------------------------
+
+    def client_update(
+        self,
+        message: FomoMessage,
+        state: Params | None,
+        client: ClientData,
+        trainer: LocalTrainer,
+        rng: torch.Generator,
+    ) -> tuple[Update, Params]:
+        """Combine the received models by first-order weights, then train locally."""
+        own = trainer.initial_params if state is None else state
+        check = client.val if len(client.val) else client.train
+        others = [message.model(k) for k in range(len(message.ids))]
+        own_loss = trainer.evaluate(own, check.x, check.y).loss
+        losses = [trainer.evaluate(other, check.x, check.y).loss for other in others]
+        weights = first_order_weights(own_loss, losses, [distance(o, own) for o in others])
+        start = combine(own, others, weights) if weights.sum() > 0 else own
+        train = client.train
+        fit = trainer.fit(start, train.x, train.y, rng=rng)
+        update = Update(
+            len(train),
+            fit.params,
+            extra={WEIGHTS_KEY: torch.as_tensor(weights, dtype=torch.float32)},
+            loss=fit.mean_loss,
+        )
+        return update, fit.params
