@@ -19,6 +19,8 @@ from plural.config import ConfigError
 from plural.core.masks import top_module_names
 from plural.core.params import max_abs_difference, nbytes
 from plural.core.simplex import project_to_simplex
+from plural.engine.loop import build_federation
+from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
 
 LABEL_SKEW: dict[str, Any] = {
@@ -138,3 +140,87 @@ def test_fedala_personalizes_under_label_skew(seed: int, clients: int) -> None:
     assert mean_accuracy(fedala) > fedavg + 0.2
     # The global model FedALA averages is no better than FedAvg's at personalizing.
     assert mean_accuracy(fedala) > mean_accuracy(fedala, "test@global") + 0.2
+
+
+# ---- pFedGraph --------------------------------------------------------------------------------
+
+
+def grouped(clients: int, groups: int, seed: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    per_group = 10 // groups
+    cfg["partition"] = {
+        "name": "class_groups",
+        "num_clients": clients,
+        "groups": groups,
+        "classes_per_group": per_group,
+    }
+    cfg["sampling"] = {"fraction": 1.0}
+    return cfg
+
+
+def test_pfedgraph_with_the_sample_shares_as_graph_is_fedavg(tiny_config: dict[str, Any]) -> None:
+    tiny_config["sampling"] = {"fraction": 1.0}
+    fedavg = run(tiny_config, {"name": "fedavg"}, rounds=3)
+    uniform = run(tiny_config, {"name": "pfedgraph", "alpha": 1e9, "lam": 0.0}, rounds=3)
+    graph = uniform.server.extra["graph"]
+    assert np.allclose(graph.sum(axis=1), 1.0)
+    for model in uniform.server.extra["models"].values():
+        assert max_abs_difference(model, fedavg.server.params) < 1e-5
+    assert max_abs_difference(uniform.server.params, fedavg.server.params) < 1e-5
+    ours, theirs = rows(uniform, "test"), rows(fedavg, "test")
+    assert (ours["accuracy"] - theirs["accuracy"]).abs().max() <= 1e-9
+
+
+def test_pfedgraph_bytes_are_the_model_up_and_model_plus_direction_down(
+    tiny_config: dict[str, Any],
+) -> None:
+    results = run(tiny_config, {"name": "pfedgraph"}, rounds=3)
+    model = nbytes(results.server.params)  # float32 parameters only, like the direction
+    fit = fit_bytes(results).sort_values("round")
+    assert (fit["bytes_up"] == model).all()
+    seen: set[int] = set()
+    for _, row in fit.iterrows():
+        expected = 2 * model if row["client"] in seen else model
+        assert row["bytes_down"] == expected
+        seen.add(row["client"])
+    assert seen & set(fit[fit["round"] > 1]["client"])  # some clients came back
+
+
+@pytest.mark.parametrize(("clients", "groups", "seed"), [(8, 2, 1), (12, 3, 2)])
+def test_pfedgraph_weights_its_own_group_above_the_others(
+    clients: int, groups: int, seed: int
+) -> None:
+    cfg = grouped(clients, groups, seed)
+    results = run(cfg, {"name": "pfedgraph"}, rounds=3)
+    graph = results.server.extra["graph"]
+    truth = build_federation(load_config({**cfg, "algorithm": {"name": "pfedgraph"}})).groups
+    assert truth is not None and len(set(truth)) == groups
+    same = truth[:, None] == truth[None, :]
+    np.fill_diagonal(same, False)
+    off = ~same
+    np.fill_diagonal(off, False)
+    assert graph[same].mean() > 3 * graph[off].mean()
+    # Every client puts most of its weight inside its own group (itself included).
+    inside = np.array([graph[i, truth == truth[i]].sum() for i in range(clients)])
+    assert (inside > 0.5).all()
+
+
+def test_pfedgraph_rows_solve_the_graph_problem() -> None:
+    from plural.algorithms.pfedgraph import graph_rows
+
+    rng = np.random.default_rng(3)
+    updates = rng.normal(size=(6, 20))
+    shares = rng.dirichlet(np.ones(6))
+    rows_ = graph_rows(updates, shares, alpha=0.8)
+    unit = updates / np.linalg.norm(updates, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    difference = np.where(cosine > 0.9, -1.0, -cosine)
+    for i, row in enumerate(rows_):
+
+        def objective(a: np.ndarray, i: int = i) -> float:
+            return float(0.8 * np.sum((a - shares) ** 2) + a @ difference[i])
+
+        assert row.min() >= 0 and abs(row.sum() - 1) < 1e-12
+        for _ in range(200):
+            assert objective(row) <= objective(rng.dirichlet(np.ones(6))) + 1e-12

@@ -23,6 +23,7 @@ from plural.algorithms.partial import (
     PartialFedAvg,
     SharedBody,
 )
+from plural.algorithms.pfedgraph import PFedGraph, PFedGraphConfig
 from plural.algorithms.pfedlia import PFedLIA, PFedLIAConfig
 from plural.algorithms.pfedlora import PFedLoRA, PFedLoRAConfig
 from plural.algorithms.pfedme import PFedMe, PFedMeConfig
@@ -65,6 +66,8 @@ __all__ = [
     "MOCHAConfig",
     "Oracle",
     "OracleConfig",
+    "PFedGraph",
+    "PFedGraphConfig",
     "PFedLIA",
     "PFedLIAConfig",
     "PFedLoRA",
