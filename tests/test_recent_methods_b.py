@@ -224,3 +224,62 @@ def test_pfedgraph_rows_solve_the_graph_problem() -> None:
         assert row.min() >= 0 and abs(row.sum() - 1) < 1e-12
         for _ in range(200):
             assert objective(row) <= objective(rng.dirichlet(np.ones(6))) + 1e-12
+
+
+# ---- FedDBE -----------------------------------------------------------------------------------
+
+
+class NoSplit(torch.nn.Module):
+    """A user model without a body/head split (no ``body``/``head``, not a Sequential)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(64, 10)
+        self.b = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        return self.a(flat) + self.b(flat)
+
+
+def test_feddbe_without_prbm_and_mr_is_fedavg(tiny_config: dict[str, Any]) -> None:
+    fedavg = run(tiny_config, {"name": "fedavg"}, rounds=3)
+    plain = run(tiny_config, {"name": "feddbe", "prbm": False, "kappa": 0.0}, rounds=3)
+    pd.testing.assert_frame_equal(deterministic(fedavg.metrics), deterministic(plain.metrics))
+    assert max_abs_difference(fedavg.server.params, plain.server.params) == 0.0
+
+
+def test_feddbe_bytes_and_the_personal_memory(tiny_config: dict[str, Any]) -> None:
+    results = run(tiny_config, {"name": "feddbe"}, rounds=3)
+    shared = nbytes(results.server.params)
+    assert "prbm" not in results.server.params  # the PRBM never reaches the server
+    width = 16 * 4  # the MLP's representation (hidden [16]), float32
+    fit = fit_bytes(results)
+    first, later = fit[fit["round"] == 1], fit[fit["round"] > 1]
+    assert (first["bytes_up"] == shared + width).all() and (first["bytes_down"] == shared).all()
+    assert (later["bytes_up"] == shared).all() and (later["bytes_down"] == shared + width).all()
+    mean = results.server.extra["global_mean"]
+    assert mean.shape == (16,) and float(mean.norm()) > 0
+
+
+def test_feddbe_fixes_the_global_mean_after_round_one(tiny_config: dict[str, Any]) -> None:
+    two = run(tiny_config, {"name": "feddbe"}, rounds=2).server.extra["global_mean"]
+    four = run(tiny_config, {"name": "feddbe"}, rounds=4).server.extra["global_mean"]
+    assert torch.equal(two, four)
+
+
+def test_feddbe_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="no representation to attach to"):
+        plural.run({**tiny_config, "algorithm": {"name": "feddbe"}}, model=NoSplit())
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+def test_feddbe_personal_memory_helps_under_label_skew(seed: int, clients: int) -> None:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    no_memory = mean_accuracy(run(cfg, {"name": "feddbe", "prbm": False}))
+    feddbe = mean_accuracy(run(cfg, {"name": "feddbe"}))
+    assert feddbe > fedavg + 0.1
+    assert feddbe > no_memory + 0.1  # the personal bias memory is what personalizes

@@ -6,6 +6,7 @@ from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedala import FedALA, FedALAConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.feddbe import FedDBE, FedDBEConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
@@ -48,6 +49,8 @@ __all__ = [
     "FedAvgConfig",
     "FedBN",
     "FedBNConfig",
+    "FedDBE",
+    "FedDBEConfig",
     "FedEM",
     "FedEMConfig",
     "FedPer",
