@@ -283,3 +283,80 @@ def test_feddbe_personal_memory_helps_under_label_skew(seed: int, clients: int) 
     feddbe = mean_accuracy(run(cfg, {"name": "feddbe"}))
     assert feddbe > fedavg + 0.1
     assert feddbe > no_memory + 0.1  # the personal bias memory is what personalizes
+
+
+# ---- FedAS ------------------------------------------------------------------------------------
+
+
+def test_fedas_without_alignment_and_fisher_weights_has_fedpers_body(
+    tiny_config: dict[str, Any],
+) -> None:
+    fedper = run(tiny_config, {"name": "fedper"}, rounds=3)
+    plain = run(tiny_config, {"name": "fedas", "align_epochs": 0, "fisher": False}, rounds=3)
+    assert max_abs_difference(fedper.server.params, plain.server.params) == 0.0
+    ours, theirs = fit_bytes(plain), fit_bytes(fedper)
+    assert ours["bytes_up"].tolist() == theirs["bytes_up"].tolist()
+    assert ours["loss"].tolist() == theirs["loss"].tolist()
+
+
+def test_fedas_sends_the_body_and_its_fisher_trace(tiny_config: dict[str, Any]) -> None:
+    results = run(tiny_config, {"name": "fedas"}, rounds=3)
+    body = nbytes(results.server.params)
+    assert not {"3.weight", "3.bias"} & set(results.server.params)  # the head stays home
+    fit = fit_bytes(results)
+    assert (fit["bytes_up"] == body + 4).all() and (fit["bytes_down"] == body).all()
+
+
+def test_fedas_weights_bodies_by_fisher_trace() -> None:
+    from plural.algorithms.fedas import FISHER, FedAS, FedASConfig
+    from plural.core.algorithm import Update
+
+    updates = [
+        Update(10, {}, extra={FISHER: torch.tensor(value)}) for value in (1.0, 3.0, 0.0, 4.0)
+    ]
+    weights = FedAS(FedASConfig()).weights(updates)
+    assert np.allclose(weights, [0.125, 0.375, 0.0, 0.5])
+    by_samples = FedAS(FedASConfig(fisher=False)).weights(updates)
+    assert np.allclose(by_samples / by_samples.sum(), 0.25)
+
+
+def test_fedas_alignment_brings_the_body_to_the_local_prototypes(
+    tiny_config: dict[str, Any],
+) -> None:
+    from plural.algorithms.fedas import FedAS, FedASConfig, PrototypeAlignment
+    from plural.core.prototypes import class_prototypes
+    from plural.core.rng import torch_generator
+    from plural.core.trainer import LocalTrainer
+
+    parsed = load_config({**tiny_config, "algorithm": {"name": "fedas"}})
+    federation = build_federation(parsed)
+    client = federation.clients[0]
+    model = plural.engine.loop.build_model(parsed, federation)
+    trainer = LocalTrainer(model, parsed.train)
+    start = {n: t.clone() for n, t in model.state_dict().items()}
+    rng = torch_generator(0, "test")
+    local = trainer.fit(start, client.train.x, client.train.y, rng=rng, epochs=5).params
+    received = {n: t for n, t in start.items() if not n.startswith("3.")}
+    prototypes, counts = class_prototypes(trainer, local, client.train.x, client.train.y, 10)
+    alignment = PrototypeAlignment(prototypes, counts > 0)
+
+    def misfit(body: dict[str, torch.Tensor]) -> float:
+        model.load_state_dict({**local, **body})
+        with torch.no_grad():
+            return float(alignment(model, client.train.x, client.train.y))
+
+    for epochs in (1, 3):
+        algorithm = FedAS(FedASConfig(align_epochs=epochs, align_lr=0.05))
+        aligned = algorithm.aligned_body(received, local, client, trainer, rng)
+        assert set(aligned) == set(received)
+        assert misfit(aligned) < 0.9 * misfit(received)
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+def test_fedas_personalizes_under_label_skew(seed: int, clients: int) -> None:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    fedas = run(cfg, {"name": "fedas"})
+    assert mean_accuracy(fedas) > fedavg + 0.2

@@ -5,6 +5,7 @@ from plural.algorithms.cfl import CFL, CFLConfig
 from plural.algorithms.clustered import IFCA, IFCAConfig, Oracle, OracleConfig
 from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedala import FedALA, FedALAConfig
+from plural.algorithms.fedas import FedAS, FedASConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
 from plural.algorithms.feddbe import FedDBE, FedDBEConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
@@ -45,6 +46,8 @@ __all__ = [
     "FMLConfig",
     "FedALA",
     "FedALAConfig",
+    "FedAS",
+    "FedASConfig",
     "FedAvg",
     "FedAvgConfig",
     "FedBN",

@@ -59,6 +59,7 @@ from plural.config import ConfigError, setting
 from plural.core.algorithm import Algorithm, FederationInfo, OnClient, ServerState, Update
 from plural.core.masks import last_module_names
 from plural.core.params import Params
+from plural.core.prototypes import class_prototypes
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.models.adapters import body_and_head
@@ -151,33 +152,6 @@ def representation_width(params: Params, info: FederationInfo) -> int:
             f"have widths {widths} (for cnn_family they share model.representation)"
         )
     return widths[0]
-
-
-@torch.no_grad()
-def class_prototypes(
-    trainer: LocalTrainer,
-    params: Params,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    batch_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class mean representation of ``(x, y)`` at ``params`` (evaluation mode) and the
-    class counts, shapes (classes, width) and (classes,), in the representation's dtype; rows
-    of absent classes are 0."""
-    model = trainer.model
-    model.load_state_dict(params)
-    model.eval()
-    body, head = body_and_head(model)
-    sums = torch.zeros(num_classes, head.in_features, dtype=torch.float64, device=x.device)
-    dtype = head.weight.dtype
-    for start in range(0, len(y), batch_size):
-        h = body(x[start : start + batch_size])
-        sums.index_add_(0, y[start : start + batch_size], h.double())
-        dtype = h.dtype
-    counts = torch.bincount(y, minlength=num_classes).to(torch.float64)
-    prototypes = sums / counts.clamp_min(1).unsqueeze(1)
-    return prototypes.to(dtype), counts.to(dtype)
 
 
 def aggregate_prototypes(
