@@ -360,3 +360,68 @@ def test_fedas_personalizes_under_label_skew(seed: int, clients: int) -> None:
     fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
     fedas = run(cfg, {"name": "fedas"})
     assert mean_accuracy(fedas) > fedavg + 0.2
+
+
+# ---- FedCP ------------------------------------------------------------------------------------
+
+
+def test_fedcp_sends_body_policy_and_global_head(tiny_config: dict[str, Any]) -> None:
+    results = run(tiny_config, {"name": "fedcp"}, rounds=3)
+    shared = results.server.params
+    assert {n.split(".")[0] for n in shared} == {"body", "global_head", "policy"}
+    fit = fit_bytes(results)
+    assert (fit["bytes_up"] == nbytes(shared)).all() and (fit["bytes_down"] == nbytes(shared)).all()
+    # 16 hidden features: policy 16x32 + 32 and LayerNorm 2x32; global head 16x10 + 10.
+    assert (
+        nbytes(shared) - nbytes({n: t for n, t in shared.items() if n.startswith("body.")})
+        == ((16 * 32 + 32 + 64) + (16 * 10 + 10)) * 4
+    )
+
+
+def test_fedcp_client_keeps_its_head_and_sends_the_mixed_global_head(
+    tiny_config: dict[str, Any],
+) -> None:
+    from plural.algorithms.fedcp import ConditionalPolicyModel
+    from plural.core.algorithm import FederationInfo
+    from plural.core.params import state_of
+    from plural.core.rng import numpy_rng, torch_generator
+    from plural.core.trainer import LocalTrainer
+    from plural.engine.loop import build_algorithm, build_client_models
+
+    parsed = load_config({**tiny_config, "algorithm": {"name": "fedcp"}})
+    federation = build_federation(parsed)
+    algorithm = build_algorithm(parsed)
+    model = build_client_models(parsed, federation, algorithm).members[0]
+    assert isinstance(model, ConditionalPolicyModel)
+    params = state_of(model)
+    info = FederationInfo(
+        6, 10, federation.input_shape, None, tuple(n for n, _ in model.named_parameters())
+    )
+    server = algorithm.init(params, info, numpy_rng(0, "init"))
+    assert set(server.extra["personal"]) == {"context", "head.weight", "head.bias"}
+    trainer = LocalTrainer(model, parsed.train)
+    message = algorithm.broadcast(server)
+    update, state = algorithm.client_update(
+        message, None, federation.clients[0], trainer, torch_generator(0, "t")
+    )
+    head = state["head.weight"]
+    assert max_abs_difference({"w": head}, {"w": params["head.weight"]}) > 0  # it trained
+    expected = 0.5 * head + 0.5 * params["global_head.weight"]  # the global head is frozen
+    assert torch.allclose(update.params["global_head.weight"], expected)
+    assert torch.allclose(state["context"], head.sum(dim=0))
+    personal, shared = model.split(torch.randn(5, 16))
+    assert torch.allclose(personal + shared, torch.ones(5, 16))
+
+
+def test_fedcp_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="no representation to attach to"):
+        plural.run({**tiny_config, "algorithm": {"name": "fedcp"}}, model=NoSplit())
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+def test_fedcp_personalizes_under_label_skew(seed: int, clients: int) -> None:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    assert mean_accuracy(run(cfg, {"name": "fedcp"})) > fedavg + 0.2

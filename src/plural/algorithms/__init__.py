@@ -7,6 +7,7 @@ from plural.algorithms.ditto import Ditto, DittoConfig
 from plural.algorithms.fedala import FedALA, FedALAConfig
 from plural.algorithms.fedas import FedAS, FedASConfig
 from plural.algorithms.fedavg import AveragingConfig, FedAvg, FedAvgConfig
+from plural.algorithms.fedcp import FedCP, FedCPConfig
 from plural.algorithms.feddbe import FedDBE, FedDBEConfig
 from plural.algorithms.fedem import FedEM, FedEMConfig
 from plural.algorithms.fedproto import FedProto, FedProtoConfig
@@ -52,6 +53,8 @@ __all__ = [
     "FedAvgConfig",
     "FedBN",
     "FedBNConfig",
+    "FedCP",
+    "FedCPConfig",
     "FedDBE",
     "FedDBEConfig",
     "FedEM",
