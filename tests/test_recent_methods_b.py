@@ -425,3 +425,65 @@ def test_fedcp_personalizes_under_label_skew(seed: int, clients: int) -> None:
     cfg["partition"]["num_clients"] = clients
     fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
     assert mean_accuracy(run(cfg, {"name": "fedcp"})) > fedavg + 0.2
+
+
+# ---- GPFL -------------------------------------------------------------------------------------
+
+
+def test_gpfl_sends_body_embeddings_and_valve(tiny_config: dict[str, Any]) -> None:
+    results = run(tiny_config, {"name": "gpfl"}, rounds=3)
+    shared = results.server.params
+    assert {n.split(".")[0] for n in shared} == {"body", "gce", "cov"}
+    fit = fit_bytes(results)
+    assert (fit["bytes_up"] == nbytes(shared)).all() and (fit["bytes_down"] == nbytes(shared)).all()
+    # 10 embeddings of width 16; gamma and beta: 16x16 + 16 and LayerNorm 2x16 each.
+    extra = nbytes({n: t for n, t in shared.items() if not n.startswith("body.")})
+    assert extra == (10 * 16 + 2 * (16 * 16 + 16 + 32)) * 4
+
+
+def test_gpfl_conditional_inputs_come_from_the_trained_embeddings(
+    tiny_config: dict[str, Any],
+) -> None:
+    from plural.core.algorithm import FederationInfo
+    from plural.core.params import state_of
+    from plural.core.rng import numpy_rng, torch_generator
+    from plural.core.trainer import LocalTrainer
+    from plural.engine.loop import build_algorithm, build_client_models
+
+    parsed = load_config({**tiny_config, "algorithm": {"name": "gpfl"}})
+    federation = build_federation(parsed)
+    algorithm = build_algorithm(parsed)
+    model = build_client_models(parsed, federation, algorithm).members[0]
+    params = state_of(model)
+    assert float(params["personal_input"].abs().sum()) == 0  # zeros before the first round
+    names = tuple(n for n, _ in model.named_parameters())
+    server = algorithm.init(
+        params, FederationInfo(6, 10, federation.input_shape, None, names), numpy_rng(0, "i")
+    )
+    trainer = LocalTrainer(model, parsed.train)
+    for cid in (0, 3):
+        client = federation.clients[cid]
+        update, state = algorithm.client_update(
+            algorithm.broadcast(server), None, client, trainer, torch_generator(0, str(cid))
+        )
+        embeddings = update.params["gce.weight"]
+        shares = torch.bincount(client.train.y, minlength=10).float() / len(client.train.y)
+        assert torch.allclose(state["personal_input"], shares @ embeddings)
+        assert torch.allclose(state["generic_input"], embeddings.mean(dim=0))
+        assert (
+            max_abs_difference({"e": embeddings}, {"e": server.params["gce.weight"]}) > 0
+        )  # the embeddings trained
+
+
+def test_gpfl_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="no representation to attach to"):
+        plural.run({**tiny_config, "algorithm": {"name": "gpfl"}}, model=NoSplit())
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+def test_gpfl_personalizes_under_label_skew(seed: int, clients: int) -> None:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    assert mean_accuracy(run(cfg, {"name": "gpfl"})) > fedavg + 0.2

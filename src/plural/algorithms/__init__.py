@@ -14,6 +14,7 @@ from plural.algorithms.fedproto import FedProto, FedProtoConfig
 from plural.algorithms.fedprox import FedProx, FedProxConfig
 from plural.algorithms.finetune import Finetune, FinetuneConfig
 from plural.algorithms.fml import FML, FMLConfig
+from plural.algorithms.gpfl import GPFL, GPFLConfig
 from plural.algorithms.local import Local, LocalConfig
 from plural.algorithms.mocha import MOCHA, MOCHAConfig
 from plural.algorithms.partial import (
@@ -37,6 +38,7 @@ __all__ = [
     "APFL",
     "CFL",
     "FML",
+    "GPFL",
     "IFCA",
     "MOCHA",
     "APFLConfig",
@@ -69,6 +71,7 @@ __all__ = [
     "FedRepConfig",
     "Finetune",
     "FinetuneConfig",
+    "GPFLConfig",
     "IFCAConfig",
     "Local",
     "LocalConfig",
