@@ -6,6 +6,7 @@ test on a federation built to show its point; plus the shared helpers they use."
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,23 @@ LABEL_SKEW: dict[str, Any] = {
     "eval": {"every": 8},
     "backend": {"threads_per_worker": 1},
 }
+
+
+SKEWED = [(1, 8), pytest.param(2, 12, marks=pytest.mark.slow)]
+"""(seed, clients) of the label-skew behaviour tests; the larger scale is marked slow."""
+
+
+def skewed(seed: int, clients: int) -> dict[str, Any]:
+    cfg = copy.deepcopy(LABEL_SKEW)
+    cfg["seed"] = seed
+    cfg["partition"]["num_clients"] = clients
+    return cfg
+
+
+@functools.cache
+def fedavg_accuracy(seed: int, clients: int) -> float:
+    """FedAvg's mean client accuracy on the label-skew federation (computed once)."""
+    return mean_accuracy(run(skewed(seed, clients), {"name": "fedavg"}))
 
 
 def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
@@ -130,12 +148,10 @@ def test_fedala_rejects_more_layers_than_the_model_has(tiny_config: dict[str, An
         run(tiny_config, {"name": "fedala", "layers": 3}, rounds=1)
 
 
-@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+@pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_fedala_personalizes_under_label_skew(seed: int, clients: int) -> None:
-    cfg = copy.deepcopy(LABEL_SKEW)
-    cfg["seed"] = seed
-    cfg["partition"]["num_clients"] = clients
-    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    cfg = skewed(seed, clients)
+    fedavg = fedavg_accuracy(seed, clients)
     fedala = run(cfg, {"name": "fedala"})
     assert mean_accuracy(fedala) > fedavg + 0.2
     # The global model FedALA averages is no better than FedAvg's at personalizing.
@@ -273,12 +289,10 @@ def test_feddbe_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
         plural.run({**tiny_config, "algorithm": {"name": "feddbe"}}, model=NoSplit())
 
 
-@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+@pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_feddbe_personal_memory_helps_under_label_skew(seed: int, clients: int) -> None:
-    cfg = copy.deepcopy(LABEL_SKEW)
-    cfg["seed"] = seed
-    cfg["partition"]["num_clients"] = clients
-    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    cfg = skewed(seed, clients)
+    fedavg = fedavg_accuracy(seed, clients)
     no_memory = mean_accuracy(run(cfg, {"name": "feddbe", "prbm": False}))
     feddbe = mean_accuracy(run(cfg, {"name": "feddbe"}))
     assert feddbe > fedavg + 0.1
@@ -352,12 +366,10 @@ def test_fedas_alignment_brings_the_body_to_the_local_prototypes(
         assert misfit(aligned) < 0.9 * misfit(received)
 
 
-@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+@pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_fedas_personalizes_under_label_skew(seed: int, clients: int) -> None:
-    cfg = copy.deepcopy(LABEL_SKEW)
-    cfg["seed"] = seed
-    cfg["partition"]["num_clients"] = clients
-    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    cfg = skewed(seed, clients)
+    fedavg = fedavg_accuracy(seed, clients)
     fedas = run(cfg, {"name": "fedas"})
     assert mean_accuracy(fedas) > fedavg + 0.2
 
@@ -418,12 +430,10 @@ def test_fedcp_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
         plural.run({**tiny_config, "algorithm": {"name": "fedcp"}}, model=NoSplit())
 
 
-@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+@pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_fedcp_personalizes_under_label_skew(seed: int, clients: int) -> None:
-    cfg = copy.deepcopy(LABEL_SKEW)
-    cfg["seed"] = seed
-    cfg["partition"]["num_clients"] = clients
-    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    cfg = skewed(seed, clients)
+    fedavg = fedavg_accuracy(seed, clients)
     assert mean_accuracy(run(cfg, {"name": "fedcp"})) > fedavg + 0.2
 
 
@@ -480,10 +490,8 @@ def test_gpfl_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
         plural.run({**tiny_config, "algorithm": {"name": "gpfl"}}, model=NoSplit())
 
 
-@pytest.mark.parametrize(("seed", "clients"), [(1, 8), (2, 12)])
+@pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_gpfl_personalizes_under_label_skew(seed: int, clients: int) -> None:
-    cfg = copy.deepcopy(LABEL_SKEW)
-    cfg["seed"] = seed
-    cfg["partition"]["num_clients"] = clients
-    fedavg = mean_accuracy(run(cfg, {"name": "fedavg"}))
+    cfg = skewed(seed, clients)
+    fedavg = fedavg_accuracy(seed, clients)
     assert mean_accuracy(run(cfg, {"name": "gpfl"})) > fedavg + 0.2
