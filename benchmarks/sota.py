@@ -13,7 +13,7 @@ training FLOPs.
     flock /tmp/plural-bench.lock .venv/bin/python benchmarks/sota.py --quick
     flock /tmp/plural-bench.lock .venv/bin/python benchmarks/sota.py            # all settings
 
-``--quick`` (a few minutes on one core): Fashion-MNIST pathological only, 3,000 images, 2
+``--quick`` (a few minutes on one core): Fashion-MNIST pathological only, 2,000 images, 3
 rounds, one seed. The default is the issue's grid (5 federations, 3 seeds) at ``--rounds``
 rounds on the full data: many hours on one core (PFLlib trains 2,000 rounds on a GPU).
 """
@@ -139,7 +139,7 @@ def run_one(cfg: dict[str, Any], method: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one small federation, 2 rounds")
+    parser.add_argument("--quick", action="store_true", help="one small federation, 3 rounds")
     parser.add_argument("--rounds", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-samples", type=int, default=None)
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.seeds, args.max_samples = 2, 1, 3000
+        args.rounds, args.seeds, args.max_samples = 3, 1, 2000
         args.federations = ["fmnist-pat-20"]
     torch.set_num_threads(1)
     rows = []
