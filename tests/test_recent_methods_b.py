@@ -321,6 +321,12 @@ def test_fedas_sends_the_body_and_its_fisher_trace(tiny_config: dict[str, Any]) 
     assert (fit["bytes_up"] == body + 4).all() and (fit["bytes_down"] == body).all()
 
 
+def test_fedas_rejects_a_weighting_it_would_ignore(tiny_config: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"algorithm\.weighting: 'uniform' has no effect"):
+        run(tiny_config, {"name": "fedas", "weighting": "uniform"}, rounds=1)
+    run(tiny_config, {"name": "fedas", "weighting": "uniform", "fisher": False}, rounds=1)
+
+
 def test_fedas_weights_bodies_by_fisher_trace() -> None:
     from plural.algorithms.fedas import FISHER, FedAS, FedASConfig
     from plural.core.algorithm import Update

@@ -120,6 +120,11 @@ class FedAS(FedAvg):
                 "train.loss: fedas aligns class prototypes and needs 'cross_entropy', got "
                 f"{experiment.train.loss!r}"
             )
+        if self.config.fisher and self.config.weighting != "samples":
+            raise ConfigError(
+                f"algorithm.weighting: {self.config.weighting!r} has no effect while fedas "
+                "weights the bodies by Fisher traces (fisher: true); set fisher: false to use it"
+            )
 
     def prepare_model(
         self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int
