@@ -76,3 +76,19 @@ def merge(
 ) -> dict[str, torch.Tensor]:
     """``shared`` with the entries of ``personal`` put over it (order of ``shared`` kept)."""
     return {n: personal.get(n, t) for n, t in shared.items()}
+
+
+def top_module_names(names: Sequence[str], count: int) -> set[str]:
+    """The entries of the last ``count`` modules that own entries of ``names`` (model order;
+    ``count = 1`` is :func:`last_module_names`). Batch-norm step counters are left out."""
+    prefixes: list[str] = []
+    for name in names:
+        if name.endswith("num_batches_tracked"):
+            continue
+        prefix = module_prefix(name)
+        if not prefixes or prefixes[-1] != prefix:
+            prefixes.append(prefix)
+    chosen = set(prefixes[-count:]) if count > 0 else set()
+    return {
+        n for n in names if module_prefix(n) in chosen and not n.endswith("num_batches_tracked")
+    }
