@@ -33,6 +33,7 @@ from plural.core.params import Params, distance, nbytes, state_of
 from plural.core.rng import derive_seed, numpy_rng
 from plural.core.trainer import TrainConfig
 from plural.data.federated import FederatedDataset
+from plural.data.splits import choose_unseen, data_seed_of, hold_out_server, record_split_source
 from plural.data.types import ArrayDataset
 from plural.diagnostics.plots import plot_similarity
 from plural.engine.backends import (
@@ -49,6 +50,7 @@ from plural.engine.backends import (
 )
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.clusters import cluster_quality
+from plural.engine.initial import reinitialised
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
 from plural.engine.kept_state import KeptEvalWork, evaluate_kept
 from plural.engine.sampler import sample_cohort
@@ -116,11 +118,13 @@ def build_federation(
     """The federation of ``config`` (or of the user's ``dataset``), from derived seeds."""
     if isinstance(dataset, FederatedDataset):
         return dataset
+    seed = data_seed_of(config)
     if dataset is None:
         loader = DATASETS.get(config.dataset.name).target
-        dataset = loader(config.dataset.settings, numpy_rng(config.seed, "dataset"))
+        dataset = loader(config.dataset.settings, numpy_rng(seed, "dataset"))
+    dataset, server_set = hold_out_server(dataset, config.split.server, numpy_rng(seed, "server"))
     partitioner = PARTITIONERS.get(config.partition.name).target(config.partition.settings)
-    partition = partitioner.split(dataset, rng=numpy_rng(config.seed, "partition"))
+    partition = partitioner.split(dataset, rng=numpy_rng(seed, "partition"))
     order = config.split.order
     if order == "auto":
         order = "sequential" if dataset.ordered else "stratified"
@@ -129,10 +133,14 @@ def build_federation(
         partition,
         val=config.split.val,
         test=config.split.test,
-        rng=numpy_rng(config.seed, "split"),
+        rng=numpy_rng(seed, "split"),
         order=order,
     )
-    return apply_transforms(federation, config.transforms, config.seed)
+    unseen = choose_unseen(
+        federation.num_clients, config.split.unseen_clients, numpy_rng(seed, "unseen")
+    )
+    federation = dataclasses.replace(federation, server=server_set, unseen=tuple(unseen.tolist()))
+    return apply_transforms(federation, config.transforms, seed)
 
 
 def apply_transforms(
@@ -586,11 +594,13 @@ def run(
     model: ModelSource | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool | None = None,
+    keep_weights: bool = False,
 ) -> Results:
     """Run one experiment (see the module docstring) and return its results.
 
     ``out`` is the run directory; ``None`` keeps nothing on disk (and cannot resume).
-    ``dataset`` / ``model`` replace the config's with the user's own data or module.
+    ``dataset`` / ``model`` replace the config's with the user's own data or module; a
+    module is re-initialised from the run's seed unless ``keep_weights`` is True.
     ``progress`` shows a progress bar (default: only when stderr is a terminal).
     """
     given = [name for name, obj in (("dataset", dataset), ("model", model)) if obj is not None]
@@ -609,6 +619,9 @@ def run(
     if run_dir is not None:
         check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
+    cfg = record_split_source(cfg, federation)
+    if isinstance(model, nn.Module) and not keep_weights:
+        model = reinitialised(model, cfg.seed)
     robust = Robustness.build(cfg, federation)
     federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
