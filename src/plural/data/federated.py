@@ -211,7 +211,8 @@ class FederatedDataset:
         samples' stored order, train first, then validation, then test
         (:func:`~plural.data.partitioners.sequential_split`), for data stored in time order.
         Data that marks each sample's split (``dataset.sample_splits``) is split exactly as
-        marked instead, and ``val``, ``test`` and ``order`` are not used. Floating-point inputs become float32; integer inputs (token ids) keep their dtype.
+        marked instead, and ``val``, ``test`` and ``order`` are not used. Floating-point
+        inputs become float32; integer inputs (token ids) keep their dtype.
         """
         if order not in ("stratified", "sequential"):
             raise ValueError(f"unknown split order {order!r}; allowed: stratified, sequential")

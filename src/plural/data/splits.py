@@ -106,7 +106,7 @@ def hold_out_server(
         mask |= dataset.official_test
     elif isinstance(server, float):
         candidates = np.flatnonzero(~mask)
-        count = int(round(server * len(candidates)))
+        count = round(server * len(candidates))
         mask[rng.choice(candidates, size=count, replace=False)] = True
     if not mask.any():
         return dataset, None
@@ -134,7 +134,7 @@ def choose_unseen(num_clients: int, share: float | None, rng: np.random.Generato
     """The sorted ids of the clients kept out of training (empty without ``share``)."""
     if share is None:
         return np.zeros(0, dtype=np.int64)
-    count = int(round(share * num_clients))
+    count = round(share * num_clients)
     if count < 1 or count >= num_clients:
         raise ConfigError(
             f"split.unseen_clients: {share} of {num_clients} clients is {count}; it must leave "

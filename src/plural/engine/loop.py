@@ -50,8 +50,8 @@ from plural.engine.backends import (
 )
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.clusters import cluster_quality
-from plural.engine.initial import reinitialised
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
+from plural.engine.initial import reinitialised
 from plural.engine.kept_state import KeptEvalWork, evaluate_kept
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import StateStore, make_store
