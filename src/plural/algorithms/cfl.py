@@ -221,6 +221,10 @@ class CFL(FedAvg):
         """The model of the client's cluster."""
         return server.extra["cfl_models"][self._cluster_of(server)[client_id]]
 
+    def server_models(self, server: ServerState) -> dict[str, Params]:
+        """The cluster models, for scoring on the server's test set."""
+        return {f"cluster{k}": model for k, model in enumerate(server.extra["cfl_models"])}
+
     def cluster_assignment(self, server: ServerState) -> np.ndarray:
         clusters = server.extra["cfl_clusters"]
         assignment = np.full(sum(len(m) for m in clusters), -1, dtype=np.int64)

@@ -51,6 +51,13 @@ from plural.engine.backends import (
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient, drift_summary
+from plural.engine.heldout import (
+    mark_unseen,
+    metric_columns,
+    seen_clients,
+    server_rows,
+    split_summaries,
+)
 from plural.engine.initial import reinitialised
 from plural.engine.kept_state import KeptEvalWork, evaluate_kept
 from plural.engine.sampler import sample_cohort
@@ -738,6 +745,7 @@ class _Loop:
             started = time.perf_counter()
             robust = self.robust if self.robust is not None and self.robust.active else None
             available = robust.available(round_index, cfg.sampling.round_hours) if robust else None
+            available = seen_clients(self.federation.num_clients, self.federation.unseen, available)
             cohort = sample_cohort(
                 self.federation.num_clients, cfg.sampling, cfg.seed, round_index, available
             )
@@ -774,7 +782,13 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
+                if self.federation.server is not None:
+                    env = self._env = self._env or WorkerEnv(self.setup)  # type: ignore[arg-type]
+                    rows += server_rows(
+                        round_index, self.algorithm, server, env, self.federation.server
+                    )
                 check_scores(rows, round_index, cfg.train.lr)
+            mark_unseen(rows, self.federation.unseen)
             if robust is not None and evaluate:
                 env = self._env = self._env or (WorkerEnv(self.setup) if self.setup else None)
                 self._robust_record.update(
@@ -799,7 +813,7 @@ class _Loop:
         evaluated: bool,
         server: ServerState,
     ) -> None:
-        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        frame = pd.DataFrame(rows, columns=metric_columns(rows, METRIC_COLUMNS))
         self.frames.append(frame)
         counters = self.counters
         counters.round = round_index
@@ -913,7 +927,7 @@ class _Loop:
             "rounds_done": c.round,
             "complete": c.round == self.cfg.rounds,
             "stopped_early": self.stopped_early,
-            **summarize_round(metrics, c.last_eval),
+            **split_summaries(metrics, c.last_eval, summarize_round),
             **self._cluster_summary(),
             **self._privacy_summary(),
             **(

@@ -48,6 +48,9 @@ METRIC_COLUMNS = [
     "flops",
     "seconds",
 ]
+OPTIONAL_COLUMNS = ["model", "unseen"]
+"""Written only by runs that need them: ``model`` names a server-side model (server rows of
+clustered methods), ``unseen`` flags clients that never trained (``split.unseen_clients``)."""
 TIMING_COLUMNS = ["seconds"]
 """Columns measured by the clock: they differ between otherwise identical runs."""
 
@@ -101,7 +104,8 @@ class RunDirectory:
         return self.metrics_dir / f"round_{round_index:06d}.parquet"
 
     def write_round_metrics(self, round_index: int, rows: list[dict[str, Any]]) -> None:
-        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        optional = [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
+        frame = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *optional])
         _atomic_write(
             self.round_metrics_path(round_index), lambda tmp: frame.to_parquet(tmp, index=False)
         )
