@@ -16,6 +16,7 @@ from plural.config import ConfigError
 from plural.engine import EarlyStopping, Results, run
 from plural.experiment import ExperimentConfig, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
+from plural.runs import LoadedRun, load
 
 __version__ = "0.1.0"
 
@@ -28,8 +29,10 @@ __all__ = [
     "ConfigError",
     "EarlyStopping",
     "ExperimentConfig",
+    "LoadedRun",
     "Results",
     "__version__",
+    "load",
     "load_config",
     "run",
 ]

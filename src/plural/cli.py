@@ -238,6 +238,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from plural.runs import export
+
+    manifest = export(args.run_dir, args.out)
+    print(f"Exported the clients' models to {manifest.parent} (manifest: {manifest})")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from plural.report.runs import is_run_directory
 
@@ -460,6 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
     _comparison_options(report)
     report.add_argument("--out", help="the HTML report (default: RUN_DIR/report.html)")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser(
+        "export", help="each client's model as safetensors, with a manifest.json"
+    )
+    export.add_argument("run_dir", help="the run directory")
+    export.add_argument("--out", required=True, help="the folder for the files")
+    export.set_defaults(func=cmd_export)
 
     lst = sub.add_parser(
         "list", help="datasets, partitioners, models, algorithms and their settings"
