@@ -120,3 +120,50 @@ def split_summaries(
     sections = summarize_round(metrics[~flags], round_index)
     unseen = summarize_round(metrics[flags], round_index)
     return {**sections, **{f"{split}_unseen": value for split, value in unseen.items()}}
+
+
+def newcomer_rows(
+    rows: list[dict[str, Any]],
+    algorithm: Algorithm,
+    server: ServerState,
+    env: WorkerEnv,
+    unseen: Sequence[int],
+    round_index: int,
+    splits: Sequence[str],
+) -> list[dict[str, Any]]:
+    """``rows`` with the unseen clients of a method with several server models (clustered
+    methods) scored by the model a newcomer would join: the one with the lowest loss on the
+    newcomer's training split (the cluster choice of IFCA, Ghosh et al. 2020). Other methods
+    already serve a client without state as a newcomer, and their rows are kept."""
+    models = server_models(algorithm, server)
+    if len(models) < 2 or not unseen or env.models.heterogeneous:
+        return rows
+    trainer = env.trainer
+    left_out = set(unseen)
+    kept = [r for r in rows if not (r["client"] in left_out and r["split"] in splits)]
+    for cid in unseen:
+        data = env.federation.client(cid, round_index)
+        losses = {
+            name: trainer.evaluate(params, data.train.x, data.train.y, env.eval_batch_size).loss
+            for name, params in models.items()
+        }
+        chosen = models[min(losses, key=lambda name: losses[name])]
+        for split in splits:
+            part = data.split(split)  # type: ignore[arg-type]
+            result = trainer.evaluate(chosen, part.x, part.y, env.eval_batch_size)
+            kept.append(
+                {
+                    "round": round_index,
+                    "client": cid,
+                    "split": split,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                    "samples": result.count,
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                    "drift": float("nan"),
+                    "flops": 0.0,
+                    "seconds": 0.0,
+                }
+            )
+    return kept

@@ -54,6 +54,7 @@ from plural.engine.diagnostics import GradientMoments, GradientWork, client_grad
 from plural.engine.heldout import (
     mark_unseen,
     metric_columns,
+    newcomer_rows,
     seen_clients,
     server_rows,
     split_summaries,
@@ -782,11 +783,7 @@ class _Loop:
                     self.federation.num_clients,
                     cfg.eval.splits,
                 )
-                if self.federation.server is not None:
-                    env = self._env = self._env or WorkerEnv(self.setup)  # type: ignore[arg-type]
-                    rows += server_rows(
-                        round_index, self.algorithm, server, env, self.federation.server
-                    )
+                rows = self._held_out_rows(rows, round_index, server)
                 check_scores(rows, round_index, cfg.train.lr)
             mark_unseen(rows, self.federation.unseen)
             if robust is not None and evaluate:
@@ -803,6 +800,21 @@ class _Loop:
                 self.stopped_early = round_index < cfg.rounds
                 break
         return server
+
+    def _held_out_rows(
+        self, rows: list[dict[str, Any]], round_index: int, server: ServerState
+    ) -> list[dict[str, Any]]:
+        """Newcomers' rows for unseen clients of clustered methods; the server set's rows."""
+        federation = self.federation
+        if federation.server is None and not federation.unseen:
+            return rows
+        env = self._env = self._env or WorkerEnv(self.setup)  # type: ignore[arg-type]
+        rows = newcomer_rows(
+            rows, self.algorithm, server, env, federation.unseen, round_index, self.cfg.eval.splits
+        )
+        if federation.server is not None:
+            rows += server_rows(round_index, self.algorithm, server, env, federation.server)
+        return rows
 
     def _record(
         self,
