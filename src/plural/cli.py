@@ -227,7 +227,9 @@ def _compare(
         from plural.report.html import write_report
 
         title = "plural report: " + ", ".join(str(p) for p in paths)
-        path = write_report(methods, report, metric=metric, split=split, title=title)
+        path = write_report(
+            methods, report, metric=metric, split=split, title=title, baseline=baseline, at=choice
+        )
         print(f"\nReport: {path} (figures as PNG and SVG in {path.stem}_files/)")
 
 

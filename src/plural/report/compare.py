@@ -121,8 +121,9 @@ def _clustering(run: RunRecord) -> dict[str, float]:
     clustering = run.summary.get("clustering") or {}
     # Neighbourhood methods (decentral pFedLIA) have no clusters: purity and recall instead.
     neighbourhoods = (run.summary.get("pfedlia") or {}).get("neighbourhoods") or {}
+    clusters = float(clustering.get("clusters", math.nan))
     return {
-        "clusters": float(clustering.get("clusters", math.nan)),
+        "clusters": clusters if clusters > 0 else math.nan,  # 0: it has not clustered yet
         "ari": float(clustering["ari"]) if clustering.get("ari") is not None else math.nan,
         "purity": float(neighbourhoods.get("purity", math.nan)),
         "recall": float(neighbourhoods.get("recall", math.nan)),
@@ -313,7 +314,7 @@ def _epsilon_cell(epsilon: float) -> str:
 
 def _clusters_cell(clusters: float, ari: float) -> str:
     if math.isnan(clusters):
-        return "-"
+        return "—"  # not clustered yet
     text = f"{clusters:g}"
     return text + (f" ({ari:.2f})" if not math.isnan(ari) else "")
 
