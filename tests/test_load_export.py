@@ -75,3 +75,20 @@ def test_export_refuses_a_folder_it_did_not_write(
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
     with pytest.raises(ConfigError, match="not a run directory"):
         plural.load(tmp_path / "mine")
+
+
+def test_a_run_on_python_data_loads_with_the_same_data(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 4, generator=generator).numpy()
+    y = (x[:, 0] > 0).astype("int64")
+    ids = [i % 3 for i in range(120)]
+    data = plural.data.from_arrays(x, y, client_ids=ids)
+    cfg = {"rounds": 2, "partition": {"name": "natural"}, "model": "logreg", "algorithm": "fedavg"}
+    results = plural.run(cfg, dataset=data, out=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"plural.load\(run_dir, dataset=\.\.\.\)"):
+        plural.load(tmp_path / "run").model(0)
+    run = plural.load(tmp_path / "run", dataset=data)
+    recorded = results.final("test").set_index("client")["accuracy"]
+    for client in range(3):
+        test = run.federation.client(client).test
+        assert accuracy_of(run.model(client), test.x, test.y) == recorded[client]

@@ -27,6 +27,7 @@ from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, OnClient, ServerState, full_params
 from plural.core.trainer import LocalTrainer, Mixture
 from plural.data.federated import FederatedDataset
+from plural.data.types import ArrayDataset
 from plural.engine.backends import ClientModels
 from plural.engine.heldout import server_models
 from plural.engine.loop import build_algorithm, build_client_models, build_federation
@@ -50,16 +51,18 @@ class LoadedRun:
     states: dict[int, Any]
     round: int
     """The last round the checkpoint holds."""
+    dataset: ArrayDataset | FederatedDataset | None = None
+    """The data passed to ``plural.run`` from Python, for runs whose dataset is ``python``."""
 
     @functools.cached_property
     def federation(self) -> FederatedDataset:
         """The run's federation, rebuilt from its config (the same data seed, the same data)."""
-        if self.config.dataset.name == PYTHON_OBJECT:
+        if self.config.dataset.name == PYTHON_OBJECT and self.dataset is None:
             raise ConfigError(
                 f"{self.path}: the run's dataset was passed from Python; pass the same data to "
                 "plural.load(run_dir, dataset=...) to rebuild its federation"
             )
-        return build_federation(self.config)
+        return build_federation(self.config, self.dataset)
 
     @functools.cached_property
     def algorithm(self) -> Algorithm:
@@ -105,8 +108,9 @@ class LoadedRun:
         return module.eval()
 
 
-def load(run_dir: str | Path) -> LoadedRun:
-    """Read the run in ``run_dir`` (see the module docstring)."""
+def load(run_dir: str | Path, dataset: ArrayDataset | FederatedDataset | None = None) -> LoadedRun:
+    """Read the run in ``run_dir`` (see the module docstring); ``dataset``: the data the run
+    was given from Python, if it was."""
     directory = RunDirectory(run_dir)
     if not directory.config_path.is_file():
         raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
@@ -133,6 +137,7 @@ def load(run_dir: str | Path) -> LoadedRun:
         server=checkpoint["server"],
         states={cid: s for cid, s in states.items() if s is not None},
         round=int(checkpoint["progress"]["round"]),
+        dataset=dataset,
     )
 
 
