@@ -66,6 +66,38 @@ def one_lr(lr: float, rounds: int, overrides: list[str]) -> dict[str, Any]:
     }
 
 
+def plot(record: dict[str, Any], out: Path) -> None:
+    """Server accuracy per round for each learning rate, with the target and the paper's
+    rounds marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.0))
+    for run in record["runs"]:
+        reached = run["rounds_to_target"]
+        label = f"lr {run['lr']}: " + (f"{reached} rounds" if reached else "not reached")
+        axes.plot(run["curve"]["round"], run["curve"]["accuracy"], label=label)
+    axes.axhline(record["target"], color="black", linewidth=0.8, linestyle=":")
+    axes.axvline(record["paper_rounds"], color="grey", linewidth=0.8, linestyle="--")
+    axes.annotate(
+        f"paper: {record['paper_rounds']} rounds",
+        (record["paper_rounds"], 0.905),
+        fontsize=8,
+        rotation=90,
+        ha="right",
+    )
+    axes.set_ylim(0.9, 0.985)
+    axes.set_xlabel("round")
+    axes.set_ylabel("server (official test) accuracy")
+    axes.set_title("FedAvg, MNIST 2NN, IID, C = 0.1, E = 1, B = 10", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300, help="round limit per learning rate")
@@ -73,7 +105,15 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="5 rounds on 6000 images: checks the pipeline"
     )
+    parser.add_argument(
+        "--plot", action="store_true", help="only redraw the figure from the recorded JSON"
+    )
     args = parser.parse_args()
+    name = "mcmahan_2nn_quick" if args.quick else "mcmahan_2nn"
+    if args.plot:
+        record = json.loads((HERE / "results" / f"{name}.json").read_text())
+        plot(record, HERE / "results" / f"{name}.png")
+        return
     torch.set_num_threads(1)
     overrides = ["dataset.max_samples=7000"] if args.quick else []
     rounds = 5 if args.quick else args.rounds
@@ -97,9 +137,9 @@ def main() -> None:
         "runs": runs,
         "machine": machine_info(),
     }
-    name = "mcmahan_2nn_quick.json" if args.quick else "mcmahan_2nn.json"
-    out = HERE / "results" / name
+    out = HERE / "results" / f"{name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, out.with_suffix(".png"))
     print(f"best: {record['best']} (paper: {PAPER_ROUNDS} rounds); written to {out}")
 
 

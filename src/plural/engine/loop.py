@@ -795,7 +795,9 @@ class _Loop:
             self._write_artifacts(server)
             self._record(round_index, rows, ctx, time.perf_counter() - started, evaluate, server)
             self._checkpoint(server)
-            round_summary = summarize_round(self.frames[-1], round_index) if evaluate else {}
+            round_summary = (
+                split_summaries(self.frames[-1], round_index, summarize_round) if evaluate else {}
+            )
             if any([cb.on_round_end(round_index, round_summary) for cb in callbacks]):
                 self.stopped_early = round_index < cfg.rounds
                 break
