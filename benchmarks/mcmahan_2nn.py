@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument(
         "--plot", action="store_true", help="only redraw the figure from the recorded JSON"
     )
+    parser.add_argument(
+        "--extend", action="store_true", help="add these learning rates to the recorded grid"
+    )
     args = parser.parse_args()
     name = "mcmahan_2nn_quick" if args.quick else "mcmahan_2nn"
     if args.plot:
@@ -117,7 +120,8 @@ def main() -> None:
     torch.set_num_threads(1)
     overrides = ["dataset.max_samples=7000"] if args.quick else []
     rounds = 5 if args.quick else args.rounds
-    runs = []
+    out = HERE / "results" / f"{name}.json"
+    runs = json.loads(out.read_text())["runs"] if args.extend and out.is_file() else []
     for lr in args.lr:
         runs.append(one_lr(lr, rounds, overrides))
         print(
@@ -132,12 +136,11 @@ def main() -> None:
         "target": TARGET,
         "paper_rounds": PAPER_ROUNDS,
         "quick": args.quick,
-        "lr_grid": args.lr,
+        "lr_grid": [r["lr"] for r in runs],
         "best": None if best is None else {k: best[k] for k in ("lr", "rounds_to_target")},
         "runs": runs,
         "machine": machine_info(),
     }
-    out = HERE / "results" / f"{name}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     plot(record, out.with_suffix(".png"))
     print(f"best: {record['best']} (paper: {PAPER_ROUNDS} rounds); written to {out}")
