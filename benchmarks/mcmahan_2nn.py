@@ -83,10 +83,11 @@ def plot(record: dict[str, Any], out: Path) -> None:
     axes.axvline(record["paper_rounds"], color="grey", linewidth=0.8, linestyle="--")
     axes.annotate(
         f"paper: {record['paper_rounds']} rounds",
-        (record["paper_rounds"], 0.905),
+        (record["paper_rounds"], 0.978),
         fontsize=8,
-        rotation=90,
         ha="right",
+        xytext=(-3, 0),
+        textcoords="offset points",
     )
     axes.set_ylim(0.9, 0.985)
     axes.set_xlabel("round")
