@@ -180,7 +180,7 @@ def test_user_module_is_used_and_not_mutated(helpers: ModuleType) -> None:
     x, y, ids = user_arrays()
     dataset = from_arrays(x, y, client_ids=ids)
 
-    results = plural.run(config(), dataset=dataset, model=module)
+    results = plural.run(config(), dataset=dataset, model=module, keep_weights=True)
     params = results.server.params
     assert set(params) == set(before)  # the user's names, not the logreg of the config
     assert {"encoder.1.weight", "classifier.weight"} <= set(params)
@@ -190,7 +190,9 @@ def test_user_module_is_used_and_not_mutated(helpers: ModuleType) -> None:
     assert all(p.grad is None for p in module.parameters())
 
     # with no local training, the server keeps exactly the user's initial weights
-    still = plural.run(config(train={"local_epochs": 0}), dataset=dataset, model=module)
+    still = plural.run(
+        config(train={"local_epochs": 0}), dataset=dataset, model=module, keep_weights=True
+    )
     assert all(torch.equal(still.server.params[k], before[k]) for k in before)
 
 

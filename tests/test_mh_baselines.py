@@ -207,7 +207,7 @@ def test_fml_without_distillation_is_local_beside_fedavg_of_the_meme(tmp_path: P
     # The meme is FedAvg run with the meme network as the model.
     reference = {k: v for k, v in cfg.items() if k != "model"}
     reference["algorithm"] = {"name": "fedavg"}
-    fedavg = plural.run(reference, model=meme_network(cfg))
+    fedavg = plural.run(reference, model=meme_network(cfg), keep_weights=True)
     assert set(fml.server.params) == {ADAPTER_PREFIX + n for n in fedavg.server.params}
     assert_same_params(strip(fml.server.params, ADAPTER_PREFIX), fedavg.server.params)
 

@@ -17,6 +17,7 @@ from plural.engine import EarlyStopping
 from plural.experiment import ExperimentConfig, load_config
 from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
 from plural.runner import Results, run
+from plural.runs import LoadedRun, load
 
 __version__ = "0.1.0"
 
@@ -29,8 +30,10 @@ __all__ = [
     "ConfigError",
     "EarlyStopping",
     "ExperimentConfig",
+    "LoadedRun",
     "Results",
     "__version__",
+    "load",
     "load_config",
     "run",
 ]

@@ -203,26 +203,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(paths: Sequence[Path | str], metric: str, split: str, report: Path | None) -> None:
-    """Print the ranked comparison of the runs under ``paths``; write the HTML report."""
+def _compare(
+    paths: Sequence[Path | str],
+    metric: str,
+    split: str,
+    report: Path | None,
+    baseline: str | None = None,
+    at: str = "last",
+) -> None:
+    """Print the ranked comparison of the runs under ``paths`` (paired against ``baseline``
+    when given); write the HTML report."""
     from plural.report.compare import check_choice, comparison_table, format_comparison
     from plural.report.runs import discover_runs, group_methods
+    from plural.report.stats import check_round_choice, paired_tests
 
     methods = group_methods(discover_runs(paths))
     check_choice(metric, split, methods)
-    print(format_comparison(comparison_table(methods, metric, split), metric, split))
+    choice = check_round_choice(at)
+    paired = paired_tests(methods, baseline, metric, split, choice) if baseline else None
+    table = comparison_table(methods, metric, split, choice)
+    print(format_comparison(table, metric, split, paired, choice))
     if report is not None:
         from plural.report.html import write_report
 
         title = "plural report: " + ", ".join(str(p) for p in paths)
-        path = write_report(methods, report, metric=metric, split=split, title=title)
+        path = write_report(
+            methods, report, metric=metric, split=split, title=title, baseline=baseline, at=choice
+        )
         print(f"\nReport: {path} (figures as PNG and SVG in {path.stem}_files/)")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     report = None if args.no_report else Path(args.out or f"runs/compare-{stamp}/report.html")
-    _compare(args.paths, args.metric, args.split, report)
+    _compare(args.paths, args.metric, args.split, report, args.baseline, args.round)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from plural.runs import export
+
+    manifest = export(args.run_dir, args.out)
+    print(f"Exported the clients' models to {manifest.parent} (manifest: {manifest})")
     return 0
 
 
@@ -239,6 +261,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         args.metric,
         args.split,
         Path(args.out or Path(args.run_dir) / "report.html"),
+        args.baseline,
+        args.round,
     )
     return 0
 
@@ -331,6 +355,18 @@ def _comparison_options(parser: argparse.ArgumentParser) -> None:
         "--metric", default="accuracy", help="what to rank by: accuracy (default) or loss"
     )
     parser.add_argument("--split", default="test", help="which client split (default: test)")
+    parser.add_argument(
+        "--baseline",
+        help="a method (label or algorithm) to pair every method against: mean difference "
+        "and Wilcoxon signed-rank p-values over clients and over seeds",
+    )
+    parser.add_argument(
+        "--round",
+        default="last",
+        choices=["last", "best_val"],
+        help="read results at each run's last evaluated round (default) or at its round of "
+        "best mean validation accuracy",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -434,6 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
     _comparison_options(report)
     report.add_argument("--out", help="the HTML report (default: RUN_DIR/report.html)")
     report.set_defaults(func=cmd_report)
+
+    export = sub.add_parser(
+        "export", help="each client's model as safetensors, with a manifest.json"
+    )
+    export.add_argument("run_dir", help="the run directory")
+    export.add_argument("--out", required=True, help="the folder for the files")
+    export.set_defaults(func=cmd_export)
 
     lst = sub.add_parser(
         "list", help="datasets, partitioners, models, algorithms and their settings"

@@ -45,6 +45,26 @@ class SplitConfig:
         "'sequential' in stored order, train first, then val, then test; 'auto': sequential "
         "for datasets stored in time order (text), stratified otherwise",
     )
+    server: float | Literal["official"] | None = setting(
+        None,
+        help="a server-side test set scored with the global model each evaluated round: "
+        "'official' keeps a built-in dataset's official test set apart (mnist, fashion_mnist, "
+        "cifar10), a fraction holds out that share of the pool before partitioning (null: none)",
+        gt=0,
+        lt=1,
+    )
+    unseen_clients: float | None = setting(
+        None,
+        help="share of the clients kept out of training entirely and served as newcomers at "
+        "each evaluation (their rows have unseen == True; null: none)",
+        gt=0,
+        lt=1,
+    )
+    from_data: bool = setting(
+        False,
+        help="set by plural: true when each client's train/val/test split came from the data "
+        "(split_key, split_column, split=, leaf, pfllib) and val/test above were not used",
+    )
 
     def __post_init__(self) -> None:
         if self.val + self.test >= 1:
@@ -168,6 +188,8 @@ class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
     rounds: int = 20
+    data_seed: int | None = None
+    """Seeds the dataset, partition, split and transforms (None: ``seed``)."""
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
@@ -185,6 +207,8 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
         out: dict[str, Any] = {"name": self.name, "seed": self.seed, "rounds": self.rounds}
+        if self.data_seed is not None:
+            out["data_seed"] = self.data_seed
         if self.allow_import:
             out["allow_import"] = list(self.allow_import)
         for section in ("dataset", "partition", "algorithm"):
@@ -223,6 +247,12 @@ class RunSettings:
     name: str = setting("experiment", help="a name for the run (shown in summaries)")
     seed: int = setting(0, help="the seed every random draw of the run derives from", ge=0)
     rounds: int = setting(20, help="communication rounds", ge=1)
+    data_seed: int | None = setting(
+        None,
+        help="the seed of the dataset, partition, split and transforms (null: seed); fix it "
+        "and sweep seed to compare methods on one federation",
+        ge=0,
+    )
 
 
 _SCALARS = [f.name for f in dataclasses.fields(RunSettings)]

@@ -159,12 +159,13 @@ class CFL(FedAvg):
         """The model of the client's cluster."""
         return server.extra["cfl_models"][self._cluster_of(server)[client_id]]
 
+    def server_models(self, server: ServerState) -> dict[str, Params]:
+        """The cluster models, for scoring on the server's test set."""
+        return {f"cluster{k}": model for k, model in enumerate(server.extra["cfl_models"])}
+
     def cluster_assignment(self, server: ServerState) -> np.ndarray:
-        clusters = server.extra["cfl_clusters"]
-        assignment = np.full(sum(len(m) for m in clusters), -1, dtype=np.int64)
-        for k, members in enumerate(clusters):
-            assignment[members] = k
-        return assignment
+        cluster_of = self._cluster_of(server)  # the clusters partition the clients
+        return np.array([cluster_of[c] for c in range(len(cluster_of))], dtype=np.int64)
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         """Train every participant from its cluster's model, average per cluster, then split
@@ -241,8 +242,7 @@ class CFL(FedAvg):
         return server_step(params, target, state, self.config.server_settings())
 
     def _should_split(self, norms: dict[str, float], round_index: int, num_clusters: int) -> bool:
-        """Sattler et al.'s criteria: absolute (eps1, eps2) when eps1 is set, else scale-free
-        (the mean update's share of the clients' mean norm below max_alignment)."""
+        """Sattler et al.'s split criteria: absolute when eps1 is set, else scale-free."""
         cfg = self.config
         if round_index < cfg.min_rounds:
             return False

@@ -44,6 +44,10 @@ class Clustered(FedAvg):
     def models(server: ServerState) -> list[Params]:
         return list(server.extra["models"])
 
+    def server_models(self, server: ServerState) -> dict[str, Params]:
+        """The cluster models, for scoring on the server's test set."""
+        return {f"cluster{k}": model for k, model in enumerate(self.models(server))}
+
     @staticmethod
     def assignment(server: ServerState) -> np.ndarray:
         return np.array(server.extra["assignment"], dtype=np.int64)  # a copy: states are immutable

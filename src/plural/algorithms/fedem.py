@@ -128,6 +128,10 @@ class FedEM(FedAvg):
             extra["server_opt"] = new_opt
         return ServerState(components[0], extra)
 
+    def server_models(self, server: ServerState) -> dict[str, Mixture]:
+        """The global model: the components mixed with uniform weights (a newcomer's)."""
+        return {"": Mixture(list(server.extra[COMPONENTS]), uniform(self.config.components))}
+
     def personalized(self, server: ServerState, state: Any, client_id: int) -> Mixture:  # type: ignore[override]
         pi = uniform(self.config.components) if state is None else state
         return Mixture(list(server.extra[COMPONENTS]), pi)

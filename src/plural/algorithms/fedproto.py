@@ -145,6 +145,7 @@ class FedProto(Algorithm):
     """FedProto (Tan et al. 2022): see the module docstring."""
 
     name = "fedproto"
+    has_server_model = False  # models never leave their clients
     config: FedProtoConfig
     model_heterogeneous = True
 

@@ -26,6 +26,7 @@ class LocalConfig:
 @ALGORITHMS.register("local", LocalConfig, "Local: each client trains alone, no communication")
 class Local(Algorithm):
     name = "local"
+    has_server_model = False  # each client's own model only
     model_heterogeneous = True
 
     def broadcast(self, server: ServerState) -> None:

@@ -125,6 +125,7 @@ class MOCHA(Algorithm):
     """Federated multi-task learning with a learnt relationship matrix; state: ``w_t``."""
 
     name = "mocha"
+    has_server_model = False  # one model per task; the server's is not a model of any
     in_demo = False  # for convex models; the demo trains an MLP
     config: MOCHAConfig
 

@@ -1,6 +1,6 @@
 """Datasets, partitioners and federations; importing this package registers them."""
 
-from plural.data import datasets, partitioners, text, topics, transforms
+from plural.data import datasets, partitioners, published, text, topics, transforms
 from plural.data.datasets import DatasetUnavailable, from_arrays
 from plural.data.federated import ClientData, FederatedDataset, TensorSplit
 from plural.data.partitioners import sequential_split, train_val_test_split
@@ -16,6 +16,7 @@ __all__ = [
     "datasets",
     "from_arrays",
     "partitioners",
+    "published",
     "sequential_split",
     "text",
     "topics",

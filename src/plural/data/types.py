@@ -30,6 +30,12 @@ class ArrayDataset:
     sample_groups: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     ordered: bool = False
+    sample_splits: np.ndarray | None = None
+    """Per sample, the split the data marks it for: 0 train, 1 val, 2 test, 3 server
+    (:data:`plural.data.splits.SPLIT_CODES`); None: the engine splits by fractions."""
+    official_test: np.ndarray | None = None
+    """Per sample, True for the dataset's official test set (built-in datasets that have
+    one); ``split: {server: official}`` keeps those samples as the server set."""
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -44,7 +50,7 @@ class ArrayDataset:
                 f"{self.name}: labels must lie in [0, {self.num_classes}), "
                 f"got [{self.y.min()}, {self.y.max()}]"
             )
-        for field in ("client_ids", "sample_groups"):
+        for field in ("client_ids", "sample_groups", "sample_splits", "official_test"):
             values = getattr(self, field)
             if values is not None and len(values) != n:
                 raise ValueError(f"{self.name}: {field} has {len(values)} entries for {n} samples")

@@ -21,9 +21,17 @@ import pandas as pd
 
 from plural.core.algorithm import Algorithm, ServerState
 from plural.data.federated import FederatedDataset
-from plural.engine.backends import Backend
+from plural.engine.backends import Backend, WorkerEnv, WorkerSetup
 from plural.engine.context import RoundLedger, round_context
 from plural.engine.diagnostics import drift_summary
+from plural.engine.heldout import (
+    mark_unseen,
+    metric_columns,
+    newcomer_rows,
+    seen_clients,
+    server_rows,
+    split_summaries,
+)
 from plural.engine.rows import METRIC_COLUMNS, evaluation_rows, summarize_round, training_rows
 from plural.engine.sampler import sample_cohort
 from plural.engine.store import StateStore
@@ -103,6 +111,7 @@ class RoundLoop:
         progress: Progress,
         history: list[dict[str, Any]],
         robust: Robustness | None = None,
+        setup: WorkerSetup | None = None,
     ) -> None:
         self.cfg = cfg
         self.algorithm = algorithm
@@ -112,6 +121,8 @@ class RoundLoop:
         self.history = history
         self.robust = robust if robust is not None and robust.active else None
         self.stopped_early = False
+        self.setup = setup
+        self._env: WorkerEnv | None = None
 
     def run(
         self,
@@ -125,7 +136,11 @@ class RoundLoop:
         for round_index in range(self.progress.round + 1, self.cfg.rounds + 1):
             server, event = self.play(round_index, server, backend)
             stop = self._notify(round_callbacks, event)
-            summary = summarize_round(event.frame, round_index) if event.evaluated else {}
+            summary = (
+                split_summaries(event.frame, round_index, summarize_round)
+                if event.evaluated
+                else {}
+            )
             stop |= any([end(round_index, summary) for end in _hooks(callbacks, "on_round_end")])
             if stop:
                 self.stopped_early = round_index < self.cfg.rounds
@@ -140,6 +155,7 @@ class RoundLoop:
         available = (
             self.robust.available(round_index, cfg.sampling.round_hours) if self.robust else None
         )
+        available = seen_clients(self.federation.num_clients, self.federation.unseen, available)
         cohort = sample_cohort(
             self.federation.num_clients, cfg.sampling, cfg.seed, round_index, available
         )
@@ -170,13 +186,15 @@ class RoundLoop:
                 self.federation.num_clients,
                 cfg.eval.splits,
             )
+            rows = self._held_out_rows(rows, round_index, server)
             check_scores(rows, round_index, cfg.train.lr)
+        mark_unseen(rows, self.federation.unseen)
         self.progress.advance(round_index, ctx.ledger, time.perf_counter() - started, evaluate)
         record: dict[str, Any] = {"round": round_index, **drift_summary(ctx.ledger.drift)}
         if ctx.ledger.dropped:
             record["dropped_nonfinite"] = sorted(ctx.ledger.dropped)
         record.update(played)
-        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        frame = pd.DataFrame(rows, columns=metric_columns(rows, METRIC_COLUMNS))
         event = RoundEvent(
             round_index,
             server,
@@ -191,6 +209,21 @@ class RoundLoop:
             self.history,
         )
         return server, event
+
+    def _held_out_rows(
+        self, rows: list[dict[str, Any]], round_index: int, server: ServerState
+    ) -> list[dict[str, Any]]:
+        """Newcomers' rows for unseen clients of clustered methods; the server set's rows."""
+        federation = self.federation
+        if federation.server is None and not federation.unseen:
+            return rows
+        env = self._env = self._env or WorkerEnv(self.setup)  # type: ignore[arg-type]
+        rows = newcomer_rows(
+            rows, self.algorithm, server, env, federation.unseen, round_index, self.cfg.eval.splits
+        )
+        if federation.server is not None:
+            rows += server_rows(round_index, self.algorithm, server, env, federation.server)
+        return rows
 
     @staticmethod
     def _notify(round_callbacks: Sequence[RoundCallback], event: RoundEvent) -> bool:

@@ -29,6 +29,9 @@ METRIC_COLUMNS = [
     "flops",
     "seconds",
 ]
+OPTIONAL_COLUMNS = ["model", "unseen"]
+"""Written only by runs that need them: ``model`` names a server-side model (server rows of
+clustered methods), ``unseen`` flags clients that never trained (``split.unseen_clients``)."""
 EVAL_CHUNK = 256  # clients whose evaluated models are in memory at once
 
 

@@ -2,8 +2,9 @@
 
 Every figure of the report and every column of ``plural compare`` comes from the tidy
 frames built here. Per-client statistics are computed within each run (seed) first, then
-averaged over seeds, with their standard deviation over seeds where there are several.
-The reported round is each run's last evaluated round, not its best.
+averaged over seeds, with their 95% confidence interval over seeds where there are several
+(:mod:`plural.report.stats`). The reported round is each run's last evaluated round by
+default, or the round of its best mean validation accuracy (``at="best_val"``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ import pandas as pd
 from plural.config import ConfigError
 from plural.core.metrics import summarize
 from plural.report.runs import Method, RunRecord
+from plural.report.stats import (
+    ROUND_LABELS,
+    RoundChoice,
+    confidence_interval,
+    rank_marks,
+    rows_at,
+)
 from plural.report.tables import format_table
 
 METRICS = ("accuracy", "loss")
@@ -51,7 +59,10 @@ def _summary(rows: pd.DataFrame, metric: str) -> dict[str, float]:
 
 
 def seed_results(
-    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+    methods: Sequence[Method],
+    metric: str = "accuracy",
+    split: str = "test",
+    at: RoundChoice = "last",
 ) -> pd.DataFrame:
     """One row per method and seed: the per-client summary of ``metric`` at the run's last
     evaluated round, with the run's cost (bytes, wall seconds, training FLOPs) and, for
@@ -67,7 +78,7 @@ def seed_results(
                     "seed": run.seed,
                     "rounds": int(run.config.get("rounds", 0)),
                     "complete": run.complete,
-                    **run_results(run, metric, split),
+                    **run_results(run, metric, split, at),
                     **costs,
                     "bytes": costs["bytes_up"] + costs["bytes_down"],
                     **_clustering(run),
@@ -80,10 +91,13 @@ def seed_results(
     return pd.DataFrame(rows)
 
 
-def run_results(run: RunRecord, metric: str = "accuracy", split: str = "test") -> dict[str, Any]:
-    """The per-client summary of ``metric`` on ``split`` at the run's last evaluated round
-    (``round`` 0 and NaN statistics when it has not evaluated yet)."""
-    final = run.final(split)
+def run_results(
+    run: RunRecord, metric: str = "accuracy", split: str = "test", at: RoundChoice = "last"
+) -> dict[str, Any]:
+    """The per-client summary of ``metric`` on ``split`` at the run's last evaluated round,
+    or at its best validation round (``round`` 0 and NaN statistics when it has not
+    evaluated yet)."""
+    final = rows_at(run, split, at)
     stats = _summary(final, metric) if len(final) else summarize(np.array([]))
     return {
         "round": int(final["round"].max()) if len(final) else 0,
@@ -107,8 +121,9 @@ def _clustering(run: RunRecord) -> dict[str, float]:
     clustering = run.summary.get("clustering") or {}
     # Neighbourhood methods (decentral pFedLIA) have no clusters: purity and recall instead.
     neighbourhoods = (run.summary.get("pfedlia") or {}).get("neighbourhoods") or {}
+    clusters = float(clustering.get("clusters", math.nan))
     return {
-        "clusters": float(clustering.get("clusters", math.nan)),
+        "clusters": clusters if clusters > 0 else math.nan,  # 0: it has not clustered yet
         "ari": float(clustering["ari"]) if clustering.get("ari") is not None else math.nan,
         "purity": float(neighbourhoods.get("purity", math.nan)),
         "recall": float(neighbourhoods.get("recall", math.nan)),
@@ -137,12 +152,17 @@ def _robustness(run: RunRecord, split: str) -> dict[str, float]:
 
 
 def comparison_table(
-    methods: Sequence[Method], metric: str = "accuracy", split: str = "test"
+    methods: Sequence[Method],
+    metric: str = "accuracy",
+    split: str = "test",
+    at: RoundChoice = "last",
 ) -> pd.DataFrame:
     """One row per method, ranked (best first): seeds, the mean over seeds of the final
     per-client mean / worst 10% / best 10% / std, the std over seeds of the mean and the
-    worst 10% (NaN with one seed), bytes communicated and wall seconds."""
-    per_seed = seed_results(methods, metric, split)
+    worst 10% (NaN with one seed), the 95% confidence interval of the mean over seeds
+    (``ci_low``, ``ci_high``), bytes communicated and wall seconds. ``rank`` is a rank mark
+    that methods with overlapping intervals share (:func:`~plural.report.stats.rank_marks`)."""
+    per_seed = seed_results(methods, metric, split, at)
     grouped = per_seed.groupby("method", sort=False)
     table = grouped.agg(
         algorithm=("algorithm", "first"),
@@ -167,15 +187,31 @@ def comparison_table(
         recall=("recall", "mean"),
         complete=("complete", "all"),
     ).reset_index()
+    intervals = per_seed.groupby("method", sort=False)["mean"].apply(confidence_interval)
+    table["ci_low"] = [intervals[m][0] for m in table["method"]]
+    table["ci_high"] = [intervals[m][1] for m in table["method"]]
     table = table.sort_values(
         "mean", ascending=not higher_is_better(metric), na_position="last", kind="stable"
+    ).reset_index(drop=True)
+    marks = rank_marks(
+        table["mean"].tolist(),
+        table["ci_low"].tolist(),
+        table["ci_high"].tolist(),
+        higher_is_better(metric),
     )
-    table.insert(0, "rank", range(1, len(table) + 1))
-    return table.reset_index(drop=True)
+    table.insert(0, "rank", marks)
+    return table
 
 
-def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str = "test") -> str:
-    """The terminal table of :func:`comparison_table`."""
+def format_comparison(
+    table: pd.DataFrame,
+    metric: str = "accuracy",
+    split: str = "test",
+    paired: pd.DataFrame | None = None,
+    at: RoundChoice = "last",
+) -> str:
+    """The terminal table of :func:`comparison_table`, with the paired tests against a
+    baseline (:func:`~plural.report.stats.paired_tests`) when given."""
     several = bool((table["seeds"] > 1).any())
     clustered = bool(table["clusters"].notna().any())
     private = "epsilon" in table and bool(table["epsilon"].notna().any())
@@ -184,13 +220,16 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
     attacked = "clean_mean" in table and bool(table["clean_mean"].notna().any())
     faulty = "absent" in table and bool(table["absent"].notna().any())
     header += ["time s"] + (["clusters (ARI)"] if clustered else [])
+    tests = {} if paired is None else {row.method: row for row in paired.itertuples()}
+    if tests:
+        header += ["diff vs base", "p clients", "p seeds"]
     header += (["clean mean", "backdoor ASR"] if attacked else []) + (["absent"] if faulty else [])
     rows = [header]
     for row in table.itertuples():
         cells = [
             f"{row.rank}. {row.method}" + ("" if row.complete else " (incomplete)"),
             str(row.seeds),
-            _with_sd(row.mean, row.mean_sd, several),
+            _with_ci(row.mean, row.ci_low, row.ci_high, several),
             *([_epsilon_cell(row.epsilon)] if private else []),
             _with_sd(row.worst10, row.worst10_sd, several),
             f"{row.best10:.3f}",
@@ -208,11 +247,35 @@ def format_comparison(table: pd.DataFrame, metric: str = "accuracy", split: str 
             cells += [_number(row.clean_mean), _number(row.attack_success)]
         if faulty:
             cells.append(_number(row.absent, "{:.0f}"))
+        if tests:
+            test = tests.get(row.method)
+            cells += (
+                ["-", "-", "-"]
+                if test is None
+                else [
+                    _number(test.mean_diff, "{:+.3f}"),
+                    _number(test.p_clients, "{:.3g}"),
+                    _number(test.p_seeds, "{:.3g}"),
+                ]
+            )
         rows.append(cells)
     note = (
-        f"Final per-client {metric} on {split} (each run's last evaluated round); tails are the "
+        f"Final per-client {metric} on {split} (each run's {ROUND_LABELS[at]}); tails are the "
         "mean of the worst/best 10% of clients"
-        + ("; +- is the std over seeds." if several else ".")
+        + (
+            "; the mean's +- is its 95% confidence interval over seeds (Student t), the worst "
+            "10%'s the std over seeds"
+            if several
+            else ""
+        )
+        + "; methods whose intervals overlap share a rank."
+        + (
+            f" Paired against {paired['baseline'].iloc[0]}: mean difference, two-sided "
+            "Wilcoxon signed-rank p over clients (differences averaged over seeds) and over "
+            "seeds."
+            if tests
+            else ""
+        )
         + (
             " 'clean mean' leaves the malicious clients out; 'backdoor ASR' is the share of "
             "triggered test inputs classified as the target."
@@ -232,6 +295,12 @@ def _number(value: float, form: str = "{:.3f}") -> str:
     return "-" if math.isnan(value) else form.format(value)
 
 
+def _with_ci(value: float, low: float, high: float, several: bool) -> str:
+    if not several or math.isnan(low):
+        return f"{value:.3f}"
+    return f"{value:.3f} +- {(high - low) / 2:.3f}"
+
+
 def _with_sd(value: float, sd: float, several: bool) -> str:
     if not several:
         return f"{value:.3f}"
@@ -245,7 +314,7 @@ def _epsilon_cell(epsilon: float) -> str:
 
 def _clusters_cell(clusters: float, ari: float) -> str:
     if math.isnan(clusters):
-        return "-"
+        return "—"  # not clustered yet
     text = f"{clusters:g}"
     return text + (f" ({ari:.2f})" if not math.isnan(ari) else "")
 

@@ -104,11 +104,15 @@ def method_colors(labels: Sequence[str]) -> dict[str, Any]:
 
 
 def _style(colors: Colors, label: str) -> dict[str, Any]:
-    """Color and line style of a method: solid unless an earlier method has its color."""
+    """Color and line style of a method: solid unless an earlier method has its color. With
+    more than 10 methods each block of 10 also gets its own style, so that the lighter shades
+    of tab20 and beyond are told apart from their darker partners by more than their hue."""
     color = colors.get(label, UNKNOWN_COLOR)
-    earlier = list(colors)[: list(colors).index(label)] if label in colors else list(colors)
+    order = list(colors)
+    earlier = order[: order.index(label)] if label in colors else order
     repeats = sum(1 for other in earlier if colors[other] == color)
-    return {"color": color, "linestyle": LINE_STYLES[repeats % len(LINE_STYLES)]}
+    block = (len(earlier) % 60) // 10 if len(colors) > 10 else 0
+    return {"color": color, "linestyle": LINE_STYLES[(repeats + block) % len(LINE_STYLES)]}
 
 
 def _methods(frame: pd.DataFrame, colors: Colors) -> list[str]:
@@ -628,4 +632,33 @@ def privacy_figure(frame: pd.DataFrame, colors: Colors, *, metric: str = "accura
             title=f"{name} {metric} against epsilon",
         )
     _legend(figure, panels[-1], labels, colors)
+    return figure
+
+
+# --- per client -------------------------------------------------------------------------
+
+
+def personal_vs_global_figure(
+    points: pd.DataFrame, colors: Colors, *, split: str = "test"
+) -> Figure:
+    """Each client's final personalized against global-model accuracy (columns method,
+    personal, global), one color per method; above the diagonal personalization helped."""
+    labels = _methods(points, colors)
+    figure, (axes,) = _panels(1, labels, width=6.0)
+    for label in labels:
+        rows = points[points["method"] == label]
+        axes.scatter(
+            rows["global"],
+            rows["personal"],
+            s=12,
+            alpha=0.75,
+            label=label,
+            color=colors.get(label, UNKNOWN_COLOR),
+        )
+    low = float(np.nanmin(points[["global", "personal"]].to_numpy())) if len(points) else 0.0
+    high = float(np.nanmax(points[["global", "personal"]].to_numpy())) if len(points) else 1.0
+    axes.plot([low, high], [low, high], color=BOX_COLOR, linewidth=0.8, linestyle=":")
+    title = f"final {split} accuracy per client: personalized vs global model"
+    _decorate(axes, xlabel="global model", ylabel="personalized model", title=title)
+    _legend(figure, axes, labels, colors)
     return figure

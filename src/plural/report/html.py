@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 import plural
-from plural.report import figures
+from plural.report import clients, figures
 from plural.report.compare import (
     comparison_table,
     cost_curves,
@@ -35,6 +35,7 @@ from plural.report.compare import (
     seed_results,
 )
 from plural.report.runs import Method, RunRecord, assignments
+from plural.report.stats import ROUND_LABELS, RoundChoice, paired_tests
 
 MAX_FEDERATIONS = 6
 """Distinct federations whose heterogeneity is drawn (a sweep over partitions has many)."""
@@ -76,16 +77,26 @@ def write_report(
     metric: str = "accuracy",
     split: str = "test",
     title: str = "plural report",
+    baseline: str | None = None,
+    at: RoundChoice = "last",
 ) -> Path:
-    """Write the report of ``methods`` to ``out`` (an ``.html`` path); return its path."""
+    """Write the report of ``methods`` to ``out`` (an ``.html`` path); return its path.
+    ``baseline`` adds paired tests of every method against it; ``at`` picks the round results
+    are read at (:mod:`plural.report.stats`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     page = _Page(out.with_name(f"{out.stem}_files"))
-    table = comparison_table(methods, metric, split)
+    table = comparison_table(methods, metric, split, at)
     order = list(table["method"])
     colors = figures.method_colors(order)
-    page.section("summary", "Ranking", _summary_html(table, metric, split))
+    summary = _summary_html(table, metric, split)
+    if at != "last":
+        summary = f"<p>Results at each run's {ROUND_LABELS[at]}.</p>" + summary
+    if baseline:
+        summary += _paired_html(paired_tests(methods, baseline, metric, split, at))
+    page.section("summary", "Ranking", summary)
     _results_sections(page, methods, order, colors, metric, split)
+    _clients_section(page, methods, colors, split)
     _clustering_section(page, methods, colors)
     _privacy_section(page, methods, metric, split)
     _heterogeneity_section(page, methods)
@@ -145,6 +156,24 @@ def _results_sections(
             "against wall-clock time, at each evaluated round.",
         ),
     )
+
+
+def _clients_section(
+    page: _Page, methods: Sequence[Method], colors: dict[str, Any], split: str
+) -> None:
+    """The per-client table and, for methods that score both, each client's personalized
+    against global-model accuracy."""
+    body = clients.client_table_html(methods, split)
+    points = clients.personal_and_global(methods, split)
+    if not points.empty:
+        body += page.figure(
+            figures.personal_vs_global_figure(points, colors, split=split),
+            "personal-vs-global",
+            f"Final {split} accuracy of every client with its personalized model against the "
+            "global model (all seeds pooled); above the diagonal, personalization helped.",
+        )
+    if body:
+        page.section("clients", "Per client", body)
 
 
 def _privacy_section(page: _Page, methods: Sequence[Method], metric: str, split: str) -> None:
@@ -286,7 +315,8 @@ def _federation_html(page: _Page, fed: dict[str, Any], users: list[str], index: 
                     np.asarray(histogram), fed.get("class_names"), groups
                 ),
                 f"labels-{index}",
-                "Training samples per client (rows) and class (columns).",
+                "Samples per client (rows) and class (columns), counted over all of each "
+                "client's splits (train, validation and test).",
             )
         )
     if sizes:
@@ -315,7 +345,7 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
             str(row.rank),
             html.escape(row.method) + ("" if row.complete else " <em>(incomplete)</em>"),
             str(row.seeds),
-            _value(row.mean, row.mean_sd if several else None),
+            _value(row.mean, (row.ci_high - row.ci_low) / 2 if several else None),
             *([_value(row.epsilon, digits=2)] if private else []),
             _value(row.worst10, row.worst10_sd if several else None),
             _value(row.best10),
@@ -324,7 +354,8 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
             f"{row.wall_time_s:.1f}",
         ]
         if clustered:
-            cells += [_value(row.clusters, digits=1), _value(row.ari, digits=2)]
+            clusters = "—" if np.isnan(row.clusters) else _value(row.clusters, digits=1)
+            cells += [clusters, _value(row.ari, digits=2)]
         if attacked:
             cells += [_value(row.clean_mean), _value(row.attack_success)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -332,7 +363,13 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     note = (
         f"Final per-client {split} {metric} at each run's last evaluated round: mean over "
         "clients, the mean of the worst and best 10% of clients, and the std over clients"
-        + ("; ± is the std of the mean over seeds." if several else ".")
+        + (
+            "; the mean's ± is its 95% confidence interval over seeds (Student t), the worst "
+            "10%'s the std over seeds"
+            if several
+            else ""
+        )
+        + "; methods whose intervals overlap share a rank."
         + (
             " Clean mean leaves the malicious clients out; backdoor ASR is the share of "
             "triggered test inputs classified as the target."
@@ -343,6 +380,33 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     return (
         f"<p>{html.escape(note)}</p><table class='ranking'><tr>{head}</tr>{''.join(body)}</table>"
     )
+
+
+def _paired_html(paired: pd.DataFrame) -> str:
+    """The paired tests against the baseline as a table."""
+    head = ["method", "seeds paired", "mean difference", "p (clients)", "p (seeds)"]
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{c}</td>"
+            for c in (
+                html.escape(row.method),
+                str(row.seeds_paired),
+                _value(row.mean_diff),
+                _value(row.p_clients, digits=3),
+                _value(row.p_seeds, digits=3),
+            )
+        )
+        + "</tr>"
+        for row in paired.itertuples()
+    )
+    note = (
+        f"Paired against {paired['baseline'].iloc[0]}: mean difference in the metric, two-sided "
+        "Wilcoxon signed-rank p over clients (each client's difference averaged over seeds) "
+        "and over seeds (each seed's mean difference)."
+    )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<p>{html.escape(note)}</p><table class='paired'><tr>{header}</tr>{body}</table>"
 
 
 def _value(value: float, sd: float | None = None, digits: int = 3) -> str:

@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 
 from plural.config import ConfigError
-from plural.engine.rows import METRIC_COLUMNS
+from plural.engine.rows import METRIC_COLUMNS, OPTIONAL_COLUMNS
 from plural.safety.diskio import atomic_write, writing
 from plural.safety.plain import UnsafeCheckpointError, load_plain, save_plain
 from plural.safety.runlock import RunDirectoryError
@@ -89,7 +89,8 @@ class RunDirectory:
         return self.metrics_dir / f"round_{round_index:06d}.parquet"
 
     def write_round_metrics(self, round_index: int, rows: list[dict[str, Any]]) -> None:
-        frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+        optional = [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
+        frame = pd.DataFrame(rows, columns=[*METRIC_COLUMNS, *optional])
         _atomic_write(
             self.round_metrics_path(round_index), lambda tmp: frame.to_parquet(tmp, index=False)
         )

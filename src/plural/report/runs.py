@@ -24,7 +24,7 @@ from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 SWEEP_FILE = "sweep.json"
 """The file that marks a sweep directory (see :mod:`plural.report.sweep`)."""
-UNCOMPARED = ("seed", "name", "backend", "eval", "diagnostics")
+UNCOMPARED = ("seed", "data_seed", "name", "backend", "eval", "diagnostics")
 """Config sections that do not define a method: runs differing only in these are its seeds."""
 SEARCH_DEPTH = 3
 

@@ -4,6 +4,7 @@ each from its own derived seed. This sits above the engine, which receives what 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,6 +17,7 @@ from plural.core.masks import norm_layer_names
 from plural.core.params import Params, state_of
 from plural.core.rng import derive_seed, numpy_rng
 from plural.data.federated import FederatedDataset
+from plural.data.splits import choose_unseen, data_seed_of, hold_out_server
 from plural.data.types import ArrayDataset
 from plural.engine.backends import ClientModels
 from plural.experiment import Component, ExperimentConfig
@@ -31,11 +33,13 @@ def build_federation(
     """The federation of ``config`` (or of the user's ``dataset``), from derived seeds."""
     if isinstance(dataset, FederatedDataset):
         return dataset
+    seed = data_seed_of(config)
     if dataset is None:
         loader = DATASETS.get(config.dataset.name).target
-        dataset = loader(config.dataset.settings, numpy_rng(config.seed, "dataset"))
+        dataset = loader(config.dataset.settings, numpy_rng(seed, "dataset"))
+    dataset, server_set = hold_out_server(dataset, config.split.server, numpy_rng(seed, "server"))
     partitioner = PARTITIONERS.get(config.partition.name).target(config.partition.settings)
-    partition = partitioner.split(dataset, rng=numpy_rng(config.seed, "partition"))
+    partition = partitioner.split(dataset, rng=numpy_rng(seed, "partition"))
     order = config.split.order
     if order == "auto":
         order = "sequential" if dataset.ordered else "stratified"
@@ -44,10 +48,14 @@ def build_federation(
         partition,
         val=config.split.val,
         test=config.split.test,
-        rng=numpy_rng(config.seed, "split"),
+        rng=numpy_rng(seed, "split"),
         order=order,
     )
-    return apply_transforms(federation, config.transforms, config.seed)
+    unseen = choose_unseen(
+        federation.num_clients, config.split.unseen_clients, numpy_rng(seed, "unseen")
+    )
+    federation = dataclasses.replace(federation, server=server_set, unseen=tuple(unseen.tolist()))
+    return apply_transforms(federation, config.transforms, seed)
 
 
 def apply_transforms(

@@ -17,6 +17,7 @@ from plural.diagnostics.plots import plot_similarity
 from plural.engine.backends import WorkerEnv, WorkerSetup
 from plural.engine.clusters import cluster_quality
 from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient
+from plural.engine.heldout import split_summaries
 from plural.engine.loop import Progress, RoundEvent, RoundOutcome
 from plural.engine.rows import summarize_round
 from plural.experiment import ExperimentConfig
@@ -160,7 +161,7 @@ class RunSummary:
             "rounds_done": c.round,
             "complete": c.round == cfg.rounds,
             "stopped_early": stopped_early,
-            **summarize_round(metrics, c.last_eval),
+            **split_summaries(metrics, c.last_eval, summarize_round),
             **self._clustering(),
             **({"privacy": self.privacy.summary()} if self.privacy is not None else {}),
             **(robust.summary(cfg, self.history, metrics, c.last_eval) if robust else {}),

@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from torch import nn
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, ServerState
 from plural.core.params import state_of
 from plural.core.rng import numpy_rng
 from plural.data.federated import FederatedDataset
+from plural.data.splits import record_split_source
 from plural.data.types import ArrayDataset
 from plural.engine.backends import WorkerSetup, make_backend, resolve_device
 from plural.engine.callbacks import Callback, ProgressBar, notify
+from plural.engine.initial import reinitialised
 from plural.engine.loop import Progress, RoundCallback, RoundLoop
 from plural.engine.rows import METRIC_COLUMNS
 from plural.engine.store import StateStore, make_store
@@ -97,11 +100,13 @@ def run(
     model: ModelSource | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool | None = None,
+    keep_weights: bool = False,
 ) -> Results:
     """Run one experiment (see the module docstring) and return its results.
 
     ``out`` is the run directory; ``None`` keeps nothing on disk (and cannot resume).
-    ``dataset`` / ``model`` replace the config's with the user's own data or module.
+    ``dataset`` / ``model`` replace the config's with the user's own data or module; a
+    module is re-initialised from the run's seed unless ``keep_weights`` is True.
     ``progress`` shows a progress bar (default: only when stderr is a terminal).
     ``callbacks`` get ``on_round_end(round, summary)``, and ``on_round(event)`` (a
     :class:`plural.engine.loop.RoundEvent`) where they define it.
@@ -110,7 +115,7 @@ def run(
     if isinstance(dataset, FederatedDataset):
         given.append("partition")
     cfg = load_config(config, overrides, provided=given)
-    assembled = _assemble(cfg, out, resume, dataset, model)
+    assembled = _assemble(cfg, out, resume, dataset, model, keep_weights)
     run_dir = assembled.run_dir
     with run_lock(run_dir.path) if run_dir is not None else contextlib.nullcontext():
         results = _play(assembled, resume, callbacks, progress)
@@ -124,6 +129,7 @@ def _assemble(
     resume: bool,
     dataset: ArrayDataset | FederatedDataset | None,
     model: ModelSource | None,
+    keep_weights: bool = False,
 ) -> _Run:
     """Every check that can fail before work starts, then the federation, models and the
     algorithm's initial state."""
@@ -139,6 +145,9 @@ def _assemble(
     if run_dir is not None:
         check_run_target(run_dir.path)  # before any data is loaded; writes nothing
     federation = build_federation(cfg, dataset)
+    cfg = record_split_source(cfg, federation)
+    if isinstance(model, nn.Module) and not keep_weights:
+        model = reinitialised(model, cfg.seed)
     robust = Robustness.build(cfg, federation)
     federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
@@ -172,7 +181,9 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
     if not resumed:
         store.restore({})  # a fresh run: no states left from an earlier attempt
     history = run_dir.read_diagnostics() if run_dir is not None else []
-    loop = RoundLoop(cfg, run.algorithm, run.federation, store, counters, history, run.robust)
+    loop = RoundLoop(
+        cfg, run.algorithm, run.federation, store, counters, history, run.robust, run.setup
+    )
     summary = RunSummary(
         cfg, run.algorithm, run.federation, counters, history, run.privacy, run.robust
     )

@@ -21,13 +21,15 @@ def check_config(cfg: Any) -> None:
             "eval.splits: empty, so nothing would be scored; give at least one of train, val, test"
         )
     fractions = {"train": 1.0, "val": cfg.split.val, "test": cfg.split.test}
+    if cfg.split.server is not None:  # the server set is scored; clients may keep all to train
+        fractions = dict.fromkeys(fractions, 1.0)
     if all(fractions[s] == 0 for s in splits):
         raise ConfigError(
             f"eval.splits = {list(splits)} but split."
             f"{' and split.'.join(f'{s} = 0' for s in splits)}: nothing would be scored; give "
             f"split.{splits[0]} > 0 or evaluate another split"
         )
-    if "test" in splits and cfg.split.test == 0:
+    if "test" in splits and fractions["test"] == 0:
         raise ConfigError(
             "split.test = 0, but eval.splits has 'test' (what summaries and comparisons "
             "report): give split.test > 0, or evaluate only other splits (eval.splits: [val])"
@@ -68,6 +70,8 @@ def check_federation(cfg: Any, federation: Any, models: Any) -> None:
             PluralWarning,
             stacklevel=3,
         )
+    if getattr(federation, "server", None) is not None:
+        return  # the server set is scored; clients may keep every sample to train
     scored = [s for s in cfg.eval.splits if s != "train"]
     empty = {s: int((federation.sizes(s) == 0).sum()) for s in scored}
     if scored and all(empty[s] == len(train) for s in scored) and "train" not in cfg.eval.splits:

@@ -1,0 +1,169 @@
+"""What the clients never trained on: the server's test set and unseen clients.
+
+The server set (``split.server``): the server's model(s) scored on it.
+
+FedAvg-style papers score the global model on the dataset's official test set each round
+(McMahan et al. 2017). Each evaluated round then writes one row per server-side model, with
+``split == "server"`` and ``client == -1``: the global model, or for clustered methods one
+row per cluster model, named in the ``model`` column. Methods without a server-side model
+(each client's own model only: Local, FedProto, MOCHA) write none; an algorithm says so with
+``has_server_model = False``, and names its models with ``server_models(server)``.
+
+Unseen clients (``split.unseen_clients``) are never sampled; at each evaluation they are
+served as the method serves a client it has no state for (a newcomer), and their rows carry
+``unseen == True``. ``summary.json`` summarises them apart, as ``test_unseen`` (and
+``val_unseen``, ...), leaving the usual sections to the clients that trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from plural.core.algorithm import Algorithm, OnClient, ServerState, full_params
+from plural.core.trainer import Mixture
+from plural.data.splits import ServerSet
+from plural.engine.backends import WorkerEnv
+from plural.engine.rows import OPTIONAL_COLUMNS
+
+SERVER_SPLIT = "server"
+SERVER_CLIENT = -1
+
+
+def server_models(algorithm: Algorithm, server: ServerState) -> dict[str, Any]:
+    """The models the server holds, by name (``""``: the one global model)."""
+    if not getattr(algorithm, "has_server_model", True):
+        return {}
+    named = getattr(algorithm, "server_models", None)
+    if callable(named):
+        return dict(named(server))
+    return {"": server.params}
+
+
+def server_rows(
+    round_index: int,
+    algorithm: Algorithm,
+    server: ServerState,
+    env: WorkerEnv,
+    server_set: ServerSet,
+) -> list[dict[str, Any]]:
+    """One metrics row per server-side model on the server set (none for heterogeneous
+    model families, whose clients share no architecture)."""
+    if env.models.heterogeneous:
+        return []
+    trainer = env.trainer
+    x, y = server_set.x, server_set.y
+    rows = []
+    for name, params in server_models(algorithm, server).items():
+        if isinstance(params, Mixture):
+            result = trainer.evaluate_mixture(params, x, y, env.eval_batch_size)
+        else:
+            model = full_params(params, trainer) if isinstance(params, OnClient) else params
+            result = trainer.evaluate(model, x, y, env.eval_batch_size)
+        row = {
+            "round": round_index,
+            "client": SERVER_CLIENT,
+            "split": SERVER_SPLIT,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "samples": result.count,
+            "bytes_up": 0,
+            "bytes_down": 0,
+            "drift": float("nan"),
+            "flops": 0.0,
+            "seconds": 0.0,
+        }
+        if name:
+            row["model"] = name
+        rows.append(row)
+    return rows
+
+
+def metric_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """``columns``, plus ``model`` (and ``unseen``) when some row names one."""
+    extra = [c for c in OPTIONAL_COLUMNS if any(c in row for row in rows)]
+    return [*columns, *extra]
+
+
+def seen_clients(
+    num_clients: int, unseen: Sequence[int], available: list[int] | None
+) -> list[int] | None:
+    """The clients a round may sample: ``available`` (all when None) without the unseen."""
+    if not unseen:
+        return available
+    left_out = set(unseen)
+    pool = range(num_clients) if available is None else available
+    return [c for c in pool if c not in left_out]
+
+
+def mark_unseen(rows: list[dict[str, Any]], unseen: Sequence[int]) -> list[dict[str, Any]]:
+    """Set each row's ``unseen`` flag (only when the run has unseen clients)."""
+    if unseen:
+        left_out = set(unseen)
+        for row in rows:
+            row["unseen"] = row["client"] in left_out
+    return rows
+
+
+def split_summaries(
+    metrics: pd.DataFrame,
+    round_index: int,
+    summarize_round: Callable[[pd.DataFrame, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """Per-split summaries of the clients that trained, plus ``<split>_unseen`` sections for
+    the unseen clients when the run has some."""
+    if "unseen" not in metrics.columns:
+        return summarize_round(metrics, round_index)
+    flags = metrics["unseen"].fillna(False).astype(bool)
+    sections = summarize_round(metrics[~flags], round_index)
+    unseen = summarize_round(metrics[flags], round_index)
+    return {**sections, **{f"{split}_unseen": value for split, value in unseen.items()}}
+
+
+def newcomer_rows(
+    rows: list[dict[str, Any]],
+    algorithm: Algorithm,
+    server: ServerState,
+    env: WorkerEnv,
+    unseen: Sequence[int],
+    round_index: int,
+    splits: Sequence[str],
+) -> list[dict[str, Any]]:
+    """``rows`` with the unseen clients of a method with several server models (clustered
+    methods) scored by the model a newcomer would join: the one with the lowest loss on the
+    newcomer's training split (the cluster choice of IFCA, Ghosh et al. 2020). Other methods
+    already serve a client without state as a newcomer, and their rows are kept."""
+    models = server_models(algorithm, server)
+    if len(models) < 2 or not unseen or env.models.heterogeneous:
+        return rows
+    trainer = env.trainer
+    left_out = set(unseen)
+    kept = [r for r in rows if not (r["client"] in left_out and r["split"] in splits)]
+    for cid in unseen:
+        data = env.federation.client(cid, round_index)
+        losses = {
+            name: trainer.evaluate(params, data.train.x, data.train.y, env.eval_batch_size).loss
+            for name, params in models.items()
+        }
+        chosen = models[min(losses, key=lambda name: losses[name])]
+        for split in splits:
+            part = data.split(split)  # type: ignore[arg-type]
+            result = trainer.evaluate(chosen, part.x, part.y, env.eval_batch_size)
+            kept.append(
+                {
+                    "round": round_index,
+                    "client": cid,
+                    "split": split,
+                    "loss": result.loss,
+                    "accuracy": result.accuracy,
+                    "samples": result.count,
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                    "drift": float("nan"),
+                    "flops": 0.0,
+                    "seconds": 0.0,
+                }
+            )
+    return kept
