@@ -635,7 +635,6 @@ def run(
                 run_dir.federation_path,
                 {**federation.describe(), **(robust.describe() if robust.malicious else {})},
             )
-            run_dir.record_environment(environment_entry(str(device)))
         if not resumed:
             store.restore({})  # a fresh run: no states left from an earlier attempt
         train = privacy.train_config(cfg.train) if privacy is not None else cfg.train
@@ -647,6 +646,9 @@ def run(
         )
         bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
         backend = make_backend(setup, cfg.backend)
+        if run_dir is not None:  # the threads the backend's processes actually use
+            threads = getattr(backend, "threads", None)
+            run_dir.record_environment(environment_entry(str(device), threads))
         try:
             keep_states = getattr(backend, "keep_states", None)
             if keep_states is not None:  # client states move to the workers that run the clients
