@@ -443,8 +443,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bare_optional_values(argv: Sequence[str]) -> list[str]:
+    """``--mlflow CONFIG.yaml`` means MLflow's default store and the config CONFIG.yaml, not
+    the tracking URI CONFIG.yaml: an option whose value is optional does not take a config
+    file as its value (it becomes ``--mlflow=``)."""
+    out = list(argv)
+    for i, item in enumerate(out[:-1]):
+        following = out[i + 1]
+        if item == "--mlflow" and "://" not in following and (
+            following.lower().endswith((".yaml", ".yml")) or Path(following).is_file()
+        ):
+            out[i] = "--mlflow="
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line parsed (``sys.argv[1:]`` by default)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return build_parser().parse_args(_bare_optional_values(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         # configs read from files import code only from the packages the user allows
         with restricted_imports(getattr(args, "allow_import", []), _announce_allowed):

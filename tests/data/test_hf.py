@@ -138,7 +138,7 @@ def test_a_run_on_an_hf_dataset_saves_its_client_mapping(tmp_path: Path) -> None
     }
     plural.run(config, out=tmp_path / "run")
     federation = json.loads((tmp_path / "run" / "federation.json").read_text())
-    assert federation["num_clients"] == 4
+    assert federation["client_names"] == ["ann", "bob", "cy", "dee"]
 
 
 def test_flwr_partitioner_without_flower_datasets_says_how_to_install() -> None:

@@ -281,6 +281,7 @@ class PFedLIA(Clustered):
 
     name = "pfedlia"
     config: PFedLIAConfig
+    needs_validation = True  # clients score the lazy models on their validation split
 
     # ---- state -------------------------------------------------------------------------------
 

@@ -99,6 +99,15 @@ class ClientData:
         return ClientData(self.client_id, splits["train"], splits["val"], splits["test"])
 
 
+def client_names(dataset: ArrayDataset, partition: Partition) -> tuple[str, ...] | None:
+    """The user's id of each client of ``partition``, where it holds the dataset's own
+    clients: what client k of the federation was called in the data."""
+    if partition.source_clients is None:
+        return None
+    names = dataset.client_names
+    return tuple(str(i) if names is None else names[i] for i in partition.source_clients)
+
+
 def combine_groups(group_ids: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """One ground-truth group per client: each distinct combination of the given groupings."""
     if not group_ids:
@@ -122,6 +131,10 @@ class FederatedDataset:
     input_shape: tuple[int, ...]
     group_ids: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     class_names: tuple[str, ...] | None = None
+    client_names: tuple[str, ...] | None = None
+    """The user's id of each client (from the data's client column), where known."""
+    notes: tuple[str, ...] = ()
+    """What loading changed about the data (``ArrayDataset.notes``)."""
 
     @property
     def num_clients(self) -> int:
@@ -221,6 +234,8 @@ class FederatedDataset:
             input_shape=tuple(dataset.input_shape),
             group_ids=group_ids,
             class_names=dataset.class_names,
+            client_names=client_names(dataset, partition),
+            notes=dataset.notes,
         )
 
     def describe(self) -> dict[str, object]:
@@ -237,4 +252,6 @@ class FederatedDataset:
             "group_ids": {name: ids.tolist() for name, ids in self.group_ids.items()},
             "drift_rounds": self.drift_rounds(),
             "class_names": None if self.class_names is None else list(self.class_names),
+            "client_names": None if self.client_names is None else list(self.client_names),
+            "notes": list(self.notes),
         }

@@ -73,7 +73,7 @@ from plural.robust.runtime import (
     RoundHooks,
     check_algorithm,
 )
-from plural.safety.checks import check_config, check_federation
+from plural.safety.checks import check_config, check_federation, check_validation
 from plural.safety.numerics import (
     check_scores,
     check_server,
@@ -613,6 +613,7 @@ def run(
     federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
     check_federation(cfg, federation, models)
+    check_validation(algorithm, federation)
     info = federation_info(federation, models, cfg.seed)
     if privacy is not None:
         privacy.start(info.num_clients, federation.sizes("train").tolist(), info.parameters)
