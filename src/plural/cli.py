@@ -139,8 +139,15 @@ def _tracking(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from plural.report.header import HeaderPrinter
+    from plural.report.output import choose_output
+
     config = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    default = Path("runs") / Path(args.config).stem
+    choice = choose_output(args.out, default, resume=args.resume, overwrite=args.overwrite)
+    out = choice.path
+    if choice.message:
+        print(choice.message, file=sys.stderr)
     if args.resume and not (out / "checkpoint.pt").is_file():
         print(
             f"plural: --resume: no checkpoint in {str(out)!r}; starting a new run",
@@ -148,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     tracking = _tracking(args)
     with contextlib.ExitStack() as stack:  # logging runs end FAILED if the run fails
-        callbacks = [stack.enter_context(cb) for cb in tracking.callbacks()]
+        callbacks = [HeaderPrinter(), *(stack.enter_context(cb) for cb in tracking.callbacks())]
         results = run(
             config,
             out=out,
@@ -357,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--out", help="run directory (default: runs/<config name>)")
     run_cmd.add_argument(
         "--resume", action="store_true", help="continue from the run directory's checkpoint"
+    )
+    run_cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in the run directory (only the files plural wrote are deleted)",
     )
     run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     _allow_import_option(run_cmd)

@@ -64,6 +64,7 @@ from plural.models.zoo import ModelFamily
 from plural.privacy.run import PrivateRun, plan_privacy
 from plural.registry import ALGORITHMS, DATASETS, PARTITIONERS, TRANSFORMS
 from plural.report.environment import environment_entry
+from plural.report.header import run_info
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 from plural.robust.runtime import (
     ClientFailure,
@@ -647,10 +648,12 @@ def run(
         )
         bar = ProgressBar(cfg.rounds, counters.round, enabled=progress)
         backend = make_backend(setup, cfg.backend)
-        if run_dir is not None:  # the threads the backend's processes actually use
-            threads = getattr(backend, "threads", None)
-            run_dir.record_environment(environment_entry(str(device), threads))
         try:
+            if run_dir is not None:  # the threads the backend's processes actually use
+                threads = getattr(backend, "threads", None)
+                run_dir.record_environment(environment_entry(str(device), threads))
+            info = run_info(cfg, federation, models, backend, device, run_dir and run_dir.path)
+            notify(callbacks, "on_run_info", info)  # e.g. the header `plural run` prints
             keep_states = getattr(backend, "keep_states", None)
             if keep_states is not None:  # client states move to the workers that run the clients
                 store = loop.store = keep_states(store)
