@@ -45,7 +45,7 @@ def test_the_header_says_what_runs_where(workdir: Path, capsys: pytest.CaptureFi
     assert "mlp, 610 parameters" in header  # 64*8 + 8 + 8*10 + 10
     assert "fedavg, 1 round" in header
     assert "sequential on cpu, 1 torch thread per process" in header
-    assert "run dir    runs/again" in header
+    assert "run dir:   runs/again" in header
     sizes = header.split("samples ")[1].splitlines()[0]
     counts = [int(part.split()[0]) for part in sizes.split(", ")]
     assert sum(counts) == 1797 and counts[0] > counts[2] > counts[1] > 0  # train > test > val
@@ -61,7 +61,7 @@ def test_running_twice_takes_a_new_name_and_says_why(
         assert code == 0
         assert "'runs/again' already holds a run (finished, 1 round)" in err
         assert f"goes to 'runs/{expected}'" in err and "--resume" in err and "--overwrite" in err
-        assert f"run dir    runs/{expected}" in out
+        assert f"run dir:   runs/{expected}" in out
         assert (workdir / "runs" / expected / "summary.json").is_file()
     assert (workdir / "runs/again/summary.json").read_text() == first
 
@@ -76,7 +76,7 @@ def test_overwrite_replaces_only_what_plural_wrote(
     assert code == 0
     assert "--overwrite replaced it; kept files plural did not write: my-notes.txt" in err
     assert mine.read_text() == "keep me"
-    assert "run dir    runs/again\n" in out
+    assert "run dir:   runs/again\n" in out
     assert not (workdir / "runs/again-2").exists()
     code, _, err = _run(capsys, "--overwrite", "--resume")
     assert code == 2 and "give one" in err

@@ -38,15 +38,15 @@ class RunInfo:
         threads = "?" if self.threads is None else str(self.threads)
         rows = [
             f"plural run {self.name!r}",
-            f"  dataset    {self.dataset}: {self.clients} clients, {self.classes} classes; "
+            f"  dataset:   {self.dataset}: {self.clients} clients, {self.classes} classes; "
             f"samples {sizes}",
-            f"  model      {self.model}, {params} parameters",
-            f"  algorithm  {self.algorithm}, {_count(self.rounds, 'round')}",
-            f"  backend    {self.backend}{workers} on {self.device}, {threads} torch "
+            f"  model:     {self.model}, {params} parameters",
+            f"  algorithm: {self.algorithm}, {_count(self.rounds, 'round')}",
+            f"  backend:   {self.backend}{workers} on {self.device}, {threads} torch "
             f"thread{'' if self.threads == 1 else 's'} per process",
-            f"  run dir    {self.run_dir if self.run_dir is not None else '(none: nothing kept)'}",
+            f"  run dir:   {self.run_dir if self.run_dir is not None else '(none: nothing kept)'}",
         ]
-        rows += [f"  note       {note}" for note in self.notes]
+        rows += [f"  note:      {note}" for note in self.notes]
         return rows
 
 
