@@ -3,21 +3,38 @@
 Quick start::
 
     import plural
-    results = plural.run("examples/digits_fedavg.yaml", out="runs/digits")
+    results = plural.run("examples/digits_dirichlet.yaml", out="runs/digits")
     print(results.summary["test"]["accuracy"])
 
 The building blocks are importable by name: ``plural.data`` (datasets, partitioners,
 federations), ``plural.models``, ``plural.algorithms``, ``plural.core`` (trainer,
 aggregators, rng), ``plural.engine``.
+
+Names are imported when first used, so that ``import plural`` (and ``plural --help``) does
+not import torch; the registries load plural's components when first asked.
 """
 
-from plural import algorithms, data, models, placeholders  # noqa: F401  (registers components)
-from plural.config import ConfigError
-from plural.engine import EarlyStopping, Results, run
-from plural.experiment import ExperimentConfig, load_config
-from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ALGORITHMS": "plural.registry",
+    "DATASETS": "plural.registry",
+    "MODELS": "plural.registry",
+    "PARTITIONERS": "plural.registry",
+    "TRANSFORMS": "plural.registry",
+    "ConfigError": "plural.config",
+    "EarlyStopping": "plural.engine",
+    "Results": "plural.engine",
+    "run": "plural.engine",
+    "ExperimentConfig": "plural.experiment",
+    "load_config": "plural.experiment",
+}
+_SUBPACKAGES = ("algorithms", "data", "models", "placeholders", "core", "engine", "report")
 
 __all__ = [
     "ALGORITHMS",
@@ -33,3 +50,22 @@ __all__ = [
     "load_config",
     "run",
 ]
+
+if TYPE_CHECKING:
+    from plural.config import ConfigError
+    from plural.engine import EarlyStopping, Results, run
+    from plural.experiment import ExperimentConfig, load_config
+    from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        if name in ("ALGORITHMS", "DATASETS", "MODELS", "PARTITIONERS", "TRANSFORMS"):
+            module.load_components()
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"plural.{name}")
+    raise AttributeError(f"module 'plural' has no attribute {name!r}")
