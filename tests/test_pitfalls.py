@@ -142,3 +142,14 @@ def test_mlflow_without_a_uri_leaves_the_config_path(tmp_path: Path, command: st
     assert args.config == "c.yaml" and args.mlflow == "sqlite:///m.db"
     args = parse_args([command, "c.yaml", "--mlflow"])
     assert args.config == "c.yaml" and args.mlflow == ""
+
+
+def test_the_report_shows_the_client_id_mapping_and_notes() -> None:
+    from plural.report.html import MAX_CLIENT_NAMES, _federation_html
+
+    names = [f"writer-{i}" for i in range(MAX_CLIENT_NAMES + 5)]
+    fed = {"dataset": "d", "num_clients": len(names), "client_names": names, "notes": ["moved"]}
+    text = _federation_html(None, fed, ["fedavg (seed 0)"], 0)  # type: ignore[arg-type]
+    assert "0: writer-0, 1: writer-1" in text
+    assert f"... ({len(names)} in federation.json)" in text
+    assert "<th>note</th><td>moved</td>" in text
