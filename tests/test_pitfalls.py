@@ -109,6 +109,7 @@ def test_a_model_module_that_fails_inside_says_so(
         plural.load_config(_factory_config("broken_models_x"))
 
 
+@pytest.mark.filterwarnings("ignore:.*too small to have val samples")
 def test_empty_validation_split_is_an_error_before_training(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
