@@ -129,3 +129,19 @@ def test_environment_records_the_threads_used(
         assert torch.get_num_threads() == 2  # restored after the run
     finally:
         torch.set_num_threads(1)
+
+
+def test_the_threads_benchmark_workloads_are_valid_configs() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "threads.py"
+    spec = importlib.util.spec_from_file_location("threads_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for quick in (True, False):
+        workloads = module.workloads(quick)
+        assert "lenet-20" in workloads and "demo-fedavg" in workloads
+        for config in workloads.values():
+            assert load_config(config).backend.thread_override is None  # the default is measured
