@@ -19,8 +19,9 @@ CORES_VARIABLE = "PLURAL_CORES"
 
 PARAMETERS_PER_THREAD = 1_000_000
 """One more thread per this many parameters of work per operation (see the module docstring);
-below it one thread. Chosen from ``benchmarks/threads.py``: a LeNet (62k parameters) and the
-demo's MLP run fastest on one thread, alone and beside a copy of themselves."""
+below it one thread. In ``benchmarks/threads.py`` a LeNet on MNIST (108k parameters) and the
+demo's MLP ran fastest on one thread on 2 cores, alone and beside a copy of themselves (two
+threads: 2-7x slower); the threshold for larger models is not measured yet."""
 
 
 def usable_cores() -> int:
