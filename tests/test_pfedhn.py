@@ -35,7 +35,7 @@ def small_server(settings: dict[str, Any]) -> tuple[PFedHN, Any]:
 def test_the_server_step_is_the_chain_rule_through_the_hypernetwork() -> None:
     lr = 0.1
     algorithm, server = small_server(
-        {"server_lr": lr, "server_momentum": 0.0, "server_weight_decay": 0.0, "max_grad_norm": None}
+        {"hnet_lr": lr, "hnet_momentum": 0.0, "hnet_weight_decay": 0.0, "max_grad_norm": None}
     )
     cohort = [1, 3]
     messages = {c: ModelMessage(algorithm.generate(server, c)) for c in cohort}

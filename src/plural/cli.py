@@ -1,4 +1,8 @@
-"""The ``plural`` command: ``demo``, ``run``, ``list``."""
+"""The ``plural`` command: ``demo``, ``run``, ``sweep``, ``list``, ``config``, ...
+
+Heavy modules (torch, the engine, the components) are imported by the commands that use
+them, so that ``plural --help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,18 @@ import datetime
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plural
-from plural.config import ConfigError, describe
-from plural.data.datasets import DataError, DatasetUnavailable
-from plural.experiment import PLAIN_SECTIONS, RunSettings, load_config
-from plural.privacy.settings import PrivacyConfig
-from plural.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONERS, TRANSFORMS, Registry
+from plural.config import ConfigError
+from plural.discover import KIND_ALIASES, section_names
+from plural.discover import REGISTRIES as REGISTRIES
+from plural.registry import ALGORITHMS
 from plural.report.tables import format_table
-from plural.runner import Results, run
 from plural.safety.imports import restricted_imports
-from plural.safety.numerics import DivergedError
+
+if TYPE_CHECKING:
+    from plural.runner import Results
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -35,14 +39,13 @@ DEMO_CONFIG: dict[str, Any] = {
     "backend": {"threads_per_worker": 1},
 }
 
-REGISTRIES: dict[str, Registry[Any]] = {
-    "datasets": DATASETS,
-    "partitioners": PARTITIONERS,
-    "models": MODELS,
-    "algorithms": ALGORITHMS,
-    "transforms": TRANSFORMS,
-}
-SECTIONS: dict[str, type] = {"(top level)": RunSettings, **PLAIN_SECTIONS, "privacy": PrivacyConfig}
+
+def __getattr__(name: str) -> Any:
+    if name == "SECTIONS":  # the experiment's plain sections, imported only when asked for
+        from plural.discover import plain_sections
+
+        return {("(top level)" if k == "top" else k): v for k, v in plain_sections().items()}
+    raise AttributeError(f"module 'plural.cli' has no attribute {name!r}")
 
 
 def results_table(results: Sequence[Results], split: str = "test") -> str:
@@ -102,6 +105,9 @@ def demo_settings(name: str, rounds: int) -> dict[str, Any]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from plural.experiment import load_config
+    from plural.runner import run
+
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"runs/demo-{stamp}")
     overrides = [f"rounds={args.rounds}"] if args.rounds else []
@@ -139,8 +145,17 @@ def _tracking(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from plural.experiment import load_config
+    from plural.report.header import HeaderPrinter
+    from plural.report.output import choose_output
+    from plural.runner import run
+
     config = load_config(args.config, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    default = Path("runs") / Path(args.config).stem
+    choice = choose_output(args.out, default, resume=args.resume, overwrite=args.overwrite)
+    out = choice.path
+    if choice.message:
+        print(choice.message, file=sys.stderr)
     if args.resume and not (out / "checkpoint.pt").is_file():
         print(
             f"plural: --resume: no checkpoint in {str(out)!r}; starting a new run",
@@ -148,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     tracking = _tracking(args)
     with contextlib.ExitStack() as stack:  # logging runs end FAILED if the run fails
-        callbacks = [stack.enter_context(cb) for cb in tracking.callbacks()]
+        callbacks = [HeaderPrinter(), *(stack.enter_context(cb) for cb in tracking.callbacks())]
         results = run(
             config,
             out=out,
@@ -267,34 +282,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings_lines(cls: type, indent: str = "    ") -> list[str]:
-    lines = []
-    for info in describe(cls):
-        default = list(info.default) if isinstance(info.default, tuple) else info.default
-        lines.append(f"{indent}{info.name}: {info.type} = {default!r}  # {info.help}")
-    return lines
-
-
 def cmd_list(args: argparse.Namespace) -> int:
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
-    lines: list[str] = []
-    for kind in kinds:
-        lines.append(f"{kind}:")
-        for entry in REGISTRIES[kind]:
-            lines.append(f"  {entry.name} - {entry.description}")
-            lines += _settings_lines(entry.config_cls)
-        if kind == "models":
-            lines.append(
-                "  package.module:factory - any torch.nn.Module factory by import path; other "
-                "keys are its keyword arguments (input_shape/num_classes passed if accepted)"
-            )
-        lines.append("")
-    if not args.kind:
-        lines.append("experiment sections:")
-        for section, cls in SECTIONS.items():
-            lines.append(f"  {section}")
-            lines += _settings_lines(cls)
-    print("\n".join(lines).rstrip())
+    from plural.discover import list_text
+
+    print(list_text(args.kind, args.name))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from plural.discover import resolved_config_text
+
+    print(resolved_config_text(args.config, args.set or []))
     return 0
 
 
@@ -369,20 +367,59 @@ def _comparison_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(
+    sub: Any, name: str, summary: str, description: str, examples: Sequence[str]
+) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` has a description and examples."""
+    epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plural", description=plural.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="plural",
+        description=plural.__doc__.splitlines()[0],
+        epilog="examples:\n  plural demo --rounds 10\n  plural run examples/digits_dirichlet.yaml"
+        "\n  plural list algorithms\n  plural COMMAND --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"plural {plural.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser(
-        "demo", help="run every suitable algorithm on a built-in heterogeneous federation"
+    demo = _command(
+        sub,
+        "demo",
+        "run every suitable algorithm on a built-in heterogeneous federation",
+        "Run every algorithm that suits it on 20 clients of scikit-learn's digits with Dirichlet "
+        "label skew (alpha 0.3), then print per-client test accuracy side by side.",
+        ["plural demo", "plural demo --rounds 5 --out runs/quick-demo"],
     )
     demo.add_argument("--out", help="directory for the runs (default: runs/demo-<time>)")
     demo.add_argument("--rounds", type=int, help="override the number of rounds")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    run_cmd = sub.add_parser("run", help="run one experiment from a YAML config")
+    run_cmd = _command(
+        sub,
+        "run",
+        "run one experiment from a YAML config",
+        "Run the experiment a YAML config describes. A header says what runs where; the run "
+        "directory (default runs/<config name>) gets config.yaml, metrics.parquet, "
+        "summary.json and a checkpoint. If the default directory already holds a run, the new "
+        "run takes the next free name (-2, -3, ...); --resume continues the run, --overwrite "
+        "replaces it.",
+        [
+            "plural run examples/digits_dirichlet.yaml",
+            "plural run examples/digits_dirichlet.yaml --set rounds=5 --set algorithm=ditto",
+            "plural run examples/digits_dirichlet.yaml --resume",
+        ],
+    )
     run_cmd.add_argument("config", help="path to the YAML config")
     run_cmd.add_argument(
         "--set",
@@ -394,13 +431,44 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument(
         "--resume", action="store_true", help="continue from the run directory's checkpoint"
     )
+    run_cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in the run directory (only the files plural wrote are deleted)",
+    )
     run_cmd.add_argument("--quiet", action="store_true", help="no progress bar")
     _allow_import_option(run_cmd)
     _tracking_options(run_cmd)
     run_cmd.set_defaults(func=cmd_run)
 
-    diag = sub.add_parser(
-        "diagnose", help="measure a federation's heterogeneity and recommend methods"
+    config_cmd = _command(
+        sub,
+        "config",
+        "print a config fully resolved, with every default filled in",
+        "Validate a YAML config (with --set overrides) and print it as plural will run it: "
+        "every section and every setting, defaults included.",
+        [
+            "plural config examples/digits_dirichlet.yaml",
+            "plural config examples/digits_dirichlet.yaml --set algorithm=ditto",
+        ],
+    )
+    config_cmd.add_argument("config", help="path to the YAML config")
+    config_cmd.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a setting (repeatable)"
+    )
+    _allow_import_option(config_cmd)
+    config_cmd.set_defaults(func=cmd_config)
+
+    diag = _command(
+        sub,
+        "diagnose",
+        "measure a federation's heterogeneity and recommend methods",
+        "Measure how the config's clients differ (labels, features, gradients, drift) and "
+        "recommend methods; --probe also runs the candidates briefly and ranks them.",
+        [
+            "plural diagnose examples/digits_dirichlet.yaml",
+            "plural diagnose examples/digits_dirichlet.yaml --probe --probe-rounds 5",
+        ],
     )
     diag.add_argument("config", help="path to the YAML config")
     diag.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
@@ -425,8 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     _allow_import_option(diag)
     diag.set_defaults(func=cmd_diagnose)
 
-    sweep = sub.add_parser(
-        "sweep", help="run a config over a grid of settings and seeds (resumable)"
+    sweep = _command(
+        sub,
+        "sweep",
+        "run a config over a grid of settings and seeds (resumable)",
+        "Run a config once per grid point and seed, --workers at a time (each cell's runs "
+        "share its part of the cores), then rank the results. Rerunning the same command "
+        "resumes the cells that did not finish.",
+        [
+            "plural sweep examples/digits_dirichlet.yaml --grid algorithm=fedavg,ditto --seeds 0-2",
+            "plural sweep examples/digits_dirichlet.yaml --grid partition.alpha=0.1,1.0 "
+            "--workers 2",
+        ],
     )
     sweep.add_argument("config", help="path to the base YAML config")
     sweep.add_argument(
@@ -451,8 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_options(sweep)
     sweep.set_defaults(func=cmd_sweep)
 
-    compare = sub.add_parser(
-        "compare", help="rank runs and sweeps side by side; write an HTML report"
+    compare = _command(
+        sub,
+        "compare",
+        "rank runs and sweeps side by side; write an HTML report",
+        "Rank the runs and sweeps under the given folders by per-client accuracy (or loss) "
+        "and write an HTML report with figures.",
+        ["plural compare runs/demo-20250101-120000", "plural compare runs/a runs/b --no-report"],
     )
     compare.add_argument(
         "paths",
@@ -465,34 +548,95 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-report", action="store_true", help="only print the table")
     compare.set_defaults(func=cmd_compare)
 
-    report = sub.add_parser("report", help="the HTML report of one run")
+    report = _command(
+        sub,
+        "report",
+        "the HTML report of one run",
+        "Write the HTML report (tables and figures) of one run directory.",
+        ["plural report runs/digits_dirichlet"],
+    )
     report.add_argument("run_dir", help="the run directory")
     _comparison_options(report)
     report.add_argument("--out", help="the HTML report (default: RUN_DIR/report.html)")
     report.set_defaults(func=cmd_report)
 
-    export = sub.add_parser(
-        "export", help="each client's model as safetensors, with a manifest.json"
+    export = _command(
+        sub,
+        "export",
+        "each client's model as safetensors, with a manifest.json",
+        "Write the model each client is scored with (personal, cluster or global) as one "
+        "safetensors file per client, plus manifest.json (client, which model, its accuracy).",
+        ["plural export runs/digits --out models/"],
     )
     export.add_argument("run_dir", help="the run directory")
     export.add_argument("--out", required=True, help="the folder for the files")
     export.set_defaults(func=cmd_export)
 
-    lst = sub.add_parser(
-        "list", help="datasets, partitioners, models, algorithms and their settings"
+    lst = _command(
+        sub,
+        "list",
+        "every config section and component, with settings and defaults",
+        "List every config section: the components of each kind (datasets, partitioners, "
+        "models, algorithms, transforms) and the plain sections (split, train, sampling, eval, "
+        "backend, diagnostics, ...), each setting with its type, default and meaning. Settings "
+        "many algorithms share are shown once.",
+        ["plural list", "plural list backend", "plural list algorithms ditto"],
     )
-    lst.add_argument("kind", nargs="?", choices=list(REGISTRIES))
+    lst.add_argument(
+        "kind",
+        nargs="?",
+        metavar="SECTION",
+        choices=[*section_names(), *KIND_ALIASES],
+        help=f"one section: {', '.join(section_names())}",
+    )
+    lst.add_argument("name", nargs="?", metavar="NAME", help="one component of SECTION")
     lst.set_defaults(func=cmd_list)
     return parser
 
 
+def _bare_optional_values(argv: Sequence[str]) -> list[str]:
+    """``--mlflow CONFIG.yaml`` means MLflow's default store and the config CONFIG.yaml, not
+    the tracking URI CONFIG.yaml: an option whose value is optional does not take a config
+    file as its value (it becomes ``--mlflow=``)."""
+    out = list(argv)
+    for i, item in enumerate(out[:-1]):
+        following = out[i + 1]
+        if (
+            item == "--mlflow"
+            and "://" not in following
+            and (following.lower().endswith((".yaml", ".yml")) or Path(following).is_file())
+        ):
+            out[i] = "--mlflow="
+    return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line parsed (``sys.argv[1:]`` by default)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return build_parser().parse_args(_bare_optional_values(argv))
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Data that is missing or wrong, or a run that diverged: a message, not a traceback.
+    (Their modules are imported here, once a command has run, not at start-up.)"""
+    from plural.data.datasets import DataError, DatasetUnavailable
+    from plural.safety.numerics import DivergedError
+
+    return isinstance(err, (DatasetUnavailable, DataError, DivergedError))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         # configs read from files import code only from the packages the user allows
         with restricted_imports(getattr(args, "allow_import", []), _announce_allowed):
             return int(args.func(args))
-    except (ConfigError, DatasetUnavailable, DataError, DivergedError) as err:
+    except ConfigError as err:
+        print(f"plural: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not _is_user_error(err):
+            raise
         print(f"plural: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

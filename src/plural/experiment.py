@@ -128,12 +128,16 @@ class BackendConfig:
     workers: int | None = setting(
         None, help="process / ray workers (default: CPU cores, or the Ray cluster's CPUs)", ge=1
     )
-    threads_per_worker: int | None = setting(
+    threads: int | None = setting(
         None,
-        help="torch threads per worker (process/ray default: cores / workers; sequential "
-        "default: torch's current setting; at most 256)",
+        help="torch threads per process (default: chosen from the cores this process may use, "
+        "the workers sharing them and the model's size, never more than the cores; see "
+        "plural.engine.threads; at most 256)",
         ge=1,
         le=256,
+    )
+    threads_per_worker: int | None = setting(
+        None, help="the same as threads (its former name)", ge=1, le=256
     )
     device: Literal["cpu", "cuda", "mps", "auto"] = setting(
         "cpu",
@@ -165,6 +169,20 @@ class BackendConfig:
         help="'disk' state: the folder (default: client_state/ in the run directory, or a "
         "temporary folder for runs without one)",
     )
+
+    def __post_init__(self) -> None:
+        if None not in (self.threads, self.threads_per_worker) and (
+            self.threads != self.threads_per_worker
+        ):
+            raise ValueError(
+                f"threads ({self.threads}) and threads_per_worker ({self.threads_per_worker}) "
+                "name the same setting; give one"
+            )
+
+    @property
+    def thread_override(self) -> int | None:
+        """The threads the config asks for (``threads`` or ``threads_per_worker``), or None."""
+        return self.threads if self.threads is not None else self.threads_per_worker
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ validation come from one place.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +25,22 @@ class Entry(Generic[T]):
     target: T
     config_cls: type
     description: str
+
+
+COMPONENT_MODULES = ("plural.algorithms", "plural.data", "plural.models", "plural.placeholders")
+"""The modules whose import registers plural's own components."""
+
+_loading: list[bool] = []
+
+
+def load_components() -> None:
+    """Import the modules that register plural's components (once; ``import plural`` does not,
+    so that ``plural --help`` answers without importing torch)."""
+    if _loading:
+        return
+    _loading.append(True)
+    for module in COMPONENT_MODULES:
+        importlib.import_module(module)
 
 
 class Registry(Generic[T]):
@@ -46,6 +63,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str, path: str | None = None) -> Entry[T]:
         """The entry called ``name``; a ConfigError lists the known names otherwise."""
+        load_components()
         if not isinstance(name, str):
             raise ConfigError(
                 f"{path or self.kind}.name: expected a name (one of "
@@ -58,12 +76,14 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def names(self) -> list[str]:
+        load_components()
         return sorted(self._entries)
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries[n] for n in self.names())
 
     def __contains__(self, name: object) -> bool:
+        load_components()
         return name in self._entries
 
     def parse(

@@ -68,9 +68,9 @@ class PFedHNConfig:
     )
     hidden: int = setting(100, help="width of the hypernetwork's hidden layers", ge=1)
     hidden_layers: int = setting(3, help="hidden ReLU-linear blocks after the first layer", ge=0)
-    server_lr: float = setting(0.01, help="learning rate of the hypernetwork's SGD", gt=0)
-    server_momentum: float = setting(0.9, help="momentum of the hypernetwork's SGD", ge=0, lt=1)
-    server_weight_decay: float = setting(0.001, help="weight decay of the hypernetwork's SGD", ge=0)
+    hnet_lr: float = setting(0.01, help="learning rate of the hypernetwork's SGD", gt=0)
+    hnet_momentum: float = setting(0.9, help="momentum of the hypernetwork's SGD", ge=0, lt=1)
+    hnet_weight_decay: float = setting(0.001, help="weight decay of the hypernetwork's SGD", ge=0)
     max_grad_norm: float | None = setting(
         50.0, help="clip the hypernetwork's gradient to this L2 norm (null: no clipping)", gt=0
     )
@@ -209,9 +209,9 @@ class PFedHN(Algorithm):
         # SGD with momentum and weight decay, as torch.optim.SGD, through the server step:
         # the target is the model one unit step down the decayed gradient.
         target = {
-            n: current[n] - (gradient[n] + cfg.server_weight_decay * current[n]) for n in current
+            n: current[n] - (gradient[n] + cfg.hnet_weight_decay * current[n]) for n in current
         }
-        settings = ServerOptimizerSettings("momentum", cfg.server_lr, cfg.server_momentum)
+        settings = ServerOptimizerSettings("momentum", cfg.hnet_lr, cfg.hnet_momentum)
         new, opt_state = server_step(current, target, server.extra[OPTIMIZER_KEY], settings)
         return ServerState(
             server.params, {**server.extra, HYPERNETWORK_KEY: new, OPTIMIZER_KEY: opt_state}

@@ -172,6 +172,9 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     in_demo: ClassVar[bool] = True
     """Whether ``plural demo`` runs it (False for methods that need special models or data)."""
+    needs_validation: ClassVar[bool] = False
+    """Whether clients score on their own validation split during training (the run then
+    refuses a federation with a client that has none, before training)."""
     aggregation: AggregationChain = PLAIN
     """How the server combines client models (clipping, robust rule, noise; see
     :mod:`plural.core.aggregation`); set from the run's config when the run is assembled.

@@ -1,6 +1,6 @@
 """Datasets, partitioners and federations; importing this package registers them."""
 
-from plural.data import datasets, partitioners, published, text, topics, transforms
+from plural.data import datasets, hf, partitioners, published, text, topics, transforms
 from plural.data.datasets import DatasetUnavailable, from_arrays
 from plural.data.federated import ClientData, FederatedDataset, TensorSplit
 from plural.data.partitioners import sequential_split, train_val_test_split
@@ -15,6 +15,7 @@ __all__ = [
     "TensorSplit",
     "datasets",
     "from_arrays",
+    "hf",
     "partitioners",
     "published",
     "sequential_split",

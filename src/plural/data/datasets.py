@@ -649,6 +649,24 @@ def _ids(values: np.ndarray) -> np.ndarray:
     return _sorted_unique(values)[1]
 
 
+IMAGE_CHANNELS = (1, 3, 4)
+"""Channel counts of images: grey, RGB, RGBA."""
+
+
+def channels_first(x: np.ndarray, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Images stored channel-last ``(N, H, W, C)`` (as PIL, TensorFlow and Hugging Face store
+    them) transposed to the ``(N, C, H, W)`` that torch's convolutions take, with a note
+    saying so; other arrays unchanged. Only unambiguous layouts are transposed: the last axis
+    is 1, 3 or 4 and the second is not."""
+    if x.ndim != 4 or x.shape[3] not in IMAGE_CHANNELS or x.shape[1] in IMAGE_CHANNELS:
+        return x, ()
+    note = (
+        f"{name}: x of shape {x.shape} looks like channel-last images (N, H, W, C); "
+        f"transposed to channels first {(x.shape[0], x.shape[3], *x.shape[1:3])}"
+    )
+    return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))), (note,)
+
+
 def from_arrays(
     x: Any,
     y: Any,
@@ -661,7 +679,8 @@ def from_arrays(
 ) -> ArrayDataset:
     """An :class:`ArrayDataset` from user arrays.
 
-    ``x`` is any numeric array (cast to float32; 1-D becomes ``(n, 1)``); NaN or infinite
+    ``x`` is any numeric array (cast to float32; 1-D becomes ``(n, 1)``; channel-last images
+    ``(n, H, W, C)`` become ``(n, C, H, W)``, see :func:`channels_first`); NaN or infinite
     values are an error. Labels that are non-negative integers are kept as class ids;
     any other labels (strings, negative ints, ...) are mapped to 0..C-1 in sorted order
     with ``class_names`` their text. ``client_ids`` of any type are mapped to 0..K-1 in
@@ -683,6 +702,7 @@ def from_arrays(
         raise DataError(f"{name}: x must have one row per sample, got a scalar")
     if xa.ndim == 1:
         xa = xa[:, None]
+    xa, notes = channels_first(xa, name)
     n = xa.shape[0]
     if n == 0:
         raise DataError(f"{name}: the data has no samples (zero rows)")
@@ -694,7 +714,10 @@ def from_arrays(
     y_column = _column(y, f"{name}: y", n)
     _check_label_values(y_column, f"{name}: y")
     ya, count, class_names = _labels(y_column, num_classes)
-    clients = None if client_ids is None else _ids(_column(client_ids, f"{name}: client_ids", n))
+    clients, client_names = None, None
+    if client_ids is not None:
+        ordered, clients = _sorted_unique(_column(client_ids, f"{name}: client_ids", n))
+        client_names = tuple(str(v) for v in ordered)
     groups = None
     if sample_groups is not None:
         raw = _column(sample_groups, f"{name}: sample_groups", n)
@@ -713,6 +736,8 @@ def from_arrays(
         sample_groups=groups,
         class_names=class_names,
         sample_splits=marks,
+        client_names=client_names,
+        notes=notes,
     )
 
 

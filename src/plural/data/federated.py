@@ -100,6 +100,15 @@ class ClientData:
         return ClientData(self.client_id, splits["train"], splits["val"], splits["test"])
 
 
+def client_names(dataset: ArrayDataset, partition: Partition) -> tuple[str, ...] | None:
+    """The user's id of each client of ``partition``, where it holds the dataset's own
+    clients: what client k of the federation was called in the data."""
+    if partition.source_clients is None:
+        return None
+    names = dataset.client_names
+    return tuple(str(i) if names is None else names[i] for i in partition.source_clients)
+
+
 def combine_groups(group_ids: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """One ground-truth group per client: each distinct combination of the given groupings."""
     if not group_ids:
@@ -129,6 +138,10 @@ class FederatedDataset:
     """Clients that never train and are served as newcomers (``split.unseen_clients``)."""
     fixed_split: bool = False
     """True when every client's train / val / test split came from the data."""
+    client_names: tuple[str, ...] | None = None
+    """The user's id of each client (from the data's client column), where known."""
+    notes: tuple[str, ...] = ()
+    """What loading changed about the data (``ArrayDataset.notes``)."""
 
     @property
     def num_clients(self) -> int:
@@ -239,6 +252,8 @@ class FederatedDataset:
             group_ids=group_ids,
             class_names=dataset.class_names,
             fixed_split=marks is not None,
+            client_names=client_names(dataset, partition),
+            notes=dataset.notes,
         )
 
     def describe(self) -> dict[str, object]:
@@ -258,4 +273,6 @@ class FederatedDataset:
             **({"server_size": len(self.server)} if self.server is not None else {}),
             **({"unseen": list(self.unseen)} if self.unseen else {}),
             **({"split_from_data": True} if self.fixed_split else {}),
+            "client_names": None if self.client_names is None else list(self.client_names),
+            "notes": list(self.notes),
         }

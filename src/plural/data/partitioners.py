@@ -873,7 +873,8 @@ class NaturalPartitioner:
         if data.sample_groups is not None:
             used = owner >= 0
             groups = _majority(owner[used], np.asarray(data.sample_groups)[used], len(kept))
-        return _partition_from_owner(owner, len(kept), groups)
+        partition = _partition_from_owner(owner, len(kept), groups)
+        return dataclasses.replace(partition, source_clients=ids[kept])
 
 
 # ---------------------------------------------------------------------------------------------

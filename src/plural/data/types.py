@@ -36,6 +36,10 @@ class ArrayDataset:
     official_test: np.ndarray | None = None
     """Per sample, True for the dataset's official test set (built-in datasets that have
     one); ``split: {server: official}`` keeps those samples as the server set."""
+    client_names: tuple[str, ...] | None = None
+    """The user's id of each client id 0..K-1 (as text), where ids were mapped from them."""
+    notes: tuple[str, ...] = ()
+    """What loading changed about the data (e.g. images transposed to channels first)."""
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -69,6 +73,9 @@ class Partition:
 
     client_indices: list[np.ndarray]
     groups: np.ndarray | None = None
+    source_clients: np.ndarray | None = None
+    """The dataset's client id (``ArrayDataset.client_ids``) of each client, for partitions of
+    the dataset's natural clients."""
 
     @property
     def num_clients(self) -> int:

@@ -31,6 +31,7 @@ from plural.core.params import Params
 from plural.core.rng import torch_generator
 from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
 from plural.data.federated import FederatedDataset, SplitName
+from plural.engine.threads import choose_threads, cores_per_process, usable_cores
 from plural.experiment import BackendConfig
 
 CPU = torch.device("cpu")
@@ -234,6 +235,7 @@ class SequentialBackend:
         self._restore_threads = torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
         return list(self.imap(task, items))
@@ -278,10 +280,9 @@ class ProcessBackend:
     """
 
     def __init__(self, setup: WorkerSetup, workers: int | None = None, threads: int | None = None):
-        cores = os.cpu_count() or 1
         self.num_clients = setup.federation.num_clients
-        self.workers = workers or cores
-        self.threads = threads or max(1, cores // self.workers)
+        self.workers = workers or usable_cores()
+        self.threads = threads or cores_per_process(self.workers)
         self._setup_dir = tempfile.mkdtemp(prefix="plural-workers-")
         setup_path = os.path.join(self._setup_dir, "setup.pkl")
         with open(setup_path, "wb") as handle:
@@ -315,22 +316,37 @@ class ProcessBackend:
         shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
+def model_parameters(model: nn.Module | ClientModels) -> int:
+    """Parameters of the largest model clients train (what sets the threads worth using)."""
+    members = model.members if isinstance(model, ClientModels) else (model,)
+    return max(sum(p.numel() for p in member.parameters()) for member in members)
+
+
+def backend_threads(setup: WorkerSetup, config: BackendConfig) -> int:
+    """Torch threads per process of the backend ``config`` names (see
+    :mod:`plural.engine.threads`); ``backend.threads`` when the config gives it."""
+    processes = 1
+    if config.name in ("process", "ray"):
+        processes = config.workers or usable_cores()
+    return choose_threads(model_parameters(setup.model), processes, config.thread_override)
+
+
 def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
-    """The backend ``config`` names, built around ``setup``."""
+    """The backend ``config`` names, built around ``setup``; each of its processes uses
+    :func:`backend_threads` torch threads (the backend's ``threads``)."""
+    threads = backend_threads(setup, config)
     if config.name == "sequential":
-        return SequentialBackend(setup, config.threads_per_worker)
+        return SequentialBackend(setup, threads)
     if config.name == "vectorized":
         from plural.engine.vectorized import VectorizedBackend
 
-        return VectorizedBackend(
-            setup, config.vectorize, config.threads_per_worker, config.max_batch_clients
-        )
+        return VectorizedBackend(setup, config.vectorize, threads, config.max_batch_clients)
     if config.name == "process":
-        return ProcessBackend(setup, config.workers, config.threads_per_worker)
+        return ProcessBackend(setup, config.workers, threads)
     if config.name == "ray":
         from plural.engine.ray_backend import RayBackend
 
-        return RayBackend(setup, config.workers, config.threads_per_worker, config.address)
+        return RayBackend(setup, config.workers, threads, config.address)
     raise ValueError(
         f"unknown backend {config.name!r}; allowed: 'sequential', 'vectorized', 'process', 'ray'"
     )

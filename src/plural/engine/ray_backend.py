@@ -51,6 +51,7 @@ from plural.engine.store import (
     StateStore,
     _states_of,
 )
+from plural.engine.threads import usable_cores
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -302,7 +303,7 @@ def _connect(ray: Any, address: str | None) -> bool:
         return False
     options: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
     if address is None and "RAY_ADDRESS" not in os.environ:
-        options.update(num_cpus=os.cpu_count() or 1, include_dashboard=False)
+        options.update(num_cpus=usable_cores(), include_dashboard=False)
     with warnings.catch_warnings():
         # A tip about GPU visibility in future Ray versions; the actors use no GPU.
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)

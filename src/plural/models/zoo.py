@@ -11,7 +11,9 @@ import dataclasses
 import importlib
 import inspect
 import itertools
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -355,11 +357,36 @@ def _import_factory(path: str, *, allowed: bool = False) -> Callable[..., nn.Mod
     try:
         module = importlib.import_module(module_name)
     except (ImportError, ValueError) as err:
-        raise ConfigError(f"model.name: cannot import module {module_name!r} ({err})") from err
+        raise ConfigError(
+            f"model.name: cannot import module {module_name!r} ({err}); {_where_is(module_name)}"
+        ) from err
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ConfigError(f"model.name: {module_name!r} has no callable {attribute!r}")
     return factory
+
+
+def _where_is(module_name: str) -> str:
+    """Whether the module's file lies in a folder on ``sys.path``, and how to put it there."""
+    top = module_name.split(".")[0]
+    folders = [Path(p or ".").resolve() for p in sys.path]
+    found = [
+        folder
+        for folder in folders
+        if (folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()
+    ]
+    if found:
+        return f"{top!r} is on sys.path (in {found[0]}), so the error is inside it"
+    here = Path.cwd()
+    local = (here / f"{top}.py").is_file() or (here / top).is_dir()
+    hint = (
+        f"{top!r} is in the current folder, which is not on sys.path: run with PYTHONPATH=. "
+        "(e.g. PYTHONPATH=. plural run CONFIG)"
+        if local
+        else f"{top!r} is not in any folder on sys.path: run from the folder that holds it "
+        "with PYTHONPATH=. (e.g. PYTHONPATH=. plural run CONFIG), or pip install it"
+    )
+    return hint
 
 
 _CONTEXT_ARGS = ("input_shape", "num_classes")

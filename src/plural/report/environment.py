@@ -39,8 +39,11 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return versions
 
 
-def environment_entry(device: str = "cpu") -> dict[str, Any]:
-    """This process's environment, for ``environment.json``."""
+def environment_entry(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """This process's environment, for ``environment.json``; ``threads``: the torch threads
+    each process of the run uses (default: this process's current setting)."""
+    from plural.engine.threads import usable_cores
+
     entry: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": list(sys.argv),
@@ -48,7 +51,8 @@ def environment_entry(device: str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "usable_cores": usable_cores(),
+        "torch_threads": torch.get_num_threads() if threads is None else threads,
         "device": device,
         "packages": package_versions(),
     }

@@ -285,6 +285,10 @@ def _heterogeneity_section(page: _Page, methods: Sequence[Method]) -> None:
         page.section("heterogeneity", "Federations", "".join(parts))
 
 
+MAX_CLIENT_NAMES = 30
+"""Client id mappings longer than this are cut short in the report (all in federation.json)."""
+
+
 def _federation_html(page: _Page, fed: dict[str, Any], users: list[str], index: int) -> str:
     sizes = fed.get("sizes", {})
     train = np.asarray(sizes.get("train", []))
@@ -303,6 +307,12 @@ def _federation_html(page: _Page, fed: dict[str, Any], users: list[str], index: 
         ("true groups", len(set(groups)) if groups else "unknown"),
         ("used by", ", ".join(users)),
     ]
+    names = fed.get("client_names")
+    if names:  # the user's client ids, mapped to 0..K-1
+        shown = ", ".join(f"{k}: {name}" for k, name in enumerate(names[:MAX_CLIENT_NAMES]))
+        more = f", ... ({len(names)} in federation.json)" if len(names) > MAX_CLIENT_NAMES else ""
+        facts.append(("client ids (yours)", shown + more))
+    facts += [("note", note) for note in fed.get("notes") or []]
     rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts
     )

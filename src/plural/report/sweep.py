@@ -31,6 +31,7 @@ import pandas as pd
 import yaml
 
 from plural.config import ConfigError
+from plural.engine.threads import CORES_VARIABLE, cores_per_process
 from plural.experiment import (
     ExperimentConfig,
     apply_overrides,
@@ -437,10 +438,10 @@ def _execute(
         for job in jobs:
             yield run_cell(*job)
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = cores_per_process(workers)  # each cell's runs choose their threads within it
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        workers, mp_context=context, initializer=_init_worker, initargs=(cores,)
     )
     waiting = iter(jobs)
     running = {pool.submit(run_cell, *job) for job in itertools.islice(waiting, workers)}
@@ -470,10 +471,12 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(cores: int) -> None:
+    """A cell process: its runs (and their worker processes) share ``cores`` cores."""
     import torch
 
-    torch.set_num_threads(threads)
+    os.environ[CORES_VARIABLE] = str(cores)
+    torch.set_num_threads(cores)
 
 
 def run_cell(

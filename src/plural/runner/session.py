@@ -20,7 +20,7 @@ from plural.core.rng import numpy_rng
 from plural.data.federated import FederatedDataset
 from plural.data.splits import record_split_source
 from plural.data.types import ArrayDataset
-from plural.engine.backends import WorkerSetup, make_backend, resolve_device
+from plural.engine.backends import ClientModels, WorkerSetup, make_backend, resolve_device
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.initial import reinitialised
 from plural.engine.loop import Progress, RoundCallback, RoundLoop
@@ -29,6 +29,7 @@ from plural.engine.store import StateStore, make_store
 from plural.experiment import ExperimentConfig, differing_sections, load_config, with_defaults
 from plural.privacy.run import PrivateRun, plan_privacy
 from plural.report.environment import environment_entry
+from plural.report.header import run_info
 from plural.report.rundir import RunDirectory
 from plural.robust.runtime import Robustness, check_algorithm
 from plural.runner.assembly import (
@@ -50,7 +51,7 @@ from plural.runner.recorders import (
     RobustMetrics,
     RunSummary,
 )
-from plural.safety.checks import check_config, check_federation
+from plural.safety.checks import check_config, check_federation, check_validation
 from plural.safety.runlock import check_run_target, run_lock
 
 # Settings that may change when a run is resumed: they do not change the results.
@@ -87,7 +88,8 @@ class _Run:
     run_dir: RunDirectory | None
     privacy: PrivateRun | None
     robust: Robustness
-    device: str
+    device: Any
+    models: ClientModels
 
 
 def run(
@@ -152,6 +154,7 @@ def _assemble(
     federation = robust.poison_data(cfg, federation)
     models = build_client_models(cfg, federation, algorithm, model)
     check_federation(cfg, federation, models)
+    check_validation(algorithm, federation)
     info = federation_info(federation, models, cfg.seed)
     if privacy is not None:
         privacy.start(info.num_clients, federation.sizes("train").tolist(), info.parameters)
@@ -160,7 +163,7 @@ def _assemble(
     setup = WorkerSetup(
         federation, models, train, cfg.seed, cfg.eval.batch_size, cfg.backend.device
     )
-    return _Run(cfg, algorithm, federation, setup, server, run_dir, privacy, robust, str(device))
+    return _Run(cfg, algorithm, federation, setup, server, run_dir, privacy, robust, device, models)
 
 
 def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool | None) -> Results:
@@ -193,7 +196,13 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
         keep_states = getattr(backend, "keep_states", None)
         if keep_states is not None:  # client states move to the workers that run the clients
             store = loop.store = keep_states(store)
-        notify(callbacks, "on_run_start", cfg, run_dir.path if run_dir else None, counters.round)
+        if run_dir is not None:  # the threads the backend's processes actually use
+            threads = getattr(backend, "threads", None)
+            run_dir.record_environment(environment_entry(str(run.device), threads))
+        path = run_dir.path if run_dir else None
+        info = run_info(cfg, run.federation, run.models, backend, run.device, path)
+        notify(callbacks, "on_run_info", info)  # e.g. the header `plural run` prints
+        notify(callbacks, "on_run_start", cfg, path, counters.round)
         recorders = [*_recorders(run, frames, summary), *_round_hooks(callbacks)]
         server = loop.run(server, backend, recorders, [bar, *callbacks])
     finally:
@@ -212,7 +221,6 @@ def _start_run_directory(run: _Run, resume: bool) -> None:
     if run.robust.malicious:
         described = {**described, **run.robust.describe()}
     run_dir.write_json(run_dir.federation_path, described)
-    run_dir.record_environment(environment_entry(run.device))
 
 
 def _recorders(run: _Run, frames: list[pd.DataFrame], summary: RunSummary) -> list[Any]:

@@ -87,3 +87,19 @@ def check_federation(cfg: Any, federation: Any, models: Any) -> None:
                 PluralWarning,
                 stacklevel=3,
             )
+
+
+def check_validation(algorithm: Any, federation: Any) -> None:
+    """A method that scores on each client's validation split (``needs_validation``) cannot
+    run with clients that have none: an error before training, never NaN scores later."""
+    if not getattr(algorithm, "needs_validation", False):
+        return
+    empty = [int(c) for c in (federation.sizes("val") == 0).nonzero()[0]]
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        raise ConfigError(
+            f"split: {len(empty)} of {federation.num_clients} clients have no validation "
+            f"samples (clients {shown}), but {type(algorithm).__name__} scores on each client's "
+            "validation split; raise split.val, or use fewer, larger clients "
+            "(partition.min_samples)"
+        )

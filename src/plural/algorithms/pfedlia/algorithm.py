@@ -37,6 +37,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
 
     name = "pfedlia"
     config: PFedLIAConfig
+    needs_validation = True  # clients score the lazy models on their validation split
 
     # ---- state -------------------------------------------------------------------------------
 
