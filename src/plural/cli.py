@@ -440,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lst.add_argument("kind", nargs="?", choices=list(REGISTRIES))
     lst.set_defaults(func=cmd_list)
+
+    from plural.flower.cli import add_flower_commands  # imports Flower only when run
+
+    add_flower_commands(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ derived from (seed, round, client, phase), so results do not depend on the backe
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -315,8 +316,18 @@ class ProcessBackend:
         shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
+BACKEND_OVERRIDE: contextvars.ContextVar[Callable[[WorkerSetup], Backend] | None] = (
+    contextvars.ContextVar("plural_backend_override", default=None)
+)
+"""Set by a runner that brings its own workers (``plural.flower``'s ServerApp): the backend
+it builds around ``setup`` replaces the configured one."""
+
+
 def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
     """The backend ``config`` names, built around ``setup``."""
+    override = BACKEND_OVERRIDE.get()
+    if override is not None:
+        return override(setup)
     if config.name == "sequential":
         return SequentialBackend(setup, config.threads_per_worker)
     if config.name == "vectorized":
