@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import plural
 from flower_helpers import (
     ALGORITHMS,
     assert_same_metrics,
@@ -15,6 +13,8 @@ from flower_helpers import (
     config,
     without_timing,
 )
+
+import plural
 
 pytestmark = pytest.mark.flower
 flower = pytest.importorskip("plural.flower")

@@ -18,7 +18,7 @@ build-backend = "hatchling.build"
 [project]
 name = "{name}"
 version = "1.0.0"
-dependencies = ["plural[flower]"]
+dependencies = []  # plural[flower] is installed on every machine; nothing is installed at run time
 
 [tool.hatch.build.targets.wheel]
 packages = ["."]
