@@ -28,6 +28,13 @@ def secagg_refusal(cfg: ExperimentConfig) -> str | None:
             f"algorithm {name!r} does not average the clients' updates, so its server needs "
             f"them one by one; SecAgg+ works with {', '.join(sorted(AVERAGING_METHODS))}"
         )
+    privacy = cfg.privacy
+    if privacy is not None and privacy.level == "client":
+        return (
+            "privacy.level 'client' (DP-FedAvg) clips each client's update on the server, which "
+            "needs the updates one by one; with SecAgg+ use privacy.level 'sample' (DP-SGD on "
+            "the clients)"
+        )
     chain = chain_for(cfg)
     if not isinstance(chain.reducer, WeightedMeanReducer):
         return (
@@ -40,20 +47,23 @@ def secagg_refusal(cfg: ExperimentConfig) -> str | None:
             f"the server processes each client's update ({stages}), and SecAgg+ shows it only "
             "their sum; turn one of them off"
         )
-    privacy = cfg.privacy
-    if privacy is not None and privacy.level == "client":
-        return (
-            "privacy.level 'client' (DP-FedAvg) clips each client's update on the server, which "
-            "needs the updates one by one; with SecAgg+ use privacy.level 'local' or 'sample' "
-            "(clipping and noise on the clients)"
-        )
     return None
 
 
+NOT_WIRED = (
+    "flower secagg: this run could use SecAgg+, but plural.flower does not mask updates yet "
+    "(Flower's SecAgg+ workflow drives its legacy fit messages, not plural's rounds); run "
+    "without --secagg, over TLS"
+)
+
+
 def check_secagg(cfg: ExperimentConfig, secagg: bool) -> None:
-    """A ConfigError when SecAgg+ is asked for a run that cannot use it."""
+    """A ConfigError when SecAgg+ is asked for: why the run cannot use it, or, for a run
+    that could, that the masking is not wired in yet (never a run that claims SecAgg+ and
+    sends plain updates)."""
     if not secagg:
         return
     refusal = secagg_refusal(cfg)
     if refusal is not None:
         raise ConfigError(f"flower secagg: {refusal}")
+    raise ConfigError(NOT_WIRED)
