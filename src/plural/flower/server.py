@@ -45,6 +45,8 @@ class FlowerOptions:
     """Seconds to wait at start for nodes that hold every client."""
     secagg: bool = False
     """Flower's SecAgg+ for the clients' updates (averaging methods only)."""
+    callbacks: tuple[Any, ...] = ()
+    """plural callbacks of the run (on the server)."""
 
 
 def run_on_grid(
@@ -66,7 +68,7 @@ def run_on_grid(
 
     token = BACKEND_OVERRIDE.set(backend)
     try:
-        return run(cfg, out=out, progress=False)
+        return run(cfg, out=out, progress=False, callbacks=options.callbacks)
     finally:
         BACKEND_OVERRIDE.reset(token)
 
