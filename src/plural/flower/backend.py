@@ -76,13 +76,13 @@ class FlowerBackend:
         while len(owner) < self.num_clients:
             new = [n for n in self.grid.get_node_ids() if n not in asked]
             if new:
-                messages = [
-                    Message(content, dst_node_id=n, message_type=wire.SETUP_TYPE) for n in new
-                ]
-                replies = self.grid.send_and_receive(messages, timeout=wait)
+                messages = {
+                    n: Message(content, dst_node_id=n, message_type=wire.SETUP_TYPE) for n in new
+                }
+                replies = _exchange(self.grid, messages, wait)
                 asked.update(new)
-                for reply in replies:
-                    self._adopt(reply, owner)
+                for node, reply in replies.items():
+                    self._adopt(node, reply, owner)
             elif time.monotonic() > deadline:
                 missing = sorted(set(range(self.num_clients)) - set(owner))
                 raise ConfigError(
@@ -94,8 +94,7 @@ class FlowerBackend:
                 time.sleep(POLL_SECONDS)
         return owner
 
-    def _adopt(self, reply: Any, owner: dict[int, int]) -> None:
-        node = reply.metadata.src_node_id
+    def _adopt(self, node: int, reply: Any, owner: dict[int, int]) -> None:
         if reply.has_error():
             raise ConfigError(f"plural.flower: node {node} failed to start: {reply.error.reason}")
         answer = wire.unpack(reply.content)
@@ -138,10 +137,7 @@ class FlowerBackend:
             }
             messages[node] = Message(wire.pack(work), dst_node_id=node, message_type=wire.WORK_TYPE)
         self.messages_sent += len(messages)
-        replies = {
-            r.metadata.src_node_id: r
-            for r in self.grid.send_and_receive(messages.values(), timeout=self.timeout)
-        }
+        replies = _exchange(self.grid, messages, self.timeout)
         results: list[Any] = [None] * len(items)
         for node, positions in by_node.items():
             answer, problem = _answer(replies.get(node), self.timeout)
@@ -234,6 +230,19 @@ class NodeStates:
 
     def close(self) -> None:
         pass
+
+
+def _exchange(grid: Any, messages: dict[int, Any], timeout: float | None) -> dict[int, Any]:
+    """Send one message per node; the replies by node. Replies are matched to messages by
+    id: an error reply made by the SuperLink (a node it marked unavailable) comes from the
+    SuperLink, not from the node."""
+    received = list(grid.send_and_receive(list(messages.values()), timeout=timeout))
+    node_of = {message.metadata.message_id: node for node, message in messages.items()}
+    replies = {}
+    for reply in received:
+        node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        replies[node] = reply
+    return replies
 
 
 def _without_data(setup: WorkerSetup) -> WorkerSetup:
