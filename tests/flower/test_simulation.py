@@ -75,3 +75,18 @@ def test_pfedlia_peer_exchange_is_counted(runs: dict[str, Any]) -> None:
     assert got["peer_exchange_bytes"] > 0
     expected = runs["sequential"]["pfedlia"].summary["pfedlia"]["lazy_cost"]
     assert without_timing(got) == without_timing(expected)
+
+
+def test_cli_flower_run_writes_the_sequential_run_directory(tmp_path: Path) -> None:
+    import yaml
+
+    from conftest import TINY_CONFIG
+    from plural.cli import main
+
+    cfg = config(TINY_CONFIG, "ditto", seed=5)
+    path = tmp_path / "ditto.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "flower"
+    assert main(["flower", "run", str(path), "--nodes", "2", "--out", str(out)]) == 0
+    plural.run(cfg, out=tmp_path / "sequential")
+    assert_same_run_directory(tmp_path / "sequential", out)
