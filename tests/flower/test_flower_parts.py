@@ -173,6 +173,20 @@ def test_cli_refuses_secagg_before_flower_starts(
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_refuses_more_nodes_than_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("flwr")
+    import yaml
+
+    from plural.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(TINY_CONFIG)))  # 6 clients
+    assert main(["flower", "run", str(path), "--nodes", "7", "--out", str(tmp_path / "r")]) == 2
+    assert "nodes: 7; give 1 to 6" in capsys.readouterr().err
+
+
 # ---- client states in Context.state
 
 

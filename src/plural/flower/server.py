@@ -151,8 +151,11 @@ def simulate_all(
     from plural.flower.client import client_app
 
     count = nodes or min(max(_clients_of(cfg) for cfg, _ in loaded), os.cpu_count() or 1)
-    if count < 1:
-        raise ConfigError(f"nodes: {count}; give at least 1 node")
+    fewest = min(_clients_of(cfg) for cfg, _ in loaded)
+    if not 1 <= count <= fewest:
+        raise ConfigError(
+            f"nodes: {count}; give 1 to {fewest} (each node holds at least one client)"
+        )
     outcome = _Outcome()
     backend_config = {
         "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
