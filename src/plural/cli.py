@@ -591,6 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lst.add_argument("name", nargs="?", metavar="NAME", help="one component of SECTION")
     lst.set_defaults(func=cmd_list)
+
+    from plural.flower.cli import add_flower_commands  # imports Flower only when run
+
+    add_flower_commands(sub)
     return parser
 
 

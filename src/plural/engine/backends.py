@@ -9,6 +9,7 @@ derived from (seed, round, client, phase), so results do not depend on the backe
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import copy
 import dataclasses
 import functools
@@ -316,6 +317,13 @@ class ProcessBackend:
         shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
+BACKEND_OVERRIDE: contextvars.ContextVar[Callable[[WorkerSetup], Backend] | None] = (
+    contextvars.ContextVar("plural_backend_override", default=None)
+)
+"""Set by a runner that brings its own workers (``plural.flower``'s ServerApp): the backend
+it builds around ``setup`` replaces the configured one."""
+
+
 def model_parameters(model: nn.Module | ClientModels) -> int:
     """Parameters of the largest model clients train (what sets the threads worth using)."""
     members = model.members if isinstance(model, ClientModels) else (model,)
@@ -333,7 +341,11 @@ def backend_threads(setup: WorkerSetup, config: BackendConfig) -> int:
 
 def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
     """The backend ``config`` names, built around ``setup``; each of its processes uses
-    :func:`backend_threads` torch threads (the backend's ``threads``)."""
+    :func:`backend_threads` torch threads (the backend's ``threads``). A runner that brings
+    its own workers replaces it through :data:`BACKEND_OVERRIDE`."""
+    override = BACKEND_OVERRIDE.get()
+    if override is not None:
+        return override(setup)
     threads = backend_threads(setup, config)
     if config.name == "sequential":
         return SequentialBackend(setup, threads)

@@ -1,0 +1,121 @@
+"""plural.flower deployed for real on this machine: a SuperLink, three SuperNodes, flwr run.
+
+The nodes read their clients' data from data specs (``plural flower export``), the server
+writes the run directory; it must equal the sequential backend's. Every process started is
+stopped, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from flower_cluster import LocalDeployment
+from flower_helpers import assert_same_run_directory, config
+
+import plural
+
+pytestmark = pytest.mark.flower
+pytest.importorskip("flwr")
+flower_cli = pytest.importorskip("plural.flower.cli")
+
+NODES = 3
+RUN_LIMIT = 900.0  # seconds for one deployed run (a slow, shared CI machine)
+
+
+def job(name: str, **changes: Any) -> dict[str, Any]:
+    from conftest import TINY_CONFIG
+
+    base = copy.deepcopy(TINY_CONFIG)
+    base["name"] = f"deployed-{name}"
+    base["sampling"] = {"fraction": 1.0}  # every node gets work in every round
+    base["eval"] = {"every": 3}
+    return config(base, name, **changes)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each client's data in its own file, as on the devices."""
+    from plural.experiment import load_config
+    from plural.flower.data import export_clients
+    from plural.runner import build_federation
+
+    folder = tmp_path_factory.mktemp("specs")
+    export_clients(build_federation(load_config(job("fedavg"))), folder)
+    return folder
+
+
+def node_configs(specs: Path) -> list[str]:
+    data = (specs / "client-{client}.npz").as_posix()
+    return [f"partition-id={k} num-partitions={NODES} data='{data}'" for k in range(NODES)]
+
+
+def deploy_and_compare(cluster: LocalDeployment, root: Path, cfg: dict[str, Any]) -> Path:
+    """Run ``cfg`` on the cluster and sequentially; the deployed run's directory."""
+    path = root / f"{cfg['name']}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = root / f"flower-{cfg['name']}"
+    flower_cli.write_app(root / f"app-{cfg['name']}", path, out)
+    run_id = cluster.submit(root / f"app-{cfg['name']}")
+    assert cluster.wait(run_id, RUN_LIMIT) == "finished:completed"
+    sequential = root / f"seq-{cfg['name']}"
+    plural.run(cfg, out=sequential)
+    assert_same_run_directory(sequential, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def insecure(tmp_path_factory: pytest.TempPathFactory, specs: Path) -> Any:
+    root = tmp_path_factory.mktemp("insecure")
+    with LocalDeployment(root, node_configs(specs)) as cluster:
+        yield cluster
+    assert cluster.alive() == []
+
+
+def test_deployed_fedavg_and_ditto_equal_sequential(insecure: LocalDeployment) -> None:
+    for name in ("fedavg", "ditto"):
+        deploy_and_compare(insecure, insecure.root, job(name))
+
+
+def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:
+    """SuperNode 2 (clients 2 and 5) is killed during round 2: the rounds complete with the
+    other clients, which are the only ones trained and scored from then on."""
+    cfg = job("fedavg", faults={"max_failures": 10})
+    cfg["name"] = "deployed-dropout"
+    root = insecure.root
+    path = root / "dropout.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = root / "flower-dropout"
+    flower_cli.write_app(root / "app-dropout", path, out, timeout=600)
+    run_id = insecure.submit(root / "app-dropout")
+    deadline = time.monotonic() + RUN_LIMIT
+    while not (out / "timeline.jsonl").is_file() or not (out / "timeline.jsonl").read_text():
+        assert time.monotonic() < deadline, "round 1 did not finish"
+        time.sleep(0.5)
+    insecure.kill_node(2)
+    assert insecure.wait(run_id, RUN_LIMIT) == "finished:completed"
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    trained = metrics[(metrics["split"] == "fit") & (metrics["samples"] > 0)]
+    assert set(trained[trained["round"] == 1]["client"]) == set(range(6))
+    for round_index in (2, 3):
+        assert set(trained[trained["round"] == round_index]["client"]) == {0, 1, 3, 4}
+    scored = metrics[(metrics["round"] == 3) & (metrics["split"] == "test")]
+    assert set(scored["client"]) == {0, 1, 3, 4}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_done"] == 3 and summary["complete"]
+    records = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
+    failed = {f["client"] for r in records for f in r.get("failed", [])}
+    assert failed == {2, 5}
+
+
+def test_deployed_with_tls_equals_sequential(tmp_path: Path, specs: Path) -> None:
+    pytest.importorskip("cryptography")
+    with LocalDeployment(tmp_path, node_configs(specs), tls=True) as cluster:
+        deploy_and_compare(cluster, tmp_path, job("fedavg"))
+    assert cluster.alive() == []

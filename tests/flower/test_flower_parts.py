@@ -1,0 +1,216 @@
+"""plural.flower's parts that need no Flower process: data specs, node configs, SecAgg+
+refusals, the client states kept in Context.state, the CLI's early errors."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY_CONFIG
+from plural.config import ConfigError
+from plural.data.federated import SPLITS
+from plural.experiment import load_config
+from plural.flower.client import node_clients
+from plural.flower.data import export_clients, load_client, local_federation
+from plural.flower.secagg import NOT_WIRED, check_secagg, secagg_refusal
+from plural.runner import build_federation
+
+
+def cfg_with(**changes: Any) -> Any:
+    raw = copy.deepcopy(TINY_CONFIG)
+    raw.update(changes)
+    return load_config(raw)
+
+
+# ---- data specs
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_exported_specs_give_each_client_its_splits(tmp_path: Path, seed: int) -> None:
+    cfg = cfg_with(seed=seed)
+    federation = build_federation(cfg)
+    paths = export_clients(federation, tmp_path)
+    assert [p.name for p in paths] == [f"client-{k}.npz" for k in range(federation.num_clients)]
+    for cid in (0, federation.num_clients - 1):
+        loaded = load_client(paths[cid], cfg, cid)
+        for split in SPLITS:
+            torch.testing.assert_close(loaded.split(split).x, federation.client(cid).split(split).x)
+            assert torch.equal(loaded.split(split).y, federation.client(cid).split(split).y)
+    with pytest.raises(ConfigError, match="exists"):
+        export_clients(federation, tmp_path)
+
+
+def raw_samples(n: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 4)).astype(np.float32), np.arange(n) % classes
+
+
+@pytest.mark.parametrize("n", [30, 101])
+def test_raw_samples_are_split_with_the_config(tmp_path: Path, n: int) -> None:
+    x, y = raw_samples(n)
+    cfg = cfg_with(split={"val": 0.1, "test": 0.2})
+    np.savez(tmp_path / "c.npz", x=x, y=y)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(4)]).assign(label=y)
+    frame.to_parquet(tmp_path / "c.parquet")
+    for name in ("c.npz", "c.parquet"):
+        client = load_client(tmp_path / name, cfg, client_id=4)
+        sizes = [len(client.split(s)) for s in SPLITS]
+        assert sum(sizes) == n
+        assert sizes[1] == round(0.1 * n) and sizes[2] == round(0.2 * n)
+        rows = torch.cat([client.split(s).x for s in SPLITS])
+        assert len(torch.unique(rows, dim=0)) == n  # each sample in exactly one split
+    again = load_client(tmp_path / "c.npz", cfg, client_id=4)
+    assert torch.equal(again.test.y, load_client(tmp_path / "c.parquet", cfg, 4).test.y)
+
+
+def test_bad_data_specs_say_what_is_wrong(tmp_path: Path) -> None:
+    cfg = cfg_with()
+    with pytest.raises(ConfigError, match="does not exist on this node"):
+        load_client(tmp_path / "missing.npz", cfg, 0)
+    np.savez(tmp_path / "odd.npz", features=np.zeros((3, 2)))
+    with pytest.raises(ConfigError, match="needs train_x"):
+        load_client(tmp_path / "odd.npz", cfg, 0)
+    pd.DataFrame({"a": [1.0, 2.0]}).to_parquet(tmp_path / "nolabel.parquet")
+    with pytest.raises(ConfigError, match="'label' column"):
+        load_client(tmp_path / "nolabel.parquet", cfg, 0)
+    (tmp_path / "data.csv").write_text("x,y\n")
+    with pytest.raises(ConfigError, match=r"\.npz file, a \.parquet file"):
+        load_client(tmp_path / "data.csv", cfg, 0)
+
+
+def test_a_device_federation_holds_only_its_clients(tmp_path: Path) -> None:
+    cfg = cfg_with()
+    federation = build_federation(cfg)
+    held = [federation.clients[1], federation.clients[4]]
+    local = local_federation(held, federation.num_clients, federation.num_classes)
+    assert local.num_clients == federation.num_clients
+    assert torch.equal(local.client(4).train.y, federation.client(4).train.y)
+    assert [len(local.client(c).train) for c in (0, 2, 3, 5)] == [0, 0, 0, 0]
+
+
+# ---- node configs
+
+
+@pytest.mark.parametrize(
+    ("node_config", "clients"),
+    [
+        ({"partition-id": 1, "num-partitions": 3}, [1, 4]),
+        ({"partition-id": 0, "num-partitions": 4}, [0, 4]),
+        ({"clients": "5, 2"}, [2, 5]),
+    ],
+)
+def test_node_config_names_the_clients(node_config: dict[str, Any], clients: list[int]) -> None:
+    assert node_clients(node_config, 6) == clients
+
+
+@pytest.mark.parametrize(
+    ("node_config", "message"),
+    [
+        ({}, "say which clients"),
+        ({"clients": "a,b"}, "separated by commas"),
+        ({"clients": "7"}, "not in the federation"),
+        ({"partition-id": 3, "num-partitions": 3}, "not in"),
+    ],
+)
+def test_bad_node_configs_are_refused(node_config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        node_clients(node_config, 6)
+
+
+# ---- SecAgg+
+
+
+def test_secagg_refusals_say_why() -> None:
+    assert secagg_refusal(cfg_with()) is None
+    assert secagg_refusal(cfg_with(algorithm={"name": "ditto"})) is None
+    ifca = secagg_refusal(cfg_with(algorithm={"name": "ifca"}))
+    assert ifca is not None and "one by one" in ifca
+    median = secagg_refusal(cfg_with(aggregator={"name": "median"}))
+    assert median is not None and "'median'" in median and "only their sum" in median
+    bound = secagg_refusal(cfg_with(aggregator={"name": "norm_bound", "bound": 1.0}))
+    assert bound is not None and "each client's update" in bound
+    uniform = {"name": "fedavg", "weighting": "uniform"}  # what user-level DP needs
+    dp_client = {"level": "client", "clip": 1.0, "noise_multiplier": 1.0}
+    poisson = {"fraction": 0.5, "poisson": True}
+    dp = secagg_refusal(cfg_with(algorithm=uniform, privacy=dp_client, sampling=poisson))
+    assert dp is not None and "privacy.level 'client'" in dp
+    # plural clips 'local' uploads in the server's aggregation chain: refused too
+    local = {"level": "local", "clip": 1.0, "noise_multiplier": 1.0}
+    assert secagg_refusal(cfg_with(algorithm=uniform, privacy=local)) is not None
+    sample = {"level": "sample", "clip": 1.0, "noise_multiplier": 1.0}  # DP-SGD on the clients
+    assert secagg_refusal(cfg_with(algorithm=uniform, privacy=sample)) is None
+
+
+def test_secagg_switch_never_runs_unmasked() -> None:
+    check_secagg(cfg_with(), secagg=False)
+    with pytest.raises(ConfigError, match="robust aggregation rule"):
+        check_secagg(cfg_with(aggregator={"name": "median"}), secagg=True)
+    with pytest.raises(ConfigError) as caught:
+        check_secagg(cfg_with(), secagg=True)
+    assert str(caught.value) == NOT_WIRED
+
+
+def test_cli_refuses_secagg_before_flower_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("flwr")
+    import yaml
+
+    from plural.cli import main
+
+    raw = copy.deepcopy(TINY_CONFIG)
+    raw["algorithm"] = {"name": "ifca"}
+    path = tmp_path / "ifca.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["flower", "run", str(path), "--secagg", "--out", str(tmp_path / "run")]) == 2
+    assert "flower secagg: algorithm 'ifca'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_more_nodes_than_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("flwr")
+    import yaml
+
+    from plural.cli import main
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(copy.deepcopy(TINY_CONFIG)))  # 6 clients
+    assert main(["flower", "run", str(path), "--nodes", "7", "--out", str(tmp_path / "r")]) == 2
+    assert "nodes: 7; give 1 to 6" in capsys.readouterr().err
+
+
+# ---- client states in Context.state
+
+
+@pytest.mark.flower
+def test_context_states_survive_rounds_and_restart_a_replayed_round() -> None:
+    pytest.importorskip("flwr")
+    from flwr.app import RecordDict
+
+    from plural.flower.client import ContextStates
+
+    record = RecordDict()
+    states = ContextStates(record)
+    states.begin(1, 0)
+    states.put(0, {"w": torch.ones(2)})
+    states.put(3, torch.zeros(1))
+    assert list(states) == [0, 3] and 0 in states and len(states) == 2
+    states.begin(2, 0)  # round 2: round 1's states are its start
+    states.put(0, {"w": torch.full((2,), 5.0)})
+    states.put(3, None)
+    assert list(states) == [0]
+    again = ContextStates(record)  # a new ClientApp process reads the same Context.state
+    again.begin(2, 1)  # round 2 played again without failed clients
+    assert torch.equal(again.get(0)["w"], torch.ones(2)) and list(again) == [0, 3]
+    again.begin(2, 1)
+    again.put(0, {"w": torch.full((2,), 7.0)})
+    again.begin(3, 0)
+    assert torch.equal(again.get(0)["w"], torch.full((2,), 7.0))
