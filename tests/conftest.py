@@ -9,18 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-TINY_CONFIG: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 3,
-    "rounds": 2,
-    "dataset": {"name": "digits"},
-    "partition": {"name": "dirichlet", "num_clients": 6, "alpha": 0.5, "min_samples": 20},
-    "model": {"name": "mlp", "hidden": [16]},
-    "algorithm": {"name": "fedavg"},
-    "train": {"lr": 0.05, "momentum": 0.5, "batch_size": 16},
-    "sampling": {"fraction": 0.5},
-    "backend": {"threads_per_worker": 1},
-}
+from tiny_config import TINY_CONFIG
 
 
 class CrashAfter:

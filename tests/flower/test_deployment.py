@@ -30,7 +30,7 @@ RUN_LIMIT = 900.0  # seconds for one deployed run (a slow, shared CI machine)
 
 
 def job(name: str, **changes: Any) -> dict[str, Any]:
-    from conftest import TINY_CONFIG
+    from tiny_config import TINY_CONFIG
 
     base = copy.deepcopy(TINY_CONFIG)
     base["name"] = f"deployed-{name}"

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY_CONFIG
 from plural.config import ConfigError
 from plural.data.federated import SPLITS
 from plural.experiment import load_config
@@ -20,6 +19,7 @@ from plural.flower.client import node_clients
 from plural.flower.data import export_clients, load_client, local_federation
 from plural.flower.secagg import NOT_WIRED, check_secagg, secagg_refusal
 from plural.runner import build_federation
+from tiny_config import TINY_CONFIG
 
 
 def cfg_with(**changes: Any) -> Any:

@@ -27,7 +27,7 @@ NODES = 3
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Each algorithm (and FedAvg at another scale and seed) run sequentially and through
     Flower, all Flower jobs in one simulation (the nodes start once)."""
-    from conftest import TINY_CONFIG
+    from tiny_config import TINY_CONFIG
 
     jobs = {name: config(TINY_CONFIG, name) for name in ALGORITHMS}
     jobs["fedavg-9"] = config(
@@ -80,8 +80,8 @@ def test_pfedlia_peer_exchange_is_counted(runs: dict[str, Any]) -> None:
 def test_cli_flower_run_writes_the_sequential_run_directory(tmp_path: Path) -> None:
     import yaml
 
-    from conftest import TINY_CONFIG
     from plural.cli import main
+    from tiny_config import TINY_CONFIG
 
     cfg = config(TINY_CONFIG, "ditto", seed=5)
     path = tmp_path / "ditto.yaml"
