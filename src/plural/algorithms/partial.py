@@ -170,6 +170,19 @@ class PartialFedAvg(FedAvg):
             return OnClient(server.params)
         return {**server.params, **state}
 
+    def newcomer(
+        self, server: ServerState, client: ClientData, trainer: LocalTrainer, rng: torch.Generator
+    ) -> Params | None:
+        """A client that never trained (``split.unseen_clients``): the shared entries with a
+        new personal part fitted on its training split, the shared part frozen (the head step
+        of FedRep, Collins et al. 2021); None for subclasses without a personal part."""
+        if PERSONAL_KEY not in server.extra:
+            return None
+        personal = set(personal_names(server))
+        start = {**server.params, **subset(trainer.initial_params, sorted(personal))}
+        fitter = RestrictedTrainer(trainer, lambda name: name in personal)
+        return fitter.fit(start, client.train.x, client.train.y, rng=rng).params
+
     # ---- client side -------------------------------------------------------------------------
 
     def client_update(

@@ -23,7 +23,9 @@ from typing import Any
 import pandas as pd
 
 from plural.core.algorithm import Algorithm, OnClient, ServerState, full_params
+from plural.core.rng import torch_generator
 from plural.core.trainer import Mixture
+from plural.data.federated import ClientData
 from plural.data.splits import ServerSet
 from plural.engine.backends import WorkerEnv
 from plural.engine.rows import OPTIONAL_COLUMNS
@@ -131,39 +133,54 @@ def newcomer_rows(
     round_index: int,
     splits: Sequence[str],
 ) -> list[dict[str, Any]]:
-    """``rows`` with the unseen clients of a method with several server models (clustered
-    methods) scored by the model a newcomer would join: the one with the lowest loss on the
-    newcomer's training split (the cluster choice of IFCA, Ghosh et al. 2020). Other methods
+    """``rows`` with the unseen clients scored as the method serves a newcomer, where that
+    differs from serving a client without state: methods with several server models
+    (clustered methods) give it the model with the lowest loss on its training split (the
+    cluster choice of IFCA, Ghosh et al. 2020); methods with a ``newcomer`` step (a new
+    personal head for FedPer-style methods) run it on its training split. Other methods
     already serve a client without state as a newcomer, and their rows are kept."""
     models = server_models(algorithm, server)
-    if len(models) < 2 or not unseen or env.models.heterogeneous:
+    step = getattr(algorithm, "newcomer", None)
+    clustered = len(models) >= 2
+    if not unseen or env.models.heterogeneous or not (clustered or callable(step)):
         return rows
-    trainer = env.trainer
-    left_out = set(unseen)
-    kept = [r for r in rows if not (r["client"] in left_out and r["split"] in splits)]
+    served: dict[int, list[dict[str, Any]]] = {}
     for cid in unseen:
         data = env.federation.client(cid, round_index)
-        losses = {
-            name: trainer.evaluate(params, data.train.x, data.train.y, env.eval_batch_size).loss
-            for name, params in models.items()
-        }
-        chosen = models[min(losses, key=lambda name: losses[name])]
-        for split in splits:
-            part = data.split(split)  # type: ignore[arg-type]
-            result = trainer.evaluate(chosen, part.x, part.y, env.eval_batch_size)
-            kept.append(
-                {
-                    "round": round_index,
-                    "client": cid,
-                    "split": split,
-                    "loss": result.loss,
-                    "accuracy": result.accuracy,
-                    "samples": result.count,
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "drift": float("nan"),
-                    "flops": 0.0,
-                    "seconds": 0.0,
-                }
-            )
-    return kept
+        if clustered:
+            chosen = _lowest_loss(models, data, env)
+        else:
+            rng = torch_generator(env.seed, round_index, "newcomer", cid)
+            chosen = step(server, data, env.trainer, rng)  # type: ignore[misc]
+        if chosen is not None:  # None: the method serves it as a client without state
+            served[cid] = [_score(chosen, data, split, cid, round_index, env) for split in splits]
+    kept = [r for r in rows if not (r["client"] in served and r["split"] in splits)]
+    return kept + [row for cid in served for row in served[cid]]
+
+
+def _lowest_loss(models: dict[str, Any], data: ClientData, env: WorkerEnv) -> Any:
+    losses = {
+        name: env.trainer.evaluate(params, data.train.x, data.train.y, env.eval_batch_size).loss
+        for name, params in models.items()
+    }
+    return models[min(losses, key=lambda name: losses[name])]
+
+
+def _score(
+    params: Any, data: ClientData, split: str, cid: int, round_index: int, env: WorkerEnv
+) -> dict[str, Any]:
+    part = data.split(split)  # type: ignore[arg-type]
+    result = env.trainer.evaluate(params, part.x, part.y, env.eval_batch_size)
+    return {
+        "round": round_index,
+        "client": cid,
+        "split": split,
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+        "samples": result.count,
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "drift": float("nan"),
+        "flops": 0.0,
+        "seconds": 0.0,
+    }
