@@ -28,7 +28,7 @@ from plural.core.trainer import Mixture
 from plural.data.federated import ClientData
 from plural.data.splits import ServerSet
 from plural.engine.backends import WorkerEnv
-from plural.engine.rows import OPTIONAL_COLUMNS
+from plural.engine.rows import OPTIONAL_COLUMNS, evaluation_row
 
 SERVER_SPLIT = "server"
 SERVER_CLIENT = -1
@@ -64,19 +64,7 @@ def server_rows(
         else:
             model = full_params(params, trainer) if isinstance(params, OnClient) else params
             result = trainer.evaluate(model, x, y, env.eval_batch_size)
-        row = {
-            "round": round_index,
-            "client": SERVER_CLIENT,
-            "split": SERVER_SPLIT,
-            "loss": result.loss,
-            "accuracy": result.accuracy,
-            "samples": result.count,
-            "bytes_up": 0,
-            "bytes_down": 0,
-            "drift": float("nan"),
-            "flops": 0.0,
-            "seconds": 0.0,
-        }
+        row = evaluation_row(round_index, SERVER_CLIENT, SERVER_SPLIT, result)
         if name:
             row["model"] = name
         rows.append(row)
@@ -171,16 +159,4 @@ def _score(
 ) -> dict[str, Any]:
     part = data.split(split)  # type: ignore[arg-type]
     result = env.trainer.evaluate(params, part.x, part.y, env.eval_batch_size)
-    return {
-        "round": round_index,
-        "client": cid,
-        "split": split,
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-        "samples": result.count,
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "drift": float("nan"),
-        "flops": 0.0,
-        "seconds": 0.0,
-    }
+    return evaluation_row(round_index, cid, split, result)

@@ -13,6 +13,7 @@ there, next to the state.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from plural.core.algorithm import Algorithm, ServerState
@@ -64,6 +65,41 @@ def run_kept_phase(env: WorkerEnv, work: ClientWork) -> tuple[Any, Any, PhaseCos
     reply, state, cost = run_client_phase(env, dataclasses.replace(work, state=state))
     store.put(work.client_id, state)
     return reply, (None if state is None else KEPT), cost
+
+
+class HeldStates:
+    """The server's side of client states kept elsewhere (Ray actors, Flower nodes): only
+    which clients have one. :meth:`get` gives :data:`KEPT` for them; the holder swaps it
+    for the state. Subclasses say how snapshots are taken (``holder`` names the keeper in
+    errors)."""
+
+    on_workers = True
+    holder = "worker"
+
+    def __init__(self) -> None:
+        self._held: set[int] = set()
+
+    def get(self, client_id: int) -> Any:
+        return KEPT if client_id in self._held else None
+
+    def put(self, client_id: int, state: Any) -> None:
+        if state is None:
+            self._held.discard(client_id)
+        elif state is KEPT:
+            self._held.add(client_id)
+        else:
+            raise TypeError(
+                f"client {client_id}'s state is kept by its {self.holder}, not the server"
+            )
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._held))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ import torch
 
 from plural.config import ConfigError
 from plural.engine.backends import WorkerEnv, WorkerSetup, run_client_phase
-from plural.engine.kept_state import KEPT, run_kept_phase
+from plural.engine.kept_state import HeldStates, run_kept_phase
 from plural.engine.store import (
     SHARDED_KIND,
     DiskStateStore,
@@ -231,37 +231,17 @@ class RayBackend:
         self._owns_ray = False
 
 
-class ActorStates:
+class ActorStates(HeldStates):
     """The server's side of the client states the actors keep: which clients have one.
     :meth:`get` gives :data:`~plural.engine.kept_state.KEPT` for them (the actor swaps it
     for the state); snapshots and restores go through the actors."""
 
-    on_workers = True
+    holder = "actor"
 
     def __init__(self, backend: RayBackend, local: StateStore) -> None:
+        super().__init__()
         self._backend = backend
         self._local: StateStore | None = local  # the run's store, until the first commit
-        self._held: set[int] = set()
-
-    def get(self, client_id: int) -> Any:
-        return KEPT if client_id in self._held else None
-
-    def put(self, client_id: int, state: Any) -> None:
-        if state is None:
-            self._held.discard(client_id)
-        elif state is KEPT:
-            self._held.add(client_id)
-        else:
-            raise TypeError(f"client {client_id}'s state is kept by its actor, not the server")
-
-    def __contains__(self, client_id: object) -> bool:
-        return client_id in self._held
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self._held))
 
     def snapshot(self) -> dict[str, Any]:
         """Every actor's snapshot: its states (memory) or the manifest of its files (disk)."""

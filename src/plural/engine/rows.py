@@ -11,6 +11,7 @@ import pandas as pd
 
 from plural.core.algorithm import Algorithm, ServerState
 from plural.core.metrics import summarize
+from plural.core.trainer import EvalResult
 from plural.engine.backends import Backend, EvalWork, evaluate_client
 from plural.engine.context import RoundLedger
 from plural.engine.kept_state import KeptEvalWork, evaluate_kept
@@ -106,22 +107,25 @@ def _evaluate_chunk(
     for cid, model_name, results in scored:
         suffix = f"@{model_name}" if model_name else ""
         for split, result in results.items():
-            rows.append(
-                {
-                    "round": round_index,
-                    "client": cid,
-                    "split": split + suffix,
-                    "loss": result.loss,
-                    "accuracy": result.accuracy,
-                    "samples": result.count,
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "drift": float("nan"),
-                    "flops": 0.0,
-                    "seconds": 0.0,
-                }
-            )
+            rows.append(evaluation_row(round_index, cid, split + suffix, result))
     return rows
+
+
+def evaluation_row(round_index: int, client: int, split: str, result: EvalResult) -> dict[str, Any]:
+    """One row of ``metrics.parquet`` for a model scored on a split (no traffic, no work)."""
+    return {
+        "round": round_index,
+        "client": client,
+        "split": split,
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+        "samples": result.count,
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "drift": float("nan"),
+        "flops": 0.0,
+        "seconds": 0.0,
+    }
 
 
 def summarize_round(metrics: pd.DataFrame, round_index: int) -> dict[str, Any]:

@@ -23,7 +23,13 @@ from typing import Any, TypeVar
 
 from plural.config import ConfigError
 from plural.engine.backends import ClientWork, EvalWork, PhaseCost, WorkerSetup, run_client_phase
-from plural.engine.kept_state import KEPT, KeptEvalWork, evaluate_kept, run_kept_phase
+from plural.engine.kept_state import (
+    KEPT,
+    HeldStates,
+    KeptEvalWork,
+    evaluate_kept,
+    run_kept_phase,
+)
 from plural.experiment import ExperimentConfig
 from plural.flower import wire
 from plural.robust.runtime import ClientFailure, GuardedAlgorithm
@@ -188,33 +194,10 @@ class FlowerBackend:
         self.states = None
 
 
-class NodeStates:
+class NodeStates(HeldStates):
     """The server's side of the states the nodes keep: only which clients have one."""
 
-    on_workers = True
-
-    def __init__(self) -> None:
-        self._held: set[int] = set()
-
-    def get(self, client_id: int) -> Any:
-        return KEPT if client_id in self._held else None
-
-    def put(self, client_id: int, state: Any) -> None:
-        if state is None:
-            self._held.discard(client_id)
-        elif state is KEPT:
-            self._held.add(client_id)
-        else:
-            raise TypeError(f"client {client_id}'s state is kept by its node, not the server")
-
-    def __contains__(self, client_id: object) -> bool:
-        return client_id in self._held
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(sorted(self._held))
+    holder = "node"
 
     def snapshot(self) -> dict[int, Any]:
         """Nothing: the states are on the devices (a checkpoint does not hold them)."""
