@@ -129,7 +129,10 @@ def test_local_branch_off_reduces_to_fedavg_of_the_adapter() -> None:
         torch.manual_seed(derive_seed(parsed.seed, "prepare-model"))
         network = parallel_network(federation.input_shape, federation.num_classes, 12, (4, 8))
     fedavg = plural.run(
-        {**copy.deepcopy(cfg), "algorithm": {"name": "fedavg"}}, model=network, dataset=federation
+        {**copy.deepcopy(cfg), "algorithm": {"name": "fedavg"}},
+        model=network,
+        dataset=federation,
+        keep_weights=True,  # the adapter network as pFedLoRA prepared it, not re-initialised
     )
     adapter = without_prefix(pfedlora.server.params, ADAPTER_PREFIX)
     assert max_abs_difference(adapter, fedavg.server.params) == 0.0

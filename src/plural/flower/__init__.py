@@ -8,10 +8,23 @@
 Flower is imported only when these are called.
 """
 
-from plural.flower.client import client_app
-from plural.flower.data import export_clients, load_client
-from plural.flower.secagg import check_secagg, secagg_refusal
-from plural.flower.server import FlowerOptions, run_on_grid, server_app, simulate, simulate_all
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "client_app": "plural.flower.client",
+    "export_clients": "plural.flower.data",
+    "load_client": "plural.flower.data",
+    "check_secagg": "plural.flower.secagg",
+    "secagg_refusal": "plural.flower.secagg",
+    "FlowerOptions": "plural.flower.server",
+    "run_on_grid": "plural.flower.server",
+    "server_app": "plural.flower.server",
+    "simulate": "plural.flower.server",
+    "simulate_all": "plural.flower.server",
+}
+"""Imported on first use, so that ``plural --help`` (which lists ``plural flower``) stays
+light."""
 
 __all__ = [
     "FlowerOptions",
@@ -25,3 +38,17 @@ __all__ = [
     "simulate",
     "simulate_all",
 ]
+
+if TYPE_CHECKING:
+    from plural.flower.client import client_app
+    from plural.flower.data import export_clients, load_client
+    from plural.flower.secagg import check_secagg, secagg_refusal
+    from plural.flower.server import FlowerOptions, run_on_grid, server_app, simulate, simulate_all
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'plural.flower' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

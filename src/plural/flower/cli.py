@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from plural.config import ConfigError
-from plural.experiment import load_config
 
 APP_PYPROJECT = """\
 # A Flower App that runs a plural config (written by `plural flower app`).
@@ -54,6 +53,7 @@ def cmd_flower_run(args: argparse.Namespace) -> int:
 
 
 def cmd_flower_export(args: argparse.Namespace) -> int:
+    from plural.experiment import load_config
     from plural.flower.data import export_clients
     from plural.runner import build_federation
 
@@ -78,6 +78,8 @@ def write_app(
     target = folder / "pyproject.toml"
     if target.exists():
         raise ConfigError(f"flower app: {target} exists; give a new folder")
+    from plural.experiment import load_config
+
     cfg = load_config(config)
     from plural.flower.secagg import check_secagg
 
@@ -112,7 +114,17 @@ def _set_option(parser: argparse.ArgumentParser) -> None:
 
 def add_flower_commands(sub: Any) -> None:
     """``plural flower run | export | app``."""
-    flower = sub.add_parser("flower", help="run plural configs with Flower (plural[flower])")
+    flower = sub.add_parser(
+        "flower",
+        help="run plural configs with Flower (plural[flower])",
+        description="Run a plural config with Flower: in Flower's simulation engine (run), or "
+        "prepare a deployment on real machines: one data spec per client (export) and a Flower "
+        "App folder for `flwr run` (app). The README's Flower section has the deployment steps.",
+        epilog="examples:\n  plural flower run examples/digits_dirichlet.yaml\n"
+        "  plural flower export examples/digits_dirichlet.yaml client-data/\n"
+        "  plural flower app examples/digits_dirichlet.yaml my-app/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = flower.add_subparsers(dest="flower_command", required=True)
 
     run = commands.add_parser("run", help="run a config in Flower's simulation engine")

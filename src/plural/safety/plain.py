@@ -106,9 +106,9 @@ def load_plain(source: str | Path, *, mmap: bool = False) -> Any:
 
 
 def _is_unpickling_refusal(err: Exception) -> bool:
-    return isinstance(err, getattr(torch.serialization.pickle, "UnpicklingError", ())) or (
-        "Weights only load failed" in str(err)
-    )
+    """Whether torch's weights-only unpickler refused a Python object (a global it would have
+    to import and call), as opposed to bytes that are not a pickle at all (a damaged file)."""
+    return "Unsupported global" in str(err)
 
 
 def _class_name(cls: type) -> str:
