@@ -320,3 +320,18 @@ def test_yaml_that_is_not_a_mapping(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(path)
+
+
+CLASSIFIER_METHODS = ["fedas", "fedcp", "feddbe", "fedpac", "fedproto", "fedrod", "fml", "gpfl"]
+
+
+@pytest.mark.parametrize("name", CLASSIFIER_METHODS)
+def test_methods_built_on_classes_refuse_a_regression_loss(name: str) -> None:
+    from plural.experiment import parse_config
+    from plural.runner import build_algorithm
+
+    config = parse_config({**base(), "algorithm": {"name": name}, "train": {"loss": "mse"}})
+    with pytest.raises(ConfigError, match=rf"^train\.loss: {name}\b.*needs 'cross_entropy'"):
+        build_algorithm(config).check(config)
+    fine = parse_config({**base(), "algorithm": {"name": name}})
+    build_algorithm(fine).check(fine)  # classification passes

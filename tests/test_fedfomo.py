@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -16,12 +15,7 @@ from plural.core.params import nbytes, state_of
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
 from plural.runner import build_federation, build_model
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
 
 
 def scores(results: plural.Results) -> pd.DataFrame:

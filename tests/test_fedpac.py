@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -17,12 +16,8 @@ from plural.core.params import max_abs_difference, nbytes, state_of
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
 from plural.runner import build_federation, build_model
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
+from tiny_config import two_classes_per_client
 
 
 def scores(results: plural.Results) -> pd.DataFrame:
@@ -90,14 +85,7 @@ def test_variance_term() -> None:
 def test_fedpac_beats_fedavg_and_pulls_features_to_the_centroids(
     tiny_config: dict[str, Any], seed: int, clients: int
 ) -> None:
-    tiny_config.update(
-        seed=seed,
-        partition={"name": "classes_per_client", "num_clients": clients, "classes": 2},
-        sampling={},
-        rounds=5,
-        model={"name": "mlp", "hidden": [32]},
-        eval={"every": 5},
-    )
+    two_classes_per_client(tiny_config, seed, clients, rounds=5)
     pac = run(tiny_config, {"name": "fedpac"})
     fedavg = run(tiny_config, {"name": "fedavg"})
     assert (

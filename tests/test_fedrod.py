@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pandas as pd
@@ -16,12 +15,8 @@ from plural.core.params import max_abs_difference, nbytes, state_of
 from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
 from plural.runner import build_federation, build_model
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
+from tiny_config import two_classes_per_client
 
 
 def generic_part(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -93,14 +88,7 @@ def test_balanced_softmax_does_not_push_down_absent_classes() -> None:
 def test_the_personal_head_beats_fedavg_under_label_skew(
     tiny_config: dict[str, Any], seed: int, clients: int
 ) -> None:
-    tiny_config.update(
-        seed=seed,
-        partition={"name": "classes_per_client", "num_clients": clients, "classes": 2},
-        sampling={},
-        rounds=6,
-        model={"name": "mlp", "hidden": [32]},
-        eval={"every": 6},
-    )
+    two_classes_per_client(tiny_config, seed, clients, rounds=6)
     rod = run(tiny_config, {"name": "fedrod"})
     fedavg = run(tiny_config, {"name": "fedavg"})
     personal = rod.summary["test"]["accuracy"]["mean"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pandas as pd
@@ -11,12 +10,7 @@ import pytest
 import plural
 from plural.core.params import max_abs_difference
 from plural.report.rundir import deterministic
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
 
 
 def test_zero_epochs_is_the_base_method(tiny_config: dict[str, Any]) -> None:

@@ -21,13 +21,7 @@ from plural.core.server_opt import ServerOptimizerSettings, server_step
 from plural.core.trainer import LocalTrainer, TrainConfig, WorkBudget
 from plural.data import from_arrays
 from plural.report.rundir import deterministic
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg["algorithm"] = algorithm
-    cfg.update(overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
 
 
 def same(a: plural.Results, b: plural.Results, atol: float = 0.0) -> bool:

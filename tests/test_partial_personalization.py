@@ -27,6 +27,7 @@ from plural.experiment import load_config
 from plural.models.zoo import parse_model
 from plural.report.rundir import RunDirectory, deterministic
 from plural.runner import build_federation, build_model
+from tiny_config import run_algorithm as run
 
 LABEL_SKEW: dict[str, Any] = {
     "name": "label-skew",
@@ -55,13 +56,6 @@ FEATURE_SKEW: dict[str, Any] = {
     ],
     "model": {"name": "mlp", "hidden": [32], "batch_norm": True},
 }
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg["algorithm"] = algorithm
-    cfg.update(overrides)
-    return plural.run(cfg)
 
 
 def mean_accuracy(results: plural.Results) -> float:

@@ -3,7 +3,6 @@ personalization at evaluation."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pandas as pd
@@ -19,12 +18,8 @@ from plural.core.trainer import LocalTrainer, TrainConfig
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
 from plural.runner import build_federation, build_model
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
+from tiny_config import two_classes_per_client
 
 
 def own_rows(results: plural.Results) -> pd.DataFrame:
@@ -106,14 +101,7 @@ def test_uplink_is_the_model_and_every_client_downloads_it_to_personalize(
 def test_one_step_personalizes_the_meta_model_under_label_skew(
     tiny_config: dict[str, Any], seed: int, clients: int, variant: str
 ) -> None:
-    tiny_config.update(
-        seed=seed,
-        partition={"name": "classes_per_client", "num_clients": clients, "classes": 2},
-        sampling={},
-        rounds=8,
-        model={"name": "mlp", "hidden": [32]},
-        eval={"every": 8},
-    )
+    two_classes_per_client(tiny_config, seed, clients, rounds=8)
     meta = run(tiny_config, {"name": "per_fedavg", "variant": variant})
     fedavg = run(tiny_config, {"name": "fedavg"})
     adapted = meta.summary["test"]["accuracy"]["mean"]

@@ -15,15 +15,9 @@ import plural
 from plural.algorithms.apfl import APFLState
 from plural.core.params import Params, max_abs_difference, nbytes
 from plural.report.rundir import RunDirectory
+from tiny_config import run_algorithm as run
 
 PERSONAL = ["ditto", "apfl", "pfedme"]
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg["algorithm"] = algorithm
-    cfg.update(overrides)
-    return plural.run(cfg)
 
 
 def rows(results: plural.Results, split: str) -> pd.DataFrame:

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-import plural
 from plural.algorithms.pfedhn import HYPERNETWORK_KEY, PFedHN, PFedHNConfig
 from plural.config import build
 from plural.core.algorithm import FederationInfo, ModelMessage, Update
 from plural.core.params import max_abs_difference, nbytes, state_of
 from plural.experiment import load_config
 from plural.runner import build_federation, build_model
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg.update(algorithm=algorithm, **overrides)
-    return plural.run(cfg)
+from tiny_config import run_algorithm as run
+from tiny_config import two_classes_per_client
 
 
 def small_server(settings: dict[str, Any]) -> tuple[PFedHN, Any]:
@@ -75,14 +69,7 @@ def test_bytes_are_the_generated_parameters_both_ways(tiny_config: dict[str, Any
 def test_distinct_generated_models_beat_fedavg_under_label_skew(
     tiny_config: dict[str, Any], seed: int, clients: int
 ) -> None:
-    tiny_config.update(
-        seed=seed,
-        partition={"name": "classes_per_client", "num_clients": clients, "classes": 2},
-        sampling={},
-        rounds=20,
-        model={"name": "mlp", "hidden": [32]},
-        eval={"every": 20},
-    )
+    two_classes_per_client(tiny_config, seed, clients, rounds=20)
     hn = run(tiny_config, {"name": "pfedhn"})
     fedavg = run(tiny_config, {"name": "fedavg"})
     assert hn.summary["test"]["accuracy"]["mean"] > fedavg.summary["test"]["accuracy"]["mean"]

@@ -23,6 +23,7 @@ from plural.core.simplex import project_to_simplex
 from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
 from plural.runner import build_federation
+from tiny_config import run_algorithm as run
 
 LABEL_SKEW: dict[str, Any] = {
     "name": "label-skew",
@@ -53,13 +54,6 @@ def skewed(seed: int, clients: int) -> dict[str, Any]:
 def fedavg_accuracy(seed: int, clients: int) -> float:
     """FedAvg's mean client accuracy on the label-skew federation (computed once)."""
     return mean_accuracy(run(skewed(seed, clients), {"name": "fedavg"}))
-
-
-def run(config: dict[str, Any], algorithm: dict[str, Any], **overrides: Any) -> plural.Results:
-    cfg = copy.deepcopy(config)
-    cfg["algorithm"] = algorithm
-    cfg.update(overrides)
-    return plural.run(cfg)
 
 
 def rows(results: plural.Results, split: str) -> pd.DataFrame:

@@ -44,6 +44,7 @@ from plural.core.algorithm import (
     OnClient,
     ServerState,
     Update,
+    require_classification,
 )
 from plural.core.masks import LAST, select
 from plural.core.params import Params, clone, subset
@@ -115,11 +116,7 @@ class FedAS(FedAvg):
     config: FedASConfig
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: fedas aligns class prototypes and needs 'cross_entropy', got "
-                f"{experiment.train.loss!r}"
-            )
+        require_classification(experiment, "fedas aligns class prototypes")
         if self.config.fisher and self.config.weighting != "samples":
             raise ConfigError(
                 f"algorithm.weighting: {self.config.weighting!r} has no effect while fedas "

@@ -38,8 +38,15 @@ from torch import nn
 
 from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PartialFedAvg
-from plural.config import ConfigError, setting
-from plural.core.algorithm import FederationInfo, ModelMessage, ServerState, Update, personal_state
+from plural.config import setting
+from plural.core.algorithm import (
+    FederationInfo,
+    ModelMessage,
+    ServerState,
+    Update,
+    personal_state,
+    require_classification,
+)
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
 from plural.data.federated import ClientData
@@ -139,11 +146,7 @@ class FedDBE(PartialFedAvg):
     model_heterogeneous = False
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: feddbe regularizes a classifier's representation and needs "
-                f"'cross_entropy', got {experiment.train.loss!r}"
-            )
+        require_classification(experiment, "feddbe regularizes a classifier's representation")
 
     def prepare_model(
         self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int

@@ -44,7 +44,14 @@ from torch import nn
 from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PERSONAL_KEY, PartialFedAvg
 from plural.config import ConfigError, setting
-from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
+from plural.core.algorithm import (
+    FederationInfo,
+    ModelMessage,
+    RoundContext,
+    ServerState,
+    Update,
+    require_classification,
+)
 from plural.core.masks import LAST
 from plural.core.params import Params
 from plural.core.prototypes import PrototypeObjective, aggregate_prototypes, feature_moments
@@ -149,11 +156,9 @@ class FedPAC(PartialFedAvg):
         return model
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: fedpac's class centroids and heads need classification "
-                f"('cross_entropy'), got {experiment.train.loss!r}"
-            )
+        require_classification(
+            experiment, "fedpac aligns class centroids and combines classifier heads"
+        )
 
     def personal_patterns(self) -> tuple[str, ...]:
         return (LAST,)

@@ -54,7 +54,14 @@ import numpy as np
 import torch
 
 from plural.config import ConfigError, setting
-from plural.core.algorithm import Algorithm, FederationInfo, OnClient, ServerState, Update
+from plural.core.algorithm import (
+    Algorithm,
+    FederationInfo,
+    OnClient,
+    ServerState,
+    Update,
+    require_classification,
+)
 from plural.core.masks import last_module_names
 from plural.core.params import Params
 from plural.core.prototypes import (
@@ -150,11 +157,7 @@ class FedProto(Algorithm):
     model_heterogeneous = True
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: fedproto learns class prototypes and needs classification "
-                f"('cross_entropy'), got {experiment.train.loss!r}"
-            )
+        require_classification(experiment, "fedproto learns class prototypes")
 
     # ---- server side -------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from torch import nn
 from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PartialFedAvg
 from plural.config import ConfigError, setting
-from plural.core.algorithm import ModelMessage, OnClient, ServerState
+from plural.core.algorithm import ModelMessage, OnClient, ServerState, require_classification
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
 from plural.data.federated import ClientData
@@ -119,11 +119,7 @@ class FedRoD(PartialFedAvg):
         return GenericPersonalModel(model)
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: fedrod's heads are classifiers and need classification "
-                f"('cross_entropy'), got {experiment.train.loss!r}"
-            )
+        require_classification(experiment, "fedrod's heads are classifiers")
 
     def personal_patterns(self) -> tuple[str, ...]:
         return (PERSONAL_HEAD + ".*",)

@@ -53,7 +53,7 @@ from torch import nn
 from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PartialFedAvg
 from plural.config import ConfigError, setting
-from plural.core.algorithm import FederationInfo, ModelMessage, ServerState
+from plural.core.algorithm import FederationInfo, ModelMessage, ServerState, require_classification
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, WorkBudget
 from plural.data.federated import ClientData
@@ -142,11 +142,7 @@ class FML(PartialFedAvg):
         return AdaptedModel(model, meme, mu=0.0, construction="parallel")
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                "train.loss: fml distils class probabilities and needs classification "
-                f"('cross_entropy'), got {experiment.train.loss!r}"
-            )
+        require_classification(experiment, "fml distils class probabilities")
 
     def personal_patterns(self) -> tuple[str, ...]:
         return (LOCAL_PREFIX + "*",)

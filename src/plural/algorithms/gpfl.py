@@ -43,7 +43,7 @@ from torch import nn
 from plural.algorithms.fedavg import AveragingConfig
 from plural.algorithms.partial import PartialFedAvg
 from plural.config import ConfigError, setting
-from plural.core.algorithm import FederationInfo, ModelMessage, Update
+from plural.core.algorithm import FederationInfo, ModelMessage, Update, require_classification
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, LossTerm, WorkBudget
 from plural.data.federated import ClientData
@@ -134,10 +134,7 @@ class GPFL(PartialFedAvg):
     model_heterogeneous = False
 
     def check(self, experiment: Any) -> None:
-        if experiment.train.loss != "cross_entropy":
-            raise ConfigError(
-                f"train.loss: gpfl needs 'cross_entropy', got {experiment.train.loss!r}"
-            )
+        require_classification(experiment, "gpfl learns class embeddings")
 
     def prepare_model(
         self, model: nn.Module, input_shape: tuple[int, ...], num_classes: int

@@ -276,3 +276,11 @@ def reported_cluster(update: Update) -> int:
 def cluster_tensor(cluster: int) -> torch.Tensor:
     """A cluster index as it travels in a reply."""
     return torch.tensor(cluster, dtype=torch.int64)
+
+
+def require_classification(experiment: Any, why: str) -> None:
+    """A ConfigError unless the run trains a classifier (``train.loss: cross_entropy``);
+    ``why`` says what in the method needs classes (``"fedproto learns class prototypes"``)."""
+    loss = experiment.train.loss
+    if loss != "cross_entropy":
+        raise ConfigError(f"train.loss: {why}, so it needs 'cross_entropy', got {loss!r}")
