@@ -44,11 +44,13 @@ browser:
 demo: setup
 	$(BIN)/plural demo
 
-# The Ray backend's tests start a local Ray instance (seconds), so they run on their own;
-# so do plural.flower's (a Flower simulation, SuperLink and SuperNode processes).
-# The report's browser test leaves its screenshot in test-artifacts/.
+# The fast suite runs in two processes (pytest-xdist; each test file stays in one, and
+# tests use one torch thread). The Ray backend's tests start a local Ray instance
+# (seconds), so they run on their own, after it; so do plural.flower's (a Flower
+# simulation, SuperLink and SuperNode processes). The report's browser test leaves its
+# screenshot in test-artifacts/.
 test: setup data browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 	$(BIN)/pytest -m ray
 	$(BIN)/pytest -m flower
 

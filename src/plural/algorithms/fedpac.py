@@ -69,9 +69,7 @@ SMALL_WEIGHT = 1e-3
 @dataclasses.dataclass(frozen=True)
 class FedPACConfig(AveragingConfig):
     lam: float = setting(1.0, help="weight lambda of the feature alignment term", ge=0)
-    head_epochs: int = setting(
-        1, help="epochs fitting the head with the body frozen, each round", ge=0
-    )
+    head_epochs: int = setting(1, help="epochs fitting the head, body frozen, each round", ge=0)
     collaboration: bool = setting(
         True, help="combine the cohort's heads by the QP (false: each keeps its own head)"
     )

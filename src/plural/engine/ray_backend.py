@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import torch
 
 from plural.config import ConfigError
-from plural.engine.backends import WorkerEnv, WorkerSetup, run_client_phase
+from plural.engine.backends import WorkerEnv, WorkerSetup, run_client_phase, warm_up_torch
 from plural.engine.kept_state import HeldStates, run_kept_phase
 from plural.engine.store import (
     SHARDED_KIND,
@@ -82,6 +82,7 @@ class ShardWorker:
 
     def __init__(self, setup: bytes, threads: int) -> None:
         torch.set_num_threads(threads)
+        warm_up_torch()
         self.env = WorkerEnv(pickle.loads(setup))
 
     def pid(self) -> int:
