@@ -290,8 +290,10 @@ def worker_context() -> multiprocessing.context.BaseContext:
     """How worker processes start. On Linux, forked from a server process that has imported
     torch and plural's components once (``forkserver``), so a pool starts in a fraction of a
     second instead of importing torch in every worker; each worker still starts clean (the
-    server never ran torch, so no thread pool or device state is inherited). Elsewhere,
-    ``spawn`` (fork is unsafe on macOS, absent on Windows)."""
+    server never ran torch, so no thread pool or device state is inherited; ``sys.path`` and
+    the working folder are the parent's, as with spawn, but environment variables are those
+    of the moment the server started, at the first pool). Elsewhere, ``spawn`` (fork is
+    unsafe on macOS, absent on Windows)."""
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
