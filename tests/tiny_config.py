@@ -1,4 +1,5 @@
-"""The tiny federation most tests run on (the ``tiny_config`` fixture returns a copy)."""
+"""The tiny federation most tests run on (the ``tiny_config`` fixture returns a copy), and the
+helpers the algorithm tests share to change and run it."""
 
 from __future__ import annotations
 
