@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -68,15 +69,23 @@ class _Threads:
 
 
 def child(config: dict[str, Any], threads: int | None) -> None:
-    """Run one config and print its wall time and the threads it used (a child process)."""
+    """Run one config and print its wall time, the threads it chose and, where they adapted
+    to the load, the client tasks run at each count (a child process)."""
+    import tempfile
+
     import plural
+    from plural.report.rundir import RunDirectory
 
     if threads is not None:
         config = {**config, "backend": {**config.get("backend", {}), "threads": threads}}
     used = _Threads()
-    started = time.perf_counter()
-    plural.run(config, progress=False, callbacks=[used])
-    print(json.dumps({"seconds": time.perf_counter() - started, "threads": used.threads}))
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        plural.run(config, out=Path(folder) / "run", progress=False, callbacks=[used])
+        seconds = time.perf_counter() - started
+        environment = RunDirectory(Path(folder) / "run").read_environment()[-1]
+    tasks = environment.get("torch_threads_used")
+    print(json.dumps({"seconds": seconds, "threads": used.threads, "tasks_at": tasks}))
 
 
 def _spawn(name: str, setting: int | None, copies: int) -> tuple[list[float], int]:
@@ -90,41 +99,45 @@ def _spawn(name: str, setting: int | None, copies: int) -> tuple[list[float], in
     processes = [
         subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) for _ in range(copies)
     ]
-    seconds, used = [], 0
+    seconds, used = [], {}
     for process in processes:
         out, _ = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"{name} (threads {setting}) failed")
         reply = json.loads(out.strip().splitlines()[-1])
         seconds.append(reply["seconds"])
-        used = reply["threads"]
+        used = {"threads": reply["threads"], "tasks_at": reply.get("tasks_at")}
     return seconds, used
 
 
 QUICK = False
 
 
-def measure(names: list[str], settings: list[int | None]) -> list[dict[str, Any]]:
+def measure(names: list[str], settings: list[int | None], repeats: int) -> list[dict[str, Any]]:
+    """Per workload and mode, the median over ``repeats`` of the slower copy's seconds."""
     rows = []
     for name in names:
         for copies, mode in ((1, "alone"), (2, "beside a copy")):
-            times, chosen = {}, None
+            times, runs, chosen = {}, {}, None
             for setting in settings:
-                seconds, used = _spawn(name, setting, copies)
-                times["default" if setting is None else str(setting)] = max(seconds)
-                chosen = used if setting is None else chosen
                 label = "default" if setting is None else str(setting)
-                print(
-                    f"{name:16s} {mode:14s} threads={label:>7} (used {used}): "
-                    f"{max(seconds):6.1f} s",
-                    flush=True,
-                )
+                runs[label] = []
+                for _ in range(repeats):
+                    seconds, used = _spawn(name, setting, copies)
+                    runs[label].append(max(seconds))
+                    chosen = used if setting is None else chosen
+                    print(
+                        f"{name:16s} {mode:14s} threads={label:>7} {used}: {max(seconds):6.1f} s",
+                        flush=True,
+                    )
+                times[label] = statistics.median(runs[label])
             best = min(v for k, v in times.items() if k != "default")
             rows.append(
                 {
                     "workload": name,
                     "mode": mode,
                     "seconds": times,
+                    "runs": runs,
                     "default_threads": chosen,
                     "default_over_best": times["default"] / best,
                 }
@@ -142,6 +155,7 @@ def main() -> None:
     parser.add_argument(
         "--workloads", nargs="+", metavar="NAME", help="only these (demo-ALGORITHM, lenet-20)"
     )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per setting (median)")
     args = parser.parse_args()
     QUICK = args.quick
     if args.child:
@@ -160,10 +174,11 @@ def main() -> None:
     started = time.time()
     rows: list[dict[str, Any]] = []
     for name in args.workloads or names:  # written after each workload: nothing is lost
-        rows += measure([name], settings)
+        rows += measure([name], settings, args.repeats)
         result = {
             "machine": machine_info(loadavg_1m_at_end=os.getloadavg()[0]),
             "quick": args.quick,
+            "repeats": args.repeats,
             "seconds_total": time.time() - started,
             "rows": rows,
             "limit": LIMIT,

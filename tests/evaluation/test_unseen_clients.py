@@ -13,6 +13,8 @@ import plural
 from plural.config import ConfigError
 from plural.core.trainer import LocalTrainer
 from plural.experiment import load_config
+from plural.report.compare import run_results
+from plural.report.runs import RunRecord
 from plural.runner import build_algorithm, build_client_models, build_federation
 
 
@@ -48,6 +50,9 @@ def test_unseen_clients_never_train_and_are_scored_apart(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_unseen"]["accuracy"]["clients"] == len(unseen)
     assert summary["test"]["accuracy"]["clients"] == clients - len(unseen)
+    compared = run_results(RunRecord.load(tmp_path / "run"))  # plural compare's figures
+    assert compared["clients"] == clients - len(unseen)
+    assert compared["mean"] == pytest.approx(summary["test"]["accuracy"]["mean"])
     # FedAvg serves a newcomer the global model
     trainer, federation = trainer_and_federation(cfg)
     last = results.final("test").set_index("client")
@@ -103,3 +108,80 @@ def test_fedper_newcomers_get_a_new_head_fitted_on_their_training_split(
         before = trainer.evaluate(untrained_head, client.test.x, client.test.y).accuracy
         gains.append(last.loc[cid, "accuracy"] - before)
     assert sum(gains) / len(gains) > 0.05, gains  # measured: 0.13 and 0.22
+
+
+def _every_demo_method() -> list[str]:
+    from plural.cli import demo_algorithms
+
+    return demo_algorithms()
+
+
+@pytest.mark.parametrize("name", _every_demo_method())
+def test_every_method_runs_with_a_server_set_and_unseen_clients(
+    tiny_config: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each method trains only the clients that take part, scores the unseen ones apart, and
+    (where it has a server model) the server's test set: no method crashes on either."""
+    import warnings
+
+    from plural.cli import demo_settings
+    from plural.engine.context import EngineRoundContext
+
+    trained: set[int] = set()
+    stream = EngineRoundContext.stream
+
+    def recording(self: Any, phase: str, cohort: Any, *args: Any, **kwargs: Any) -> Any:
+        if phase == "client_update":
+            trained.update(cohort)
+        return stream(self, phase, cohort, *args, **kwargs)
+
+    monkeypatch.setattr(EngineRoundContext, "stream", recording)
+    cfg = with_unseen(tiny_config, 0.3, algorithm={"name": name, **demo_settings(name, 3)})
+    cfg["partition"] = {**cfg["partition"], "num_clients": 8}
+    cfg["split"]["server"] = 0.1
+    cfg["eval"] = {"every": 3}
+    if name == "pfedlia":
+        cfg["algorithm"]["warmup_rounds"] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = plural.run(cfg)
+    unseen = set(build_federation(load_config(cfg)).unseen)
+    assert trained and not trained & unseen
+    metrics = results.metrics
+    test = metrics[metrics["split"] == "test"]
+    assert set(test.loc[test["unseen"].astype(bool), "client"]) == unseen
+    assert test["accuracy"].notna().all()
+    server = metrics[metrics["split"] == "server"]
+    unused = any("split.server" in str(w.message) for w in caught)
+    declared_none = not build_algorithm(load_config(cfg)).has_server_model
+    assert server.empty == (unused or declared_none)  # never silently missing
+    if not server.empty:
+        assert server["accuracy"].between(0, 1).all()
+
+
+def _recording(phase: str, original: Any, asked: dict[str, set[int]]) -> Any:
+    def recording(self: Any, message: Any, state: Any, client: Any, *rest: Any) -> Any:
+        asked[phase].add(client.client_id)
+        return original(self, message, state, client, *rest)
+
+    return recording
+
+
+def test_pfedlia_never_trains_scores_or_clusters_unseen_clients(
+    tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plural.algorithms.pfedlia import PFedLIA
+
+    asked: dict[str, set[int]] = {"lazy_train": set(), "score": set()}
+    for phase in asked:
+        monkeypatch.setattr(PFedLIA, phase, _recording(phase, getattr(PFedLIA, phase), asked))
+    cfg = with_unseen(tiny_config, 0.3, algorithm={"name": "pfedlia", "warmup_rounds": 1})
+    cfg["partition"] = {**cfg["partition"], "num_clients": 10}
+    results = plural.run(cfg)
+    unseen = set(build_federation(load_config(cfg)).unseen)
+    taking_part = set(range(10)) - unseen
+    assert asked["lazy_train"] == asked["score"] == taking_part
+    for record in results.server.extra["lia_records"]:
+        assert set(record["lazy_clients"]) <= taking_part
+    assignment = results.diagnostics.iloc[-1]["assignment"]
+    assert all(assignment[c] == -1 for c in unseen)  # ARI counts the clients that trained

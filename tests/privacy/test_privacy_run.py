@@ -67,6 +67,7 @@ def _config(**changes: Any) -> dict[str, Any]:
         ({"algorithm": {"name": "fedavg"}}, "weighting: uniform"),
         ({"algorithm": {"name": "qfedavg"}}, "own aggregation rule"),
         ({"algorithm": {"name": "scaffold", "weighting": "uniform"}}, "control variates"),
+        ({"algorithm": {"name": "pfedgraph"}}, "outside the aggregation chain"),
         (
             {"privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1, "adaptive_clip": {}}},
             "adaptive_clip: applies to level client",
@@ -122,6 +123,37 @@ def test_a_robust_aggregation_rule_is_refused(monkeypatch: pytest.MonkeyPatch) -
     aggregation.register_chain_builder(lambda cfg: AggregationChain(reducer=Median()))
     with pytest.raises(ConfigError, match="'median' breaks the sensitivity bound"):
         run(_config())
+
+
+def test_every_method_privacy_accepts_aggregates_through_the_noised_chain() -> None:
+    """A method privacy does not refuse at client level must combine clients through the
+    aggregation chain (where clipping and noise act), itself or through its base method:
+    otherwise a calibrated epsilon would be reported for models never noised."""
+    import plural.runner  # noqa: F401  (registers every algorithm)
+    from plural.algorithms.finetune import Finetune
+    from plural.privacy.run import REFUSED
+    from plural.registry import ALGORITHMS
+    from plural.robust.runtime import averages_through_chain
+
+    for entry in ALGORITHMS:
+        if entry.name in REFUSED or issubclass(entry.target, Finetune):
+            continue  # fine-tuning methods average with their base method, checked itself
+        assert averages_through_chain(entry.target), entry.name
+
+
+def test_centered_clipping_keeps_the_noised_aggregate_as_its_center() -> None:
+    """Centered clipping's center is what the server released, after privacy's noise."""
+    config = load_config(_config(aggregator={"name": "centered_clip", "tau": 1.0}))
+    names = [stage.name for stage in aggregation.chain_for(config).post_stages]
+    assert names.index("center") == len(names) - 1 and len(names) == 2
+    reordered = list(reversed(aggregation._BUILDERS))  # whatever order they registered in
+    original = aggregation._BUILDERS[:]
+    try:
+        aggregation._BUILDERS[:] = reordered
+        names = [stage.name for stage in aggregation.chain_for(config).post_stages]
+        assert names[-1] == "center"
+    finally:
+        aggregation._BUILDERS[:] = original
 
 
 # ---- Poisson sampling ---------------------------------------------------------------------

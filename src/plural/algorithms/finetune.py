@@ -94,7 +94,9 @@ class Finetune(Algorithm):
 
     def __getattr__(self, phase: str) -> Callable[..., Any]:
         # Extra client phases of a multi-phase base run with the base's own client state.
-        if phase.startswith("__") or phase == "base":
+        # The base's newcomer step is not one: fine-tuning serves a newcomer itself (every
+        # client, unseen ones too, is fine-tuned from the global model at evaluation).
+        if phase.startswith("__") or phase in ("base", "newcomer"):
             raise AttributeError(phase)
         return _wrap_phase(getattr(self.base, phase))
 

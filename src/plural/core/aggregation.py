@@ -286,7 +286,10 @@ def chain_for(config: Any) -> AggregationChain:
     """The aggregation chain a run's config asks for (:data:`PLAIN` when none asks).
 
     Client and post stages of the registered builders are concatenated in registration
-    order; at most one builder may replace the weighted-mean reducer.
+    order, except that post stages which keep the aggregate for later rounds
+    (``keeps_released = True``, e.g. centered clipping's center) run after every other one:
+    what they keep is then what was released (noised, under privacy), whatever order the
+    builders were registered in. At most one builder may replace the weighted-mean reducer.
     """
     client_stages: list[ClientStage] = []
     post_stages: list[PostStage] = []
@@ -303,6 +306,7 @@ def chain_for(config: Any) -> AggregationChain:
                     f"two aggregation rules asked for: {reducer.name!r} and {piece.reducer.name!r}"
                 )
             reducer = piece.reducer
+    post_stages.sort(key=lambda stage: bool(getattr(stage, "keeps_released", False)))
     return AggregationChain(
         tuple(client_stages), reducer or WeightedMeanReducer(), tuple(post_stages)
     )

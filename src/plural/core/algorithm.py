@@ -128,6 +128,9 @@ class RoundContext(Protocol):
     evaluating: bool
     """Whether the engine evaluates every client after this round."""
     num_clients: int
+    clients: Sequence[int]
+    """The clients that take part in training: all but ``split.unseen_clients``, which a
+    method never trains, scores or clusters (they are served as newcomers)."""
 
     def map(
         self,
@@ -172,6 +175,9 @@ class Algorithm:
     name: ClassVar[str] = "algorithm"
     in_demo: ClassVar[bool] = True
     """Whether ``plural demo`` runs it (False for methods that need special models or data)."""
+    has_server_model: ClassVar[bool] = True
+    """False for methods whose server holds no model (each client's own only): they are not
+    scored on a server test set (``plural.engine.heldout``)."""
     needs_validation: ClassVar[bool] = False
     """Whether clients score on their own validation split during training (the run then
     refuses a federation with a client that has none, before training)."""

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, OnClient, full_params
@@ -34,7 +35,7 @@ from plural.core.params import Params
 from plural.core.rng import torch_generator
 from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
 from plural.data.federated import FederatedDataset, SplitName
-from plural.engine.threads import choose_threads, cores_per_process, usable_cores
+from plural.engine.threads import ThreadGovernor, choose_threads, cores_per_process, usable_cores
 from plural.experiment import BackendConfig
 from plural.registry import COMPONENT_MODULES
 
@@ -230,16 +231,24 @@ class SequentialBackend:
     """Clients one after another in this process (no copies, no pickling).
 
     ``threads`` sets torch's thread count for the run (restored on close); small models
-    often run faster on one thread than on several competing ones.
+    often run faster on one thread than on several competing ones. With ``adapt``, a
+    :class:`~plural.engine.threads.ThreadGovernor` moves between one thread and
+    ``threads`` with the load other processes put on this process's cores.
     """
 
-    def __init__(self, setup: WorkerSetup, threads: int | None = None) -> None:
+    def __init__(self, setup: WorkerSetup, threads: int | None = None, adapt: bool = False):
         self.env = WorkerEnv(setup)
         self.num_clients = setup.federation.num_clients
         self._restore_threads = torch.get_num_threads()
         if threads is not None:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+        self.governor = ThreadGovernor(self.threads) if adapt and self.threads > 1 else None
+
+    @property
+    def threads_used(self) -> dict[int, int]:
+        """Client tasks run at each thread count ({threads: tasks}; empty when fixed)."""
+        return dict(self.governor.used) if self.governor is not None else {}
 
     def map(self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]) -> list[Result]:
         return list(self.imap(task, items))
@@ -248,7 +257,13 @@ class SequentialBackend:
         self, task: Callable[[WorkerEnv, Item], Result], items: Sequence[Item]
     ) -> Iterator[Result]:
         for item in items:
+            self.tick()
             yield task(self.env, item)
+
+    def tick(self) -> None:
+        """Before each piece of work: let the governor adjust the threads if it is due."""
+        if self.governor is not None:
+            self.governor.tick()
 
     def close(self) -> None:
         torch.set_num_threads(self._restore_threads)
@@ -354,19 +369,34 @@ BACKEND_OVERRIDE: contextvars.ContextVar[Callable[[WorkerSetup], Backend] | None
 it builds around ``setup`` replaces the configured one."""
 
 
-def model_parameters(model: nn.Module | ClientModels) -> int:
-    """Parameters of the largest model clients train (what sets the threads worth using)."""
-    members = model.members if isinstance(model, ClientModels) else (model,)
-    return max(sum(p.numel() for p in member.parameters()) for member in members)
+def step_flops(setup: WorkerSetup) -> float:
+    """FLOPs of one training step (forward and backward of a minibatch) of the largest model
+    clients train: what sets the threads worth using. Counted by torch's FLOP counter on a
+    forward pass of two training samples, times three for the backward pass."""
+    samples = next((c.train.x[:2] for c in setup.federation.clients if len(c.train.x)), None)
+    if samples is None:
+        return 0.0
+    members = setup.model.members if isinstance(setup.model, ClientModels) else (setup.model,)
+    per_sample = max(_forward_flops(member, samples) for member in members) / len(samples)
+    return 3 * per_sample * setup.train.batch_size
+
+
+def _forward_flops(model: nn.Module, x: torch.Tensor) -> float:
+    replica = copy.deepcopy(model).eval()  # neither buffers nor random state move
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        replica(x)
+    return float(counter.get_total_flops())
 
 
 def backend_threads(setup: WorkerSetup, config: BackendConfig) -> int:
     """Torch threads per process of the backend ``config`` names (see
     :mod:`plural.engine.threads`); ``backend.threads`` when the config gives it."""
+    if config.thread_override is not None:
+        return config.thread_override
     processes = 1
     if config.name in ("process", "ray"):
         processes = config.workers or usable_cores()
-    return choose_threads(model_parameters(setup.model), processes, config.thread_override)
+    return choose_threads(step_flops(setup), processes)
 
 
 def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
@@ -377,12 +407,15 @@ def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
     if override is not None:
         return override(setup)
     threads = backend_threads(setup, config)
+    adapt = config.thread_override is None  # pinned threads stay as they are
     if config.name == "sequential":
-        return SequentialBackend(setup, threads)
+        return SequentialBackend(setup, threads, adapt)
     if config.name == "vectorized":
         from plural.engine.vectorized import VectorizedBackend
 
-        return VectorizedBackend(setup, config.vectorize, threads, config.max_batch_clients)
+        return VectorizedBackend(
+            setup, config.vectorize, threads, config.max_batch_clients, adapt=adapt
+        )
     if config.name == "process":
         return ProcessBackend(setup, config.workers, threads)
     if config.name == "ray":

@@ -53,10 +53,15 @@ class RoundLedger:
         self.privacy_steps: dict[int, int] = defaultdict(int)
 
 
-def round_context(train: TrainConfig, *args: Any, **kwargs: Any) -> EngineRoundContext:
-    """A round's context that knows the run's training settings (non-finite updates)."""
+def round_context(
+    train: TrainConfig, unseen: Sequence[int], *args: Any, **kwargs: Any
+) -> EngineRoundContext:
+    """A round's context that knows the run's training settings (non-finite updates) and
+    the clients that never train (``split.unseen_clients``)."""
     ctx = EngineRoundContext(*args, **kwargs)
     ctx.train = train
+    left_out = set(unseen)
+    ctx.clients = tuple(c for c in range(ctx.num_clients) if c not in left_out)
     return ctx
 
 
@@ -79,6 +84,7 @@ class EngineRoundContext:
         self.server = server
         self.evaluating = evaluating
         self.num_clients = backend.num_clients
+        self.clients: tuple[int, ...] = tuple(range(self.num_clients))
         self._algorithm = algorithm
         self._store = store
         self._backend = backend

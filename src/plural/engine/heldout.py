@@ -7,7 +7,10 @@ FedAvg-style papers score the global model on the dataset's official test set ea
 ``split == "server"`` and ``client == -1``: the global model, or for clustered methods one
 row per cluster model, named in the ``model`` column. Methods without a server-side model
 (each client's own model only: Local, FedProto, MOCHA) write none; an algorithm says so with
-``has_server_model = False``, and names its models with ``server_models(server)``.
+``has_server_model = False``, and names its models with ``server_models(server)``. Methods
+whose server holds only part of the network (the shared body of FedPer, FedRep, FedRoD, ...;
+pFedLoRA's adapters; pFedHN's hypernetwork) have no server model to score either: they
+write no server rows, and the run warns once that the server set goes unused.
 
 Unseen clients (``split.unseen_clients``) are never sampled; at each evaluation they are
 served as the method serves a client it has no state for (a newcomer), and their rows carry
@@ -17,6 +20,7 @@ served as the method serves a client it has no state for (a newcomer), and their
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,7 +62,16 @@ def server_rows(
     trainer = env.trainer
     x, y = server_set.x, server_set.y
     rows = []
-    for name, params in server_models(algorithm, server).items():
+    models = server_models(algorithm, server)
+    complete = {name: p for name, p in models.items() if _is_whole_model(p, trainer.model)}
+    if len(complete) < len(models):
+        warnings.warn(
+            f"split.server: {algorithm.name}'s server holds no complete model (only the "
+            "parts its clients share), so there is nothing to score on the server set; "
+            "its clients' own splits are scored as usual",
+            stacklevel=2,
+        )
+    for name, params in complete.items():
         if isinstance(params, Mixture):
             result = trainer.evaluate_mixture(params, x, y, env.eval_batch_size)
         else:
@@ -69,6 +82,17 @@ def server_rows(
             row["model"] = name
         rows.append(row)
     return rows
+
+
+def _is_whole_model(params: Any, model: Any) -> bool:
+    """Whether ``params`` are every entry of ``model``'s state, shape for shape (or a mixture
+    or a model the clients assemble, which are whole by construction)."""
+    if isinstance(params, Mixture | OnClient):
+        return True
+    expected = model.state_dict()
+    return set(params) == set(expected) and all(
+        tuple(params[k].shape) == tuple(v.shape) for k, v in expected.items()
+    )
 
 
 def metric_columns(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:

@@ -163,6 +163,7 @@ class RoundLoop:
         context = functools.partial(
             round_context,
             cfg.train,
+            self.federation.unseen,
             *(round_index, cfg.seed, server, self.algorithm, self.store, backend, evaluate),
         )
         played: dict[str, Any] = {}

@@ -564,8 +564,9 @@ class VectorizedBackend(SequentialBackend):
         mode: VectorizeMode = "auto",
         threads: int | None = None,
         max_batch_clients: int = 256,
+        adapt: bool = False,
     ) -> None:
-        super().__init__(setup, threads)
+        super().__init__(setup, threads, adapt)
         self.mode = mode
         self.max_batch_clients = max_batch_clients
         self._refused: set[Hashable] = set()
@@ -580,12 +581,14 @@ class VectorizedBackend(SequentialBackend):
         evaluation chunk by chunk, other tasks one by one."""
         if task is evaluate_client:
             for start in range(0, len(items), self.max_batch_clients):
+                self.tick()
                 yield from self._evaluate(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
             return
         if task is not run_client_phase:
             yield from super().imap(task, items)
             return
         for start in range(0, len(items), self.max_batch_clients):
+            self.tick()
             yield from self._wave(items[start : start + self.max_batch_clients])  # type: ignore[arg-type,misc]
 
     def _evaluate(self, items: Sequence[EvalWork]) -> list[dict[str, EvalResult]]:

@@ -42,6 +42,8 @@ REFUSED = {
     "fedfomo": "clients send their models to the server as they are, to be relayed to peers",
     "pfedhn": "the hypernetwork learns from each client's raw update, outside the chain",
     "fedpac": "clients send heads, class centroids and feature variances outside the chain",
+    "pfedgraph": "each client's aggregate is a similarity-weighted mix of raw client models, "
+    "computed outside the aggregation chain",
 }
 NOT_PRIVATIZED = {
     "ifca": "each client's choice of cluster",

@@ -39,9 +39,12 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return versions
 
 
-def environment_entry(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+def environment_entry(
+    device: str = "cpu", threads: int | None = None, threads_adapt: bool = False
+) -> dict[str, Any]:
     """This process's environment, for ``environment.json``; ``threads``: the torch threads
-    each process of the run uses (default: this process's current setting)."""
+    each process of the run uses (default: this process's current setting), or at most
+    uses when ``threads_adapt`` (the run adds ``torch_threads_used`` when it ends)."""
     from plural.engine.threads import usable_cores
 
     entry: dict[str, Any] = {
@@ -53,6 +56,7 @@ def environment_entry(device: str = "cpu", threads: int | None = None) -> dict[s
         "cpus": os.cpu_count(),
         "usable_cores": usable_cores(),
         "torch_threads": torch.get_num_threads() if threads is None else threads,
+        "torch_threads_adapt": threads_adapt,
         "device": device,
         "packages": package_versions(),
     }

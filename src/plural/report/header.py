@@ -30,12 +30,16 @@ class RunInfo:
     threads: int | None
     run_dir: Path | None
     notes: tuple[str, ...] = ()
+    threads_adapt: bool = False
+    """True when the threads move between 1 and ``threads`` with the load on the cores."""
 
     def lines(self) -> list[str]:
         sizes = ", ".join(f"{self.split_sizes[s]} {s}" for s in SPLIT_NAMES)
         params = " / ".join(f"{p:,}" for p in self.parameters)
         workers = f", {self.workers} workers" if self.workers else ""
         threads = "?" if self.threads is None else str(self.threads)
+        if self.threads_adapt:
+            threads = f"1-{threads} (fewer while other processes use the cores)"
         rows = [
             f"plural run {self.name!r}",
             f"  dataset:   {self.dataset}: {self.clients} clients, {self.classes} classes; "
@@ -43,7 +47,7 @@ class RunInfo:
             f"  model:     {self.model}, {params} parameters",
             f"  algorithm: {self.algorithm}, {_count(self.rounds, 'round')}",
             f"  backend:   {self.backend}{workers} on {self.device}, {threads} torch "
-            f"thread{'' if self.threads == 1 else 's'} per process",
+            f"thread{'' if self.threads == 1 and not self.threads_adapt else 's'} per process",
             f"  run dir:   {self.run_dir if self.run_dir is not None else '(none: nothing kept)'}",
         ]
         rows += [f"  note:      {note}" for note in self.notes]
@@ -74,6 +78,7 @@ def run_info(
         threads=getattr(backend, "threads", None),
         run_dir=run_dir,
         notes=tuple(getattr(federation, "notes", ())),
+        threads_adapt=getattr(backend, "governor", None) is not None,
     )
 
 

@@ -175,6 +175,14 @@ class RunDirectory:
         """Add this start's environment (versions, machine, command) to ``environment.json``."""
         self.write_json(self.environment_path, [*self.read_environment(), dict(entry)])
 
+    def amend_environment(self, fields: Mapping[str, Any]) -> None:
+        """Add ``fields`` to this start's entry of ``environment.json`` (what the run learnt
+        as it went, e.g. the threads it used)."""
+        entries = self.read_environment()
+        if entries:
+            entries[-1].update(fields)
+            self.write_json(self.environment_path, entries)
+
     def read_environment(self) -> list[dict[str, Any]]:
         if not self.environment_path.is_file():
             return []

@@ -91,18 +91,21 @@ def chosen_round(run: RunRecord, choice: RoundChoice = "last", split: str = "tes
 
 
 def rows_at(run: RunRecord, split: str, choice: RoundChoice = "last") -> pd.DataFrame:
-    """The per-client rows of ``split`` at the chosen round."""
+    """The per-client rows of ``split`` at the chosen round, of the clients that trained
+    (unseen clients are summarised apart, as in ``summary.json``)."""
     if choice == "last":
-        return run.final(split)
-    rows = run.evaluated(split)
-    return rows[rows["round"] == chosen_round(run, choice, split)].reset_index(drop=True)
+        rows = run.final(split)
+    else:
+        rows = run.evaluated(split)
+        rows = rows[rows["round"] == chosen_round(run, choice, split)]
+    rows = rows[rows["client"] >= 0]
+    if "unseen" in rows.columns:
+        rows = rows[~rows["unseen"].fillna(False).astype(bool)]
+    return rows.reset_index(drop=True)
 
 
 def _client_values(run: RunRecord, metric: str, split: str, choice: RoundChoice) -> pd.Series:
     rows = rows_at(run, split, choice)
-    rows = rows[rows["client"] >= 0]
-    if "unseen" in rows.columns:
-        rows = rows[~rows["unseen"].fillna(False).astype(bool)]
     return rows.set_index("client")[metric].astype(np.float64)
 
 

@@ -292,6 +292,9 @@ class RememberCenter:
     """Post stage of centered clipping: the round's aggregate becomes the next center."""
 
     name = "center"
+    keeps_released = True
+    """It runs after every other post stage (:func:`plural.core.aggregation.chain_for`): the
+    center is the aggregate as released, after privacy's noise, never the raw one."""
 
     def apply(
         self,

@@ -6,6 +6,7 @@ and the checkpoint are written. Without a run directory only the in-memory parts
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -47,15 +48,21 @@ class RobustMetrics:
 
 
 class ClusterQuality:
-    """Clusters, ARI/NMI against the true groups and changes, for methods that cluster."""
+    """Clusters, ARI/NMI against the true groups and changes, for methods that cluster; of
+    the clients that train (unseen clients are recorded as -1, unassigned)."""
 
-    def __init__(self, algorithm: Algorithm, groups: np.ndarray | None) -> None:
-        self.algorithm, self.groups = algorithm, groups
+    def __init__(
+        self, algorithm: Algorithm, groups: np.ndarray | None, unseen: Sequence[int] = ()
+    ) -> None:
+        self.algorithm, self.groups, self.unseen = algorithm, groups, list(unseen)
 
     def on_round(self, event: RoundEvent) -> RoundOutcome | None:
         assignment = self.algorithm.cluster_assignment(event.server)
         if assignment is None:
             return None
+        if self.unseen:
+            assignment = np.array(assignment, dtype=np.int64)
+            assignment[self.unseen] = -1
         previous = last_assignment(event.history)
         return RoundOutcome(metrics=cluster_quality(assignment, self.groups, previous))
 

@@ -198,7 +198,8 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
             store = loop.store = keep_states(store)
         if run_dir is not None:  # the threads the backend's processes actually use
             threads = getattr(backend, "threads", None)
-            run_dir.record_environment(environment_entry(str(run.device), threads))
+            adapt = getattr(backend, "governor", None) is not None
+            run_dir.record_environment(environment_entry(str(run.device), threads, adapt))
         path = run_dir.path if run_dir else None
         info = run_info(cfg, run.federation, run.models, backend, run.device, path)
         notify(callbacks, "on_run_info", info)  # e.g. the header `plural run` prints
@@ -206,11 +207,19 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
         recorders = [*_recorders(run, frames, summary), *_round_hooks(callbacks)]
         server = loop.run(server, backend, recorders, [bar, *callbacks])
     finally:
+        _record_threads_used(run_dir, backend)
         backend.close()
         bar.close()
         store.close()
     metrics = _metrics(run_dir, frames)
     return _results(run, server, metrics, history, summary(metrics, server, loop.stopped_early))
+
+
+def _record_threads_used(run_dir: RunDirectory | None, backend: Any) -> None:
+    """How many client tasks ran at each thread count, where the threads adapted."""
+    used = getattr(backend, "threads_used", None)
+    if run_dir is not None and used:
+        run_dir.amend_environment({"torch_threads_used": {str(k): v for k, v in used.items()}})
 
 
 def _start_run_directory(run: _Run, resume: bool) -> None:
@@ -229,7 +238,8 @@ def _recorders(run: _Run, frames: list[pd.DataFrame], summary: RunSummary) -> li
     recorders: list[Any] = []
     if run.robust.active:
         recorders.append(RobustMetrics(run.robust, run.algorithm, run.setup))
-    recorders.append(ClusterQuality(run.algorithm, run.federation.groups))
+    federation = run.federation
+    recorders.append(ClusterQuality(run.algorithm, federation.groups, federation.unseen))
     if cfg.diagnostics.gradient_every is not None:
         every = cfg.diagnostics.gradient_every
         recorders.append(GradientDissimilarity(every, run.federation.num_clients))

@@ -94,7 +94,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         extra = server.extra
         if not extra["lia_clustered"] and ctx.round > self.config.warmup_rounds:
-            server = self.lazy_phase(server, list(range(ctx.num_clients)), ctx)
+            server = self.lazy_phase(server, list(ctx.clients), ctx)
         elif extra["lia_stale"]:
             server = self.lazy_phase(server, sorted(extra["lia_stale"]), ctx)
         return self.train(server, cohort, ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ class LazyPhase:
             **extra["lia_deltas"],
             **{c: r.delta for c, r in zip(lazy_clients, lazy, strict=True)},
         }
-        plan = self.scoring_plan(lazy_clients, first, ctx.num_clients, ctx.rng("lia_peers"))
+        plan = self.scoring_plan(lazy_clients, first, ctx.clients, ctx.rng("lia_peers"))
         fresh = set(lazy_clients)
         messages = {
             i: ScoreMessage(
@@ -140,7 +141,7 @@ class LazyPhase:
             if self.config.variant == "central":
                 extra["lia_released"][i] = decoded(reply.released, self.config.votes)
         server = ServerState(server.params, extra)
-        server = self.regroup(server, theta0, first, lazy_clients, scorers, replies)
+        server = self.regroup(server, theta0, first, lazy_clients, scorers, replies, ctx.clients)
         extra = server.extra
         extra.update(
             lia_clustered=True,
@@ -165,22 +166,27 @@ class LazyPhase:
         }
         extra["lia_records"] = [
             *extra["lia_records"],
-            self.record(server, ctx.round, first, lazy_clients, cost, plan),
+            self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients),
         ]
         return server
 
     def scoring_plan(
-        self, lazy_clients: list[int], first: bool, num_clients: int, rng: np.random.Generator
+        self,
+        lazy_clients: list[int],
+        first: bool,
+        clients: Sequence[int],
+        rng: np.random.Generator,
     ) -> dict[int, list[int]]:
-        """Which lazy models each client scores (its own is scored from its state).
+        """Which lazy models each of ``clients`` (those that take part) scores (its own is
+        scored from its state).
 
         First clustering: every client scores all others, or a random ``peers_scored`` share.
         Re-clustering: the re-trained clients score all others (their rows are new) and every
         other client scores the re-trained ones (their columns are new)."""
         plan: dict[int, list[int]] = {}
-        for i in range(num_clients):
+        for i in clients:
             if first or i in lazy_clients:
-                others = [j for j in range(num_clients) if j != i]
+                others = [j for j in clients if j != i]
                 count = self.peer_count(len(others))
                 if first and count < len(others):
                     others = sorted(rng.choice(others, size=count, replace=False).tolist())

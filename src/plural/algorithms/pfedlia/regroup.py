@@ -45,9 +45,12 @@ class Regrouping:
         lazy_clients: list[int],
         scorers: list[int],
         replies: Sequence[ScoreReply],
+        clients: Sequence[int],
     ) -> ServerState:
-        """New clusters (central) or neighbourhoods (decentral), with the models they start
-        from: ``theta0`` the first time; on re-clustering, the models the clusters had."""
+        """New clusters (central) or neighbourhoods (decentral) of ``clients`` (those that
+        take part), with the models they start from: ``theta0`` the first time; on
+        re-clustering, the models the clusters had. Clients that never train (unseen) are
+        in no one's neighbourhood, and join cluster 0 (they are served as newcomers)."""
         n = len(self.assignment(server))
         if self.config.variant == "decentral":
             peers = np.zeros((n, n), dtype=bool) if first else server.extra["lia_peers"].copy()
@@ -63,7 +66,9 @@ class Regrouping:
                 models=self.rejoined_neighbours(server, peers, lazy_clients),
                 assignment=labels,
             )
-        labels = self.central_clusters(server.extra["lia_released"])
+        part = np.asarray(clients, dtype=np.int64)
+        labels = np.zeros(n, dtype=np.int64)
+        labels[part] = self.central_clusters(server.extra["lia_released"][np.ix_(part, part)])
         k = int(labels.max()) + 1
         if first:
             return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
@@ -103,8 +108,10 @@ class Regrouping:
         lazy_clients: list[int],
         cost: dict[str, Any],
         plan: Mapping[int, list[int]],
+        clients: Sequence[int],
     ) -> dict[str, Any]:
-        """What one lazy phase found and cost (see :func:`lia_records`)."""
+        """What one lazy phase found and cost (see :func:`lia_records`); its quality against
+        the true groups is of ``clients``, those that take part."""
         extra, cfg = server.extra, self.config
         assignment = self.assignment(server)
         record: dict[str, Any] = {
@@ -126,14 +133,16 @@ class Regrouping:
                 "epsilon_per_row": row_epsilon(cfg.epsilon, per_row),
                 "keep_probability": keep_probability(cfg.epsilon),
             }
-        groups = extra["lia_groups"]
+        part = np.asarray(clients, dtype=np.int64)
+        groups = None if extra["lia_groups"] is None else np.asarray(extra["lia_groups"])[part]
         if cfg.variant == "decentral":
             record["peers"] = [np.flatnonzero(p).tolist() for p in extra["lia_peers"]]
             if groups is not None:
-                record["neighbourhoods"] = neighbourhood_quality(extra["lia_peers"], groups)
+                taking_part = extra["lia_peers"][np.ix_(part, part)]
+                record["neighbourhoods"] = neighbourhood_quality(taking_part, groups)
         if groups is not None:
-            record["ari"] = float(adjusted_rand_score(groups, assignment))
-            record["nmi"] = float(normalized_mutual_info_score(groups, assignment))
+            record["ari"] = float(adjusted_rand_score(groups, assignment[part]))
+            record["nmi"] = float(normalized_mutual_info_score(groups, assignment[part]))
         return record
 
     # ---- server side: staleness ----------------------------------------------------------------
