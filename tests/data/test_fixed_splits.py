@@ -102,6 +102,10 @@ def test_unknown_marks_and_clients_without_training_data_are_errors() -> None:
         from_arrays(x, y, client_ids=ids, split=np.where(splits == 1, "holdout", MARKS[splits]))
     with pytest.raises(ConfigError, match="unknown split values"):
         from_arrays(x, y, client_ids=ids, split=splits + 4)
+    one_wrong = MARKS[splits].astype(object)
+    one_wrong[np.flatnonzero(ids == 1)[0]] = "holdout"
+    with pytest.raises(ConfigError, match=r"\['holdout'\] in client 1; allowed"):
+        from_arrays(x, y, client_ids=ids, split=one_wrong)
     no_train = splits.copy()
     no_train[ids == 2] = 2
     dataset = from_arrays(x, y, client_ids=ids, split=no_train)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import plural
 from plural.config import ConfigError
@@ -185,3 +186,28 @@ def test_pfedlia_never_trains_scores_or_clusters_unseen_clients(
         assert set(record["lazy_clients"]) <= taking_part
     assignment = results.diagnostics.iloc[-1]["assignment"]
     assert all(assignment[c] == -1 for c in unseen)  # ARI counts the clients that trained
+
+
+def test_fedem_newcomers_fit_their_mixture_weights_on_their_training_data(
+    tiny_config: dict[str, Any],
+) -> None:
+    from plural.algorithms.fedem import COMPONENTS, NEWCOMER_EM_STEPS, responsibilities, uniform
+    from plural.core.trainer import Mixture
+
+    cfg = with_unseen(tiny_config, 0.5, algorithm={"name": "fedem", "components": 3})
+    results = plural.run(cfg)
+    trainer, federation = trainer_and_federation(cfg)
+    components = list(results.server.extra[COMPONENTS])
+    last = results.final("test").set_index("client")
+    for cid in federation.unseen:
+        client = federation.client(cid)
+        losses = torch.stack(
+            [trainer.sample_losses(c, client.train.x, client.train.y) for c in components], 1
+        )
+        pi = uniform(3)
+        for _ in range(NEWCOMER_EM_STEPS):
+            pi = responsibilities(losses, pi).mean(dim=0)
+        assert not torch.allclose(pi, uniform(3), atol=1e-3)  # weights of its own
+        mixture = Mixture(components, pi)
+        expected = trainer.evaluate_mixture(mixture, client.test.x, client.test.y).accuracy
+        assert last.loc[cid, "accuracy"] == pytest.approx(expected)

@@ -81,6 +81,10 @@ def responsibilities(losses: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
     return torch.softmax(log_pi - losses.double(), dim=1)
 
 
+NEWCOMER_EM_STEPS = 50
+"""E-steps fitting a newcomer's mixture weights (each is cheap: the losses are computed once)."""
+
+
 def uniform(components: int) -> torch.Tensor:
     """The mixing weights of a client that has not taken part yet."""
     return torch.full((components,), 1.0 / components, dtype=torch.float64)
@@ -131,6 +135,23 @@ class FedEM(FedAvg):
     def server_models(self, server: ServerState) -> dict[str, Mixture]:
         """The global model: the components mixed with uniform weights (a newcomer's)."""
         return {"": Mixture(list(server.extra[COMPONENTS]), uniform(self.config.components))}
+
+    def newcomer(
+        self, server: ServerState, client: ClientData, trainer: LocalTrainer, rng: torch.Generator
+    ) -> Mixture:
+        """A client that never trained (``split.unseen_clients``): its mixture weights
+        fitted by EM on its training split with the components fixed, as FedEM serves a
+        new client (Marfoq et al. 2021: clients unseen in training learn only their weights)."""
+        components = list(server.extra[COMPONENTS])
+        pi = uniform(len(components))
+        train = client.train
+        if len(train):
+            losses = torch.stack(
+                [trainer.sample_losses(c, train.x, train.y) for c in components], dim=1
+            ).cpu()
+            for _ in range(NEWCOMER_EM_STEPS):
+                pi = responsibilities(losses, pi).mean(dim=0)
+        return Mixture(components, pi)
 
     def personalized(self, server: ServerState, state: Any, client_id: int) -> Mixture:  # type: ignore[override]
         pi = uniform(self.config.components) if state is None else state

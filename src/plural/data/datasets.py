@@ -725,7 +725,10 @@ def from_arrays(
         groups = _ids(raw) if groups is None else groups
     marks = None
     if split is not None:
-        marks = parse_split_marks(_column(split, f"{name}: split", n), f"{name}: split", n)
+        owners = None if clients is None or client_names is None else client_names
+        per_sample = None if owners is None else [owners[c] for c in clients]
+        column = _column(split, f"{name}: split", n)
+        marks = parse_split_marks(column, f"{name}: split", n, per_sample)
     return ArrayDataset(
         name=name,
         x=np.ascontiguousarray(xa),

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -32,29 +33,43 @@ class SplitError(ConfigError):
     """Split marks that cannot be used (unknown values, a client without training data)."""
 
 
-def parse_split_marks(values: Any, what: str, n: int) -> np.ndarray:
+def parse_split_marks(
+    values: Any, what: str, n: int, client_names: Sequence[str] | None = None
+) -> np.ndarray:
     """Per-sample split marks as int8 codes 0..3, from names or integers; a SplitError
-    naming the offending values otherwise."""
+    naming the offending values otherwise, and the clients holding them when
+    ``client_names`` (each sample's client, as the user names it) is given."""
     arr = np.asarray(values)
     if arr.ndim != 1 or len(arr) != n:
         raise SplitError(f"{what}: expected one split mark per sample ({n}), got shape {arr.shape}")
     if arr.dtype.kind in "iu" or (arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0)):
         codes = arr.astype(np.int64)
-        bad = sorted({int(v) for v in codes[(codes < 0) | (codes > SERVER_CODE)]})
-        if bad:
-            raise SplitError(
-                f"{what}: unknown split values {bad[:5]}; allowed: "
-                + ", ".join(f"{c} ({name})" for name, c in SPLIT_CODES.items())
-            )
+        wrong = (codes < 0) | (codes > SERVER_CODE)
+        allowed = ", ".join(f"{c} ({name})" for name, c in SPLIT_CODES.items())
+        _refuse_unknown(what, sorted({int(v) for v in codes[wrong]}), wrong, allowed, client_names)
         return codes.astype(np.int8)
     text = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()])
-    unknown = sorted(set(np.unique(text).tolist()) - set(SPLIT_NAMES))
-    if unknown:
-        raise SplitError(
-            f"{what}: unknown split values {unknown[:5]}; allowed: {', '.join(SPLIT_NAMES)} "
-            "(or 0, 1, 2, 3)"
-        )
+    wrong = ~np.isin(text, SPLIT_NAMES)
+    allowed = f"{', '.join(SPLIT_NAMES)} (or 0, 1, 2, 3)"
+    _refuse_unknown(what, sorted(set(text[wrong].tolist())), wrong, allowed, client_names)
     return np.array([SPLIT_CODES[v] for v in text.tolist()], dtype=np.int8)
+
+
+def _refuse_unknown(
+    what: str,
+    unknown: list[Any],
+    wrong: np.ndarray,
+    allowed: str,
+    client_names: Sequence[str] | None,
+) -> None:
+    if not unknown:
+        return
+    where = ""
+    if client_names is not None:
+        clients = sorted({str(client_names[i]) for i in np.flatnonzero(wrong)})
+        more = f" and {len(clients) - 5} more" if len(clients) > 5 else ""
+        where = f" in client{'s' if len(clients) > 1 else ''} {', '.join(clients[:5])}{more}"
+    raise SplitError(f"{what}: unknown split values {unknown[:5]}{where}; allowed: {allowed}")
 
 
 def subset(dataset: ArrayDataset, keep: np.ndarray) -> ArrayDataset:

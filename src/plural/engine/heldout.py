@@ -149,7 +149,8 @@ def newcomer_rows(
     differs from serving a client without state: methods with several server models
     (clustered methods) give it the model with the lowest loss on its training split (the
     cluster choice of IFCA, Ghosh et al. 2020); methods with a ``newcomer`` step (a new
-    personal head for FedPer-style methods) run it on its training split. Other methods
+    personal head for FedPer-style methods, mixture weights for FedEM) run it on its
+    training split. Other methods
     already serve a client without state as a newcomer, and their rows are kept."""
     models = server_models(algorithm, server)
     step = getattr(algorithm, "newcomer", None)
@@ -182,5 +183,9 @@ def _score(
     params: Any, data: ClientData, split: str, cid: int, round_index: int, env: WorkerEnv
 ) -> dict[str, Any]:
     part = data.split(split)  # type: ignore[arg-type]
-    result = env.trainer.evaluate(params, part.x, part.y, env.eval_batch_size)
+    trainer = env.trainer
+    if isinstance(params, Mixture):
+        result = trainer.evaluate_mixture(params, part.x, part.y, env.eval_batch_size)
+    else:
+        result = trainer.evaluate(params, part.x, part.y, env.eval_batch_size)
     return evaluation_row(round_index, cid, split, result)

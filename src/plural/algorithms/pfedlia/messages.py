@@ -89,7 +89,8 @@ def lazy_results(
     trainer: LocalTrainer, theta0: Params, deltas: Sequence[CompressedDelta], val: Any
 ) -> list[EvalResult]:
     """Each lazy model ``theta0 + delta`` evaluated on the client's validation split, all at
-    once (:mod:`plural.core.batched_eval`; measured 4x+ faster at 200 clients), or one by one
+    once (:mod:`plural.core.batched_eval`; the lazy phase measured 1.7x faster
+    at 200 clients, benchmarks/README.md), or one by one
     where the model cannot be vectorised by ``torch.func.vmap``."""
     if not deltas:
         return []
