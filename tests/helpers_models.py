@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 from torch import nn
 
 # Every call of a recording factory appends the arguments it received.
@@ -46,3 +47,15 @@ class TwoPart(nn.Module):
 
     def forward(self, x: Any) -> Any:
         return self.classifier(self.encoder(x))
+
+
+class NoBodyHeadSplit(nn.Module):
+    """A user model with no body/head split: no ``body``/``head`` modules, not a Sequential,
+    and its classifier is not a separate Linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight

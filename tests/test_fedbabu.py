@@ -7,7 +7,6 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 import plural
 from plural.core.masks import last_module_names
@@ -66,20 +65,3 @@ def test_finetuning_the_frozen_head_beats_fedavg_under_label_skew(
     before = babu.summary["test@global"]["accuracy"]["mean"]
     assert tuned > before + 0.2, (tuned, before)
     assert tuned > fedavg.summary["test"]["accuracy"]["mean"] + 0.1
-
-
-class NoSplit(nn.Module):
-    """A model whose classifier is not a separate Linear layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(64, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight
-
-
-def test_a_model_without_a_body_and_head_is_a_config_error(tiny_config: dict[str, Any]) -> None:
-    cfg = {**tiny_config, "algorithm": {"name": "fedbabu"}}
-    with pytest.raises(plural.ConfigError, match="'body' and 'head'"):
-        plural.run(cfg, model=NoSplit())

@@ -92,17 +92,3 @@ def test_fedpac_beats_fedavg_and_pulls_features_to_the_centroids(
         pac.summary["test"]["accuracy"]["mean"] > fedavg.summary["test"]["accuracy"]["mean"] + 0.1
     )
     assert bool(pac.server.extra["present"].all())
-
-
-class NoSplit(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(64, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight
-
-
-def test_a_model_without_a_body_and_head_is_a_config_error(tiny_config: dict[str, Any]) -> None:
-    with pytest.raises(plural.ConfigError, match="'body' and 'head'"):
-        plural.run({**tiny_config, "algorithm": {"name": "fedpac"}}, model=NoSplit())

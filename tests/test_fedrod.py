@@ -94,19 +94,3 @@ def test_the_personal_head_beats_fedavg_under_label_skew(
     personal = rod.summary["test"]["accuracy"]["mean"]
     assert personal > rod.summary["test@global"]["accuracy"]["mean"] + 0.2
     assert personal > fedavg.summary["test"]["accuracy"]["mean"] + 0.1
-
-
-class NoSplit(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(64, 10))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight
-
-
-def test_a_model_without_a_body_and_head_is_a_config_error(tiny_config: dict[str, Any]) -> None:
-    with pytest.raises(plural.ConfigError, match="'body' and 'head'"):
-        plural.run({**tiny_config, "algorithm": {"name": "fedrod"}}, model=NoSplit())
-    with pytest.raises(plural.ConfigError, match="cross_entropy"):
-        run(tiny_config, {"name": "fedrod"}, train={"loss": "mse"})

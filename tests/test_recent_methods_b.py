@@ -239,19 +239,6 @@ def test_pfedgraph_rows_solve_the_graph_problem() -> None:
 # ---- FedDBE -----------------------------------------------------------------------------------
 
 
-class NoSplit(torch.nn.Module):
-    """A user model without a body/head split (no ``body``/``head``, not a Sequential)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = torch.nn.Linear(64, 10)
-        self.b = torch.nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.flatten(1)
-        return self.a(flat) + self.b(flat)
-
-
 def test_feddbe_without_prbm_and_mr_is_fedavg(tiny_config: dict[str, Any]) -> None:
     fedavg = run(tiny_config, {"name": "fedavg"}, rounds=3)
     plain = run(tiny_config, {"name": "feddbe", "prbm": False, "kappa": 0.0}, rounds=3)
@@ -276,11 +263,6 @@ def test_feddbe_fixes_the_global_mean_after_round_one(tiny_config: dict[str, Any
     two = run(tiny_config, {"name": "feddbe"}, rounds=2).server.extra["global_mean"]
     four = run(tiny_config, {"name": "feddbe"}, rounds=4).server.extra["global_mean"]
     assert torch.equal(two, four)
-
-
-def test_feddbe_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="no representation to attach to"):
-        plural.run({**tiny_config, "algorithm": {"name": "feddbe"}}, model=NoSplit())
 
 
 @pytest.mark.parametrize(("seed", "clients"), SKEWED)
@@ -425,11 +407,6 @@ def test_fedcp_client_keeps_its_head_and_sends_the_mixed_global_head(
     assert torch.allclose(personal + shared, torch.ones(5, 16))
 
 
-def test_fedcp_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="no representation to attach to"):
-        plural.run({**tiny_config, "algorithm": {"name": "fedcp"}}, model=NoSplit())
-
-
 @pytest.mark.parametrize(("seed", "clients"), SKEWED)
 def test_fedcp_personalizes_under_label_skew(seed: int, clients: int) -> None:
     cfg = skewed(seed, clients)
@@ -483,11 +460,6 @@ def test_gpfl_conditional_inputs_come_from_the_trained_embeddings(
         assert (
             max_abs_difference({"e": embeddings}, {"e": server.params["gce.weight"]}) > 0
         )  # the embeddings trained
-
-
-def test_gpfl_needs_a_body_and_head(tiny_config: dict[str, Any]) -> None:
-    with pytest.raises(ConfigError, match="no representation to attach to"):
-        plural.run({**tiny_config, "algorithm": {"name": "gpfl"}}, model=NoSplit())
 
 
 @pytest.mark.parametrize(("seed", "clients"), SKEWED)

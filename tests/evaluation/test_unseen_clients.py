@@ -32,6 +32,17 @@ def trainer_and_federation(cfg: dict[str, Any]) -> tuple[LocalTrainer, Any]:
     return LocalTrainer(models.members[0], parsed.train), federation
 
 
+def newcomers_of(
+    tiny_config: dict[str, Any], algorithm: dict[str, Any]
+) -> tuple[Any, LocalTrainer, Any, Any]:
+    """A run of ``algorithm`` with half the clients unseen: its results, a trainer, the
+    federation and the last round's test rows by client."""
+    cfg = with_unseen(tiny_config, 0.5, algorithm=algorithm)
+    results = plural.run(cfg)
+    trainer, federation = trainer_and_federation(cfg)
+    return results, trainer, federation, results.final("test").set_index("client")
+
+
 @pytest.mark.parametrize(("share", "clients", "seed"), [(0.2, 6, 3), (0.5, 10, 8)])
 def test_unseen_clients_never_train_and_are_scored_apart(
     tiny_config: dict[str, Any], tmp_path: Path, share: float, clients: int, seed: int
@@ -66,11 +77,8 @@ def test_unseen_clients_never_train_and_are_scored_apart(
 def test_clustered_newcomers_join_the_cluster_that_fits_their_training_data(
     tiny_config: dict[str, Any],
 ) -> None:
-    cfg = with_unseen(tiny_config, 0.5, algorithm={"name": "ifca", "k": 3})
-    results = plural.run(cfg)
-    trainer, federation = trainer_and_federation(cfg)
+    results, trainer, federation, last = newcomers_of(tiny_config, {"name": "ifca", "k": 3})
     models = results.server.extra["models"]
-    last = results.final("test").set_index("client")
     for cid in federation.unseen:
         client = federation.client(cid)
         losses = [trainer.evaluate(m, client.train.x, client.train.y).loss for m in models]
@@ -194,11 +202,9 @@ def test_fedem_newcomers_fit_their_mixture_weights_on_their_training_data(
     from plural.algorithms.fedem import COMPONENTS, NEWCOMER_EM_STEPS, responsibilities, uniform
     from plural.core.trainer import Mixture
 
-    cfg = with_unseen(tiny_config, 0.5, algorithm={"name": "fedem", "components": 3})
-    results = plural.run(cfg)
-    trainer, federation = trainer_and_federation(cfg)
+    fedem = {"name": "fedem", "components": 3}
+    results, trainer, federation, last = newcomers_of(tiny_config, fedem)
     components = list(results.server.extra[COMPONENTS])
-    last = results.final("test").set_index("client")
     for cid in federation.unseen:
         client = federation.client(cid)
         losses = torch.stack(
