@@ -5,6 +5,7 @@ slow clients, and everything resumes exactly."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,25 @@ def test_malicious_clients_are_recorded_and_left_out_of_clean_accuracy(
     assert summary["clean"]["test"]["mean"] == pytest.approx(clean["accuracy"].mean())
     assert summary["clean"]["test"]["clients"] == 8
     assert results.diagnostics["poisoned"].sum() > 0
+    assert summary["omniscient"] is False and "omniscient_attack" not in described
+
+
+@pytest.mark.parametrize("attack", ["alie", "ipm", "min_max"])
+def test_omniscient_attacks_say_so_in_the_header_summary_and_federation(
+    tiny_config: dict[str, Any], tmp_path: Path, attack: str
+) -> None:
+    from plural.report.header import HeaderPrinter
+
+    cfg = _config(tiny_config, attack={"name": attack, "clients": [2, 7]})
+    cfg["rounds"] = 1
+    printer = HeaderPrinter(io.StringIO())
+    results = plural.run(cfg, out=tmp_path, callbacks=[printer])
+    assert printer.info is not None
+    lines = printer.info.lines()
+    assert results.summary["robustness"]["omniscient"] is True
+    described = json.loads((tmp_path / "federation.json").read_text())
+    assert "every honest update" in described["omniscient_attack"]
+    assert any(f"attack {attack} is omniscient" in line for line in lines)
 
 
 def test_attack_and_faults_settings_are_checked_before_training(

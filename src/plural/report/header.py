@@ -58,6 +58,16 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def attack_notes(cfg: Any) -> tuple[str, ...]:
+    """A note for an omniscient attack: its attackers see what real ones may not."""
+    from plural.robust.config import OMNISCIENT_ATTACKS
+
+    attack = getattr(getattr(cfg, "attack", None), "name", "none")
+    if attack not in OMNISCIENT_ATTACKS:
+        return ()
+    return (f"attack {attack} is omniscient: it sees every honest update of the round",)
+
+
 def run_info(
     cfg: Any, federation: Any, models: Any, backend: Any, device: Any, run_dir: Path | None
 ) -> RunInfo:
@@ -77,7 +87,7 @@ def run_info(
         device=str(device),
         threads=getattr(backend, "threads", None),
         run_dir=run_dir,
-        notes=tuple(getattr(federation, "notes", ())),
+        notes=(*getattr(federation, "notes", ()), *attack_notes(cfg)),
         threads_adapt=getattr(backend, "governor", None) is not None,
     )
 

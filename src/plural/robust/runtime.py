@@ -37,7 +37,7 @@ from plural.robust.attacks import (
     triggered_test,
 )
 from plural.robust.availability import Availability, load_availability, round_hour
-from plural.robust.config import MODEL_ATTACKS
+from plural.robust.config import MODEL_ATTACKS, OMNISCIENT_ATTACKS
 
 FAILED, DROPPED, LATE = "failed", "dropout", "deadline"
 
@@ -340,6 +340,7 @@ class Robustness:
         out: dict[str, Any] = {
             "aggregator": cfg.aggregator.name,
             "attack": cfg.attack.name,
+            "omniscient": cfg.attack.name in OMNISCIENT_ATTACKS,
             "malicious": list(self.malicious),
             "dropouts": totals["dropouts"],
             "deadline_missed": totals["deadline_missed"],
@@ -354,8 +355,15 @@ class Robustness:
         return {"robustness": out}
 
     def describe(self) -> dict[str, Any]:
-        """What ``federation.json`` records."""
-        return {"malicious": list(self.malicious)}
+        """What ``federation.json`` records: the malicious clients and, for an omniscient
+        attack (ALIE, IPM, min-max), that the attackers saw every honest update of each
+        round, which no real attacker is guaranteed to."""
+        described: dict[str, Any] = {"malicious": list(self.malicious)}
+        if self.attack is not None and self.attack.config.name in OMNISCIENT_ATTACKS:
+            described["omniscient_attack"] = (
+                f"{self.attack.config.name} sees every honest update of the round it poisons"
+            )
+        return described
 
 
 def nominal_seconds(
