@@ -38,8 +38,12 @@ def test_compare_table_has_robustness_columns_only_when_runs_have_them(
     robust = results.summary["robustness"]
     attacked_row = row[row["attack_success"].notna()].iloc[0]
     assert attacked_row["clean_mean"] == pytest.approx(robust["clean"]["test"]["mean"])
+    assert attacked_row["clean_worst10"] == pytest.approx(robust["clean"]["test"]["worst10"])
+    assert attacked_row["clean_worst10"] <= attacked_row["clean_mean"]
+    assert "clean worst10%" in text
     assert attacked_row["attack_success"] == pytest.approx(robust["attack_success"])
     assert attacked_row["absent"] == robust["dropouts"]
     assert plain.summary.get("robustness") is None
     page = write_report(methods, tmp_path / "report.html", title="robust").read_text()
     assert "<th>clean mean</th>" in page and "<th>backdoor ASR</th>" in page
+    assert "<th>clean worst10%</th>" in page

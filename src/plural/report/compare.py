@@ -138,7 +138,8 @@ def run_epsilon(summary: dict[str, Any]) -> float:
 
 
 def _robustness(run: RunRecord, split: str) -> dict[str, float]:
-    """Clean clients' mean accuracy and the backdoor's success (runs with attackers), and
+    """Clean clients' mean and worst-10% accuracy and the backdoor's success (runs with
+    attackers), and
     the clients that dropped, missed the deadline or failed (runs with faults)."""
     robust = run.summary.get("robustness") or {}
     clean = (robust.get("clean") or {}).get(split) or {}
@@ -146,6 +147,7 @@ def _robustness(run: RunRecord, split: str) -> dict[str, float]:
     lost = sum(robust.get(k, 0) for k in ("dropouts", "deadline_missed", "failures"))
     return {
         "clean_mean": float(clean.get("mean", math.nan)),
+        "clean_worst10": float(clean.get("worst10", math.nan)),
         "attack_success": float(success) if success is not None else math.nan,
         "absent": float(lost) if robust else math.nan,
     }
@@ -181,6 +183,7 @@ def comparison_table(
         ari=("ari", "mean"),
         epsilon=("epsilon", "max"),
         clean_mean=("clean_mean", "mean"),
+        clean_worst10=("clean_worst10", "mean"),
         attack_success=("attack_success", "mean"),
         absent=("absent", "mean"),
         purity=("purity", "mean"),
@@ -223,7 +226,8 @@ def format_comparison(
     tests = {} if paired is None else {row.method: row for row in paired.itertuples()}
     if tests:
         header += ["diff vs base", "p clients", "p seeds"]
-    header += (["clean mean", "backdoor ASR"] if attacked else []) + (["absent"] if faulty else [])
+    header += ["clean mean", "clean worst10%", "backdoor ASR"] if attacked else []
+    header += ["absent"] if faulty else []
     rows = [header]
     for row in table.itertuples():
         cells = [
@@ -244,7 +248,11 @@ def format_comparison(
                 else f"purity {row.purity:.2f}, recall {row.recall:.2f}"
             )
         if attacked:
-            cells += [_number(row.clean_mean), _number(row.attack_success)]
+            cells += [
+                _number(row.clean_mean),
+                _number(row.clean_worst10),
+                _number(row.attack_success),
+            ]
         if faulty:
             cells.append(_number(row.absent, "{:.0f}"))
         if tests:
@@ -277,8 +285,8 @@ def format_comparison(
             else ""
         )
         + (
-            " 'clean mean' leaves the malicious clients out; 'backdoor ASR' is the share of "
-            "triggered test inputs classified as the target."
+            " 'clean mean' and 'clean worst10%' leave the malicious clients out; 'backdoor "
+            "ASR' is the share of triggered test inputs classified as the target."
             if attacked
             else ""
         )

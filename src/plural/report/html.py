@@ -348,7 +348,7 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     header += ["worst 10%", "best 10%", "std", "MB sent", "time s"]
     header += ["clusters", "ARI"] if clustered else []
     attacked = "clean_mean" in table and bool(table["clean_mean"].notna().any())
-    header += ["clean mean", "backdoor ASR"] if attacked else []
+    header += ["clean mean", "clean worst10%", "backdoor ASR"] if attacked else []
     body = []
     for row in table.itertuples():
         cells = [
@@ -367,7 +367,11 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
             clusters = "—" if np.isnan(row.clusters) else _value(row.clusters, digits=1)
             cells += [clusters, _value(row.ari, digits=2)]
         if attacked:
-            cells += [_value(row.clean_mean), _value(row.attack_success)]
+            cells += [
+                _value(row.clean_mean),
+                _value(row.clean_worst10),
+                _value(row.attack_success),
+            ]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     note = (
