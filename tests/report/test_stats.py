@@ -91,6 +91,7 @@ def test_paired_test_of_two_identical_methods_gives_p_one(runs: Path) -> None:
     paired = paired_tests(methods, "fedavg").set_index("method")
     twin = next(m.label for m in methods if m.algorithm == "fedprox")
     assert paired.loc[twin, "p_clients"] == 1.0 and paired.loc[twin, "p_seeds"] == 1.0
+    assert paired.loc[twin, "p_clients_by_seed"] == (1.0, 1.0, 1.0)
     assert paired.loc[twin, "mean_diff"] == 0.0 and paired.loc[twin, "seeds_paired"] == 3
     local = paired.loc["local"]
     # the paired difference is the difference of per-client means, seed by seed
@@ -99,6 +100,15 @@ def test_paired_test_of_two_identical_methods_gives_p_one(runs: Path) -> None:
         table.loc["local", "mean"] - table.loc["fedavg", "mean"]
     )
     assert 0 < local["p_clients"] <= 1 and 0 < local["p_seeds"] <= 1
+    # over clients, seed by seed: the reported p is the largest of the seeds' tests
+    by_seed = local["p_clients_by_seed"]
+    assert len(by_seed) == 3 and local["p_clients"] == max(by_seed)
+    run = next(m for m in methods if m.label == "local").runs[0]
+    fedavg = next(m for m in methods if m.algorithm == "fedavg")
+    base = next(r for r in fedavg.runs if r.seed == run.seed)
+    rows = rows_at(run, "test").set_index("client")["accuracy"]
+    base_rows = rows_at(base, "test").set_index("client")["accuracy"]
+    assert by_seed[0] == wilcoxon_p((rows - base_rows).to_numpy())
 
 
 def test_comparison_table_has_intervals_and_shared_marks(runs: Path) -> None:

@@ -279,8 +279,8 @@ def format_comparison(
         + "; methods whose intervals overlap share a rank."
         + (
             f" Paired against {paired['baseline'].iloc[0]}: mean difference, two-sided "
-            "Wilcoxon signed-rank p over clients (differences averaged over seeds) and over "
-            "seeds."
+            "Wilcoxon signed-rank p over clients within each seed (the largest over seeds) "
+            "and over seeds."
             if tests
             else ""
         )

@@ -416,8 +416,9 @@ def _paired_html(paired: pd.DataFrame) -> str:
     )
     note = (
         f"Paired against {paired['baseline'].iloc[0]}: mean difference in the metric, two-sided "
-        "Wilcoxon signed-rank p over clients (each client's difference averaged over seeds) "
-        "and over seeds (each seed's mean difference)."
+        "Wilcoxon signed-rank p over clients within each seed (the largest over the seeds: "
+        "the level at which the difference holds in every seed) and over seeds (each "
+        "seed's mean difference)."
     )
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return f"<p>{html.escape(note)}</p><table class='paired'><tr>{header}</tr>{body}</table>"
