@@ -92,3 +92,18 @@ def test_a_run_on_python_data_loads_with_the_same_data(tmp_path: Path) -> None:
     for client in range(3):
         test = run.federation.client(client).test
         assert accuracy_of(run.model(client), test.x, test.y) == recorded[client]
+
+
+def test_the_manifest_is_strict_json_when_clients_were_not_scored_on_test(
+    tiny_config: dict[str, Any], tmp_path: Path
+) -> None:
+    cfg = {**tiny_config, "eval": {"splits": ["val"]}}
+    plural.run(cfg, out=tmp_path / "run")
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0
+    text = (tmp_path / "models" / "manifest.json").read_text()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in manifest.json")
+
+    manifest = json.loads(text, parse_constant=refuse)
+    assert all(entry["test_accuracy"] is None for entry in manifest["clients"])

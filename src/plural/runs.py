@@ -171,7 +171,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
                 "client": client,
                 "file": name,
                 "model": run.model_kind(client),
-                "test_accuracy": accuracy.get(client, math.nan),
+                "test_accuracy": _finite_or_none(accuracy.get(client)),
             }
         )
     manifest = {
@@ -181,8 +181,13 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
         "clients": entries,
     }
     path = folder / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, allow_nan=True) + "\n")
+    path.write_text(json.dumps(manifest, indent=2, allow_nan=False) + "\n")
     return path
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A number for strict JSON: null for a client not scored (or scored NaN)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _recorded_accuracy(run: LoadedRun) -> dict[int, float]:
