@@ -41,13 +41,14 @@ class StopAtTarget:
         return bool(server) and server["accuracy"]["mean"] >= self.target
 
 
-def one_lr(lr: float, rounds: int, overrides: list[str]) -> dict[str, Any]:
+def one_lr(lr: float, rounds: int, overrides: list[str], seed: int = 0) -> dict[str, Any]:
     started = time.perf_counter()
     results = plural.run(
         CONFIG,
         overrides=[
             f"train.lr={lr}",
             f"rounds={rounds}",
+            f"seed={seed}",
             "backend.threads_per_worker=1",
             *overrides,
         ],
@@ -57,6 +58,7 @@ def one_lr(lr: float, rounds: int, overrides: list[str]) -> dict[str, Any]:
     cost = cost_to_target(results.metrics, TARGET, split="server")
     return {
         "lr": lr,
+        "seed": seed,
         "rounds_to_target": cost.round,
         "rounds_run": int(server["round"].max()),
         "best_accuracy": float(server["accuracy"].max()),
@@ -67,15 +69,15 @@ def one_lr(lr: float, rounds: int, overrides: list[str]) -> dict[str, Any]:
 
 
 def plot(record: dict[str, Any], out: Path) -> None:
-    """Server accuracy per round for each learning rate, with the target and the paper's
-    rounds marked."""
+    """Server accuracy per round for each learning rate (seed 0), with the target and the
+    paper's rounds marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.0))
-    for run in record["runs"]:
+    for run in (r for r in record["runs"] if r.get("seed", 0) == 0):
         reached = run["rounds_to_target"]
         label = f"lr {run['lr']}: " + (f"{reached} rounds" if reached else "not reached")
         axes.plot(run["curve"]["round"], run["curve"]["accuracy"], label=label)
@@ -104,6 +106,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300, help="round limit per learning rate")
     parser.add_argument("--lr", type=float, nargs="*", default=list(LR_GRID))
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="run seeds (each also seeds the data: another IID partition and initial model)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="5 rounds on 6000 images: checks the pipeline"
     )
     parser.add_argument(
@@ -123,21 +132,22 @@ def main() -> None:
     rounds = 5 if args.quick else args.rounds
     out = HERE / "results" / f"{name}.json"
     runs = json.loads(out.read_text())["runs"] if args.extend and out.is_file() else []
-    for lr in args.lr:
-        runs.append(one_lr(lr, rounds, overrides))
+    for lr, seed in ((lr, seed) for lr in args.lr for seed in args.seeds):
+        runs.append(one_lr(lr, rounds, overrides, seed))
         print(
-            f"lr {lr}: rounds to {TARGET:.0%}: {runs[-1]['rounds_to_target']} "
+            f"lr {lr}, seed {seed}: rounds to {TARGET:.0%}: {runs[-1]['rounds_to_target']} "
             f"(best {runs[-1]['best_accuracy']:.4f} in {runs[-1]['rounds_run']} rounds, "
             f"{runs[-1]['seconds']} s)",
             flush=True,
         )
-    reached = [r for r in runs if r["rounds_to_target"] is not None]
+    seed0 = [r for r in runs if r.get("seed", 0) == 0]
+    reached = [r for r in seed0 if r["rounds_to_target"] is not None]
     best = min(reached, key=lambda r: r["rounds_to_target"]) if reached else None
     record = {
         "target": TARGET,
         "paper_rounds": PAPER_ROUNDS,
         "quick": args.quick,
-        "lr_grid": [r["lr"] for r in runs],
+        "lr_grid": sorted({r["lr"] for r in runs}),
         "best": None if best is None else {k: best[k] for k in ("lr", "rounds_to_target")},
         "runs": runs,
         "machine": machine_info(),

@@ -29,6 +29,7 @@ def accuracy_of(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> fl
         ({"name": "ifca", "k": 2}, {"cluster0", "cluster1"}),
         ({"name": "finetune", "epochs": 1}, {"personal"}),
         ({"name": "local"}, {"personal"}),
+        ({"name": "fedem", "components": 2}, {"personal"}),  # a mixture module
     ],
 )
 def test_a_loaded_model_reproduces_the_recorded_accuracy(
@@ -46,10 +47,11 @@ def test_a_loaded_model_reproduces_the_recorded_accuracy(
     assert seen <= kinds and seen
 
 
+@pytest.mark.parametrize("algorithm", ["ditto", "fedem"])
 def test_export_writes_one_file_per_client_and_a_manifest(
-    tiny_config: dict[str, Any], tmp_path: Path
+    tiny_config: dict[str, Any], tmp_path: Path, algorithm: str
 ) -> None:
-    cfg = {**tiny_config, "algorithm": {"name": "ditto"}, "sampling": {"fraction": 1.0}}
+    cfg = {**tiny_config, "algorithm": {"name": algorithm}, "sampling": {"fraction": 1.0}}
     plural.run(cfg, out=tmp_path / "run")
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0
     manifest = json.loads((tmp_path / "models" / "manifest.json").read_text())

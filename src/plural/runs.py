@@ -25,6 +25,7 @@ from torch import nn
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, OnClient, ServerState, full_params
+from plural.core.mixture_module import MixtureModule
 from plural.core.trainer import LocalTrainer, Mixture
 from plural.data.federated import FederatedDataset
 from plural.data.types import ArrayDataset
@@ -93,19 +94,25 @@ class LoadedRun:
         return "personal"
 
     def model(self, client: int) -> nn.Module:
-        """The module ``client`` is scored with, in evaluation mode."""
+        """The module ``client`` is scored with, in evaluation mode (for FedEM, a
+        :class:`~plural.core.mixture_module.MixtureModule` of the components with the client's
+        mixture weights)."""
         params = self._params(client)
-        if isinstance(params, Mixture):
-            raise ConfigError(
-                f"client {client}: {self.config.algorithm.name} scores clients with a mixture "
-                "of models, not one module; its components are in plural.load(...).server"
-            )
         member = self._models.members[self._models.index_of(client)]
+        if isinstance(params, Mixture):
+            components = [_loaded(member, component) for component in params.components]
+            classify = self.config.train.loss == "cross_entropy"
+            return MixtureModule(components, params.weights, classify).eval()
         if isinstance(params, OnClient):
             params = full_params(params, LocalTrainer(member, self.config.train))
-        module = copy.deepcopy(member)
-        module.load_state_dict(params)
-        return module.eval()
+        return _loaded(member, params)
+
+
+def _loaded(member: nn.Module, params: Any) -> nn.Module:
+    """A copy of ``member`` holding ``params``, in evaluation mode."""
+    module = copy.deepcopy(member)
+    module.load_state_dict(params)
+    return module.eval()
 
 
 def load(run_dir: str | Path, dataset: ArrayDataset | FederatedDataset | None = None) -> LoadedRun:

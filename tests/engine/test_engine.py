@@ -183,3 +183,26 @@ def test_clients_train_and_are_scored_on_the_data_of_the_current_round(
     results = plural.run(tiny_config)
     test = results.metrics.query("split == 'test'").groupby("round")["accuracy"].mean()
     assert test[3] > 0.7 and test[4] < test[3] - 0.4, test.to_dict()
+
+
+def test_an_environment_built_after_training_keeps_the_initial_parameters(
+    tiny_config: dict[str, Any],
+) -> None:
+    """In-process trainers load every client's parameters into the shared model template; an
+    environment built later (newcomers, the server set) must still start clients from the
+    initial parameters, not from whatever the template last held."""
+    from plural.engine.backends import WorkerEnv, WorkerSetup
+    from plural.experiment import load_config
+    from plural.runner import build_federation, build_model
+
+    cfg = load_config(tiny_config)
+    federation = build_federation(cfg)
+    model = build_model(cfg, federation)
+    setup = WorkerSetup(federation, model, cfg.train, cfg.seed)
+    initial = {n: t.clone() for n, t in model.state_dict().items()}
+    trainer = WorkerEnv(setup).trainer
+    data = federation.client(0).train
+    trainer.fit(trainer.initial_params, data.x, data.y, rng=torch.Generator().manual_seed(0))
+    assert not all(torch.equal(initial[n], t) for n, t in model.state_dict().items())
+    later = WorkerEnv(setup).trainer.initial_params
+    assert all(torch.equal(initial[n], later[n]) for n in initial)

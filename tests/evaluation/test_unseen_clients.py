@@ -3,6 +3,7 @@ and summary.json summarises them apart (test_unseen)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,73 @@ def test_fedem_newcomers_fit_their_mixture_weights_on_their_training_data(
         mixture = Mixture(components, pi)
         expected = trainer.evaluate_mixture(mixture, client.test.x, client.test.y).accuracy
         assert last.loc[cid, "accuracy"] == pytest.approx(expected)
+
+
+def _label_skew_with_unseen(
+    tiny_config: dict[str, Any], algorithm: str, seed: int, clients: int
+) -> tuple[Any, LocalTrainer, Any, Any]:
+    """A run of ``algorithm`` on ``clients`` clients of two digits each, 30% unseen: its
+    results, a trainer, the federation and the algorithm."""
+    from tiny_config import two_classes_per_client
+
+    cfg = dict(tiny_config)
+    two_classes_per_client(cfg, seed, clients, 15)
+    cfg.update(algorithm={"name": algorithm}, split={"unseen_clients": 0.3})
+    results = plural.run(cfg)
+    trainer, federation = trainer_and_federation(cfg)
+    return results, trainer, federation, build_algorithm(load_config(cfg))
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(7, 20), (4, 30)])
+def test_pfedhn_newcomers_get_an_embedding_fitted_with_the_hypernetwork_frozen(
+    tiny_config: dict[str, Any], seed: int, clients: int
+) -> None:
+    from plural.algorithms.pfedhn import HYPERNETWORK_KEY
+
+    results, trainer, federation, pfedhn = _label_skew_with_unseen(
+        tiny_config, "pfedhn", seed, clients
+    )
+    frozen = {n: t.clone() for n, t in results.server.extra[HYPERNETWORK_KEY].items()}
+    last = results.final("test").set_index("client")
+    gains = []
+    for cid in federation.unseen:
+        client = federation.client(cid)
+        untrained = {**trainer.initial_params, **pfedhn.generate(results.server, cid)}
+        before = trainer.evaluate(untrained, client.test.x, client.test.y).accuracy
+        served = pfedhn.newcomer(results.server, client, trainer, torch.Generator())
+        after = trainer.evaluate(served, client.test.x, client.test.y).accuracy
+        assert last.loc[cid, "accuracy"] == after  # what the run recorded
+        gains.append(after - before)
+    hypernetwork = results.server.extra[HYPERNETWORK_KEY]
+    assert all(torch.equal(frozen[n], hypernetwork[n]) for n in frozen)  # only v moved
+    assert sum(gains) / len(gains) > 0.15, gains  # measured: 0.31 and 0.37
+
+
+@pytest.mark.parametrize(("seed", "clients"), [(3, 10), (5, 10)])
+def test_fedfomo_newcomers_take_fedfomos_first_step_with_random_models(
+    tiny_config: dict[str, Any], seed: int, clients: int
+) -> None:
+    from plural.algorithms.fedfomo import UPLOADED_KEY
+    from plural.core.rng import torch_generator
+
+    results, trainer, federation, fedfomo = _label_skew_with_unseen(
+        tiny_config, "fedfomo", seed, clients
+    )
+    last = results.final("test").set_index("client")
+    round_index = int(results.metrics["round"].max())
+    gains = []
+    for cid in federation.unseen:
+        client = federation.client(cid)
+        rng = torch_generator(seed, round_index, "newcomer", cid)
+        served = fedfomo.newcomer(results.server, client, trainer, rng)
+        after = trainer.evaluate(served, client.test.x, client.test.y).accuracy
+        assert last.loc[cid, "accuracy"] == after  # what the run recorded
+        initial = trainer.evaluate(trainer.initial_params, client.test.x, client.test.y)
+        gains.append(after - initial.accuracy)
+    assert sum(gains) / len(gains) > 0.3, gains  # measured: 0.65 and 0.93
+    nobody = dataclasses.replace(
+        results.server,
+        extra={**results.server.extra, UPLOADED_KEY: torch.zeros(clients, dtype=torch.bool)},
+    )
+    client = federation.client(federation.unseen[0])
+    assert fedfomo.newcomer(nobody, client, trainer, torch.Generator()) is None

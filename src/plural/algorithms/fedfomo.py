@@ -23,7 +23,8 @@ Choices and defaults:
   data); a client without validation data uses its training split.
 * A client that has not trained starts from its architecture's initial model (every client
   has the same one, so nothing needs to be sent); round 1 sends no model. Ties in affinity
-  are broken at random.
+  are broken at random. A client kept out of training (``split.unseen_clients``) is served
+  by the same first step, with M random models (see :meth:`FedFomo.newcomer`).
 * The server never averages, so aggregation rules and model-poisoning attacks do not apply
   (the engine refuses them).
 
@@ -208,6 +209,20 @@ class FedFomo(Algorithm):
     ) -> Params | OnClient:
         """The client's own model (its initial model before it has trained)."""
         return OnClient({}) if state is None else state
+
+    def newcomer(
+        self, server: ServerState, client: ClientData, trainer: LocalTrainer, rng: torch.Generator
+    ) -> Params | None:
+        """A client that never trained (``split.unseen_clients``): the first step FedFomo
+        takes for any client, run without uploading. It has no affinity yet, so it receives
+        M models drawn at random among those uploaded, weighs them against its initial model
+        and trains from the combination. None (its initial model) before anyone uploaded."""
+        if not bool(server.extra[UPLOADED_KEY].any()):
+            return None
+        draws = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
+        message = self.message(server, self.choose(server, client.client_id, 1.0, draws))
+        _, params = self.client_update(message, None, client, trainer, rng)
+        return params
 
     def summary(self, server: ServerState) -> dict[str, Any]:
         return {"clients_with_a_model": int(server.extra[UPLOADED_KEY].sum())}

@@ -120,6 +120,17 @@ class Mixture:
     weights: torch.Tensor
 
 
+def mixed_prediction(
+    outputs: Sequence[torch.Tensor], weights: torch.Tensor, classify: bool
+) -> torch.Tensor:
+    """A mixture's prediction from its components' outputs, in float64: ``sum_m w_m
+    softmax(f_m(x))`` for classification, ``sum_m w_m f_m(x)`` for regression."""
+    mixed = torch.zeros((), dtype=torch.float64)
+    for out, weight in zip(outputs, weights.double(), strict=True):
+        mixed = mixed + weight * (out.double().softmax(dim=1) if classify else out.double())
+    return mixed
+
+
 @dataclasses.dataclass
 class WorkMeter:
     """Training work done since the last :meth:`reset`: FLOPs of the matrix products and
@@ -460,16 +471,13 @@ class LocalTrainer:
         Classification: the prediction is ``p(y|x) = sum_m w_m softmax(f_m(x))`` and the loss
         ``-log p(y_true|x)``. Regression (``mse``): the prediction is ``sum_m w_m f_m(x)``.
         """
-        weights = mixture.weights.double()
         classify = self.config.loss == "cross_entropy"
-        mixed: torch.Tensor | None = None
-        for component, weight in zip(mixture.components, weights, strict=True):
-            outputs = [out.double() for _, out in self._outputs(component, x, batch_size)]
-            out = torch.cat(outputs) if outputs else torch.zeros(0)
-            part = weight * (out.softmax(dim=1) if classify else out)
-            mixed = part if mixed is None else mixed + part
-        if mixed is None or len(y) == 0:
+        if not mixture.components or len(y) == 0:
             return EvalResult(0.0, 0 if classify else -1, len(y))
+        outputs = []
+        for component in mixture.components:
+            outputs.append(torch.cat([out for _, out in self._outputs(component, x, batch_size)]))
+        mixed = mixed_prediction(outputs, mixture.weights, classify)
         if not classify:
             return EvalResult(float(self.loss_fn(mixed, y.double(), reduction="sum")), -1, len(y))
         chosen = mixed.gather(1, y.reshape(-1, 1)).squeeze(1)

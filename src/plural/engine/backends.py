@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from plural.config import ConfigError
 from plural.core.algorithm import Algorithm, OnClient, full_params
-from plural.core.params import Params
+from plural.core.params import Params, state_of
 from plural.core.rng import torch_generator
 from plural.core.trainer import EvalResult, LocalTrainer, Mixture, TrainConfig
 from plural.data.federated import FederatedDataset, SplitName
@@ -71,6 +71,15 @@ class WorkerSetup:
     eval_batch_size: int = 1024
     device: str = "cpu"
     """'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (see :func:`resolve_device`)."""
+    initial_params: tuple[Params, ...] = dataclasses.field(default=(), repr=False)
+    """Each architecture's initial parameters, copied when the setup is made: in-process
+    trainers load every client's parameters into the shared templates, so an environment
+    built later (for newcomers or the server set) cannot read them off the modules."""
+
+    def __post_init__(self) -> None:
+        if not self.initial_params:
+            members = self.model.members if isinstance(self.model, ClientModels) else (self.model,)
+            object.__setattr__(self, "initial_params", tuple(state_of(m) for m in members))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,12 +131,17 @@ class WorkerEnv:
             models = ClientModels((models,))
         self.device = resolve_device(setup.device)
         self.federation = setup.federation
+        initial = setup.initial_params
         if self.device.type != "cpu":
             self.federation = self.federation.to(self.device)
             members = tuple(copy.deepcopy(m).to(self.device) for m in models.members)
             models = ClientModels(members, models.architecture)
+            initial = tuple(to_device(params, self.device) for params in initial)
         self.models = models
-        self.trainers = [LocalTrainer(model, setup.train) for model in models.members]
+        self.trainers = [
+            LocalTrainer(model, setup.train, dict(params))
+            for model, params in zip(models.members, initial, strict=True)
+        ]
         self.seed = setup.seed
         self.eval_batch_size = setup.eval_batch_size
 

@@ -149,8 +149,8 @@ def newcomer_rows(
     differs from serving a client without state: methods with several server models
     (clustered methods) give it the model with the lowest loss on its training split (the
     cluster choice of IFCA, Ghosh et al. 2020); methods with a ``newcomer`` step (a new
-    personal head for FedPer-style methods, mixture weights for FedEM) run it on its
-    training split. Other methods
+    personal head for FedPer-style methods, mixture weights for FedEM, an embedding for
+    pFedHN, FedFomo's first combination) run it on its training split. Other methods
     already serve a client without state as a newcomer, and their rows are kept."""
     models = server_models(algorithm, server)
     step = getattr(algorithm, "newcomer", None)
