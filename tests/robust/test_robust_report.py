@@ -4,6 +4,7 @@ for runs with attackers and faults, and nothing more for runs without."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import plural
 from plural.report.compare import comparison_table, format_comparison
 from plural.report.html import write_report
 from plural.report.runs import discover_runs, group_methods
+from plural.report.stats import paired_tests
 
 
 def test_compare_table_has_robustness_columns_only_when_runs_have_them(
@@ -46,4 +48,13 @@ def test_compare_table_has_robustness_columns_only_when_runs_have_them(
     assert plain.summary.get("robustness") is None
     page = write_report(methods, tmp_path / "report.html", title="robust").read_text()
     assert "<th>clean mean</th>" in page and "<th>backdoor ASR</th>" in page
-    assert "<th>clean worst10%</th>" in page
+    assert "<th>clean worst10%</th>" in page and "<th>absent</th>" in page
+    # With a baseline, every value sits under its own header.
+    baseline = next(m.label for m in methods if "attack.name=none" in m.label)
+    lines = format_comparison(table, paired=paired_tests(methods, baseline)).splitlines()
+    header = next(re.split(r"\s{2,}", line) for line in lines if line.startswith("method"))
+    attacked_line = next(line for line in lines if "attack.name=backdoor" in line)
+    cells = re.split(r"\s{2,}", attacked_line)
+    assert len(cells) == len(header)
+    assert cells[header.index("absent")] == str(int(robust["dropouts"]))
+    assert cells[header.index("clean mean")] == f"{robust['clean']['test']['mean']:.3f}"

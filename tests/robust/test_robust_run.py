@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import plural
 from plural.algorithms.fedavg import FedAvg
@@ -258,25 +259,64 @@ def test_resume_with_attack_faults_and_robust_rule_is_exact(
     assert straight.summary["robustness"] == resumed.summary["robustness"]
 
 
+def _server_tensors(server: Any) -> dict[str, torch.Tensor]:
+    """Every floating tensor the server state holds (the global model, cluster models, ...),
+    by its path in the state."""
+    found: dict[str, torch.Tensor] = {}
+
+    def collect(path: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            found[path] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{path}/{key}", item)
+        elif isinstance(value, list | tuple):
+            for index, item in enumerate(value):
+                collect(f"{path}/{index}", item)
+
+    collect("params", server.params)
+    collect("extra", server.extra)
+    return found
+
+
 @pytest.mark.parametrize(
     "algorithm",
-    ["fedavg", "fedprox", "fedper", "fedrep", "fedbn", "ditto", "ifca", "cfl", "finetune"],
+    [
+        "fedavg",
+        "fedprox",
+        "fedper",
+        "fedrep",
+        "fedbn",
+        "lg_fedavg",
+        "ditto",
+        "ifca",
+        "cfl",
+        "oracle",
+        "pfedlia",
+        "finetune",
+    ],
 )
 @pytest.mark.parametrize("rule", ["median", "centered_clip"])
 def test_robust_rules_apply_to_every_averaging_algorithm(
     tiny_config: dict[str, Any], algorithm: str, rule: str
 ) -> None:
+    """The shared part of personalized methods and each cluster's model are aggregated by
+    the rule: the server's models change when it does."""
     cfg = _config(tiny_config, rounds=2, algorithm={"name": algorithm}, sampling={"count": 6})
     if algorithm == "fedbn":
         cfg["model"] = {"name": "mlp", "hidden": [16], "batch_norm": True}
+    if algorithm == "oracle":  # true groups: two rotations
+        cfg["transforms"] = [{"name": "rotation", "groups": 2}]
+    if algorithm == "pfedlia":  # one warm-up round, then per-cluster models
+        cfg["algorithm"] = {"name": "pfedlia", "warmup_rounds": 1}
     plain = plural.run(cfg)
     settings = {"tau": 0.05} if rule == "centered_clip" else {}
     robust = plural.run({**cfg, "aggregator": {"name": rule, **settings}})
     assert robust.summary["robustness"]["aggregator"] == rule
-    changed = any(
-        not (plain.server.params[k] == robust.server.params[k]).all() for k in plain.server.params
-    )
-    assert changed  # the rule took part in aggregation
+    before, after = _server_tensors(plain.server), _server_tensors(robust.server)
+    models = [path for path in before if path in after and before[path].shape == after[path].shape]
+    assert models
+    assert any(not torch.equal(before[path], after[path]) for path in models)
 
 
 def test_faults_and_attacks_give_the_same_run_on_the_vectorized_backend(

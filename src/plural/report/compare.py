@@ -247,14 +247,7 @@ def format_comparison(
                 if math.isnan(row.purity)
                 else f"purity {row.purity:.2f}, recall {row.recall:.2f}"
             )
-        if attacked:
-            cells += [
-                _number(row.clean_mean),
-                _number(row.clean_worst10),
-                _number(row.attack_success),
-            ]
-        if faulty:
-            cells.append(_number(row.absent, "{:.0f}"))
+        # In the header's order: the paired tests, then robustness.
         if tests:
             test = tests.get(row.method)
             cells += (
@@ -266,6 +259,14 @@ def format_comparison(
                     _number(test.p_seeds, "{:.3g}"),
                 ]
             )
+        if attacked:
+            cells += [
+                _number(row.clean_mean),
+                _number(row.clean_worst10),
+                _number(row.attack_success),
+            ]
+        if faulty:
+            cells.append(_number(row.absent, "{:.0f}"))
         rows.append(cells)
     note = (
         f"Final per-client {metric} on {split} (each run's {ROUND_LABELS[at]}); tails are the "

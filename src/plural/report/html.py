@@ -349,6 +349,8 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
     header += ["clusters", "ARI"] if clustered else []
     attacked = "clean_mean" in table and bool(table["clean_mean"].notna().any())
     header += ["clean mean", "clean worst10%", "backdoor ASR"] if attacked else []
+    faulty = "absent" in table and bool(table["absent"].notna().any())
+    header += ["absent"] if faulty else []
     body = []
     for row in table.itertuples():
         cells = [
@@ -372,6 +374,8 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
                 _value(row.clean_worst10),
                 _value(row.attack_success),
             ]
+        if faulty:
+            cells.append("—" if np.isnan(row.absent) else f"{row.absent:.0f}")
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     note = (
@@ -388,6 +392,11 @@ def _summary_html(table: pd.DataFrame, metric: str, split: str) -> str:
             " Clean mean leaves the malicious clients out; backdoor ASR is the share of "
             "triggered test inputs classified as the target."
             if attacked
+            else ""
+        )
+        + (
+            " Absent: sampled clients that dropped, missed the deadline or failed, over the run."
+            if faulty
             else ""
         )
     )
