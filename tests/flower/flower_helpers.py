@@ -10,15 +10,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from plural.registry import ALGORITHMS as REGISTERED
 from plural.report.rundir import deterministic
 
-ALGORITHMS: dict[str, dict[str, Any]] = {
-    "fedavg": {},
-    "ditto": {},
-    "fedper": {},
+SETTINGS: dict[str, dict[str, Any]] = {
     "ifca": {"k": 2},
     "pfedlia": {"warmup_rounds": 1},
 }
+"""Algorithm settings for 3-round jobs (the others run with their defaults)."""
+FEDERATION_CHANGES: dict[str, dict[str, Any]] = {
+    "fedbn": {"model": {"name": "mlp", "hidden": [16], "batch_norm": True}},
+    "oracle": {"transforms": [{"name": "rotation", "groups": 2}]},  # true groups
+}
+"""What an algorithm needs of the federation or model beyond the tiny config."""
+ALGORITHMS: list[str] = sorted(entry.name for entry in REGISTERED)
+"""Every registered algorithm: each must run through Flower as it runs in plural."""
 TIMING_KEYS = frozenset({"wall_time_s", "seconds"})
 """Clock readings in summaries (they differ between any two runs)."""
 
@@ -26,7 +32,8 @@ TIMING_KEYS = frozenset({"wall_time_s", "seconds"})
 def config(base: dict[str, Any], algorithm: str, **changes: Any) -> dict[str, Any]:
     cfg = copy.deepcopy(base)
     cfg["rounds"] = 3
-    cfg["algorithm"] = {"name": algorithm, **ALGORITHMS.get(algorithm, {})}
+    cfg["algorithm"] = {"name": algorithm, **SETTINGS.get(algorithm, {})}
+    cfg.update(copy.deepcopy(FEDERATION_CHANGES.get(algorithm, {})))
     cfg.update(changes)
     return cfg
 

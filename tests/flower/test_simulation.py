@@ -25,8 +25,8 @@ NODES = 3
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Each algorithm (and FedAvg at another scale and seed) run sequentially and through
-    Flower, all Flower jobs in one simulation (the nodes start once)."""
+    """Every registered algorithm (and FedAvg at another scale and seed) run sequentially
+    and through Flower, all Flower jobs in one simulation (the nodes start once)."""
     from tiny_config import TINY_CONFIG
 
     jobs = {name: config(TINY_CONFIG, name) for name in ALGORITHMS}
