@@ -58,7 +58,10 @@ def test_raw_samples_are_split_with_the_config(tmp_path: Path, n: int) -> None:
     np.savez(tmp_path / "c.npz", x=x, y=y)
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(4)]).assign(label=y)
     frame.to_parquet(tmp_path / "c.parquet")
-    for name in ("c.npz", "c.parquet"):
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.Dataset.from_dict({"x": x.tolist(), "label": y.tolist()})
+    hf.save_to_disk(str(tmp_path / "c-hf"))
+    for name in ("c.npz", "c.parquet", "c-hf"):
         client = load_client(tmp_path / name, cfg, client_id=4)
         sizes = [len(client.split(s)) for s in SPLITS]
         assert sum(sizes) == n
@@ -66,7 +69,10 @@ def test_raw_samples_are_split_with_the_config(tmp_path: Path, n: int) -> None:
         rows = torch.cat([client.split(s).x for s in SPLITS])
         assert len(torch.unique(rows, dim=0)) == n  # each sample in exactly one split
     again = load_client(tmp_path / "c.npz", cfg, client_id=4)
-    assert torch.equal(again.test.y, load_client(tmp_path / "c.parquet", cfg, 4).test.y)
+    for name in ("c.parquet", "c-hf"):  # the same samples give the same splits
+        other = load_client(tmp_path / name, cfg, 4)
+        assert torch.equal(again.test.y, other.test.y)
+        torch.testing.assert_close(again.test.x, other.test.x)
 
 
 def test_bad_data_specs_say_what_is_wrong(tmp_path: Path) -> None:
