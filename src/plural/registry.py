@@ -120,3 +120,18 @@ PARTITIONERS: Registry[Any] = Registry("partition")
 MODELS: Registry[Any] = Registry("model")
 ALGORITHMS: Registry[Any] = Registry("algorithm")
 TRANSFORMS: Registry[Any] = Registry("transform")
+
+
+def aggregating_algorithm(config: Any) -> str:
+    """The algorithm whose server aggregates in a run of ``config`` (fine-tuning's base)."""
+    name = str(config.algorithm.name)
+    if name == "finetune":
+        return str(config.algorithm.settings.base.get("name", "fedavg"))
+    return name
+
+
+def aggregating_settings(config: Any) -> Any:
+    """The settings of :func:`aggregating_algorithm` (weighting, stragglers, ...)."""
+    if config.algorithm.name == "finetune":
+        return ALGORITHMS.parse(config.algorithm.settings.base, "algorithm.base")[1]
+    return config.algorithm.settings

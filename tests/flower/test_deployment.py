@@ -2,8 +2,9 @@
 
 The nodes read their clients' data from data specs (``plural flower export``), the server
 writes the run directory; it must equal the sequential backend's. FedAvg runs in insecure
-mode, Ditto over TLS (each deployed run costs a ClientApp process per node and message, so
-each algorithm is deployed once). Every process started is stopped, also when a test fails.
+mode (also with SecAgg+), Ditto over TLS (each deployed run costs a ClientApp process per
+node and message, so each algorithm is deployed once). Every process started is stopped,
+also when a test fails.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -81,6 +83,27 @@ def insecure(tmp_path_factory: pytest.TempPathFactory, specs: Path) -> Any:
 
 def test_deployed_fedavg_equals_sequential(insecure: LocalDeployment) -> None:
     deploy_and_compare(insecure, insecure.root, job("fedavg"))
+
+
+def test_deployed_fedavg_with_secagg_matches_sequential(insecure: LocalDeployment) -> None:
+    """SecAgg+ across the SuperNode processes (Flower's mod in each ClientApp): the run
+    matches the plain sequential run up to Flower's quantization. Runs before the test that
+    kills a node."""
+    cfg = job("fedavg")
+    cfg["name"] = "deployed-secagg"
+    root = insecure.root
+    path = root / "secagg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = root / "flower-secagg"
+    flower_cli.write_app(root / "app-secagg", path, out, secagg=True)
+    run_id = insecure.submit(root / "app-secagg")
+    assert insecure.wait(run_id, RUN_LIMIT) == "finished:completed"
+    plain = plural.run(cfg, out=root / "seq-secagg").metrics
+    masked = pd.read_parquet(out / "metrics.parquet")
+    keys = ["round", "client", "split"]
+    plain, masked = plain.sort_values(keys), masked.sort_values(keys)
+    assert plain[keys].to_numpy().tolist() == masked[keys].to_numpy().tolist()
+    np.testing.assert_allclose(masked["loss"], plain["loss"], atol=2e-3, equal_nan=True)
 
 
 def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:

@@ -17,7 +17,7 @@ from plural.data.federated import SPLITS
 from plural.experiment import load_config
 from plural.flower.client import node_clients
 from plural.flower.data import export_clients, load_client, local_federation
-from plural.flower.secagg import NOT_WIRED, check_secagg, secagg_refusal
+from plural.flower.secagg import check_secagg, secagg_refusal
 from plural.runner import build_federation
 from tiny_config import TINY_CONFIG
 
@@ -153,13 +153,77 @@ def test_secagg_refusals_say_why() -> None:
     assert secagg_refusal(cfg_with(algorithm=uniform, privacy=sample)) is None
 
 
-def test_secagg_switch_never_runs_unmasked() -> None:
+def test_secagg_refuses_what_it_cannot_mask_and_admits_the_rest() -> None:
     check_secagg(cfg_with(), secagg=False)
     with pytest.raises(ConfigError, match="robust aggregation rule"):
         check_secagg(cfg_with(aggregator={"name": "median"}), secagg=True)
-    with pytest.raises(ConfigError) as caught:
-        check_secagg(cfg_with(), secagg=True)
-    assert str(caught.value) == NOT_WIRED
+    check_secagg(cfg_with(), secagg=True)  # FedAvg: masked
+    check_secagg(cfg_with(algorithm={"name": "finetune", "base": {"name": "ditto"}}), True)
+    with pytest.raises(ConfigError, match="'scaffold' does not average"):
+        check_secagg(cfg_with(algorithm={"name": "finetune", "base": {"name": "scaffold"}}), True)
+    with pytest.raises(ConfigError, match="weighting 'capped'"):
+        check_secagg(cfg_with(algorithm={"name": "fedavg", "weighting": "capped"}), True)
+    with pytest.raises(ConfigError, match="attack 'ipm' is simulated"):
+        check_secagg(cfg_with(attack={"name": "ipm", "clients": [1]}), True)
+    check_secagg(cfg_with(attack={"name": "label_flip", "clients": [1]}), True)  # on the data
+
+
+def _update(params: dict[str, torch.Tensor], samples: int, complete: bool = True) -> Any:
+    from plural.core.algorithm import Update
+    from plural.engine.backends import PhaseCost
+
+    return Update(samples, params, loss=0.5, complete=complete), None, PhaseCost(1.0, 0.1)
+
+
+@pytest.mark.parametrize("weighting", ["samples", "uniform"])
+def test_a_node_masks_the_weighted_mean_of_its_clients(weighting: str) -> None:
+    """The node's vector is its clients' weighted mean with their total weight, so the
+    weighted mean over nodes is the weighted mean over clients; what travels in the clear
+    holds no floating entry; the server puts the mean back into every update."""
+    from plural.core.algorithm import ModelMessage
+    from plural.flower.secure import node_mean, template_of, with_mean
+
+    cfg = cfg_with(algorithm={"name": "fedavg", "weighting": weighting, "drop_stragglers": True})
+    generator = torch.Generator().manual_seed(0)
+    models = [
+        {"w": torch.randn(3, 2, generator=generator), "steps": torch.tensor(k)} for k in (1, 2, 3)
+    ]
+    results = [_update(models[0], 10), _update(models[1], 30), _update(models[2], 5, False)]
+    template = template_of(ModelMessage(models[0]))
+    assert template == {"w": ((3, 2), "float32")}
+    vector, weight, share = node_mean(cfg, results, template)
+    weights = [10, 30] if weighting == "samples" else [1, 1]  # the straggler is dropped
+    assert weight == sum(weights)
+    first, second = models[0]["w"].double(), models[1]["w"].double()
+    expected = (weights[0] * first + weights[1] * second) / sum(weights)
+    np.testing.assert_allclose(vector[0], expected.numpy(), rtol=1e-12)
+    for reply, *_ in share.replies:
+        assert set(reply.params) == {"steps"}  # integer entries only, in the clear
+    restored = with_mean(share, [np.full((3, 2), 0.25)])
+    for (reply, *_), model in zip(restored, models, strict=True):
+        assert reply.params["w"].dtype == torch.float32
+        assert torch.equal(reply.params["w"], torch.full((3, 2), 0.25))
+        assert torch.equal(reply.params["steps"], model["steps"])
+    empty_vector, empty_weight, _ = node_mean(cfg, [], template)  # a node without clients
+    assert empty_weight == 0 and not np.any(empty_vector[0])
+
+
+def test_a_node_leaves_diverged_updates_out_and_refuses_what_flower_would_clip() -> None:
+    from plural.flower.secure import CLIPPING_RANGE, node_mean, with_mean
+
+    cfg = cfg_with()
+    template = {"w": ((2,), "float32")}
+    good, bad = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([float("nan"), 0.0])}
+    vector, weight, share = node_mean(cfg, [_update(good, 4), _update(bad, 4)], template)
+    assert weight == 4 and np.allclose(vector[0], [1.0, 2.0])
+    restored = with_mean(share, vector)
+    assert torch.isnan(restored[1][0].params["w"]).all()  # the engine sees it diverged
+    assert torch.equal(restored[0][0].params["w"], torch.tensor([1.0, 2.0]))
+    huge = {"w": torch.tensor([2 * CLIPPING_RANGE, 0.0])}
+    with pytest.raises(ValueError, match="outside Flower's clipping range"):
+        node_mean(cfg, [_update(huge, 1)], template)
+    with pytest.raises(ValueError, match="other floating entries"):
+        node_mean(cfg, [_update({"v": torch.zeros(2)}, 1)], template)
 
 
 def test_cli_refuses_secagg_before_flower_starts(

@@ -31,7 +31,7 @@ from plural.engine.kept_state import (
     run_kept_phase,
 )
 from plural.experiment import ExperimentConfig
-from plural.flower import wire
+from plural.flower import secure, wire
 from plural.robust.runtime import ClientFailure, GuardedAlgorithm
 
 Item = TypeVar("Item")
@@ -54,8 +54,12 @@ class FlowerBackend:
         *,
         timeout: float | None = None,
         wait_for_nodes: float = 120.0,
+        secagg: bool = False,
     ) -> None:
         self.grid = grid
+        self.cfg = cfg
+        self.secagg = secagg
+        self.sizes = [int(n) for n in setup.federation.sizes("train")]
         self.num_clients = setup.federation.num_clients
         self.timeout = timeout
         self.states: NodeStates | None = None
@@ -133,6 +137,9 @@ class FlowerBackend:
         by_node: dict[int, list[int]] = defaultdict(list)
         for position, item in enumerate(items):
             by_node[self._node_of(item, position)].append(position)
+        if self.secagg and task is run_kept_phase and _averaged(items):
+            yield from self._masked(task, items, by_node, round_index, attempt)
+            return
         messages = {}
         for node, positions in by_node.items():
             work = {
@@ -153,6 +160,40 @@ class FlowerBackend:
                 continue
             for position in positions:
                 results[position] = self._failed(task, items[position], node, problem)
+        yield from results
+
+    def _masked(
+        self,
+        task: Any,
+        items: Sequence[Any],
+        by_node: dict[int, list[int]],
+        round_index: int,
+        attempt: int,
+    ) -> Iterator[Any]:
+        """The items' results through a SecAgg+ round of every node (see
+        :mod:`plural.flower.secure`)."""
+        template = secure.template_of(items[0].message)
+        payloads = {}
+        for node in sorted(set(self.owner.values())):
+            work = {
+                "round": round_index,
+                "attempt": attempt,
+                "task": task,
+                "items": [items[p] for p in by_node.get(node, [])],
+                "template": template,
+            }
+            payloads[node] = wire.dumps(work)
+        self.messages_sent += len(payloads)
+        bound = secure.cohort_weight(self.cfg, self.sizes, [i.client_id for i in items])
+        replies = secure.masked_round(self.grid, payloads, round_index, bound, self.timeout)
+        results: list[Any] = [None] * len(items)
+        for node, positions in by_node.items():
+            for k, position in enumerate(positions):
+                if node in replies:
+                    results[position] = replies[node][k]
+                else:
+                    problem = "it dropped out of the SecAgg+ round"
+                    results[position] = self._failed(task, items[position], node, problem)
         yield from results
 
     def _node_of(self, item: Any, position: int) -> int:
@@ -213,6 +254,11 @@ class NodeStates(HeldStates):
 
     def close(self) -> None:
         pass
+
+
+def _averaged(items: Sequence[Any]) -> bool:
+    """Whether ``items`` are the phase whose updates the server averages."""
+    return all(isinstance(i, ClientWork) and i.phase == secure.SECURE_PHASE for i in items)
 
 
 def _exchange(grid: Any, messages: dict[int, Any], timeout: float | None) -> dict[int, Any]:

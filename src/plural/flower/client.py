@@ -199,29 +199,48 @@ def handle_setup(message: Any, context: Any) -> Any:
     return Message(wire.pack(reply), reply_to=message)
 
 
+def run_work(work: dict[str, Any], context: Any) -> list[Any]:
+    """The results of one message's work items on this node's clients (their states in
+    ``Context.state``)."""
+    env = _environment(context)
+    states = ContextStates(context.state)
+    states.begin(work["round"], work["attempt"])
+    env.kept_states = states  # type: ignore[attr-defined]
+    task = work["task"]
+    return [task(env, item) for item in work["items"]]
+
+
+def node_config(context: Any) -> ExperimentConfig:
+    """The plural config of the run this node serves (sent with its set-up)."""
+    record = context.state.config_records.get(_SETUP_KEY)
+    if record is None:
+        raise RuntimeError("plural.flower: this node received work before its set-up")
+    return load_config(wire.loads(record[wire.PAYLOAD])["config"])
+
+
 def handle_work(message: Any, context: Any) -> Any:
     """Run the work items of one message on this node's clients."""
     from flwr.app import Message
 
     try:
-        work = wire.unpack(message.content)
-        env = _environment(context)
-        states = ContextStates(context.state)
-        states.begin(work["round"], work["attempt"])
-        env.kept_states = states  # type: ignore[attr-defined]
-        task = work["task"]
-        reply: dict[str, Any] = {"results": [task(env, item) for item in work["items"]]}
+        reply: dict[str, Any] = {"results": run_work(wire.unpack(message.content), context)}
     except Exception:
         reply = {"error": traceback.format_exc(limit=8)}
     return Message(wire.pack(reply), reply_to=message)
 
 
 def client_app() -> Any:
-    """plural's Flower ``ClientApp`` (the same for every config)."""
+    """plural's Flower ``ClientApp`` (the same for every config). Flower's ``secaggplus_mod``
+    takes the plain ``train`` messages of SecAgg+ rounds (see :mod:`plural.flower.secure`);
+    plural's own messages pass it untouched."""
     wire.quiet_flower()
+    from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    from plural.flower.secure import handle_masked_round
+
+    app = ClientApp(mods=[secaggplus_mod])
     app.query(wire.SETUP_TYPE.split(".")[1])(handle_setup)
     app.train(wire.WORK_TYPE.split(".")[1])(handle_work)
+    app.train()(handle_masked_round)
     return app

@@ -13,20 +13,37 @@ from __future__ import annotations
 from plural.config import ConfigError
 from plural.core.aggregation import WeightedMeanReducer, chain_for
 from plural.experiment import ExperimentConfig
+from plural.registry import aggregating_algorithm, aggregating_settings
+from plural.robust.config import MODEL_ATTACKS
 
 AVERAGING_METHODS = frozenset(
     {"fedavg", "fedprox", "ditto", "fedper", "fedrep", "fedbn", "lg_fedavg", "finetune"}
 )
 """Methods whose server step averages the clients' (shared parts of their) updates."""
+SECURE_WEIGHTINGS = ("samples", "uniform")
+"""Weightings where a client's weight is its own (integer) count: each node can weigh its
+clients' updates before masking."""
 
 
 def secagg_refusal(cfg: ExperimentConfig) -> str | None:
     """Why ``cfg`` cannot run with SecAgg+, or None when it can."""
-    name = cfg.algorithm.name
+    name = aggregating_algorithm(cfg)  # fine-tuning: its base
     if name not in AVERAGING_METHODS:
         return (
             f"algorithm {name!r} does not average the clients' updates, so its server needs "
             f"them one by one; SecAgg+ works with {', '.join(sorted(AVERAGING_METHODS))}"
+        )
+    weighting = getattr(aggregating_settings(cfg), "weighting", "samples")
+    if weighting not in SECURE_WEIGHTINGS:
+        return (
+            f"algorithm.weighting {weighting!r} needs more than each client's own count to "
+            f"weigh it; SecAgg+ works with weighting {' or '.join(SECURE_WEIGHTINGS)}"
+        )
+    if cfg.attack.name in MODEL_ATTACKS:
+        return (
+            f"attack {cfg.attack.name!r} is simulated by rewriting the malicious clients' "
+            "updates on the server, which SecAgg+ never shows it (data poisoning, label_flip "
+            "or backdoor, works with SecAgg+)"
         )
     privacy = cfg.privacy
     if privacy is not None and privacy.level == "client":
@@ -50,20 +67,11 @@ def secagg_refusal(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-NOT_WIRED = (
-    "flower secagg: this run could use SecAgg+, but plural.flower does not mask updates yet "
-    "(Flower's SecAgg+ workflow drives its legacy fit messages, not plural's rounds); run "
-    "without --secagg, over TLS"
-)
-
-
 def check_secagg(cfg: ExperimentConfig, secagg: bool) -> None:
-    """A ConfigError when SecAgg+ is asked for: why the run cannot use it, or, for a run
-    that could, that the masking is not wired in yet (never a run that claims SecAgg+ and
-    sends plain updates)."""
+    """A ConfigError, before Flower starts, when SecAgg+ is asked for a run that cannot use
+    it (never a run that claims SecAgg+ and sends plain updates)."""
     if not secagg:
         return
     refusal = secagg_refusal(cfg)
     if refusal is not None:
         raise ConfigError(f"flower secagg: {refusal}")
-    raise ConfigError(NOT_WIRED)

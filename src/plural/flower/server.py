@@ -63,7 +63,12 @@ def run_on_grid(
 
     def backend(setup: WorkerSetup) -> FlowerBackend:
         return FlowerBackend(
-            grid, setup, cfg, timeout=options.timeout, wait_for_nodes=options.wait_for_nodes
+            grid,
+            setup,
+            cfg,
+            timeout=options.timeout,
+            wait_for_nodes=options.wait_for_nodes,
+            secagg=options.secagg,
         )
 
     token = BACKEND_OVERRIDE.set(backend)

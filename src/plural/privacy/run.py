@@ -27,7 +27,7 @@ from plural.privacy import accountant
 from plural.privacy.chain import ClipUpdates, LocalNoise, NoisePlan, SumNoise
 from plural.privacy.dpsgd import PrivateTrainConfig
 from plural.privacy.settings import PrivacyConfig
-from plural.registry import ALGORITHMS
+from plural.registry import aggregating_algorithm, aggregating_settings
 
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's per-order RDP warnings
 
@@ -64,25 +64,11 @@ SAMPLE_REFUSED = {
 COUNT_WEIGHTINGS = ("uniform", "private_samples")
 
 
-def _base_name(config: Any) -> str:
-    """The algorithm whose aggregation runs (fine-tuning's base algorithm)."""
-    name = config.algorithm.name
-    if name == "finetune":
-        return str(config.algorithm.settings.base.get("name", "fedavg"))
-    return name
-
-
-def _base_settings(config: Any) -> Any:
-    if config.algorithm.name == "finetune":
-        return ALGORITHMS.parse(config.algorithm.settings.base, "algorithm.base")[1]
-    return config.algorithm.settings
-
-
 def check_settings(config: Any) -> None:
     """ConfigErrors, before any data is loaded, for a run that cannot be private as set."""
     privacy: PrivacyConfig = config.privacy
     accountant.require_accounting()
-    name = _base_name(config)
+    name = aggregating_algorithm(config)
     if name in REFUSED and privacy.level != "sample":
         raise ConfigError(
             f"privacy: level {privacy.level!r} cannot protect algorithm {name!r}: {REFUSED[name]}"
@@ -91,7 +77,7 @@ def check_settings(config: Any) -> None:
         raise ConfigError(
             f"privacy: level 'sample' cannot protect {name!r}: {SAMPLE_REFUSED[name]}"
         )
-    weighting = getattr(_base_settings(config), "weighting", "uniform")
+    weighting = getattr(aggregating_settings(config), "weighting", "uniform")
     if privacy.level in ("client", "local") and weighting != "uniform":
         raise ConfigError(
             f"privacy: level {privacy.level!r} needs algorithm.weighting: uniform (got "
@@ -103,7 +89,7 @@ def check_settings(config: Any) -> None:
             f"privacy: level 'sample' needs algorithm.weighting uniform or private_samples "
             f"(got {weighting!r}): the server must not learn the clients' exact data sizes"
         )
-    counts_private = getattr(_base_settings(config), "count_noise", 0) > 0
+    counts_private = getattr(aggregating_settings(config), "count_noise", 0) > 0
     if privacy.level == "sample" and weighting == "private_samples" and not counts_private:
         raise ConfigError(
             "privacy: level 'sample' with weighting private_samples needs "
@@ -257,7 +243,7 @@ class PrivateRun:
     def _groups(self) -> int:
         """Models that split the cohort between them (clustered methods): each cluster's
         sum is divided by its share of the expected cohort."""
-        settings = _base_settings(self.config)
+        settings = aggregating_settings(self.config)
         for key in ("k", "clusters"):
             value = getattr(settings, key, None)
             if isinstance(value, int) and value > 0:
@@ -340,7 +326,7 @@ class PrivateRun:
     def _count_epsilon(self, client: int) -> float:
         """Pure epsilon of the noised counts of private_samples weighting (Laplace, basic
         composition over the rounds the client took part in)."""
-        settings = _base_settings(self.config)
+        settings = aggregating_settings(self.config)
         if getattr(settings, "weighting", None) != "private_samples":
             return 0.0
         per_round = settings.count_bucket / settings.count_noise
@@ -372,7 +358,7 @@ class PrivateRun:
             out["steps_accounted"] = sum(self.ledger.steps.values())
         if privacy.level in ("sample", "local"):
             out["client_epsilon"] = {str(c): e for c, e in sorted(self.client_epsilons().items())}
-        name = _base_name(self.config)
+        name = aggregating_algorithm(self.config)
         unprotected = list(self.ledger.sent_outside)
         if name in NOT_PRIVATIZED:
             unprotected.append(NOT_PRIVATIZED[name])
