@@ -2,12 +2,14 @@
 
 The job of ``flower_compare.py`` (LeNet, Fashion-MNIST subset, 10 clients, Dirichlet(0.5),
 FedAvg, every client every round, 1 local epoch, 3 rounds, then every client's test split
-scored) run four ways, one after another:
+scored) run five ways, one after another:
 
 * **plain Flower**: ``flower_compare.run_flower`` (``NumPyClient``, legacy ``FedAvg``
   strategy, ``run_simulation``, ``--cpus`` Ray actors of 1 CPU);
 * **plural.flower**: ``plural.flower.simulate`` (the same engine round loop as ``plural run``,
   client work in Flower's simulation on ``--cpus`` virtual SuperNodes of 1 CPU, Message API);
+* **plural.flower SecAgg+**: the same with ``secagg`` (Flower's SecAggPlusWorkflow masks
+  the nodes' updates every round);
 * **plural sequential** (1 thread) and **plural process** (``--cpus`` workers).
 
 Per round: plain Flower's from its strategy's hooks, the others' from a plural round-end
@@ -41,11 +43,12 @@ from plural.flower import FlowerOptions, simulate
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "flower_plural.json"
 
 
-def run_plural_flower(config: dict[str, Any], cpus: int) -> fc.RunTiming:
+def run_plural_flower(config: dict[str, Any], cpus: int, secagg: bool = False) -> fc.RunTiming:
     """``plural.flower.simulate`` timed end to end, rounds from a round-end callback."""
     clock = RoundClock()
     started = time.perf_counter()
-    results = simulate(config, None, nodes=cpus, options=FlowerOptions(callbacks=(clock,)))
+    options = FlowerOptions(callbacks=(clock,), secagg=secagg)
+    results = simulate(config, None, nodes=cpus, options=options)
     total_s = time.perf_counter() - started
     later = [b - a for a, b in itertools.pairwise(clock.ends)]
     first = float(results.summary["wall_time_s"]) - sum(later)
@@ -60,6 +63,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     runs = {
         "plain Flower": lambda: fc.run_flower(fc.make_config(args, rounds), args.cpus),
         "plural.flower": lambda: run_plural_flower(fc.make_config(args, rounds), args.cpus),
+        "plural.flower SecAgg+": lambda: run_plural_flower(
+            fc.make_config(args, rounds), args.cpus, secagg=True
+        ),
         "plural sequential": lambda: fc.run_plural(fc.make_config(args, rounds)),
         "plural process": lambda: fc.run_plural(fc.make_config(args, rounds, "process")),
     }
@@ -68,11 +74,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     gap = max(abs(a[1] - b[1]) for a, b in zip(seq.test, flw.test, strict=True))
     if gap > 1e-6:
         raise AssertionError(f"plural.flower's test accuracies differ from sequential by {gap}")
+    masked = timings["plural.flower SecAgg+"]
+    secagg_gap = max(abs(a[1] - b[1]) for a, b in zip(seq.test, masked.test, strict=True))
     return {
         "machine": machine_info(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "runs": {name: fc.phases(t) for name, t in timings.items()},
         "accuracy_gap_vs_sequential": gap,
+        "secagg_accuracy_gap_vs_sequential": secagg_gap,
     }
 
 
