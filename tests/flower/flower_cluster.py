@@ -116,13 +116,41 @@ def _children(pids: set[int]) -> set[int]:
     return found
 
 
+def make_node_keys(folder: Path, name: str) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format: (private key file, public key file)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / name, folder / f"{name}.pub"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private, public
+
+
 class LocalDeployment:
     """``flower-superlink`` and one ``flower-supernode`` per node config, on localhost."""
 
-    def __init__(self, root: Path, node_configs: Sequence[str], *, tls: bool = False) -> None:
+    def __init__(
+        self, root: Path, node_configs: Sequence[str], *, tls: bool = False, auth: bool = False
+    ) -> None:
+        if auth and not tls:
+            raise ValueError("SuperNode authentication needs TLS")
         self.root = root
         self.node_configs = list(node_configs)
         self.tls = tls
+        self.auth = auth
         self.port = free_port()
         self.home = root / "flwr-home"
         self.processes: list[subprocess.Popen[bytes]] = []
@@ -169,15 +197,18 @@ class LocalDeployment:
                 *security,
                 f"--port={self.port}",
                 "--disable-runtime-dependency-installation",
+                *(["--enable-supernode-auth"] if self.auth else []),
             ],
             "superlink.log",
         )
         wait_for_port(self.port, link, 120)
         for k, node_config in enumerate(self.node_configs):
+            keys = self.register_node(k) if self.auth else []
             node = self._start(
                 [
                     str(BIN / "flower-supernode"),
                     *node_security,
+                    *keys,
                     f"--superlink=127.0.0.1:{self.port}",
                     f"--port={free_port()}",
                     f"--node-config={node_config}",
@@ -186,6 +217,21 @@ class LocalDeployment:
             )
             self.nodes.append(node)
         return self
+
+    def register_node(self, index: int) -> list[str]:
+        """An EC key pair for node ``index`` (as ``ssh-keygen -t ecdsa -b 384`` makes), its
+        public key registered with the SuperLink; the SuperNode's argument for it."""
+        private, public = make_node_keys(self.root / "keys", f"node{index}")
+        done = subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(public), "local"],
+            env=self.env,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {done.stdout!r}{done.stderr!r}")
+        return [f"--auth-supernode-private-key={private}"]  # Flower derives the public key
 
     def submit(self, app: Path) -> str:
         """Start the Flower App in ``app`` (``flwr run``); its run id."""

@@ -2,9 +2,9 @@
 
 The nodes read their clients' data from data specs (``plural flower export``), the server
 writes the run directory; it must equal the sequential backend's. FedAvg runs in insecure
-mode (also with SecAgg+), Ditto over TLS (each deployed run costs a ClientApp process per
-node and message, so each algorithm is deployed once). Every process started is stopped,
-also when a test fails.
+mode (also with SecAgg+), Ditto over TLS with SuperNode authentication (each deployed run
+costs a ClientApp process per node and message, so each algorithm is deployed once). Every
+process started is stopped, also when a test fails.
 """
 
 from __future__ import annotations
@@ -137,9 +137,12 @@ def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:
     assert failed == {2, 5}
 
 
-def test_deployed_ditto_with_tls_equals_sequential(tmp_path: Path, specs: Path) -> None:
-    """Ditto (personal models kept in the nodes' Context.state between rounds) over TLS."""
+def test_deployed_ditto_with_tls_and_node_authentication_equals_sequential(
+    tmp_path: Path, specs: Path
+) -> None:
+    """Ditto (personal models kept in the nodes' Context.state between rounds) over TLS, each
+    SuperNode authenticated by a key registered with the SuperLink."""
     pytest.importorskip("cryptography")
-    with LocalDeployment(tmp_path, node_configs(specs), tls=True) as cluster:
+    with LocalDeployment(tmp_path, node_configs(specs), tls=True, auth=True) as cluster:
         deploy_and_compare(cluster, tmp_path, job("ditto"))
     assert cluster.alive() == []
