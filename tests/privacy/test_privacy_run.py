@@ -215,6 +215,38 @@ def test_zero_noise_and_unbounded_clip_give_fedavg() -> None:
         assert torch.allclose(got[name], expected[name], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        {"name": "oracle", "weighting": "uniform"},  # true groups of 15 and 14 clients
+        {"name": "pfedlia", "weighting": "uniform", "clusters": 2, "warmup_rounds": 2},
+    ],
+)
+def test_zero_noise_and_unbounded_clip_give_each_clusters_mean(algorithm: dict[str, Any]) -> None:
+    """Each cluster's noised sum is divided by its own expected count (the run's expected
+    cohort times the cluster's share of the clients), not by an equal split of the cohort:
+    with no noise and no clipping the private run is the plain one, for unequal clusters and
+    for pFedLIA's global warm-up rounds alike."""
+    changes = {
+        "algorithm": algorithm,
+        "sampling": {},
+        "partition": {"name": "dirichlet", "num_clients": 29, "alpha": 0.5, "min_samples": 20},
+        "transforms": [{"name": "rotation", "groups": 2}],
+    }
+    plain = _config(**changes)
+    del plain["privacy"]
+    private = _config(**changes, privacy={"clip": 1e12, "noise_multiplier": 0.0})
+    expected, got = run(plain).server, run(private).server
+    for name in expected.params:
+        assert torch.allclose(got.params[name], expected.params[name], atol=1e-6, rtol=0)
+    models = [p for p in (expected.extra.get("models") or [])]
+    private_models = got.extra.get("models") or []
+    assert len(models) == len(private_models)
+    for mine, theirs in zip(models, private_models, strict=True):
+        for name in mine:
+            assert torch.allclose(theirs[name], mine[name], atol=1e-6, rtol=0)
+
+
 # ---- the ledger and the summary -----------------------------------------------------------
 
 

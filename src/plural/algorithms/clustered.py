@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from plural.algorithms.fedavg import CHAIN_STATE, FedAvg
-from plural.core.aggregation import group_generators
+from plural.core.aggregation import GROUP_SHARE, group_generators
 from plural.core.algorithm import ServerState, Update, reported_cluster
 from plural.core.params import Params
 from plural.core.server_opt import server_step
@@ -108,18 +108,29 @@ class Clustered(FedAvg):
         chain_states = cluster_chain_states(server.extra.get(CHAIN_STATE), len(models))
         generators = group_generators(rng, len(models), self.aggregation.needs_rng)
         settings = self.config.server_settings()
+        shares = self.group_shares(server, len(models))
         for j, members in enumerate(feeds):
             used = self.used_updates(list(members))
             if not used:
                 continue
-            target, chain_states[j] = self.combine(
-                ServerState(models[j]), used, generators[j], chain_states[j]
-            )
+            state = {**chain_states[j], GROUP_SHARE: shares[j]}
+            target, state = self.combine(ServerState(models[j]), used, generators[j], state)
+            chain_states[j] = {k: v for k, v in state.items() if k != GROUP_SHARE}
             models[j], opt_states[j] = server_step(models[j], target, opt_states[j], settings)
         server = self.with_clusters(server, models=models, opt_states=opt_states)
         if any(chain_states):
             server.extra[CHAIN_STATE] = chain_states
         return server
+
+    def group_shares(self, server: ServerState, count: int) -> list[float]:
+        """The share of the clients each of ``count`` models serves, from the server's last
+        known assignment (before any, an equal split): known before the round's updates
+        arrive, so a fixed DP denominator per cluster stays a fixed one."""
+        assignment = np.asarray(self.assignment(server))
+        known = assignment[assignment >= 0]
+        if len(known) == 0:
+            return [1.0 / count] * count
+        return [float(np.mean(known == j)) for j in range(count)]
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator

@@ -35,6 +35,10 @@ from plural.core.aggregators import WeightedMean
 from plural.core.params import Params
 
 AggregationState = dict[str, Any]
+GROUP_SHARE = "group_share"
+"""Chain state key, set for each cluster's chain by clustered methods: the share of the
+federation's clients that cluster's model serves (absent: 1, one model for everyone). A post
+stage that divides by the expected number of contributions (DP-FedAvg's noise) scales it."""
 """What stateful pieces (an adaptive clip, say) carry from one round to the next; kept by the
 algorithm in its server state, one per group for clustered methods. Tensors, numbers and
 strings only, so it checkpoints safely."""

@@ -21,7 +21,13 @@ import math
 import numpy as np
 import torch
 
-from plural.core.aggregation import AggregationState, RoundSummary, clip_to_norm, global_norm
+from plural.core.aggregation import (
+    GROUP_SHARE,
+    AggregationState,
+    RoundSummary,
+    clip_to_norm,
+    global_norm,
+)
 from plural.core.params import Params
 
 CLIP = "clip"
@@ -52,6 +58,11 @@ class NoisePlan:
 
     def current_clip(self, state: AggregationState) -> float:
         return float(state.get(CLIP, self.clip))
+
+    def group_denominator(self, state: AggregationState) -> float:
+        """The expected number of contributions to this model: the run's expected cohort
+        times the share of clients the model serves (one cluster's; 1 for a global model)."""
+        return max(self.denominator * float(state.get(GROUP_SHARE, 1.0)), 1.0)
 
 
 class ClipUpdates:
@@ -107,24 +118,27 @@ class SumNoise:
         bound = plan.current_clip(state)
         multiplier = plan.update_noise()
         noise = gaussian_like(delta, multiplier * bound if multiplier > 0 else 0.0, rng)
+        denominator = plan.group_denominator(state)
         out = {}
         for name, mean in delta.items():
             if name in noise:  # the mean of uniformly weighted updates, times their count
-                out[name] = (mean * summary.total_weight + noise[name]) / plan.denominator
+                out[name] = (mean * summary.total_weight + noise[name]) / denominator
             else:
                 out[name] = mean
         new_state = dict(state)
         new_state[NOISED] = int(state.get(NOISED, 0)) + 1
         if self.quantile is not None:
-            new_state[CLIP] = self._next_clip(bound, summary, rng)
+            new_state[CLIP] = self._next_clip(bound, summary, rng, denominator)
         return out, new_state
 
-    def _next_clip(self, bound: float, summary: RoundSummary, rng: np.random.Generator) -> float:
+    def _next_clip(
+        self, bound: float, summary: RoundSummary, rng: np.random.Generator, denominator: float
+    ) -> float:
         """Andrew et al. 2021: ``C <- C exp(-lr (b - quantile))``, ``b`` the noised share of
         unclipped updates."""
         unclipped = sum(bool(n.get("unclipped")) for n in summary.notes)
         noised = unclipped + float(rng.normal(0.0, self.plan.count_noise))
-        share = noised / self.plan.denominator
+        share = noised / denominator
         assert self.quantile is not None
         return float(bound * math.exp(-self.lr * (share - self.quantile)))
 

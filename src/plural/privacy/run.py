@@ -216,7 +216,7 @@ class PrivateRun:
         if self.plan is not None:
             assert privacy.clip is not None
             self.plan.noise_multiplier = self.noise_multiplier
-            expected = self.rate * num_clients / self._groups()
+            expected = self.rate * num_clients  # each cluster's share: GROUP_SHARE
             self.plan.denominator = max(expected, 1.0)
             if privacy.adaptive_clip is not None:
                 chosen = privacy.adaptive_clip.count_noise
@@ -239,16 +239,6 @@ class PrivateRun:
                 "poisson: true}"
             )
         return 1.0
-
-    def _groups(self) -> int:
-        """Models that split the cohort between them (clustered methods): each cluster's
-        sum is divided by its share of the expected cohort."""
-        settings = aggregating_settings(self.config)
-        for key in ("k", "clusters"):
-            value = getattr(settings, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 1
 
     def _calibrate(self, target: float, rounds: int) -> float:
         privacy = self.privacy
