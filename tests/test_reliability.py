@@ -301,6 +301,29 @@ def test_summary_json_is_strict_json(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": [None]}
 
 
+def test_round_records_are_strict_json(tmp_path: Path) -> None:
+    """diagnostics.jsonl and timeline.jsonl hold null where a number is not finite (an
+    infinite epsilon, a NaN statistic), never a bare NaN that strict readers refuse."""
+    plural.run(config(eval={"splits": ["test"]}), out=tmp_path)
+    directory = RunDirectory(tmp_path)
+    record = {
+        "round": 9,
+        "x": float("nan"),
+        "eps": np.float64(np.inf),
+        "t": torch.tensor([1.0, np.nan]),
+    }
+    directory.append_diagnostics(record)
+    for name in ("diagnostics.jsonl", "timeline.jsonl"):
+        for line in (tmp_path / name).read_text().splitlines():
+            json.loads(line, parse_constant=lambda c, file=name: pytest.fail(f"bare {c} in {file}"))
+    assert directory.read_diagnostics()[-1] == {
+        "round": 9,
+        "x": None,
+        "eps": None,
+        "t": [1.0, None],
+    }
+
+
 # ----------------------------------------------------------------------------- partitioners
 
 

@@ -259,6 +259,17 @@ class LocalDeployment:
             return str(json.loads(done.stdout.decode())["runs"][0]["status"])
         return "unknown"
 
+    def logs(self, run_id: str) -> str:
+        """The ServerApp's log of the run (``flwr log --show``), for failure messages."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), "log", run_id, "local", "--show"],
+            env=self.env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        return done.stdout.decode()[-6000:] + done.stderr.decode()[-2000:]
+
     def wait(self, run_id: str, limit: float) -> str:
         """The run's final status ('finished:completed', ...), waiting at most ``limit`` s."""
         deadline = time.monotonic() + limit

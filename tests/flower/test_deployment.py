@@ -106,23 +106,31 @@ def test_deployed_fedavg_with_secagg_matches_sequential(insecure: LocalDeploymen
     np.testing.assert_allclose(masked["loss"], plain["loss"], atol=2e-3, equal_nan=True)
 
 
-def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:
-    """SuperNode 2 (clients 2 and 5) is killed during round 2: the rounds complete with the
-    other clients, which are the only ones trained and scored from then on."""
+def run_killing_node_2(cluster: LocalDeployment, name: str, secagg: bool = False) -> Path:
+    """A 3-round FedAvg run on ``cluster`` whose SuperNode 2 (clients 2 and 5) is killed
+    once round 1 is written; its run directory."""
     cfg = job("fedavg", faults={"max_failures": 10})
-    cfg["name"] = "deployed-dropout"
-    root = insecure.root
-    path = root / "dropout.yaml"
+    cfg["name"] = f"deployed-{name}"
+    root = cluster.root
+    path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    out = root / "flower-dropout"
-    flower_cli.write_app(root / "app-dropout", path, out, timeout=600)
-    run_id = insecure.submit(root / "app-dropout")
+    out = root / f"flower-{name}"
+    flower_cli.write_app(root / f"app-{name}", path, out, timeout=600, secagg=secagg)
+    run_id = cluster.submit(root / f"app-{name}")
     deadline = time.monotonic() + RUN_LIMIT
     while not (out / "timeline.jsonl").is_file() or not (out / "timeline.jsonl").read_text():
         assert time.monotonic() < deadline, "round 1 did not finish"
         time.sleep(0.5)
-    insecure.kill_node(2)
-    assert insecure.wait(run_id, RUN_LIMIT) == "finished:completed"
+    cluster.kill_node(2)
+    status = cluster.wait(run_id, RUN_LIMIT)
+    assert status == "finished:completed", cluster.logs(run_id)
+    return out
+
+
+def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:
+    """SuperNode 2 (clients 2 and 5) is killed during round 2: the rounds complete with the
+    other clients, which are the only ones trained and scored from then on."""
+    out = run_killing_node_2(insecure, "dropout")
     metrics = pd.read_parquet(out / "metrics.parquet")
     trained = metrics[(metrics["split"] == "fit") & (metrics["samples"] > 0)]
     assert set(trained[trained["round"] == 1]["client"]) == set(range(6))
@@ -135,6 +143,20 @@ def test_a_killed_supernode_is_a_dropout(insecure: LocalDeployment) -> None:
     records = [json.loads(line) for line in (out / "diagnostics.jsonl").read_text().splitlines()]
     failed = {f["client"] for r in records for f in r.get("failed", [])}
     assert failed == {2, 5}
+
+
+def test_a_supernode_killed_during_secagg_rounds_is_a_dropout(tmp_path: Path, specs: Path) -> None:
+    """With SecAgg+, the nodes left finish the masked rounds without the killed one (Flower's
+    protocol unmasks without it; plural plays the round again without its clients)."""
+    with LocalDeployment(tmp_path, node_configs(specs)) as cluster:
+        out = run_killing_node_2(cluster, "secagg-dropout", secagg=True)
+    assert cluster.alive() == []
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    trained = metrics[(metrics["split"] == "fit") & (metrics["samples"] > 0)]
+    for round_index in (2, 3):
+        assert set(trained[trained["round"] == round_index]["client"]) == {0, 1, 3, 4}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_done"] == 3 and summary["complete"]
 
 
 def test_deployed_ditto_with_tls_and_node_authentication_equals_sequential(

@@ -64,6 +64,8 @@ class FlowerBackend:
         self.timeout = timeout
         self.states: NodeStates | None = None
         self._round_attempts: dict[int, int] = defaultdict(int)
+        self.gone: set[int] = set()
+        """Nodes that left a SecAgg+ round; later masked rounds go without them."""
         self.owner = self._connect(setup, cfg, wait_for_nodes)
         self.messages_sent = 0
 
@@ -170,11 +172,43 @@ class FlowerBackend:
         round_index: int,
         attempt: int,
     ) -> Iterator[Any]:
-        """The items' results through a SecAgg+ round of every node (see
-        :mod:`plural.flower.secure`)."""
+        """The items' results through a SecAgg+ round of every node still there (see
+        :mod:`plural.flower.secure`). A node that does not answer the round's first stage
+        is gone: the round is masked again without it, and its clients fail (a dropout
+        under ``faults``)."""
         template = secure.template_of(items[0].message)
+        bound = secure.cohort_weight(self.cfg, self.sizes, [i.client_id for i in items])
+        nodes = [n for n in sorted(set(self.owner.values())) if n not in self.gone]
+        outcome = self._masked_once(task, items, by_node, nodes, template, bound, attempt)
+        if not outcome.replies and 2 <= len(outcome.answered) < len(nodes):
+            self.gone |= set(nodes) - outcome.answered
+            self._round_attempts[round_index] += 1  # the nodes left go back to the round's start
+            attempt = self._round_attempts[round_index]
+            nodes = sorted(outcome.answered)
+            outcome = self._masked_once(task, items, by_node, nodes, template, bound, attempt)
+        results: list[Any] = [None] * len(items)
+        for node, positions in by_node.items():
+            for k, position in enumerate(positions):
+                if node in outcome.replies:
+                    results[position] = outcome.replies[node][k]
+                else:
+                    problem = "it left the SecAgg+ round or the round halted"
+                    results[position] = self._failed(task, items[position], node, problem)
+        yield from results
+
+    def _masked_once(
+        self,
+        task: Any,
+        items: Sequence[Any],
+        by_node: dict[int, list[int]],
+        nodes: Sequence[int],
+        template: Any,
+        bound: float,
+        attempt: int,
+    ) -> secure.MaskedRound:
+        round_index = max(int(item.round) for item in items)
         payloads = {}
-        for node in sorted(set(self.owner.values())):
+        for node in nodes:
             work = {
                 "round": round_index,
                 "attempt": attempt,
@@ -184,17 +218,7 @@ class FlowerBackend:
             }
             payloads[node] = wire.dumps(work)
         self.messages_sent += len(payloads)
-        bound = secure.cohort_weight(self.cfg, self.sizes, [i.client_id for i in items])
-        replies = secure.masked_round(self.grid, payloads, round_index, bound, self.timeout)
-        results: list[Any] = [None] * len(items)
-        for node, positions in by_node.items():
-            for k, position in enumerate(positions):
-                if node in replies:
-                    results[position] = replies[node][k]
-                else:
-                    problem = "it dropped out of the SecAgg+ round"
-                    results[position] = self._failed(task, items[position], node, problem)
-        yield from results
+        return secure.masked_round(self.grid, payloads, round_index, bound, self.timeout)
 
     def _node_of(self, item: Any, position: int) -> int:
         client_id = getattr(item, "client_id", None)

@@ -221,20 +221,30 @@ class _Nodes:
         return self.count
 
 
+@dataclasses.dataclass
+class MaskedRound:
+    """What one SecAgg+ round gave: each node's replies (with the unmasked mean in every
+    update), and the nodes that answered its first stage."""
+
+    replies: dict[int, list[Any]]
+    answered: set[int]
+
+
 def masked_round(
     grid: Any,
     payloads: dict[int, bytes],
     round_index: int,
     max_weight: float,
     timeout: float | None,
-) -> dict[int, list[Any]]:
-    """One SecAgg+ round over every node: each answering node's replies, with the unmasked
-    weighted mean in every update (nodes that dropped out are missing)."""
+) -> MaskedRound:
+    """One SecAgg+ round over the nodes of ``payloads`` (see :class:`MaskedRound`; no
+    replies when the protocol halted)."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
     from flwr.common import parameters_to_ndarrays
     from flwr.server.compat.legacy_context import LegacyContext
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
     if len(payloads) < 2:
         raise ConfigError("flower secagg: SecAgg+ needs at least 2 nodes; start more SuperNodes")
@@ -259,12 +269,28 @@ def masked_round(
         modulus_range=MODULUS_RANGE,
         timeout=timeout,
     )
-    workflow(grid, context)
+    # The workflow's own stages, one by one (what its __call__ does), to learn who answered
+    # the first one: a node gone before the round halts Flower's unmasking (it asks for key
+    # shares the node never made), and the round is then played without it.
+    progress = WorkflowState()
+    answered: set[int] = set()
+    stages = (
+        workflow.setup_stage,
+        workflow.share_keys_stage,
+        workflow.collect_masked_vectors_stage,
+        workflow.unmask_stage,
+    )
+    for index, stage in enumerate(stages):
+        done = stage(grid, context, progress)
+        if index == 0:
+            answered = set(progress.active_node_ids)
+        if not done:
+            return MaskedRound({}, answered)
     replies = {}
     for proxy, fitres in strategy.results:
         share: NodeShare = wire.loads(fitres.metrics[META_KEY])
         replies[proxy.node_id] = with_mean(share, parameters_to_ndarrays(fitres.parameters))
-    return replies
+    return MaskedRound(replies, answered)
 
 
 def cohort_weight(cfg: Any, sizes: Sequence[int], clients: Sequence[int]) -> float:

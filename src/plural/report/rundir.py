@@ -109,9 +109,11 @@ class RunDirectory:
         return frame
 
     def append_record(self, path: Path, record: Mapping[str, Any]) -> None:
-        """Add one round's record as a JSON line (such files are small and append-only)."""
+        """Add one round's record as a JSON line (such files are small and append-only);
+        strict JSON, as :meth:`write_json`: a non-finite number is written as null."""
+        line = json.dumps(_finite(dict(record)), default=_json_default, allow_nan=False)
         with writing(path), path.open("a") as handle:
-            handle.write(json.dumps(dict(record), default=_json_default) + "\n")
+            handle.write(line + "\n")
 
     def read_records(self, path: Path) -> list[dict[str, Any]]:
         """The records of a JSON-lines file. A last line without its newline was cut short by
@@ -258,8 +260,8 @@ def _finite(data: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
+    if hasattr(value, "tolist"):  # tensors and other array-likes: their numbers, finite
+        return _finite(value.tolist())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
