@@ -19,6 +19,11 @@ nodes. plural drives the workflow for the phase whose updates the server average
   weighted mean (through the same chain, server optimizer and bookkeeping) gives exactly
   that mean.
 
+A node that drops out mid-round is unmasked around by Flower's protocol. A node already gone
+when a round starts halts Flower's unmasking (it asks for key shares the node never made):
+the backend then masks the round again without it and leaves it out of later rounds (see
+:class:`MaskedRound`).
+
 Flower quantizes each node's vector to ``quantization_range`` levels over
 ``[-clipping_range, clipping_range]`` with stochastic rounding, so a SecAgg+ run matches a
 plain run to about 1e-5 and is not bit-reproducible. A value outside the clipping range is
