@@ -157,6 +157,9 @@ def test_a_supernode_killed_during_secagg_rounds_is_a_dropout(tmp_path: Path, sp
         assert set(trained[trained["round"] == round_index]["client"]) == {0, 1, 3, 4}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_done"] == 3 and summary["complete"]
+    environment = json.loads((out / "environment.json").read_text())[-1]  # this start
+    assert environment["flower_secagg"] is True
+    assert len(environment["flower_secagg_nodes_left_out"]) == 1
 
 
 def test_deployed_ditto_with_tls_and_node_authentication_equals_sequential(

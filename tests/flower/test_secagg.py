@@ -49,6 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             options=FlowerOptions(secagg=True),
         )
     return {
+        "root": root,
         "sequential": sequential,
         "flower": dict(zip(jobs, simulated, strict=True)),
         "masked": masked,
@@ -79,3 +80,14 @@ def test_every_averaged_round_is_masked_over_every_node(runs: dict[str, Any]) ->
     assert len(runs["masked"]) == rounds  # one masked round per round of each job
     nodes = {tuple(nodes) for _, nodes in runs["masked"]}
     assert len(nodes) == 1 and len(next(iter(nodes))) == NODES  # nodes without clients too
+
+
+def test_the_run_directory_says_the_updates_were_masked(runs: dict[str, Any]) -> None:
+    import json
+
+    for name in MASKED:
+        masked = json.loads((runs["root"] / f"flower-{name}" / "environment.json").read_text())[-1]
+        assert masked["flower_secagg"] is True
+        assert masked["flower_secagg_nodes_left_out"] == []
+        plain = json.loads((runs["root"] / f"seq-{name}" / "environment.json").read_text())[-1]
+        assert "flower_secagg" not in plain

@@ -244,6 +244,13 @@ class FlowerBackend:
             "go on without the clients of nodes that drop out"
         )
 
+    def environment(self) -> dict[str, Any]:
+        """For ``environment.json``: whether the updates were masked (SecAgg+), and the
+        nodes left out of masked rounds because they had gone."""
+        if not self.secagg:
+            return {}
+        return {"flower_secagg": True, "flower_secagg_nodes_left_out": sorted(self.gone)}
+
     # ---- client states stay on the nodes
 
     def keep_states(self, store: Any) -> NodeStates:

@@ -207,7 +207,7 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
         recorders = [*_recorders(run, frames, summary), *_round_hooks(callbacks)]
         server = loop.run(server, backend, recorders, [bar, *callbacks])
     finally:
-        _record_threads_used(run_dir, backend)
+        _record_backend(run_dir, backend)
         backend.close()
         bar.close()
         store.close()
@@ -215,11 +215,18 @@ def _play(run: _Run, resume: bool, callbacks: Sequence[Callback], progress: bool
     return _results(run, server, metrics, history, summary(metrics, server, loop.stopped_early))
 
 
-def _record_threads_used(run_dir: RunDirectory | None, backend: Any) -> None:
-    """How many client tasks ran at each thread count, where the threads adapted."""
+def _record_backend(run_dir: RunDirectory | None, backend: Any) -> None:
+    """What the backend did that the config does not say, in ``environment.json``: how many
+    client tasks ran at each thread count (where the threads adapted), and what a backend
+    reports itself (e.g. plural.flower's secure aggregation)."""
+    if run_dir is None:
+        return
     used = getattr(backend, "threads_used", None)
-    if run_dir is not None and used:
+    if used:
         run_dir.amend_environment({"torch_threads_used": {str(k): v for k, v in used.items()}})
+    reported = getattr(backend, "environment", None)
+    if callable(reported) and reported():
+        run_dir.amend_environment(reported())
 
 
 def _start_run_directory(run: _Run, resume: bool) -> None:
