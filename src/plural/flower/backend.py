@@ -153,16 +153,31 @@ class FlowerBackend:
             messages[node] = Message(wire.pack(work), dst_node_id=node, message_type=wire.WORK_TYPE)
         self.messages_sent += len(messages)
         replies = _exchange(self.grid, messages, self.timeout)
+        answers, problems = {}, {}
+        for node in by_node:
+            answers[node], problems[node] = _answer(replies.get(node), self.timeout)
+        yield from self._results(task, items, by_node, answers, problems)
+
+    def _results(
+        self,
+        task: Any,
+        items: Sequence[Any],
+        by_node: dict[int, list[int]],
+        answers: dict[int, list[Any] | None],
+        problems: dict[int, str],
+    ) -> list[Any]:
+        """Each item's result from its node's answer, in item order; the items of a node
+        without one fail (see :meth:`_failed`) with that node's problem."""
         results: list[Any] = [None] * len(items)
         for node, positions in by_node.items():
-            answer, problem = _answer(replies.get(node), self.timeout)
-            if answer is not None:
-                for position, result in zip(positions, answer, strict=True):
-                    results[position] = result
-                continue
-            for position in positions:
-                results[position] = self._failed(task, items[position], node, problem)
-        yield from results
+            answer = answers.get(node)
+            for k, position in enumerate(positions):
+                if answer is not None:
+                    results[position] = answer[k]
+                else:
+                    problem = problems.get(node, "no answer")
+                    results[position] = self._failed(task, items[position], node, problem)
+        return results
 
     def _masked(
         self,
@@ -186,15 +201,8 @@ class FlowerBackend:
             attempt = self._round_attempts[round_index]
             nodes = sorted(outcome.answered)
             outcome = self._masked_once(task, items, by_node, nodes, template, bound, attempt)
-        results: list[Any] = [None] * len(items)
-        for node, positions in by_node.items():
-            for k, position in enumerate(positions):
-                if node in outcome.replies:
-                    results[position] = outcome.replies[node][k]
-                else:
-                    problem = "it left the SecAgg+ round or the round halted"
-                    results[position] = self._failed(task, items[position], node, problem)
-        yield from results
+        left = dict.fromkeys(by_node, "it left the SecAgg+ round or the round halted")
+        yield from self._results(task, items, by_node, dict(outcome.replies), left)
 
     def _masked_once(
         self,
