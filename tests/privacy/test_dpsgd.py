@@ -6,7 +6,13 @@ import torch
 from torch import nn
 
 from plural.core.trainer import LocalTrainer, TrainConfig
-from plural.privacy.dpsgd import PrivateTrainConfig, clipped_sum, per_example_gradients
+from plural.privacy.dpsgd import (
+    PrivateTrainConfig,
+    batched_clipped_sums,
+    batched_per_example_gradients,
+    clipped_sum,
+    per_example_gradients,
+)
 
 
 def _model(seed: int) -> nn.Module:
@@ -55,3 +61,30 @@ def test_no_noise_huge_clip_full_batch_is_plain_sgd() -> None:
         for name in want.params:
             assert torch.allclose(got.params[name], want.params[name], atol=1e-6)
         assert got.steps == want.steps == 2
+
+
+def test_batched_gradients_and_clipped_sums_equal_each_clients_own() -> None:
+    # three clients with their own parameters; the last client's second example is padding
+    models = [_model(seed) for seed in (4, 5, 6)]
+    data = [_data(4, seed) for seed in (4, 5, 6)]
+    live = {
+        name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+        for name, _ in models[0].named_parameters()
+    }
+    x = torch.stack([d[0] for d in data])
+    y = torch.stack([d[1] for d in data])
+    mask = torch.ones(3, 4)
+    mask[2, 1] = 0.0
+    grads = batched_per_example_gradients(
+        models[0], nn.functional.cross_entropy, live, {}, {}, x, y
+    )
+    sums = batched_clipped_sums(grads, 0.3, mask)
+    for c, model in enumerate(models):
+        own = per_example_gradients(
+            model, nn.functional.cross_entropy, dict(model.named_parameters()), *data[c]
+        )
+        keep = mask[c].bool()
+        want = clipped_sum({k: g[keep] for k, g in own.items()}, 0.3)
+        for name, g in own.items():
+            assert torch.allclose(grads[name][c], g, atol=1e-6)
+            assert torch.allclose(sums[name][c], want[name], atol=1e-6)

@@ -16,8 +16,10 @@ import torch
 from plural.config import ConfigError
 from plural.core import aggregation
 from plural.core.aggregation import AggregationChain, global_norm
+from plural.engine import vectorized
 from plural.engine.sampler import sample_cohort
 from plural.experiment import SamplingConfig, load_config
+from plural.privacy import accountant
 from plural.privacy import chain as privacy_chain
 from plural.runner import run
 
@@ -71,13 +73,6 @@ def _config(**changes: Any) -> dict[str, Any]:
         (
             {"privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1, "adaptive_clip": {}}},
             "adaptive_clip: applies to level client",
-        ),
-        (
-            {
-                "privacy": {"level": "sample", "clip": 1, "noise_multiplier": 1},
-                "backend": {"name": "vectorized"},
-            },
-            "backend",
         ),
         (
             {
@@ -340,3 +335,67 @@ def test_resume_counts_exactly_the_rounds_and_steps_that_ran(
 def test_no_privacy_section_keeps_the_config_unchanged() -> None:
     config = load_config({k: v for k, v in PRIVATE.items() if k != "privacy"})
     assert config.privacy is None and "privacy" not in config.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "train"),
+    [
+        ({"name": "fedavg", "weighting": "uniform"}, {}),
+        ({"name": "fedprox", "weighting": "uniform", "mu": 0.5}, {"momentum": 0.9}),
+        ({"name": "ditto", "weighting": "uniform"}, {"local_steps": 3}),
+    ],
+)
+def test_dp_sgd_batched_across_clients_equals_one_by_one(
+    algorithm: dict[str, Any], train: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the vectorized backend batches DP-SGD across clients (vmap over clients of per-example
+    # gradients); each client's Poisson samples and noise come from its own generator, so the
+    # run is the sequential one up to rounding, and the accountant counts the same steps
+    privacy = {"level": "sample", "clip": 0.8, "noise_multiplier": 0.7, "delta": 1e-4}
+    config = _config(privacy=privacy, algorithm=algorithm, rounds=2)
+    config["train"].update(train)
+    config["eval"] = {"every": 1, "splits": ["train", "test"]}
+    one_by_one = run(config)
+    config["backend"] = {"name": "vectorized", "vectorize": "always", "threads_per_worker": 1}
+    batched_clients: list[int] = []
+    batched_fit = vectorized.batched_private_fit
+
+    def counted(requests: Any) -> Any:
+        batched_clients.append(len(requests))
+        return batched_fit(requests)
+
+    monkeypatch.setattr(vectorized, "batched_private_fit", counted)
+    batched = run(config)
+    assert batched_clients and max(batched_clients) > 1  # fits really ran batched
+    assert batched.summary["privacy"] == one_by_one.summary["privacy"]
+    assert batched.summary["privacy"]["steps_accounted"] > 0
+    for name, tensor in one_by_one.server.params.items():
+        assert torch.allclose(batched.server.params[name], tensor, atol=1e-5), name
+    columns = ["round", "client", "split"]
+    want = one_by_one.metrics.set_index(columns).sort_index()
+    got = batched.metrics.set_index(columns).sort_index()
+    assert list(got.index) == list(want.index)
+    for column in ("loss", "accuracy"):
+        np.testing.assert_allclose(got[column], want[column], atol=1e-5)
+
+
+def test_private_votes_compose_into_the_run_budget() -> None:
+    # pFedLIA's randomized-response votes cost epsilon per released vote; the client that
+    # released the most adds its total to the aggregates' epsilon (basic composition)
+    per_vote = 0.25
+    algorithm = {
+        "name": "pfedlia",
+        "weighting": "uniform",
+        "warmup_rounds": 2,
+        "votes": "private",
+        "epsilon": per_vote,
+    }
+    results = run(_config(algorithm=algorithm, rounds=3))
+    block = results.summary["privacy"]
+    (record,) = results.server.extra["lia_records"]
+    released = [np.isfinite(np.asarray(row, dtype=float)).sum() for row in record["released"]]
+    assert max(released) > 1
+    assert block["released_epsilon"] == pytest.approx(per_vote * max(released))
+    aggregate = accountant.epsilon([(1.0, 0.5, 3)], block["delta"])
+    assert block["epsilon"] == pytest.approx(aggregate + block["released_epsilon"])
+    assert "votes: private" in " ".join(block["not_privatized"])

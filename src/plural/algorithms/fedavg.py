@@ -134,7 +134,7 @@ class FedAvg(Algorithm):
             len(train),
             fit.params,
             loss=fit.mean_loss,
-            reported_samples=self._report(len(train), rng),
+            reported_samples=self._report(len(train), trainer, rng),
             start_loss=start_loss,
             complete=budget.complete,
         )
@@ -173,10 +173,17 @@ class FedAvg(Algorithm):
             return float("nan")
         return trainer.evaluate(params, client.train.x, client.train.y).loss
 
-    def _report(self, num_samples: int, rng: torch.Generator) -> float | None:
-        if self.config.weighting != "private_samples":
+    def _report(
+        self, num_samples: int, trainer: LocalTrainer, rng: torch.Generator
+    ) -> float | None:
+        """The noised count of ``private_samples`` weighting; its epsilon (the bucket, the
+        count's sensitivity, over the Laplace scale) goes on the client's privacy meter."""
+        cfg = self.config
+        if cfg.weighting != "private_samples":
             return None
-        return report_count(num_samples, self.config.count_bucket, self.config.count_noise, rng)
+        if cfg.count_noise > 0:
+            trainer.meter.released_epsilon += cfg.count_bucket / cfg.count_noise
+        return report_count(num_samples, cfg.count_bucket, cfg.count_noise, rng)
 
     # ---- server side -------------------------------------------------------------------------
 

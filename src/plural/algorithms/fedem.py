@@ -193,7 +193,7 @@ class FedEM(FedAvg):
             len(train),
             extra={COMPONENTS: [fit.params for fit in fits]},
             loss=sum(fit.mean_loss for fit in fits),
-            reported_samples=self._report(len(train), rng),
+            reported_samples=self._report(len(train), trainer, rng),
             start_loss=self._mixture_loss(losses, pi),
             complete=budget.complete,
         )

@@ -282,7 +282,7 @@ class FedPAC(PartialFedAvg):
             body,
             extra=extra,
             loss=fit.mean_loss,
-            reported_samples=self._report(len(train), rng),
+            reported_samples=self._report(len(train), trainer, rng),
             start_loss=start_loss,
             complete=budget.complete,
         )

@@ -141,10 +141,15 @@ class WorkMeter:
     per_sample: dict[tuple[Any, ...], float] = dataclasses.field(default_factory=dict)
     privacy_steps: int = 0
     """DP-SGD steps run (``privacy: {level: sample}``), which the privacy accountant counts."""
+    released_epsilon: float = 0.0
+    """Pure epsilon of what the client released through its own epsilon-DP mechanisms
+    (Laplace-noised sample counts, randomized-response votes), which the privacy accountant
+    composes into the client's budget."""
 
     def reset(self) -> None:
         self.flops = 0.0
         self.privacy_steps = 0
+        self.released_epsilon = 0.0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -274,9 +279,7 @@ class LocalTrainer:
         cfg = self.config
         batcher = _BATCHER.get()
         early_stopping = validation is not None and patience is not None
-        private = getattr(cfg, "dp_noise_multiplier", None) is not None  # DP-SGD: one by one
         plain = objective is None and sample_weights is None and not early_stopping
-        plain = plain and not private
         if batcher is not None and plain:
             live_names = tuple(
                 n for n, _ in self.model.named_parameters() if trainable is None or trainable(n)

@@ -162,6 +162,8 @@ class PhaseCost:
     seconds: float
     privacy_steps: int = 0
     """DP-SGD steps run (counted by the privacy accountant)."""
+    released_epsilon: float = 0.0
+    """Pure epsilon of the client's own epsilon-DP releases (see ``WorkMeter``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +208,9 @@ def run_client_phase(
     if env.device.type != "cpu":  # what crosses back to the server lives on the CPU
         reply, state = to_device(reply, CPU), to_device(state, CPU)
     seconds = time.perf_counter() - started
-    return reply, state, PhaseCost(trainer.meter.flops, seconds, trainer.meter.privacy_steps)
+    meter = trainer.meter
+    cost = PhaseCost(meter.flops, seconds, meter.privacy_steps, meter.released_epsilon)
+    return reply, state, cost
 
 
 def evaluate_client(env: WorkerEnv, work: EvalWork) -> dict[str, EvalResult]:

@@ -51,6 +51,7 @@ class RoundLedger:
         self.seconds: dict[int, float] = defaultdict(float)
         self.dropped: list[int] = []  # clients whose non-finite updates were left out
         self.privacy_steps: dict[int, int] = defaultdict(int)
+        self.released_epsilon: dict[int, float] = defaultdict(float)
 
 
 def round_context(
@@ -162,6 +163,8 @@ class EngineRoundContext:
             self.ledger.flops[cid] += cost.flops
             self.ledger.seconds[cid] += cost.seconds
             self.ledger.privacy_steps[cid] += cost.privacy_steps
+            if cost.released_epsilon:
+                self.ledger.released_epsilon[cid] += cost.released_epsilon
             if isinstance(reply, Update):
                 self.ledger.fit[cid] = FitRecord.of(reply)
                 msg = per_client[cid] if per_client is not None else message

@@ -69,6 +69,14 @@ from plural.engine.backends import (
     evaluate_client,
     run_client_phase,
 )
+from plural.privacy.dpsgd import (
+    batched_clipped_sums,
+    batched_per_example_gradients,
+    check_private_model,
+    is_private,
+    private_steps,
+    step_draws,
+)
 
 VectorizeMode = Literal["auto", "always"]
 HEAD_ONLY_FRACTION = 0.1
@@ -225,7 +233,10 @@ def batched_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
         totals += losses.detach()
         with torch.no_grad():
             _sgd_step(batched, live, list(grads), buffers, active, cfg, first.lr, t == 0)
-    return [_result(r, c, batched, shared, totals, schedule) for c, r in enumerate(requests)]
+    return [
+        _result(r, c, batched, shared, float(totals[c]), schedule.steps[c], schedule.seen[c])
+        for c, r in enumerate(requests)
+    ]
 
 
 def _step_losses(
@@ -307,20 +318,167 @@ def _result(
     c: int,
     batched: dict[str, torch.Tensor],
     shared: dict[str, torch.Tensor],
-    totals: torch.Tensor,
-    schedule: _Schedule,
+    total_loss: float,
+    steps: int,
+    seen: int,
 ) -> FitResult:
     params = {
         name: (batched[name][c] if name in batched else shared[name]).detach().clone()
         for name in request.params
     }
-    steps, seen = schedule.steps[c], schedule.seen[c]
     trainer = request.trainer
     if seen:
         named = dict(trainer.model.named_parameters())
         live = {name: named[name] for name in request.live}
         trainer.meter.flops += seen * trainer._flops_per_sample(request.x, request.y, live, None)
-    return FitResult(params, float(totals[c]) / max(steps, 1), steps, seen)
+    return FitResult(params, total_loss / max(steps, 1), steps, seen)
+
+
+# --------------------------------------------------------------------------- batched DP-SGD
+
+
+def batched_private_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
+    """DP-SGD (:mod:`plural.privacy.dpsgd`, Abadi et al. 2016) of every request's client at
+    once. Each step, every client still training draws its Poisson sample and its noise from
+    its own generator (:func:`~plural.privacy.dpsgd.step_draws`, as one-by-one DP-SGD draws
+    them); per-example gradients come from a ``vmap`` over clients of a ``vmap`` over
+    examples, are clipped per example and summed per client, noised and divided by the
+    expected batch, and take the SGD step of :func:`batched_fit` (without gradient-norm
+    clipping, which DP-SGD replaces). Equal to the one-by-one fits up to rounding."""
+    first = requests[0]
+    trainer, cfg = first.trainer, first.trainer.config
+    model, device = trainer.model, first.x.device
+    check_private_model(model)
+    live = list(first.live)
+    batched, shared = _stack_params(
+        [r.params for r in requests], dict(model.state_dict()), device, live
+    )
+    if any(r.loss_terms for r in requests):
+        for name in live:
+            batched[name].requires_grad_(True)
+    sizes = [len(r.y) for r in requests]
+    steps = [
+        private_steps(n, cfg.batch_size, *trainer.budget(n, r.epochs, r.steps))
+        for n, r in zip(sizes, requests, strict=True)
+    ]
+    run = _PrivateWave(requests, batched, shared, live, sizes)
+    sgd = dataclasses.replace(cfg, max_grad_norm=None)
+    buffers: dict[str, torch.Tensor] = {}
+    model.train()
+    for t in range(max(steps, default=0)):
+        active = torch.tensor([s > t for s in steps], device=device)
+        grads = run.step(active)
+        with torch.no_grad():
+            _sgd_step(batched, live, grads, buffers, active, sgd, first.lr, t == 0)
+    for request, count in zip(requests, steps, strict=True):
+        request.trainer.meter.privacy_steps += count
+    return [
+        _result(r, c, batched, shared, run.totals[c], steps[c], run.seen[c])
+        for c, r in enumerate(requests)
+    ]
+
+
+class _PrivateWave:
+    """The per-step work of :func:`batched_private_fit`: draws, clipped sums, noised means."""
+
+    def __init__(
+        self,
+        requests: Sequence[FitRequest],
+        batched: dict[str, torch.Tensor],
+        shared: dict[str, torch.Tensor],
+        live: list[str],
+        sizes: list[int],
+    ) -> None:
+        first = requests[0]
+        self.requests, self.batched, self.shared, self.live = requests, batched, shared, live
+        self.trainer, self.cfg = first.trainer, first.trainer.config
+        self.sizes = sizes
+        self.rates = [min(1.0, self.cfg.batch_size / n) if n else 0.0 for n in sizes]
+        self.offsets = [sum(sizes[:c]) for c in range(len(sizes))]
+        self.inputs = torch.cat([*(r.x for r in requests), torch.zeros_like(first.x[:1])])
+        self.targets = torch.cat([*(r.y for r in requests), torch.zeros_like(first.y[:1])])
+        self.totals = [0.0] * len(requests)
+        self.seen = [0] * len(requests)
+        self.std = self.cfg.dp_noise_multiplier * self.cfg.dp_clip
+
+    def step(self, active: torch.Tensor) -> list[torch.Tensor]:
+        """Every client's gradient for this step (zero for clients that have finished)."""
+        ids = active.nonzero().squeeze(1)
+        rows = ids.tolist()
+        shapes = {name: self.batched[name][0] for name in self.live}
+        draws = [
+            step_draws(self.requests[c].rng, self.sizes[c], self.rates[c], shapes, self.std)
+            for c in rows
+        ]
+        summed = self._clipped_sums(ids, [chosen for chosen, _ in draws])
+        expected = torch.tensor([self.sizes[c] * self.rates[c] for c in rows], device=ids.device)
+        grads = []
+        for name in self.live:
+            noise = torch.stack([noise[name] for _, noise in draws])
+            private = (summed[name] + noise) / expected.to(noise.dtype).reshape(
+                -1, *([1] * (noise.dim() - 1))
+            )
+            full = torch.zeros_like(self.batched[name]).index_put((ids,), private)
+            grads.append(full)
+        return self._with_loss_terms(grads, active)
+
+    def _clipped_sums(
+        self, ids: torch.Tensor, chosen: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Each active client's sum of clipped per-example gradients over its sampled
+        examples (padded and masked to the largest sample); adds the batches' losses."""
+        rows = ids.tolist()
+        width = max((len(c) for c in chosen), default=0)
+        live = {name: self.batched[name][ids] for name in self.live}
+        if width == 0:
+            return {name: torch.zeros_like(t) for name, t in live.items()}
+        index = torch.full((len(rows), width), len(self.targets) - 1, dtype=torch.long)
+        mask = torch.zeros((len(rows), width))
+        for row, (c, sample) in enumerate(zip(rows, chosen, strict=True)):
+            index[row, : len(sample)] = sample.cpu() + self.offsets[c]
+            mask[row, : len(sample)] = 1.0
+            self.seen[c] += len(sample)
+        index, mask = index.to(ids.device), mask.to(ids.device)
+        others = {n: t[ids] for n, t in self.batched.items() if n not in self.live}
+        x, y = self.inputs[index], self.targets[index]
+        model, loss_fn = self.trainer.model, self.trainer.loss_fn
+        grads = batched_per_example_gradients(model, loss_fn, live, others, self.shared, x, y)
+        self._add_losses(rows, {**others, **live}, x, y, mask)
+        return batched_clipped_sums(grads, self.cfg.dp_clip, mask)
+
+    @torch.no_grad()
+    def _add_losses(
+        self,
+        rows: list[int],
+        params: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> None:
+        """Add each client's mean loss over its sampled batch (0 for an empty one)."""
+        sample_loss = _per_sample_loss(self.trainer.loss_fn)
+        model, shared = self.trainer.model, self.shared
+
+        def batch_loss(
+            own: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor
+        ) -> torch.Tensor:
+            out = functional_call(model, (own, shared), (xs,))
+            return (sample_loss(out, ys) * ms).sum() / ms.sum().clamp_min(1.0)
+
+        detached = {n: t.detach() for n, t in params.items()}
+        losses = vmap(batch_loss)(detached, x, y, mask)
+        for row, c in enumerate(rows):
+            self.totals[c] += float(losses[row])
+
+    def _with_loss_terms(
+        self, grads: list[torch.Tensor], active: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Add the gradient of each client's extra loss terms (FedProx, Ditto) to its own."""
+        if not any(r.loss_terms for r in self.requests):
+            return grads
+        values = _loss_terms(self.requests, self.batched, self.live, active)
+        terms = torch.autograd.grad(values.sum(), [self.batched[n] for n in self.live])
+        return [term + grad for term, grad in zip(terms, grads, strict=True)]
 
 
 # --------------------------------------------------------------------------- batched evaluation
@@ -501,7 +659,8 @@ class _Interleaver:
         if batch:
             states = [r.rng.get_state() for r in requests]
             try:
-                results = batched_fit(requests)
+                fit = batched_private_fit if is_private(first.trainer.config) else batched_fit
+                results = fit(requests)
                 self.stats.batched += len(requests)
                 self.stats.batches += 1
                 return results
@@ -648,7 +807,7 @@ class VectorizedBackend(SequentialBackend):
         for client in clients:
             reply, state, cost = client.result
             seconds = client.own_seconds + client.shared_seconds
-            out.append((reply, state, PhaseCost(cost.flops, seconds)))
+            out.append((reply, state, dataclasses.replace(cost, seconds=seconds)))
         return out
 
 

@@ -40,7 +40,7 @@ def is_private(config: Any) -> bool:
     return isinstance(config, PrivateTrainConfig)
 
 
-def _check_model(model: nn.Module) -> None:
+def check_private_model(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise ValueError(
@@ -61,26 +61,106 @@ def per_example_gradients(
     dimension of ``len(x)``."""
     fixed = {n: t.detach() for n, t in model.named_parameters() if n not in live}
     fixed.update({n: b for n, b in model.named_buffers()})
+    detached = {n: p.detach() for n, p in live.items()}
+    loss = _example_loss(model, loss_fn)
+    each = vmap(grad(loss), in_dims=(None, None, 0, 0), randomness="different")
+    return each(detached, fixed, x, y)
 
-    def loss_one(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> Any:
-        out = functional_call(model, {**fixed, **params}, (xi.unsqueeze(0),))
+
+def batched_per_example_gradients(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    live: Mapping[str, torch.Tensor],
+    others: Mapping[str, torch.Tensor],
+    shared: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """:func:`per_example_gradients` of many clients at once (the vectorized backend): ``live``
+    and ``others`` (entries that differ between clients but do not train) are stacked on a
+    first dimension of clients, ``x`` and ``y`` on (clients, examples); ``shared`` entries are
+    the same for every client. Gradients have shape (clients, examples, *parameter)."""
+    loss = _example_loss(model, loss_fn, shared)
+    each = vmap(grad(loss), in_dims=(None, None, 0, 0), randomness="different")
+    return vmap(each, in_dims=(0, 0, 0, 0), randomness="different")(
+        {n: t.detach() for n, t in live.items()}, dict(others), x, y
+    )
+
+
+def _example_loss(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    shared: Mapping[str, torch.Tensor] | None = None,
+) -> Callable[..., torch.Tensor]:
+    """The loss of one example as a function of (live parameters, other entries, x, y)."""
+    base = dict(shared or {})
+
+    def loss_one(
+        params: dict[str, torch.Tensor],
+        others: dict[str, torch.Tensor],
+        xi: torch.Tensor,
+        yi: torch.Tensor,
+    ) -> torch.Tensor:
+        out = functional_call(model, {**base, **others, **params}, (xi.unsqueeze(0),))
         return loss_fn(out, yi.unsqueeze(0))
 
-    detached = {n: p.detach() for n, p in live.items()}
-    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(detached, x, y)
+    return loss_one
+
+
+def clip_factors(grads: Mapping[str, torch.Tensor], clip: float) -> torch.Tensor:
+    """The factor (float64, one per example on the first dimension) that scales each
+    example's gradient to L2 norm at most ``clip``."""
+    first = next(iter(grads.values()))
+    squares = torch.zeros(first.shape[0], dtype=torch.float64, device=first.device)
+    for g in grads.values():
+        squares += g.reshape(len(g), -1).double().pow(2).sum(dim=1)
+    return (clip / squares.sqrt().clamp_min(1e-12)).clamp(max=1.0)
 
 
 def clipped_sum(grads: Mapping[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
     """The sum over examples of each example's gradient scaled to L2 norm at most ``clip``."""
-    first = next(iter(grads.values()))
-    squares = torch.zeros(first.shape[0], dtype=torch.float64)
-    for g in grads.values():
-        squares += g.reshape(len(g), -1).double().pow(2).sum(dim=1)
-    factor = (clip / squares.sqrt().clamp_min(1e-12)).clamp(max=1.0)
+    factor = clip_factors(grads, clip)
     return {
         n: (g * factor.to(g.dtype).reshape(-1, *([1] * (g.dim() - 1)))).sum(dim=0)
         for n, g in grads.items()
     }
+
+
+def batched_clipped_sums(
+    grads: Mapping[str, torch.Tensor], clip: float, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """:func:`clipped_sum` per client of (clients, examples, *parameter) gradients, counting
+    only the examples ``mask`` (clients, examples) marks."""
+    clients, examples = mask.shape
+    factor = clip_factors({n: g.flatten(0, 1) for n, g in grads.items()}, clip)
+    factor = factor.reshape(clients, examples) * mask.to(factor.dtype)
+    return {
+        n: (g * factor.to(g.dtype).reshape(clients, examples, *([1] * (g.dim() - 2)))).sum(dim=1)
+        for n, g in grads.items()
+    }
+
+
+def private_steps(n: int, batch_size: int, epochs: int, step_cap: int | None) -> int:
+    """DP-SGD steps of a fit: ``ceil(n / batch_size)`` per epoch (each samples ``batch_size``
+    examples in expectation), at most ``step_cap``; none without data."""
+    if n == 0:
+        return 0
+    steps = epochs * max(1, math.ceil(n / batch_size))
+    return steps if step_cap is None else min(steps, step_cap)
+
+
+def step_draws(
+    rng: torch.Generator, n: int, rate: float, live: Mapping[str, torch.Tensor], std: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One step's random draws from the client's generator, in this order: the Poisson
+    sample (each example with probability ``rate``), then N(0, std^2) noise for each live
+    parameter. One-by-one and batched DP-SGD draw through here, so they agree."""
+    chosen = (torch.rand(n, generator=rng) < rate).nonzero().flatten()
+    noise = {
+        name: torch.randn(p.shape, generator=rng, dtype=p.dtype).to(p.device) * std
+        for name, p in live.items()
+    }
+    return chosen, noise
 
 
 def private_batches(
@@ -97,36 +177,31 @@ def private_batches(
     """The DP-SGD version of the trainer's epoch loop: (sum of batch losses, steps, examples
     seen). Every step counts in ``trainer.meter.privacy_steps``."""
     model, cfg = trainer.model, trainer.config
-    _check_model(model)
-    n, batch = len(y), cfg.batch_size
-    rate = min(1.0, batch / n)
-    per_epoch = max(1, math.ceil(n / batch))
+    check_private_model(model)
+    n = len(y)
+    rate = min(1.0, cfg.batch_size / n)
     std = cfg.dp_noise_multiplier * cfg.dp_clip
-    total_loss, done, seen = 0.0, 0, 0
+    total_loss, seen = 0.0, 0
+    steps = private_steps(n, cfg.batch_size, epochs, step_cap)
     model.train()
-    for _ in range(epochs):
-        for _ in range(per_epoch):
-            if step_cap is not None and done >= step_cap:
-                return total_loss, done, seen
-            chosen = (torch.rand(n, generator=rng) < rate).nonzero().flatten()
-            total_loss += _private_step(
-                trainer, x[chosen], y[chosen], rng, optimizer, live, loss_terms, std, n * rate
-            )
-            trainer.meter.privacy_steps += 1
-            done += 1
-            seen += len(chosen)
-    return total_loss, done, seen
+    for _ in range(steps):
+        chosen, noise = step_draws(rng, n, rate, live, std)
+        total_loss += _private_step(
+            trainer, x[chosen], y[chosen], optimizer, live, loss_terms, noise, n * rate
+        )
+        trainer.meter.privacy_steps += 1
+        seen += len(chosen)
+    return total_loss, steps, seen
 
 
 def _private_step(
     trainer: Any,
     x: torch.Tensor,
     y: torch.Tensor,
-    rng: torch.Generator,
     optimizer: torch.optim.Optimizer,
     live: Mapping[str, nn.Parameter],
     loss_terms: Sequence[Callable[..., torch.Tensor]],
-    std: float,
+    noise: Mapping[str, torch.Tensor],
     expected_batch: float,
 ) -> float:
     """One noised step; the mean loss of the sampled batch (0 for an empty one)."""
@@ -144,8 +219,7 @@ def _private_step(
         extra = sum((term(live) for term in loss_terms), torch.zeros(()))
         extra.backward()
     for name, param in live.items():
-        noise = torch.randn(param.shape, generator=rng, dtype=param.dtype) * std
-        private = (summed[name].to(param.dtype) + noise) / expected_batch
+        private = (summed[name].to(param.dtype) + noise[name]) / expected_batch
         param.grad = private if param.grad is None else param.grad + private
     optimizer.step()
     return loss

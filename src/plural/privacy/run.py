@@ -48,8 +48,8 @@ REFUSED = {
 NOT_PRIVATIZED = {
     "ifca": "each client's choice of cluster",
     "pfedlia": "the lazy phase: each client's lazy update theta_j - theta0 (relayed to its "
-    "peers un-noised) and its influence score row (votes: private makes each vote epsilon-DP "
-    "by randomized response; pFedLIA reports that cost, it is not composed into this budget)",
+    "peers un-noised), and its influence score row unless votes: private (each vote is then "
+    "epsilon-DP by randomized response, and composed into the client's budget)",
 }
 SAMPLE_REFUSED = {
     name: "DP-SGD clips per-sample gradients of the plain loss; its local objective "
@@ -103,11 +103,6 @@ def check_settings(config: Any) -> None:
             "joins a round independently with probability fraction); fixed-size cohorts "
             "are not accounted. Set sampling: {fraction: ..., poisson: true}"
         )
-    if privacy.level == "sample" and config.backend.name == "vectorized":
-        raise ConfigError(
-            "privacy: level 'sample' runs DP-SGD one client at a time; batching it across "
-            "clients is not supported yet. Use backend: {name: sequential} (or process)"
-        )
 
 
 def privacy_chain(config: Any) -> AggregationChain | None:
@@ -143,6 +138,8 @@ class Ledger:
     rounds: int = 0
     participations: dict[int, int] = dataclasses.field(default_factory=dict)
     steps: dict[int, int] = dataclasses.field(default_factory=dict)
+    released: dict[int, float] = dataclasses.field(default_factory=dict)
+    """Per client, the pure epsilon of its own epsilon-DP releases (noised counts, votes)."""
     sent: list[str] = dataclasses.field(default_factory=list)
     sent_outside: list[str] = dataclasses.field(default_factory=list)
 
@@ -156,6 +153,7 @@ class Ledger:
         ledger = cls(**data)
         ledger.participations = {int(k): int(v) for k, v in ledger.participations.items()}
         ledger.steps = {int(k): int(v) for k, v in ledger.steps.items()}
+        ledger.released = {int(k): float(v) for k, v in ledger.released.items()}
         return ledger
 
 
@@ -271,9 +269,17 @@ class PrivateRun:
     def restore(self, saved: Mapping[str, Any] | None) -> None:
         self.ledger = Ledger.from_dict(saved)
 
-    def after_round(self, fits: Mapping[int, Any], steps: Mapping[int, int]) -> dict[str, Any]:
-        """Count the round and its clients' work; the diagnostics record of the round."""
+    def after_round(
+        self,
+        fits: Mapping[int, Any],
+        steps: Mapping[int, int],
+        released: Mapping[int, float] | None = None,
+    ) -> dict[str, Any]:
+        """Count the round, its clients' work and their own epsilon-DP releases; the
+        diagnostics record of the round."""
         ledger = self.ledger
+        for cid, eps in (released or {}).items():
+            ledger.released[cid] = ledger.released.get(cid, 0.0) + float(eps)
         ledger.rounds += 1
         for cid in fits:
             ledger.participations[cid] = ledger.participations.get(cid, 0) + 1
@@ -291,36 +297,35 @@ class PrivateRun:
     # ---- what it reports -----------------------------------------------------------------
 
     def epsilon(self) -> float:
-        """Epsilon of the run so far: of every client (level client), of the client that
-        spent the most (levels local and sample)."""
+        """Epsilon of the run so far: of every client (level client: the noised aggregates'
+        epsilon plus the largest of the clients' own releases), of the client that spent the
+        most (levels local and sample)."""
         level = self.privacy.level
         if level == "client":
-            return self._eps(self.noise_multiplier, self.rate, self.ledger.rounds)
+            aggregate = self._eps(self.noise_multiplier, self.rate, self.ledger.rounds)
+            return aggregate + max(self.ledger.released.values(), default=0.0)
         per_client = self.client_epsilons()
         return max(per_client.values(), default=0.0)
 
     def client_epsilons(self) -> dict[int, float]:
-        """Each client's epsilon (levels sample and local)."""
-        level = self.privacy.level
+        """Each client's epsilon (levels sample and local): that of its noised uploads or
+        DP-SGD steps, plus the pure epsilon of its own releases (noised counts, private
+        votes), by basic composition ((e1, d) then e2-DP is (e1 + e2, d)-DP; dp-accounting
+        0.6 has no event for randomized response, so the two are not composed tighter)."""
+        level, ledger = self.privacy.level, self.ledger
         if level == "local":
             half = self.noise_multiplier / 2
-            return {c: self._eps(half, 1.0, k) for c, k in self.ledger.participations.items()}
-        if level == "sample":
-            return {
+            spent = {c: self._eps(half, 1.0, k) for c, k in ledger.participations.items()}
+        elif level == "sample":
+            spent = {
                 c: self._eps(self.noise_multiplier, self._example_rate(self.sizes.get(c, 1)), k)
-                + self._count_epsilon(c)
-                for c, k in self.ledger.steps.items()
+                for c, k in ledger.steps.items()
             }
-        return {}
-
-    def _count_epsilon(self, client: int) -> float:
-        """Pure epsilon of the noised counts of private_samples weighting (Laplace, basic
-        composition over the rounds the client took part in)."""
-        settings = aggregating_settings(self.config)
-        if getattr(settings, "weighting", None) != "private_samples":
-            return 0.0
-        per_round = settings.count_bucket / settings.count_noise
-        return per_round * self.ledger.participations.get(client, 0)
+        else:
+            return {}
+        for client, eps in ledger.released.items():
+            spent[client] = spent.get(client, 0.0) + eps
+        return spent
 
     def _eps(self, noise: float, rate: float, count: int) -> float:
         return _cached_epsilon(noise, rate, count, self.delta, self.privacy.accountant)
@@ -346,6 +351,8 @@ class PrivateRun:
             out["denominator"] = self.plan.denominator
         if privacy.level == "sample":
             out["steps_accounted"] = sum(self.ledger.steps.values())
+        if self.ledger.released:
+            out["released_epsilon"] = max(self.ledger.released.values())
         if privacy.level in ("sample", "local"):
             out["client_epsilon"] = {str(c): e for c, e in sorted(self.client_epsilons().items())}
         name = aggregating_algorithm(self.config)

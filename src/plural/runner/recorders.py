@@ -95,7 +95,8 @@ class PrivacyAccounting:
         self.privacy = privacy
 
     def on_round(self, event: RoundEvent) -> RoundOutcome | None:
-        spent = self.privacy.after_round(event.ledger.fit, event.ledger.privacy_steps)
+        ledger = event.ledger
+        spent = self.privacy.after_round(ledger.fit, ledger.privacy_steps, ledger.released_epsilon)
         return RoundOutcome(metrics=spent)
 
 

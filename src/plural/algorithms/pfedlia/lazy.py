@@ -25,6 +25,7 @@ from plural.core.compression import compress
 from plural.core.influence import (
     kmeans_peers,
     randomized_response,
+    row_epsilon,
     sign_votes,
 )
 from plural.core.params import nbytes
@@ -80,9 +81,11 @@ class LazyPhase:
         base = trainer.evaluate(theta0, val.x, val.y)
         for peer, result in zip(peers, lazy_results(trainer, theta0, deltas, val), strict=True):
             row[peer] = self.influence(base, result)
-        reply = ScoreReply(
-            self.release(row, client.client_id, rng), row, (len(peers) + 1) * len(val)
-        )
+        released = self.release(row, client.client_id, rng)
+        if self.config.votes == "private":  # each released vote is epsilon-DP
+            votes = int(torch.count_nonzero(released))
+            trainer.meter.released_epsilon += row_epsilon(self.config.epsilon, votes)
+        reply = ScoreReply(released, row, (len(peers) + 1) * len(val))
         return reply, LIAClientState(row=row)
 
     def influence(self, base: EvalResult, lazy: EvalResult) -> float:
