@@ -10,6 +10,10 @@ Three measurements, each alternating the two ways of running the same work:
 * ``rounds``: whole engine rounds, training and evaluation: the same runs with every client
   evaluated (on its test split) after every round, for the small models (the MLP on digits,
   logistic regression on MNIST); the median of rounds 2..R, so batched evaluation counts.
+* ``dpsgd``: the ``engine`` measurement under ``privacy: {level: sample}`` (DP-SGD: Poisson
+  samples, per-example gradients clipped and noised) for the small models; the vectorized
+  backend batches DP-SGD across clients (a vmap over clients of per-example gradients).
+  Written to ``results/vectorized_dpsgd.json``.
 * ``fit``: the local training alone, 100 clients: ``LocalTrainer.fit`` client after client
   against one :func:`plural.engine.vectorized.batched_fit` of all of them, for the small
   MLP on digits and logistic regression on MNIST (every parameter trains) and for head-only
@@ -23,6 +27,7 @@ Usage::
     .venv/bin/python benchmarks/vectorized.py                 # MNIST subset, 100 clients
     .venv/bin/python benchmarks/vectorized.py --device cuda   # on a GPU
     .venv/bin/python benchmarks/vectorized.py --only rounds   # whole rounds, small models
+    .venv/bin/python benchmarks/vectorized.py --only dpsgd    # DP-SGD rounds, small models
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ from plural.experiment import load_config
 from plural.runner import build_federation, build_model
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "vectorized.json"
+DPSGD_PATH = RESULTS_PATH.with_name("vectorized_dpsgd.json")
+DPSGD = {"level": "sample", "clip": 1.0, "noise_multiplier": 1.0}
+"""The ``dpsgd`` measurement's privacy section (DP-SGD on every client)."""
 TARGET = 4.0
 
 
@@ -62,9 +70,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=64, help="MLP hidden width")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", choices=("engine", "rounds", "fit"), default=None)
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--only", choices=("engine", "rounds", "fit", "dpsgd"), default=None)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = DPSGD_PATH if args.only == "dpsgd" else RESULTS_PATH
     if args.rounds < 3:
         parser.error("--rounds must be >= 3 (round 1 warms up, the last evaluates)")
     return args
@@ -89,18 +99,21 @@ def experiment(
     backend: str,
     dataset: str = "mnist",
     eval_every: int | None = None,
+    private: bool = False,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {"name": dataset}
     if dataset == "mnist":
         data["max_samples"] = args.max_samples
+    privacy = {"privacy": dict(DPSGD)} if private else {}
     return {
+        **privacy,
         "name": f"vectorized-{model['name']}-{backend}",
         "seed": 0,
         "rounds": args.rounds,
         "dataset": data,
         "partition": {"name": "iid", "num_clients": args.clients},
         "model": model,
-        "algorithm": {"name": "fedavg"},
+        "algorithm": {"name": "fedavg", **({"weighting": "uniform"} if private else {})},
         "train": {"lr": 0.05, "batch_size": args.batch_size, "local_epochs": 1},
         "eval": {"every": eval_every or args.rounds, "splits": ["test"]},
         "backend": {
@@ -123,8 +136,11 @@ def timed_run(config: dict[str, Any], whole: bool = False) -> tuple[float, plura
     return statistics.median(rounds[1:] if whole else rounds[1:-1]), results
 
 
-def measure_engine(args: argparse.Namespace, workload: str, whole: bool = False) -> dict[str, Any]:
-    """Sequential against vectorized engine rounds (``whole``: each round evaluated too)."""
+def measure_engine(
+    args: argparse.Namespace, workload: str, whole: bool = False, private: bool = False
+) -> dict[str, Any]:
+    """Sequential against vectorized engine rounds (``whole``: each round evaluated too;
+    ``private``: DP-SGD on every client)."""
     dataset, model = WORKLOADS[workload]
     eval_every = 1 if whole else None
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
@@ -133,7 +149,7 @@ def measure_engine(args: argparse.Namespace, workload: str, whole: bool = False)
     for repeat in range(args.repeats):
         order = ["sequential", "vectorized"]
         for backend in order if repeat % 2 == 0 else order[::-1]:
-            config = experiment(args, model, backend, dataset, eval_every)
+            config = experiment(args, model, backend, dataset, eval_every, private)
             seconds, results = timed_run(config, whole)
             times[backend].append(seconds)
             params[backend] = results.server.params
@@ -244,10 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in (None, "rounds"):
         print("whole rounds (training and evaluation), every client every round:", flush=True)
         payload["rounds"] = {name: measure_engine(args, name, True) for name in ROUND_WORKLOADS}
+    if args.only in (None, "dpsgd"):
+        print("engine rounds under DP-SGD (privacy level sample):", flush=True)
+        payload["dpsgd"] = {
+            name: measure_engine(args, name, private=True) for name in ROUND_WORKLOADS
+        }
     if args.only in (None, "fit"):
         print("local training alone:", flush=True)
         payload["fit"] = {name: measure_fit(args, name) for name in FIT_WORKLOADS}
-    for part in ("engine", "rounds", "fit"):
+    for part in ("engine", "rounds", "dpsgd", "fit"):
         for name, figures in payload.get(part, {}).items():
             print(
                 f"{part} {name}: speedup {figures['speedup']:.2f}x (target >= {TARGET}), "
