@@ -165,21 +165,30 @@ def main() -> None:
     parser.add_argument("--audit-only", action="store_true", help="only the DP-SGD audit")
     parser.add_argument("--audit-rounds", type=int, default=5)
     parser.add_argument("--audit-seeds", type=int, default=2)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        help="only these methods, without the audits (writes privacy_<methods>.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds, rounds, methods = args.seeds, args.rounds, list(METHODS)
     if args.quick:
         seeds, rounds, methods = 1, 15, ["FedAvg", "FedPer", "Fine-tuning"]
         args.audit_rounds = 2
+    if args.methods:
+        methods, args.audit_seeds = args.methods, 0
     rows, audits, personal = [], [], []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(1 if args.quick else args.audit_seeds):
+        for seed in range(min(1, args.audit_seeds) if args.quick else args.audit_seeds):
             for eps in EPSILONS:
                 folder = Path(tmp) / f"audit-{seed}-{eps}"
                 personal.append(audit_personal_models(seed, eps, args.audit_rounds, folder))
                 print(json.dumps(personal[-1]), flush=True)
-    print(pd.DataFrame(personal).groupby("target_epsilon", sort=False).mean().round(3))
+    if personal:
+        print(pd.DataFrame(personal).groupby("target_epsilon", sort=False).mean().round(3))
     for seed in range(0 if args.audit_only else seeds):
         base = config(seed, rounds, args.clients, args.samples, "FedAvg", math.inf)
         federation = build_federation(load_config(base))
@@ -222,11 +231,10 @@ def main() -> None:
         noise=("noise_multiplier", "mean"),
         seconds=("seconds", "mean"),
     )
-    audit = (
-        pd.DataFrame(audits).groupby("target_epsilon", sort=False)["advantage"].agg(["mean", "std"])
-    )
     print(summary.round(3).to_string())
-    print(audit.round(3).to_string())
+    if audits:
+        audit = pd.DataFrame(audits).groupby("target_epsilon", sort=False)["advantage"]
+        print(audit.agg(["mean", "std"]).round(3).to_string())
     print(f"total {time.perf_counter() - started:.0f} s")
     _write(args, rows, audits, personal, started)
 
@@ -238,6 +246,8 @@ def _write(
     (HERE / "results").mkdir(exist_ok=True)
     name = "privacy_quick.json" if args.quick else "privacy.json"
     name = "privacy_audit.json" if args.audit_only else name
+    if args.methods:
+        name = "privacy_" + "_".join(m.lower() for m in args.methods) + ".json"
     record = {
         "args": vars(args),
         "runs": rows,

@@ -52,12 +52,12 @@ def _top_level(tree: ast.Module) -> list[ast.stmt]:
     return out
 
 
-def import_graph() -> nx.DiGraph:
+def import_graph(*, top_level_only: bool = True) -> nx.DiGraph:
     known = modules()
     graph = nx.DiGraph()
     graph.add_nodes_from(known)
     for name, path in known.items():
-        for target in imported(path, top_level_only=True) & set(known):
+        for target in imported(path, top_level_only=top_level_only) & set(known):
             if target != name:
                 graph.add_edge(name, target)
     return graph
@@ -69,9 +69,25 @@ def test_the_import_graph_is_found() -> None:
     assert graph.number_of_nodes() > 100
 
 
-def test_there_is_no_import_cycle() -> None:
-    cycles = list(nx.simple_cycles(import_graph(), length_bound=6))
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module level", "with lazy imports"])
+def test_there_is_no_import_cycle(top_level_only: bool) -> None:
+    """Not even through imports inside functions (a lazy import hides a cycle from Python, not
+    from the reader): modules form layers."""
+    graph = import_graph(top_level_only=top_level_only)
+    cycles = list(nx.simple_cycles(graph, length_bound=8))
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+
+
+def test_backends_are_chosen_through_a_registry() -> None:
+    from typing import get_args, get_type_hints
+
+    from plural.engine.backend_registry import backend_names
+    from plural.experiment import BackendConfig
+
+    allowed = get_args(get_type_hints(BackendConfig)["name"])
+    assert set(backend_names()) == set(allowed)
+    source = (PACKAGE / "engine" / "backends.py").read_text()
+    assert "vectorized import" not in source and "ray_backend import" not in source
 
 
 @pytest.mark.parametrize("outside", ["plural.report", "plural.diagnostics"])

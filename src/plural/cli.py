@@ -12,18 +12,15 @@ import datetime
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import plural
 from plural.config import ConfigError
 from plural.discover import KIND_ALIASES, section_names
 from plural.discover import REGISTRIES as REGISTRIES
 from plural.registry import ALGORITHMS
-from plural.report.tables import format_table
+from plural.report.tables import results_table
 from plural.safety.imports import restricted_imports
-
-if TYPE_CHECKING:
-    from plural.runner import Results
 
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
@@ -46,50 +43,6 @@ def __getattr__(name: str) -> Any:
 
         return {("(top level)" if k == "top" else k): v for k, v in plain_sections().items()}
     raise AttributeError(f"module 'plural.cli' has no attribute {name!r}")
-
-
-def results_table(results: Sequence[Results], split: str = "test") -> str:
-    """Per-algorithm summary of per-client accuracy on ``split`` at the last round."""
-    header = [
-        "algorithm",
-        "mean",
-        "worst10%",
-        "best10%",
-        "std",
-        "weighted",
-        "clients",
-        "MB sent",
-        "time s",
-    ]
-    clustered = any("clustering" in r.summary for r in results)
-    if clustered:
-        header.append("clusters (ARI)")
-    rows = [header]
-    for r in results:
-        acc = r.summary.get(split, {}).get("accuracy", {})
-        clustering = [_clustering_cell(r.summary.get("clustering"))] if clustered else []
-        rows.append(
-            [
-                r.config.algorithm.name,
-                *(
-                    f"{acc.get(k, float('nan')):.3f}"
-                    for k in ("mean", "worst10", "best10", "std", "weighted_mean")
-                ),
-                str(acc.get("clients", 0)),
-                f"{r.summary['bytes']['total'] / 1e6:.2f}",
-                f"{r.summary['wall_time_s']:.1f}",
-                *clustering,
-            ]
-        )
-    return format_table(rows)
-
-
-def _clustering_cell(clustering: dict[str, Any] | None) -> str:
-    """``"4 (1.00)"``: clusters found and their ARI against the true groups, where known."""
-    if not clustering:
-        return "-"
-    ari = clustering.get("ari")
-    return f"{clustering['clusters']}" + (f" ({ari:.2f})" if ari is not None else "")
 
 
 def demo_algorithms() -> list[str]:

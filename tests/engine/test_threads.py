@@ -14,11 +14,11 @@ import plural
 from plural.config import ConfigError
 from plural.engine import backends as backends_mod
 from plural.engine import threads as threads_mod
+from plural.engine.backend_registry import make_backend
 from plural.engine.backends import (
     ClientModels,
     WorkerSetup,
     backend_threads,
-    make_backend,
     step_flops,
 )
 from plural.engine.threads import (

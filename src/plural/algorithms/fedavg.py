@@ -19,12 +19,7 @@ import torch
 
 from plural.config import setting
 from plural.core.aggregation import AggregationState, ChainAccumulator
-from plural.core.aggregators import (
-    WEIGHTINGS_HELP,
-    Weighting,
-    aggregation_weights,
-    report_count,
-)
+from plural.core.aggregators import WEIGHTINGS_HELP, Weighting, aggregation_weights, report_count
 from plural.core.algorithm import Algorithm, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizer, ServerOptimizerSettings, server_step
@@ -173,17 +168,14 @@ class FedAvg(Algorithm):
             return float("nan")
         return trainer.evaluate(params, client.train.x, client.train.y).loss
 
-    def _report(
-        self, num_samples: int, trainer: LocalTrainer, rng: torch.Generator
-    ) -> float | None:
-        """The noised count of ``private_samples`` weighting; its epsilon (the bucket, the
-        count's sensitivity, over the Laplace scale) goes on the client's privacy meter."""
+    def _report(self, n: int, trainer: LocalTrainer, rng: torch.Generator) -> float | None:
+        """``private_samples``' noised count; its epsilon goes on the privacy meter."""
         cfg = self.config
         if cfg.weighting != "private_samples":
             return None
-        if cfg.count_noise > 0:
+        if cfg.count_noise > 0:  # sensitivity: the bucket; Laplace scale: count_noise
             trainer.meter.released_epsilon += cfg.count_bucket / cfg.count_noise
-        return report_count(num_samples, cfg.count_bucket, cfg.count_noise, rng)
+        return report_count(n, cfg.count_bucket, cfg.count_noise, rng)
 
     # ---- server side -------------------------------------------------------------------------
 

@@ -372,12 +372,11 @@ class LocalTrainer:
         total_loss, done, seen = torch.zeros((), device=x.device), 0, 0
         if n == 0 or not live:
             return 0.0, done, seen
-        if getattr(self.config, "dp_noise_multiplier", None) is not None:
+        own_loop = getattr(self.config, "epoch_loop", None)  # DP-SGD's settings bring theirs
+        if own_loop is not None:
             if stopper is not None or sample_weights is not None or objective is not None:
                 raise ValueError("DP-SGD runs plain fits only (no objective, weights, stopping)")
-            from plural.privacy.dpsgd import private_batches
-
-            return private_batches(self, x, y, rng, optimizer, live, loss_terms, epochs, step_cap)
+            return own_loop(self, x, y, rng, optimizer, live, loss_terms, epochs, step_cap)
         for epoch in range(1, epochs + 1):
             if stopper is not None and stopper.should_stop():
                 break

@@ -9,7 +9,6 @@ derived from (seed, round, client, phase), so results do not depend on the backe
 from __future__ import annotations
 
 import concurrent.futures
-import contextvars
 import copy
 import dataclasses
 import functools
@@ -380,13 +379,6 @@ class ProcessBackend:
         shutil.rmtree(self._setup_dir, ignore_errors=True)
 
 
-BACKEND_OVERRIDE: contextvars.ContextVar[Callable[[WorkerSetup], Backend] | None] = (
-    contextvars.ContextVar("plural_backend_override", default=None)
-)
-"""Set by a runner that brings its own workers (``plural.flower``'s ServerApp): the backend
-it builds around ``setup`` replaces the configured one."""
-
-
 def step_flops(setup: WorkerSetup) -> float:
     """FLOPs of one training step (forward and backward of a minibatch) of the largest model
     clients train: what sets the threads worth using. Counted by torch's FLOP counter on a
@@ -415,31 +407,3 @@ def backend_threads(setup: WorkerSetup, config: BackendConfig) -> int:
     if config.name in ("process", "ray"):
         processes = config.workers or usable_cores()
     return choose_threads(step_flops(setup), processes)
-
-
-def make_backend(setup: WorkerSetup, config: BackendConfig) -> Backend:
-    """The backend ``config`` names, built around ``setup``; each of its processes uses
-    :func:`backend_threads` torch threads (the backend's ``threads``). A runner that brings
-    its own workers replaces it through :data:`BACKEND_OVERRIDE`."""
-    override = BACKEND_OVERRIDE.get()
-    if override is not None:
-        return override(setup)
-    threads = backend_threads(setup, config)
-    adapt = config.thread_override is None  # pinned threads stay as they are
-    if config.name == "sequential":
-        return SequentialBackend(setup, threads, adapt)
-    if config.name == "vectorized":
-        from plural.engine.vectorized import VectorizedBackend
-
-        return VectorizedBackend(
-            setup, config.vectorize, threads, config.max_batch_clients, adapt=adapt
-        )
-    if config.name == "process":
-        return ProcessBackend(setup, config.workers, threads)
-    if config.name == "ray":
-        from plural.engine.ray_backend import RayBackend
-
-        return RayBackend(setup, config.workers, threads, config.address)
-    raise ValueError(
-        f"unknown backend {config.name!r}; allowed: 'sequential', 'vectorized', 'process', 'ray'"
-    )

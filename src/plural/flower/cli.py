@@ -39,8 +39,8 @@ secagg = {secagg}
 
 
 def cmd_flower_run(args: argparse.Namespace) -> int:
-    from plural.cli import results_table
     from plural.flower.server import FlowerOptions, simulate
+    from plural.report.tables import results_table
 
     options = FlowerOptions(args.timeout, secagg=args.secagg)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem

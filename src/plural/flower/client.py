@@ -229,6 +229,25 @@ def handle_work(message: Any, context: Any) -> Any:
     return Message(wire.pack(reply), reply_to=message)
 
 
+def handle_masked_round(message: Any, context: Any) -> Any:
+    """The ``train`` message of a SecAgg+ round, as Flower's mod hands it over: run this
+    node's work items and answer with the vector to mask (see :mod:`plural.flower.secure`)."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.app import Message
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+
+    from plural.flower.secure import META_KEY, WORK_KEY, node_mean
+
+    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
+    work = wire.loads(fitins.config[WORK_KEY])
+    results = run_work(work, context)
+    vector, weight, share = node_mean(node_config(context), results, work["template"])
+    fitres = FitRes(
+        Status(Code.OK, ""), ndarrays_to_parameters(vector), weight, {META_KEY: wire.dumps(share)}
+    )
+    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)
+
+
 def client_app() -> Any:
     """plural's Flower ``ClientApp`` (the same for every config). Flower's ``secaggplus_mod``
     takes the plain ``train`` messages of SecAgg+ rounds (see :mod:`plural.flower.secure`);
@@ -236,8 +255,6 @@ def client_app() -> Any:
     wire.quiet_flower()
     from flwr.client.mod import secaggplus_mod
     from flwr.clientapp import ClientApp
-
-    from plural.flower.secure import handle_masked_round
 
     app = ClientApp(mods=[secaggplus_mod])
     app.query(wire.SETUP_TYPE.split(".")[1])(handle_setup)

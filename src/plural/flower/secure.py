@@ -164,28 +164,6 @@ def with_mean(share: NodeShare, mean: Sequence[np.ndarray]) -> list[Any]:
     return replies
 
 
-# ---- the node's side
-
-
-def handle_masked_round(message: Any, context: Any) -> Any:
-    """The ``train`` message of a SecAgg+ round, as Flower's mod hands it over: run this
-    node's work items and answer with the vector to mask (see the module docstring)."""
-    import flwr.compat.common.recorddict_compat as compat
-    from flwr.app import Message
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-
-    from plural.flower.client import node_config, run_work
-
-    fitins = compat.recorddict_to_fitins(message.content, keep_input=True)
-    work = wire.loads(fitins.config[WORK_KEY])
-    results = run_work(work, context)
-    vector, weight, share = node_mean(node_config(context), results, work["template"])
-    fitres = FitRes(
-        Status(Code.OK, ""), ndarrays_to_parameters(vector), weight, {META_KEY: wire.dumps(share)}
-    )
-    return Message(compat.fitres_to_recorddict(fitres, keep_input=True), reply_to=message)
-
-
 # ---- the server's side
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from plural.config import ConfigError
-from plural.engine.backends import BACKEND_OVERRIDE, WorkerSetup
+from plural.engine.backend_registry import BACKEND_OVERRIDE
+from plural.engine.backends import WorkerSetup
 from plural.experiment import ExperimentConfig, load_config
 from plural.flower import wire
 from plural.flower.backend import FlowerBackend

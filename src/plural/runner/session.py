@@ -20,7 +20,8 @@ from plural.core.rng import numpy_rng
 from plural.data.federated import FederatedDataset
 from plural.data.splits import record_split_source
 from plural.data.types import ArrayDataset
-from plural.engine.backends import ClientModels, WorkerSetup, make_backend, resolve_device
+from plural.engine.backend_registry import make_backend
+from plural.engine.backends import ClientModels, WorkerSetup, resolve_device
 from plural.engine.callbacks import Callback, ProgressBar, notify
 from plural.engine.initial import reinitialised
 from plural.engine.loop import Progress, RoundCallback, RoundLoop
