@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 from plural.config import ConfigError
+from plural.core.cluster_quality import group_agreement
 from plural.core.params import state_of
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import FederatedDataset
@@ -69,7 +69,7 @@ class Diagnosis:
         if self.cluster is None or self.groups is None:
             return None
         truth = self.groups[self.drift.clients]
-        return float(adjusted_rand_score(truth, self.cluster.assignment))
+        return group_agreement(truth, self.cluster.assignment)["ari"]
 
     def to_dict(self) -> dict[str, Any]:
         return as_json(

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from plural.engine.clusters import changed_fraction, cluster_quality
+from plural.core.cluster_quality import changed_fraction, cluster_quality
 
 
 def test_relabelling_is_not_a_change() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import plural
+from plural.core.moments import GradientMoments
 from plural.data.federated import ClientData, FederatedDataset
-from plural.engine.diagnostics import GradientMoments
 from plural.runner import build_federation
 
 

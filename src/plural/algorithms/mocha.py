@@ -51,7 +51,7 @@ from plural.core.algorithm import (
     ServerState,
     Update,
 )
-from plural.core.params import Params
+from plural.core.params import Params, flat
 from plural.core.trainer import LocalTrainer, LossTerm
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -91,10 +91,6 @@ def coupling_term(message: CouplingMessage, lam: float, ridge: float) -> LossTer
         return total
 
     return term
-
-
-def flatten(params: Params, names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([params[n].detach().reshape(-1).double() for n in names])
 
 
 def unflatten(vector: torch.Tensor, like: Params, names: Sequence[str]) -> Params:
@@ -170,8 +166,8 @@ class MOCHA(Algorithm):
         """``W`` (K, d): reported models; the mean model for clients that have not reported."""
         names, models = server.extra[NAMES], server.extra[MODELS]
         k = len(server.extra[OMEGA])
-        mean = flatten(server.params, names)
-        rows = [flatten(models[c], names) if c in models else mean for c in range(k)]
+        mean = flat(server.params, names)
+        rows = [flat(models[c], names) if c in models else mean for c in range(k)]
         return torch.stack(rows)
 
     def _mean(self, server: ServerState, models: Mapping[int, Params]) -> Params:

@@ -47,7 +47,7 @@ from plural.core.algorithm import (
     ServerState,
     Update,
 )
-from plural.core.params import Params
+from plural.core.params import Params, flat
 from plural.core.simplex import project_to_simplex
 from plural.core.trainer import LocalTrainer, LossTerm
 from plural.data.federated import ClientData
@@ -80,16 +80,12 @@ class GraphMessage:
     direction: torch.Tensor | None = None
 
 
-def flatten(params: Mapping[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
-    return torch.cat([params[n].reshape(-1).double() for n in names])
-
-
 def cosine_pull(direction: torch.Tensor, lam: float) -> LossTerm:
     """``-lam * <w, direction> / ||w||`` over the trained parameters (model order)."""
 
     def term(live: Mapping[str, nn.Parameter]) -> torch.Tensor:
-        flat = torch.cat([p.reshape(-1) for p in live.values()])
-        return -lam * torch.dot(direction.to(flat.dtype), flat) / flat.norm().clamp_min(1e-12)
+        vector = torch.cat([p.reshape(-1) for p in live.values()])  # differentiable
+        return -lam * torch.dot(direction.to(vector.dtype), vector) / vector.norm().clamp_min(1e-12)
 
     return term
 
@@ -146,14 +142,14 @@ class PFedGraph(Algorithm):
         models = [u.params for u in updates]
         assert all(m is not None for m in models)
         names, initial = server.extra[NAMES], server.extra[INITIAL]
-        flat = torch.stack([flatten(m, names) for m in models])  # type: ignore[arg-type]
-        start = flatten(initial, names)
+        vectors = torch.stack([flat(m, names) for m in models])  # type: ignore[arg-type]
+        start = flat(initial, names)
         counts = np.array([u.num_samples for u in updates], dtype=np.float64)
         shares = (
             counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1 / len(counts))
         )
-        rows = graph_rows((flat - start).numpy(), shares, self.config.alpha)
-        unit = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        rows = graph_rows((vectors - start).numpy(), shares, self.config.alpha)
+        unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-300)
         graph = server.extra[GRAPH].copy()
         stored, directions = dict(server.extra[MODELS]), dict(server.extra[DIRECTIONS])
         for i, cid in enumerate(cohort):

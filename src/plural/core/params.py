@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -62,3 +62,21 @@ def distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> fl
         if other is not None and tensor.is_floating_point():
             total += float((tensor.double() - other.double()).pow(2).sum())
     return total**0.5
+
+
+def flat(params: Mapping[str, torch.Tensor], names: Iterable[str] | None = None) -> torch.Tensor:
+    """The floating-point entries of ``params`` as one detached float64 vector.
+
+    Entries come in the order of ``params``, or of ``names`` if given (so that parameter sets
+    with differently ordered keys line up); integer buffers (e.g. BatchNorm's batch counter)
+    are left out. The one flattening of parameters, updates and gradients.
+    """
+    tensors = params.values() if names is None else (_entry(params, n) for n in names)
+    parts = [t.detach().reshape(-1).double() for t in tensors if t.is_floating_point()]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def _entry(params: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
+    if name not in params:
+        raise KeyError(f"parameter {name!r} is missing (have: {', '.join(params)})")
+    return params[name]

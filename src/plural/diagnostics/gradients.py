@@ -19,16 +19,18 @@ Vectors are formed from the floating-point entries only and accumulated in float
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from plural.core.moments import GradientMoments
 from plural.core.params import Params
 from plural.core.params import distance as distance  # re-exported: the engine's drift metric
+from plural.core.params import flat as flat  # re-exported: the one flattening
 from plural.core.rng import torch_generator
+from plural.core.similarity import cosine_similarities
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import FederatedDataset
 from plural.diagnostics.labels import as_json
@@ -43,24 +45,6 @@ __all__ = [
     "flat",
     "gradient_dissimilarity",
 ]
-
-
-def flat(params: Mapping[str, torch.Tensor], names: Iterable[str] | None = None) -> torch.Tensor:
-    """The floating-point entries of ``params`` as one float64 vector.
-
-    Entries come in the order of ``params``, or of ``names`` if given (so that parameter sets
-    with differently ordered keys line up); integer buffers (e.g. BatchNorm's batch counter)
-    are left out.
-    """
-    tensors = params.values() if names is None else (_entry(params, n) for n in names)
-    parts = [t.detach().reshape(-1).double() for t in tensors if t.is_floating_point()]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
-
-
-def _entry(params: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    if name not in params:
-        raise KeyError(f"parameter {name!r} is missing (have: {', '.join(params)})")
-    return params[name]
 
 
 def _normalised_weights(weights: Sequence[float] | np.ndarray, count: int) -> np.ndarray:
@@ -127,24 +111,23 @@ def dissimilarity_from_gradients(
     p = _normalised_weights(weights, len(grads))
     ids = _client_ids(clients, len(grads))
     names = list(grads[0])
-    mean = torch.zeros_like(flat(grads[0], names))
+    moments = GradientMoments()
     for pk, grad in zip(p, grads, strict=True):
-        mean += float(pk) * flat(grad, names)
+        moments.add(flat(grad, names), float(pk))
+    mean = moments.mean if moments.mean is not None else torch.zeros(0, dtype=torch.float64)
     deviation, grad_norm = np.zeros(len(grads)), np.zeros(len(grads))
     for i, grad in enumerate(grads):
         vector = flat(grad, names)
         deviation[i], grad_norm[i] = float((vector - mean).norm()), float(vector.norm())
-    global_sq = float(mean.pow(2).sum())
-    second_moment = float(np.sum(p * grad_norm**2))
-    b2 = second_moment / global_sq if global_sq > 0 else (math.inf if second_moment > 0 else 1.0)
+    summary = moments.result()
     return GradientDissimilarity(
         clients=ids,
         weights=p,
-        g2=float(np.sum(p * deviation**2)),
-        b2=b2,
+        g2=summary["g2"],
+        b2=summary["b2"],
         deviation=deviation,
         grad_norm=grad_norm,
-        global_grad_norm=global_sq**0.5,
+        global_grad_norm=summary["global_grad_norm"],
     )
 
 
@@ -229,11 +212,9 @@ class ClientDrift:
 
 def cosine_matrix(vectors: torch.Tensor) -> np.ndarray:
     """Pairwise cosine similarities of the rows of ``vectors`` (1 on the diagonal, 0 for a
-    zero row against any other)."""
-    norms = vectors.norm(dim=1)
-    safe = torch.where(norms > 0, norms, torch.ones_like(norms))
-    unit = vectors / safe[:, None]
-    cosine = (unit @ unit.T).clamp(-1.0, 1.0).numpy()
+    zero row against any other): :func:`~plural.core.similarity.cosine_similarities`,
+    symmetrized, with the diagonal set."""
+    cosine = cosine_similarities(vectors)
     np.fill_diagonal(cosine, 1.0)
     return (cosine + cosine.T) / 2
 

@@ -7,9 +7,12 @@ many clients there are:
 
 * gradient dissimilarity ``G^2 = sum_k p_k ||grad F_k(w) - grad F(w)||^2`` with
   ``p_k = n_k / n`` and ``grad F = sum_k p_k grad F_k`` (Li et al. 2020, "On the Convergence
-  of FedAvg on Non-IID Data"), computed as ``sum_k p_k ||grad F_k||^2 - ||grad F||^2``;
+  of FedAvg on Non-IID Data");
 * B-local dissimilarity ``B^2 = sum_k p_k ||grad F_k||^2 / ||grad F||^2`` (Li et al. 2020,
   "Federated Optimization in Heterogeneous Networks"); 1 when all clients agree.
+
+Both come from :class:`plural.core.moments.GradientMoments`, which ``plural diagnose`` uses
+too.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from plural.core.params import Params
+from plural.core.params import Params, flat
 from plural.engine.backends import WorkerEnv
 
 
@@ -42,38 +45,7 @@ def client_gradient(env: WorkerEnv, work: GradientWork) -> tuple[int, torch.Tens
     trainer = env.trainer_for(work.client_id)
     params = trainer.complete(work.params)
     grads = trainer.gradient(params, train.x, train.y, env.eval_batch_size)
-    return len(train), torch.cat([g.reshape(-1).double() for g in grads.values()])
-
-
-class GradientMoments:
-    """Streaming weighted first and second moments of client gradients."""
-
-    def __init__(self) -> None:
-        self.weight = 0.0
-        self.weighted_sum: torch.Tensor | None = None
-        self.weighted_sq_norm = 0.0
-
-    def add(self, gradient: torch.Tensor, weight: float) -> None:
-        if weight <= 0:
-            return
-        contribution = gradient.double() * weight
-        self.weighted_sum = (
-            contribution if self.weighted_sum is None else self.weighted_sum + contribution
-        )
-        self.weighted_sq_norm += weight * float(gradient.double().pow(2).sum())
-        self.weight += weight
-
-    def result(self) -> dict[str, float]:
-        """``g2``, ``b2`` and the global gradient norm (NaN without clients)."""
-        if self.weighted_sum is None or self.weight <= 0:
-            return {"g2": math.nan, "b2": math.nan, "global_grad_norm": math.nan}
-        mean_sq_norm = self.weighted_sq_norm / self.weight
-        global_sq = float((self.weighted_sum / self.weight).pow(2).sum())
-        return {
-            "g2": max(mean_sq_norm - global_sq, 0.0),
-            "b2": mean_sq_norm / global_sq if global_sq > 0 else math.inf,
-            "global_grad_norm": global_sq**0.5,
-        }
+    return len(train), flat(grads)
 
 
 def drift_summary(drift: Mapping[int, float]) -> dict[str, float]:

@@ -45,7 +45,7 @@ from plural.core.aggregation import (
     register_chain_builder,
 )
 from plural.core.aggregators import WeightedMean
-from plural.core.params import Params
+from plural.core.params import Params, flat
 from plural.robust.config import AggregatorConfig
 
 CENTER_KEY = "centered_clip"
@@ -65,9 +65,7 @@ def stack_updates(deltas: Sequence[Params]) -> torch.Tensor:
     names = _float_names(deltas[0])
     if not names:
         return torch.zeros(len(deltas), 0, dtype=torch.float64)
-    return torch.stack(
-        [torch.cat([d[name].double().reshape(-1) for name in names]) for d in deltas]
-    )
+    return torch.stack([flat(d, names) for d in deltas])
 
 
 def unstack_update(vector: torch.Tensor, deltas: Sequence[Params], weights: np.ndarray) -> Params:

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 
 from plural.core.algorithm import Algorithm, ServerState
+from plural.core.cluster_quality import cluster_quality
+from plural.core.moments import GradientMoments
 from plural.data.federated import FederatedDataset
 from plural.diagnostics.plots import plot_similarity
 from plural.engine.backends import WorkerEnv, WorkerSetup
-from plural.engine.clusters import cluster_quality
-from plural.engine.diagnostics import GradientMoments, GradientWork, client_gradient
+from plural.engine.diagnostics import GradientWork, client_gradient
 from plural.engine.heldout import split_summaries
 from plural.engine.loop import Progress, RoundEvent, RoundOutcome
 from plural.engine.rows import summarize_round

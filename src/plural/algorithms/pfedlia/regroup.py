@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from plural.algorithms.pfedlia.config import (
     PFedLIAConfig,
@@ -18,6 +17,7 @@ from plural.algorithms.pfedlia.messages import (
 )
 from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ServerState, Update
+from plural.core.cluster_quality import group_agreement
 from plural.core.influence import (
     fixed_clusters,
     influence_features,
@@ -141,8 +141,7 @@ class Regrouping:
                 taking_part = extra["lia_peers"][np.ix_(part, part)]
                 record["neighbourhoods"] = neighbourhood_quality(taking_part, groups)
         if groups is not None:
-            record["ari"] = float(adjusted_rand_score(groups, assignment[part]))
-            record["nmi"] = float(normalized_mutual_info_score(groups, assignment[part]))
+            record.update(group_agreement(groups, assignment[part]))
         return record
 
     # ---- server side: staleness ----------------------------------------------------------------

@@ -4,7 +4,9 @@ Per round: the assignment, the number of clusters, the adjusted Rand index and n
 mutual information against the federation's true groups (where known), and stability: the
 fraction of clients whose cluster changed since the previous round, after matching the two
 rounds' cluster labels optimally (labels are arbitrary; a relabelling is not a change).
-Clients without a cluster yet (``-1``) are left out of every measure.
+Clients without a cluster yet (``-1``) are left out of every measure. The one home of the
+agreement with the true groups (:func:`group_agreement`): the run's cluster records,
+pFedLIA's lazy-phase records and ``plural diagnose`` all use it.
 """
 
 from __future__ import annotations
@@ -41,8 +43,17 @@ def cluster_quality(
         "clusters": len(np.unique(assignment[known])),
     }
     if groups is not None and known.sum() >= 2:
-        record["ari"] = float(adjusted_rand_score(groups[known], assignment[known]))
-        record["nmi"] = float(normalized_mutual_info_score(groups[known], assignment[known]))
+        record.update(group_agreement(groups[known], assignment[known]))
     if previous is not None:
         record["changed"] = changed_fraction(np.asarray(previous), assignment)
     return record
+
+
+def group_agreement(groups: np.ndarray, assignment: np.ndarray) -> dict[str, float]:
+    """``ari`` (adjusted Rand index, Hubert & Arabie 1985) and ``nmi`` (normalized mutual
+    information) of a clustering against the true groups, client for client."""
+    groups, assignment = np.asarray(groups), np.asarray(assignment)
+    return {
+        "ari": float(adjusted_rand_score(groups, assignment)),
+        "nmi": float(normalized_mutual_info_score(groups, assignment)),
+    }
