@@ -37,7 +37,6 @@ Choices the paper leaves open (or settles only in its code):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import torch
 
@@ -47,7 +46,7 @@ from plural.config import setting
 from plural.core.algorithm import ModelMessage, Update
 from plural.core.params import Params
 from plural.core.server_opt import ServerOptimizerSettings
-from plural.core.trainer import FitResult, LocalTrainer, WorkBudget, proximal_term
+from plural.core.trainer import FitResult, LocalTrainer, WorkBudget, minibatches, proximal_term
 from plural.data.federated import ClientData
 from plural.data.types import ArrayDataset
 from plural.registry import ALGORITHMS
@@ -78,21 +77,6 @@ class PersonalFit(FitResult):
     """pFedMe's local result: the new local model ``params`` and the personalized ``theta``."""
 
     theta: Params = dataclasses.field(default_factory=dict)
-
-
-def minibatches(
-    trainer: LocalTrainer, num_samples: int, budget: WorkBudget, rng: torch.Generator
-) -> Iterator[torch.Tensor]:
-    """Sample indices of each local step: the trainer's schedule of epochs or steps."""
-    epochs, step_cap = trainer.budget(num_samples, budget.epochs, budget.steps)
-    batch, done = trainer.config.batch_size, 0
-    for _ in range(epochs):
-        order = torch.randperm(num_samples, generator=rng)
-        for start in range(0, num_samples, batch):
-            if step_cap is not None and done >= step_cap:
-                return
-            done += 1
-            yield order[start : start + batch]
 
 
 @ALGORITHMS.register(
@@ -136,7 +120,9 @@ class PFedMe(PersonalModels, FedAvg):
         cfg = self.config
         relax = trainer.config.lr * cfg.lam
         local, theta, losses, seen = w, w, [], 0
-        for idx in minibatches(trainer, len(train), budget, rng):
+        n = len(train)
+        epochs, step_cap = trainer.budget(n, budget.epochs, budget.steps)
+        for idx in minibatches(n, trainer.config.batch_size, epochs, step_cap, rng):
             inner = trainer.fit(
                 theta,
                 train.x[idx],

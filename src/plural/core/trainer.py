@@ -213,6 +213,30 @@ def seeded_random_layers(model: nn.Module, rng: torch.Generator) -> Iterator[Non
         yield
 
 
+def epoch_batches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """One epoch's minibatches: a permutation of ``n`` samples drawn from ``rng``, cut into
+    slices of ``batch_size`` (the last may be smaller). Every schedule of local steps is made
+    of these: the trainer's epoch loop, the vectorized backend's batched fits and pFedMe's
+    outer steps, so all draw the same batches from the same generator."""
+    order = torch.randperm(n, generator=rng)
+    return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+
+def minibatches(
+    n: int, batch_size: int, epochs: int, step_cap: int | None, rng: torch.Generator
+) -> Iterator[torch.Tensor]:
+    """The schedule of a fit without early stopping: ``epochs`` of :func:`epoch_batches`,
+    ending after ``step_cap`` steps (an epoch's order is drawn when the epoch starts, as the
+    epoch loop draws it)."""
+    done = 0
+    for _ in range(epochs):
+        for idx in epoch_batches(n, batch_size, rng):
+            if step_cap is not None and done >= step_cap:
+                return
+            done += 1
+            yield idx
+
+
 class LocalTrainer:
     """Minibatch SGD on one client's data, starting from given parameters.
 
@@ -380,11 +404,9 @@ class LocalTrainer:
         for epoch in range(1, epochs + 1):
             if stopper is not None and stopper.should_stop():
                 break
-            order = torch.randperm(n, generator=rng)
-            for start in range(0, n, batch):
+            for idx in epoch_batches(n, batch, rng):
                 if step_cap is not None and done >= step_cap:
                     return float(total_loss), done, seen
-                idx = order[start : start + batch]
                 if objective is not None:
                     loss = objective(model, x[idx], y[idx])
                 else:

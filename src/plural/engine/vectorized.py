@@ -56,6 +56,7 @@ from plural.core.trainer import (
     WorkMeter,
     batching,
     has_random_layers,
+    minibatches,
 )
 from plural.engine.backends import (
     ClientWork,
@@ -133,17 +134,10 @@ def _client_batches(request: FitRequest) -> list[torch.Tensor]:
     """The row indices of each of the client's minibatches, drawn from its generator in the
     order and number :meth:`LocalTrainer._run_batches` draws them."""
     n, size = len(request.y), request.trainer.config.batch_size
-    epochs, cap = request.trainer.budget(n, request.epochs, request.steps)
-    batches: list[torch.Tensor] = []
     if n == 0:
-        return batches
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=request.rng)
-        for start in range(0, n, size):
-            if cap is not None and len(batches) >= cap:
-                return batches
-            batches.append(order[start : start + size])
-    return batches
+        return []
+    epochs, cap = request.trainer.budget(n, request.epochs, request.steps)
+    return list(minibatches(n, size, epochs, cap, request.rng))
 
 
 def _schedule(requests: Sequence[FitRequest], device: torch.device) -> _Schedule:
