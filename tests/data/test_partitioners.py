@@ -10,6 +10,7 @@ import pytest
 
 from plural.config import ConfigError, build
 from plural.data import partitioners as P
+from plural.data.partitioners import dirichlet, margins
 from plural.data.types import ArrayDataset, Partition
 from plural.registry import PARTITIONERS
 
@@ -295,7 +296,7 @@ def test_dirichlet_default_sizes_is_the_per_class_draw(
         raise AssertionError("the size-law path must not run for sizes='dirichlet'")
 
     monkeypatch.setattr(P.DirichletPartitioner, "_counts_with_sizes", fail)
-    monkeypatch.setattr(P, "_law_sizes", fail)
+    monkeypatch.setattr(dirichlet, "_law_sizes", fail)
     split("dirichlet", pool, 5, **settings)
 
 
@@ -305,7 +306,8 @@ def test_dirichlet_size_law_exact_even_when_the_fit_is_cut_short(
     data = make_data(random_labels(20000))
     law = {"num_clients": 200, "min_samples": 10}
     target = split("quantity", data, 1, distribution="power_law", **law).sizes()
-    monkeypatch.setattr(P, "_FIT_MAX_ITER", 1)  # far from converged: the row repair must fix it
+    # far from converged: the row repair must fix it
+    monkeypatch.setattr(margins, "_FIT_MAX_ITER", 1)
     part = split("dirichlet", data, 1, alpha=0.1, sizes="power_law", **law)
     assert_valid(part, len(data))
     np.testing.assert_array_equal(part.sizes(), target)
