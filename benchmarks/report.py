@@ -27,7 +27,7 @@ from plural.cli import DEMO_CONFIG, demo_algorithms, demo_settings
 from plural.report.compare import comparison_table
 from plural.report.html import write_report
 from plural.report.runs import discover_runs, group_methods
-from plural.report.sweep import Axis, run_sweep
+from plural.runner.sweep import Axis, run_sweep
 
 
 def demo_sweep(out: Path, rounds: int) -> float:

@@ -2,7 +2,7 @@
 
 Each client's loss is (w - c_k)^T A_k (w - c_k). With E local gradient steps per round,
 FedAvg converges to a fixed point that moves away from the global optimum as E grows, and
-does not move at all when the clients' optima coincide (see plural.theory).
+does not move at all when the clients' optima coincide (see plural.diagnostics.theory).
 
     .venv/bin/python examples/quadratic_drift.py
 """
@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 import plural
-from plural.theory import QuadraticClients, four_clients, quadratic_federation
+from plural.diagnostics.theory import QuadraticClients, four_clients, quadratic_federation
 
 LR, ROUNDS = 0.1, 100
 

@@ -9,7 +9,7 @@ import pytest
 
 import plural
 from plural.cli import main
-from plural.diagnose import diagnose
+from plural.runner.diagnose import diagnose
 
 SMALL = {
     "rounds": 1,
@@ -93,7 +93,7 @@ def test_diagnose_rejects_bad_options(capsys) -> None:
 
 
 def test_probe_gives_clustered_candidates_the_detected_groups_and_time() -> None:
-    from plural.diagnose import candidate_settings
+    from plural.runner.diagnose import candidate_settings
 
     assert candidate_settings("ifca", 10, 4) == {"k": 4}
     assert candidate_settings("ifca", 10, None) == {}
@@ -103,7 +103,7 @@ def test_probe_gives_clustered_candidates_the_detected_groups_and_time() -> None
 
 
 def test_probe_runs_ifca_with_the_detected_k(monkeypatch: pytest.MonkeyPatch) -> None:
-    import plural.diagnose as diagnose_module
+    import plural.runner.diagnose as diagnose_module
 
     seen: dict[str, Any] = {}
     original = diagnose_module.probe_methods

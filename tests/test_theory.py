@@ -1,7 +1,7 @@
 """FedAvg's client-drift bias on quadratic clients, run through the real engine.
 
 With E local gradient steps, FedAvg converges to a fixed point that moves away from the
-global optimum as E grows, unless the clients' optima coincide (see plural.theory).
+global optimum as E grows, unless the clients' optima coincide (see plural.diagnostics.theory).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 import plural
-from plural.theory import QuadraticClients, four_clients, quadratic_federation
+from plural.diagnostics.theory import QuadraticClients, four_clients, quadratic_federation
 
 LR = 0.1
 ROUNDS = 100

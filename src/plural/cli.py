@@ -92,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _tracking(args: argparse.Namespace) -> Any:
-    from plural.report.tracking import Tracking
+    from plural.runner.tracking import Tracking
 
     return Tracking(args.tensorboard, args.mlflow, args.mlflow_experiment)
 
@@ -130,7 +130,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from plural.diagnose import diagnose  # imports matplotlib and scikit-learn only when used
+    from plural.runner.diagnose import (
+        diagnose,  # imports matplotlib and scikit-learn only when used
+    )
 
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}-diagnosis"
     diagnosis = diagnose(
@@ -146,7 +148,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from plural.report.sweep import parse_grid, parse_seeds, run_sweep
+    from plural.runner.sweep import parse_grid, parse_seeds, run_sweep
 
     grid = parse_grid(args.grid or [])
     seeds = parse_seeds(args.seeds)

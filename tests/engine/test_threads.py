@@ -30,7 +30,7 @@ from plural.engine.threads import (
 )
 from plural.experiment import BackendConfig, load_config
 from plural.report.rundir import RunDirectory
-from plural.report.sweep import _init_worker
+from plural.runner.sweep import _init_worker
 
 
 def _setup(model: nn.Module | ClientModels, tiny_config: dict[str, Any]) -> WorkerSetup:

@@ -17,7 +17,7 @@ from plural.cli import main
 from plural.config import ConfigError
 from plural.report.html import write_report
 from plural.report.runs import discover_runs, group_methods
-from plural.report.sweep import Axis, run_sweep
+from plural.runner.sweep import Axis, run_sweep
 
 CHROMIUM = os.environ.get("PLURAL_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PLURAL_CHROMEDRIVER", "/usr/bin/chromedriver")

@@ -13,7 +13,7 @@ import yaml
 
 from plural.config import ConfigError
 from plural.report.runs import discover_runs, group_methods, is_run_directory
-from plural.report.sweep import (
+from plural.runner.sweep import (
     Axis,
     parse_grid,
     parse_seeds,
@@ -245,7 +245,7 @@ def test_sweep_cells_log_to_tensorboard_each_in_its_folder(tmp_path: Path) -> No
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from plural.report.tracking import Tracking
+    from plural.runner.tracking import Tracking
 
     grid = [Axis("algorithm", ("fedavg", "ditto"))]
     table = run_sweep(

@@ -13,8 +13,8 @@ import pytest
 
 import plural
 from plural.config import ConfigError
-from plural.report import tracking
-from plural.report.tracking import (
+from plural.runner import tracking
+from plural.runner.tracking import (
     MLflowCallback,
     TensorBoardCallback,
     final_scalars,

@@ -4,7 +4,7 @@ A callback may also define ``on_run_start(config, run_dir, start_round)`` (befor
 round; ``start_round`` > 0 when a run resumes) and ``on_run_end(results)`` (after the last
 round, when the results are complete); the loop calls them where they exist (see
 :func:`notify`). Logging integrations (TensorBoard, MLflow) live in
-:mod:`plural.report.tracking`.
+:mod:`plural.runner.tracking`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from plural.config import ConfigError
 from plural.report.rundir import METRIC_COLUMNS, RunDirectory
 
 SWEEP_FILE = "sweep.json"
-"""The file that marks a sweep directory (see :mod:`plural.report.sweep`)."""
+"""The file that marks a sweep directory (see :mod:`plural.runner.sweep`)."""
 UNCOMPARED = ("seed", "data_seed", "name", "backend", "eval", "diagnostics")
 """Config sections that do not define a method: runs differing only in these are its seeds."""
 SEARCH_DEPTH = 3

@@ -432,6 +432,6 @@ class Tracking:
             MLflowCallback(self.mlflow or None, experiment=self.experiment).experiment_id()
 
     def __call__(self, cell: Any, run_dir: Path) -> list[Any]:
-        """The callbacks of a sweep cell (see :func:`plural.report.sweep.run_sweep`)."""
+        """The callbacks of a sweep cell (see :func:`plural.runner.sweep.run_sweep`)."""
         tags = {"plural.sweep": str(run_dir.parent.parent.parent), "plural.cell": cell.label}
         return self.callbacks(subdir=cell.dir, run_name=cell.label, tags=tags)
