@@ -8,6 +8,8 @@ attack success rate. Then accuracy with 20% and 50% dropout against none, and ro
 
     .venv/bin/python benchmarks/robustness.py            # the recorded tables (~15-20 min)
     .venv/bin/python benchmarks/robustness.py --quick    # FedAvg, one seed, a few cells
+    .venv/bin/python benchmarks/robustness.py --bucketed --algorithms FedAvg --no-dropout \
+        --out benchmarks/results/robustness_bucketing.json   # rules on buckets of 2 updates
 
 Results go to benchmarks/results/robustness.json (and the tables to stdout).
 """
@@ -45,6 +47,16 @@ AGGREGATORS: dict[str, dict[str, Any]] = {
     "norm_bound": {"name": "norm_bound", "bound": 0.5},
     "centered_clip": {"name": "centered_clip", "tau": 0.3},
 }
+BUCKETED: dict[str, dict[str, Any]] = {
+    f"{name}+b2": {
+        **AGGREGATORS[name],
+        "bucket": 2,
+        **({"f": 3} if "f" in AGGREGATORS[name] else {}),
+    }
+    for name in ("median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
+}
+"""The rules over all updates on bucket means of 2 (Karimireddy, He & Jaggi 2022's s = 2):
+20 clients make 10 buckets, so Krum assumes f = 3 (it needs more than 2f + 2 updates)."""
 # personalized and clustered methods (to fit the time budget): the mean and three defences of
 # different kinds, against the attacks robust rules are meant for
 FEW_AGGREGATORS = ("mean", "multi_krum", "geometric_median", "centered_clip")
@@ -128,6 +140,8 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         if args.quick:
             aggregators = ["mean", "trimmed_mean", "geometric_median", "centered_clip"]
             attacks = ["none", "sign_flip", "alie", "backdoor"]
+        if args.bucketed:  # the mean (the reference) and the bucketed rules
+            aggregators = ["mean", *BUCKETED]
         cells += [(method, agg, att) for att in attacks for agg in aggregators]
     return cells
 
@@ -193,6 +207,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=6000)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "robustness.json")
+    parser.add_argument("--bucketed", action="store_true", help="the rules on buckets of 2")
+    parser.add_argument("--no-dropout", action="store_true", help="skip the dropout runs")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.algorithms = 1, ["FedAvg"]
@@ -211,13 +227,13 @@ def main() -> None:
                 base,
                 federation,
                 ALGORITHMS[method],
-                aggregator=AGGREGATORS[agg],
+                aggregator={**AGGREGATORS, **BUCKETED}[agg],
                 attack=attack_section,
             )
             records.append(
                 {"method": method, "aggregator": agg, "attack": attack, "seed": seed, **figures}
             )
-        for method in args.algorithms:
+        for method in [] if args.no_dropout else args.algorithms:
             for dropout in DROPOUTS if not args.quick else (0.0, 0.5):
                 faults = {"dropout": dropout} if dropout else None
                 figures = run_cell(base, federation, ALGORITHMS[method], faults=faults)

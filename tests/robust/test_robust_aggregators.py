@@ -179,3 +179,68 @@ def test_settings_are_checked() -> None:
     check_cohort(_rule("krum", f=1), 5)
     with pytest.raises(ConfigError, match=r"aggregator.name: must be one of"):
         _rule("average")
+
+
+# ---- bucketing (Karimireddy, He & Jaggi 2022) ------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_bucket_of_everyone_is_the_weighted_mean(seed: int) -> None:
+    # the rule then sees a single update: the weighted mean of all of them
+    models = _honest(7, seed)
+    weights = np.arange(1.0, 8.0)
+    mean = weighted_mean(list(zip(models, weights, strict=True)))
+    for name in ("median", "krum", "geometric_median", "trimmed_mean"):
+        result, _ = _combine(_rule(name, bucket=7), models, weights)
+        assert _close(result, mean), name
+
+
+def test_buckets_of_one_change_nothing() -> None:
+    models = _honest(9, 2)
+    for name in ("median", "krum", "geometric_median"):
+        plain, _ = _combine(_rule(name), models, np.ones(9))
+        bucketed, _ = _combine(_rule(name, bucket=1), models, np.ones(9))
+        assert all(torch.equal(plain[k], bucketed[k]) for k in plain)
+
+
+def _two_camps(per_camp: int, seed: int) -> list[Params]:
+    """Honest but heterogeneous updates: half pull one way, half the other (label skew)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for camp in (1.0, -1.0):
+        for _ in range(per_camp):
+            w = torch.full((6,), 0.2) + camp * torch.tensor([1.0, 0, 0, 0, 0, 0])
+            out.append({"w": w + 0.05 * torch.randn(6, generator=gen), "b": torch.zeros(2)})
+    return out
+
+
+@pytest.mark.parametrize(("per_camp", "seed"), [(10, 0), (40, 1)])
+def test_bucketing_brings_krum_to_the_mean_of_heterogeneous_clients(
+    per_camp: int, seed: int
+) -> None:
+    # Krum keeps one client's update, so on two camps it lands on one camp (error ~1 in the
+    # first coordinate); bucket means mix the camps, so Krum of them is near the mean
+    models = _two_camps(per_camp, seed)
+    weights = np.ones(len(models))
+    mean = weighted_mean([(m, 1.0) for m in models])
+    plain, _ = _combine(_rule("krum", f=2), models, weights)
+    bucketed, _ = _combine(_rule("krum", f=2, bucket=4), models, weights)
+    assert float((plain["w"] - mean["w"]).abs().max()) > 0.8
+    assert float((bucketed["w"] - mean["w"]).abs().max()) < 0.6
+    # an outlier still spoils one bucket only, which Krum drops
+    outlier = {"w": torch.full((6,), 1e4), "b": torch.full((2,), -1e4)}
+    attacked, _ = _combine(
+        _rule("krum", f=2, bucket=4), [*models, outlier], np.ones(len(models) + 1)
+    )
+    assert float((attacked["w"] - mean["w"]).abs().max()) < 1.0
+
+
+def test_bucketing_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"'bucket' is not a setting of 'norm_bound'"):
+        _rule("norm_bound", bucket=2)
+    with pytest.raises(ConfigError, match=r"bucket: must be >= 1"):
+        _rule("median", bucket=0)
+    # 20 clients in buckets of 4 are 5 updates for Krum: f = 2 needs more than 6
+    with pytest.raises(ConfigError, match=r"5 buckets \(20 clients in buckets of 4\).*f <= 1"):
+        check_cohort(_rule("krum", f=2, bucket=4), 20)
+    check_cohort(_rule("krum", f=1, bucket=4), 20)

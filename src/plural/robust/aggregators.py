@@ -16,7 +16,12 @@ bounding and centered clipping are per-client stages in front of the weighted me
 * ``norm_bound``: Sun et al. 2019, "Can You Really Backdoor Federated Learning?";
 * ``centered_clip``: Karimireddy et al. 2021, "Learning from History for Byzantine Robust
   Optimization" (one clipping iteration per round around the previous round's aggregate, the
-  setting of the paper's experiments; the center is the chain state, so it checkpoints).
+  setting of the paper's experiments; the center is the chain state, so it checkpoints);
+* ``bucket: s`` in front of any rule over all updates: Karimireddy, He & Jaggi 2022,
+  "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing": the round's updates
+  are shuffled and averaged in buckets of ``s``, and the rule runs on the bucket means, which
+  are less heterogeneous than single clients' updates while each attacker still spoils at
+  most one bucket.
 
 Weights: the median, Krum and Bulyan ignore the clients' weights (their guarantees are for
 unweighted updates); the trimmed mean, Multi-Krum's average, the geometric median and the
@@ -98,6 +103,18 @@ def weighted_rows(matrix: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
     """The weighted mean of the rows of ``matrix``."""
     w = torch.as_tensor(_usable(weights), dtype=torch.float64)
     return (w[:, None] * matrix).sum(0) / w.sum()
+
+
+def bucket_means(
+    matrix: torch.Tensor, weights: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The rows shuffled by ``rng`` and averaged (weighted) in consecutive buckets of
+    ``size`` (the last may be smaller); each bucket weighs its members' total weight
+    (Karimireddy, He & Jaggi 2022)."""
+    order = rng.permutation(matrix.shape[0])
+    buckets = [order[start : start + size] for start in range(0, len(order), size)]
+    means = torch.stack([weighted_rows(matrix[b], weights[b]) for b in buckets])
+    return means, np.asarray([weights[b].sum() for b in buckets], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,8 +241,12 @@ class MatrixReducer:
     def reduce(
         self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
     ) -> Params:
-        matrix = stack_updates(deltas)
-        return unstack_update(self.combine(matrix, np.asarray(weights)), deltas, weights)
+        matrix, rows = stack_updates(deltas), np.asarray(weights)
+        if self.config.bucket > 1:
+            if rng is None:
+                raise ValueError("bucketing needs a generator")
+            matrix, rows = bucket_means(matrix, rows, self.config.bucket, rng)
+        return unstack_update(self.combine(matrix, rows), deltas, weights)
 
     def combine(self, matrix: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
         cfg = self.config
@@ -327,22 +348,26 @@ def robust_chain(experiment: Any) -> AggregationChain | None:
 
 def check_cohort(config: AggregatorConfig, cohort: int) -> None:
     """ConfigError when a full round's ``cohort`` is too small for the rule's assumed
-    attackers (smaller rounds at run time, e.g. per cluster, use the largest f they allow)."""
-    f = config.f
-    if config.name in ("krum", "multi_krum") and cohort <= 2 * f + 2:
+    attackers (smaller rounds at run time, e.g. per cluster, use the largest f they allow).
+    With bucketing the rule sees one update per bucket."""
+    f, units = config.f, -(-cohort // config.bucket)
+    has = f"{cohort} clients"
+    if config.bucket > 1:
+        has = f"{units} buckets ({cohort} clients in buckets of {config.bucket})"
+    if config.name in ("krum", "multi_krum") and units <= 2 * f + 2:
         raise ConfigError(
             f"aggregator.f: {config.name} with f={f} needs more than 2f + 2 = {2 * f + 2} "
-            f"updates per round, but a round has {cohort} clients; use f <= "
-            f"{max(0, (cohort - 3) // 2)} or sample more clients"
+            f"updates per round, but a round has {has}; use f <= "
+            f"{max(0, (units - 3) // 2)} or sample more clients"
         )
-    if config.name == "bulyan" and cohort < 4 * f + 3:
+    if config.name == "bulyan" and units < 4 * f + 3:
         raise ConfigError(
             f"aggregator.f: bulyan with f={f} needs at least 4f + 3 = {4 * f + 3} updates per "
-            f"round, but a round has {cohort} clients; use f <= {max(0, (cohort - 3) // 4)} "
+            f"round, but a round has {has}; use f <= {max(0, (units - 3) // 4)} "
             "or sample more clients"
         )
-    if config.name == "multi_krum" and config.m is not None and config.m > cohort:
+    if config.name == "multi_krum" and config.m is not None and config.m > units:
         raise ConfigError(
             f"aggregator.m: multi_krum averages m={config.m} updates but a round has "
-            f"{cohort} clients; use m <= {cohort}"
+            f"{has}; use m <= {units}"
         )

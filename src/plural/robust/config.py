@@ -26,12 +26,12 @@ AggregatorName = Literal[
 # Which settings each rule reads; a setting given for a rule that ignores it is an error.
 RULE_SETTINGS: dict[str, tuple[str, ...]] = {
     "mean": (),
-    "median": (),
-    "trimmed_mean": ("trim",),
-    "krum": ("f",),
-    "multi_krum": ("f", "m"),
-    "bulyan": ("f",),
-    "geometric_median": ("iterations", "smoothing"),
+    "median": ("bucket",),
+    "trimmed_mean": ("trim", "bucket"),
+    "krum": ("f", "bucket"),
+    "multi_krum": ("f", "m", "bucket"),
+    "bulyan": ("f", "bucket"),
+    "geometric_median": ("iterations", "smoothing", "bucket"),
     "norm_bound": ("bound",),
     "centered_clip": ("tau",),
 }
@@ -73,6 +73,13 @@ class AggregatorConfig:
     bound: float = setting(1.0, help="'norm_bound': largest L2 norm of a client update", gt=0)
     tau: float = setting(
         1.0, help="'centered_clip': clipping radius around the previous round's update", gt=0
+    )
+    bucket: int = setting(
+        1,
+        help="rules over all updates (median, trimmed_mean, krum, multi_krum, bulyan, "
+        "geometric_median): average the round's updates in random buckets of this many "
+        "before the rule (Karimireddy, He & Jaggi 2022, for heterogeneous clients); 1: off",
+        ge=1,
     )
 
     def __post_init__(self) -> None:
