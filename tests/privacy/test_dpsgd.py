@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -29,8 +30,10 @@ def test_per_example_gradients_match_autograd_one_by_one() -> None:
     for seed, n in ((0, 4), (1, 9)):
         model, (x, y) = _model(seed), _data(n, seed)
         live = dict(model.named_parameters())
-        grads = per_example_gradients(model, nn.functional.cross_entropy, live, x, y)
+        grads, losses = per_example_gradients(model, nn.functional.cross_entropy, live, x, y)
         for i in range(n):
+            one = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+            assert float(losses[i]) == pytest.approx(float(one), abs=1e-6)
             model.zero_grad()
             nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
             for name, param in live.items():
@@ -40,7 +43,7 @@ def test_per_example_gradients_match_autograd_one_by_one() -> None:
 def test_each_example_contributes_at_most_clip() -> None:
     model, (x, y) = _model(2), _data(12, 2)
     live = dict(model.named_parameters())
-    grads = per_example_gradients(model, nn.functional.cross_entropy, live, x, y)
+    grads, _ = per_example_gradients(model, nn.functional.cross_entropy, live, x, y)
     for bound in (1e-3, 0.1, 10.0):
         for i in range(12):
             one = clipped_sum({k: g[i : i + 1] for k, g in grads.items()}, bound)
@@ -75,12 +78,12 @@ def test_batched_gradients_and_clipped_sums_equal_each_clients_own() -> None:
     y = torch.stack([d[1] for d in data])
     mask = torch.ones(3, 4)
     mask[2, 1] = 0.0
-    grads = batched_per_example_gradients(
+    grads, _ = batched_per_example_gradients(
         models[0], nn.functional.cross_entropy, live, {}, {}, x, y
     )
     sums = batched_clipped_sums(grads, 0.3, mask)
     for c, model in enumerate(models):
-        own = per_example_gradients(
+        own, _ = per_example_gradients(
             model, nn.functional.cross_entropy, dict(model.named_parameters()), *data[c]
         )
         keep = mask[c].bool()

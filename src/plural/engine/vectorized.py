@@ -35,6 +35,7 @@ convolutional training; on a GPU it always pays.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping, Sequence
@@ -388,7 +389,8 @@ class _PrivateWave:
         self.trainer, self.cfg = first.trainer, first.trainer.config
         self.sizes = sizes
         self.rates = [min(1.0, self.cfg.batch_size / n) if n else 0.0 for n in sizes]
-        self.offsets = [sum(sizes[:c]) for c in range(len(sizes))]
+        self.expected = torch.tensor([n * r for n, r in zip(sizes, self.rates, strict=True)])
+        self.offsets = [0, *itertools.accumulate(sizes)][:-1]
         self.inputs = torch.cat([*(r.x for r in requests), torch.zeros_like(first.x[:1])])
         self.targets = torch.cat([*(r.y for r in requests), torch.zeros_like(first.y[:1])])
         self.totals = [0.0] * len(requests)
@@ -405,7 +407,7 @@ class _PrivateWave:
             for c in rows
         ]
         summed = self._clipped_sums(ids, [chosen for chosen, _ in draws])
-        expected = torch.tensor([self.sizes[c] * self.rates[c] for c in rows], device=ids.device)
+        expected = self.expected[ids.cpu()].to(ids.device)
         grads = []
         for name in self.live:
             noise = torch.stack([noise[name] for _, noise in draws])
@@ -420,7 +422,8 @@ class _PrivateWave:
         self, ids: torch.Tensor, chosen: list[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Each active client's sum of clipped per-example gradients over its sampled
-        examples (padded and masked to the largest sample); adds the batches' losses."""
+        examples (padded and masked to the largest sample); adds each client's mean loss
+        over its sampled batch (0 for an empty one) to its total."""
         rows = ids.tolist()
         width = max((len(c) for c in chosen), default=0)
         live = {name: self.batched[name][ids] for name in self.live}
@@ -436,33 +439,13 @@ class _PrivateWave:
         others = {n: t[ids] for n, t in self.batched.items() if n not in self.live}
         x, y = self.inputs[index], self.targets[index]
         model, loss_fn = self.trainer.model, self.trainer.loss_fn
-        grads = batched_per_example_gradients(model, loss_fn, live, others, self.shared, x, y)
-        self._add_losses(rows, {**others, **live}, x, y, mask)
-        return batched_clipped_sums(grads, self.cfg.dp_clip, mask)
-
-    @torch.no_grad()
-    def _add_losses(
-        self,
-        rows: list[int],
-        params: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> None:
-        """Add each client's mean loss over its sampled batch (0 for an empty one)."""
-        sample_loss = _per_sample_loss(self.trainer.loss_fn)
-        model, shared = self.trainer.model, self.shared
-
-        def batch_loss(
-            own: dict[str, torch.Tensor], xs: torch.Tensor, ys: torch.Tensor, ms: torch.Tensor
-        ) -> torch.Tensor:
-            out = functional_call(model, (own, shared), (xs,))
-            return (sample_loss(out, ys) * ms).sum() / ms.sum().clamp_min(1.0)
-
-        detached = {n: t.detach() for n, t in params.items()}
-        losses = vmap(batch_loss)(detached, x, y, mask)
+        grads, losses = batched_per_example_gradients(
+            model, loss_fn, live, others, self.shared, x, y
+        )
+        batch_losses = (losses.detach() * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         for row, c in enumerate(rows):
-            self.totals[c] += float(losses[row])
+            self.totals[c] += float(batch_losses[row])
+        return batched_clipped_sums(grads, self.cfg.dp_clip, mask)
 
     def _with_loss_terms(
         self, grads: list[torch.Tensor], active: torch.Tensor

@@ -3,7 +3,8 @@ epoch loop: each step samples every example independently with probability
 ``batch_size / n`` (Poisson sampling, which the accountant assumes), clips each example's
 gradient to L2 norm ``clip``, adds N(0, (noise_multiplier * clip)^2) to their sum and divides
 by the expected batch size. Per-example gradients come from ``torch.func`` (``vmap`` of
-``grad``). Loss terms that do not read the data (FedProx's proximal term, Ditto's pull to
+``grad_and_value``, whose per-example losses give the batch's loss without a second forward
+pass). Loss terms that do not read the data (FedProx's proximal term, Ditto's pull to
 the global model) are added to the noised gradient as they are.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
 from plural.core.trainer import TrainConfig
 
@@ -61,14 +62,14 @@ def per_example_gradients(
     live: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The gradient of each example's loss with respect to ``live``, stacked on a first
-    dimension of ``len(x)``."""
+    dimension of ``len(x)``, and each example's loss (from the same forward pass)."""
     fixed = {n: t.detach() for n, t in model.named_parameters() if n not in live}
     fixed.update({n: b for n, b in model.named_buffers()})
     detached = {n: p.detach() for n, p in live.items()}
     loss = _example_loss(model, loss_fn)
-    each = vmap(grad(loss), in_dims=(None, None, 0, 0), randomness="different")
+    each = vmap(grad_and_value(loss), in_dims=(None, None, 0, 0), randomness="different")
     return each(detached, fixed, x, y)
 
 
@@ -80,13 +81,14 @@ def batched_per_example_gradients(
     shared: Mapping[str, torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """:func:`per_example_gradients` of many clients at once (the vectorized backend): ``live``
     and ``others`` (entries that differ between clients but do not train) are stacked on a
     first dimension of clients, ``x`` and ``y`` on (clients, examples); ``shared`` entries are
-    the same for every client. Gradients have shape (clients, examples, *parameter)."""
+    the same for every client. Gradients have shape (clients, examples, *parameter), losses
+    (clients, examples)."""
     loss = _example_loss(model, loss_fn, shared)
-    each = vmap(grad(loss), in_dims=(None, None, 0, 0), randomness="different")
+    each = vmap(grad_and_value(loss), in_dims=(None, None, 0, 0), randomness="different")
     return vmap(each, in_dims=(0, 0, 0, 0), randomness="different")(
         {n: t.detach() for n, t in live.items()}, dict(others), x, y
     )
@@ -218,10 +220,9 @@ def _private_step(
     """One noised step; the mean loss of the sampled batch (0 for an empty one)."""
     cfg = trainer.config
     if len(y):
-        grads = per_example_gradients(trainer.model, trainer.loss_fn, live, x, y)
+        grads, losses = per_example_gradients(trainer.model, trainer.loss_fn, live, x, y)
         summed = clipped_sum(grads, cfg.dp_clip)
-        with torch.no_grad():
-            loss = float(trainer.loss_fn(trainer.model(x), y))
+        loss = float(losses.mean())
     else:
         summed = {n: torch.zeros_like(p) for n, p in live.items()}
         loss = 0.0

@@ -273,12 +273,12 @@ class PrivateRun:
         self,
         fits: Mapping[int, Any],
         steps: Mapping[int, int],
-        released: Mapping[int, float] | None = None,
+        released: Mapping[int, float],
     ) -> dict[str, Any]:
         """Count the round, its clients' work and their own epsilon-DP releases; the
         diagnostics record of the round."""
         ledger = self.ledger
-        for cid, eps in (released or {}).items():
+        for cid, eps in released.items():
             ledger.released[cid] = ledger.released.get(cid, 0.0) + float(eps)
         ledger.rounds += 1
         for cid in fits:

@@ -243,8 +243,7 @@ class MatrixReducer:
     ) -> Params:
         matrix, rows = stack_updates(deltas), np.asarray(weights)
         if self.config.bucket > 1:
-            if rng is None:
-                raise ValueError("bucketing needs a generator")
+            assert rng is not None  # the chain passes one to every rule but the mean
             matrix, rows = bucket_means(matrix, rows, self.config.bucket, rng)
         return unstack_update(self.combine(matrix, rows), deltas, weights)
 
