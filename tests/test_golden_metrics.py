@@ -1,9 +1,11 @@
 """Golden metrics: every algorithm's tiny run gives the numbers recorded before the engine
 was restructured (issue 19), so refactoring never changes a result.
 
-On the machine type the figures were recorded on (same torch version and CPU capability)
-the metrics and the final server parameters must be bit-identical (their SHA-256); on
-another machine, where kernels may round differently, each value must agree to 1e-6.
+Each value must agree to 1e-6 everywhere. With ``PLURAL_GOLDEN_BITWISE=1`` (for checking a
+refactor on the host that recorded the file) the metrics and the final server parameters must
+also be bit-identical (their SHA-256). Not by default: a fresh host with the same torch
+version and CPU capability as the recording one gave the same example runs to 3e-7, not bit
+for bit (2026-12-05), so a machine label cannot say when bits must match.
 A new algorithm adds its entry with ``PLURAL_REGENERATE_GOLDEN=missing pytest
 tests/test_golden_metrics.py``; ``=all`` rewrites every entry (only when a change of results
 is intended: say so in the commit).
@@ -91,9 +93,9 @@ def test_results_match_the_golden_metrics(
 
 
 def assert_same_results(now: dict[str, Any], recorded: dict[str, Any], recorded_on: str) -> None:
-    """Bit for bit on the machine type the figures were recorded on, else to 1e-6."""
+    """To 1e-6; bit for bit too with ``PLURAL_GOLDEN_BITWISE=1`` on the recording machine."""
     assert now["keys"] == recorded["keys"]
-    if recorded_on == machine():
+    if os.environ.get("PLURAL_GOLDEN_BITWISE") == "1" and recorded_on == machine():
         assert now["sha256"] == recorded["sha256"], "results changed (bit for bit)"
     np.testing.assert_allclose(
         np.asarray(now["values"]), np.asarray(recorded["values"]), rtol=1e-6, atol=1e-7

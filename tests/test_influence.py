@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
     _noise_to_nearest,
+    agreed_peers,
     client_distances,
     fixed_clusters,
     influence_features,
@@ -20,6 +21,7 @@ from plural.core.influence import (
     mutual_components,
     neighbourhood_quality,
     optics_clusters,
+    own_row_peers,
     randomized_response,
     rank_correlation,
     row_epsilon,
@@ -399,3 +401,72 @@ def test_fixed_clusters_gives_k_groups_by_first_appearance() -> None:
     assert fixed_clusters(rows, 2).tolist() == [0, 1, 0, 1, 0]
     assert fixed_clusters(rows, 1).tolist() == [0] * 5
     assert fixed_clusters(rows, 5).tolist() == list(range(5))
+
+
+# --------------------------------------------------------------------------- decentral agreement
+
+
+def test_own_row_peers_is_the_whole_row_split_where_it_separates_helpful_peers() -> None:
+    row = np.array([0.9, 1.1, 1.0, -3.0, -2.5, -3.2])
+    np.testing.assert_array_equal(own_row_peers(row, 0), kmeans_peers(row, 0))
+    np.testing.assert_array_equal(own_row_peers(row, 0), [1, 1, 1, 0, 0, 0])
+
+
+def test_own_row_peers_looks_among_positive_scores_when_harmful_outliers_set_the_split() -> None:
+    # One very harmful peer: the whole-row split only cuts it off, and its higher side holds
+    # the near-zero scores of both signs; the rule splits the positive scores instead.
+    row = np.array([0.0, 0.3, 0.28, 0.32, 0.02, -0.01, 0.01, -0.02, -3.0])
+    whole = kmeans_peers(row, 0)
+    assert whole[[4, 6]].all()  # positive near-zero scores pass the whole-row split
+    np.testing.assert_array_equal(own_row_peers(row, 0), [1, 1, 1, 1, 0, 0, 0, 0, 0])
+
+
+def _noisy_choices(
+    sizes: list[int], hit: float, false: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """First choices: each client picks each group mate with probability ``hit`` and each
+    other client with probability ``false``."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    same = groups[:, None] == groups[None, :]
+    choices = rng.random(same.shape) < np.where(same, hit, false)
+    np.fill_diagonal(choices, True)
+    return choices, groups
+
+
+@pytest.mark.parametrize(("sizes", "seed"), [([25] * 4, 0), ([250] * 4, 1), ([60, 20, 8, 4], 2)])
+def test_agreed_peers_purifies_noisy_first_choices(sizes: list[int], seed: int) -> None:
+    # First choices about as noisy as measured on weak-signal rows (purity about 0.75).
+    choices, groups = _noisy_choices(sizes, hit=0.4, false=0.05, seed=seed)
+    before = neighbourhood_quality(choices, groups)
+    peers = agreed_peers(choices)
+    after = neighbourhood_quality(peers, groups)
+    assert before["purity"] < 0.85
+    assert after["purity"] >= 0.98 and after["recall"] > before["recall"]
+    np.testing.assert_array_equal(peers, peers.T)
+    assert peers.diagonal().all()
+
+
+def test_agreed_peers_keeps_exact_groups() -> None:
+    groups = np.repeat(np.arange(3), [5, 3, 7])
+    exact = groups[:, None] == groups[None, :]
+    np.testing.assert_array_equal(agreed_peers(exact), exact)
+
+
+def test_agreed_peers_votes_only_on_what_voters_scored() -> None:
+    # 4 groups of 25, each client scores 20 random others and picks its scored group mates:
+    # group mates no client scored itself are reached through its peers' votes.
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(4), 25)
+    n = len(groups)
+    scored = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        scored[i, rng.choice(np.delete(np.arange(n), i), 20, replace=False)] = True
+    choices = scored & (groups[:, None] == groups[None, :])
+    first = neighbourhood_quality(choices | np.eye(n, dtype=bool), groups)
+    peers = agreed_peers(choices, scored)
+    after = neighbourhood_quality(peers, groups)
+    assert first["recall"] < 0.3
+    assert after["purity"] == 1.0 and after["recall"] > 0.8
+    # Counting unscored candidates as "no" votes loses them instead.
+    assert neighbourhood_quality(agreed_peers(choices), groups)["recall"] < after["recall"]

@@ -24,8 +24,12 @@ The run, round by round:
      of mutually helpful scores, finding the number of clusters itself
      (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
      large well-separated groups but merges close small ones.
-   * ``variant: decentral`` (peer to peer): each client clusters its own row with 1-D
-     k-means (k=2) and keeps the helpful side as its peers. Its scores never leave it.
+   * ``variant: decentral`` (peer to peer): each client splits the positive scores of its
+     own row with 1-D k-means (k=2) and keeps the helpful side as its first choice. With
+     ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
+     its first choices also chose, where they keep it too (only peer lists are exchanged):
+     one row of a client with little validation data is noisy, the agreement of many is
+     not. Its scores never leave it.
 5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
    the FedAvg of its peers' models (decentral: each client has its own neighbourhood model).
    The updates are FedAvg's (weights, server optimizer, stragglers all apply).

@@ -49,6 +49,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
             lia_deltas={},
             lia_scores=np.full((info.num_clients,) * 2, np.nan),
             lia_released=np.full((info.num_clients,) * 2, np.nan),
+            lia_choices=None,
             lia_peers=None,
             lia_records=[],
             lia_reference=np.full(info.num_clients, np.inf),

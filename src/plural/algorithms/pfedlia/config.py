@@ -30,6 +30,12 @@ class PFedLIAConfig(AveragingConfig):
         "'decentral': each client keeps the peers on the helpful side of its own row (k-means, "
         "k=2) and trains with their models",
     )
+    peer_agreement: bool = setting(
+        True,
+        help="decentral: keep a first-choice peer only where most of the client's first "
+        "choices also chose it and it keeps the client too (peer lists are exchanged, scores "
+        "never); false: every client keeps its own first choice, as in the paper",
+    )
     warmup_rounds: int = setting(
         5, help="FedAvg rounds over the whole federation before the lazy phase", ge=0
     )
@@ -117,6 +123,11 @@ class PFedLIAConfig(AveragingConfig):
             raise ConfigError(
                 f"votes: {self.votes!r} applies to the central variant only (in the decentral "
                 "variant scores never leave the client); use votes: raw or variant: central"
+            )
+        if self.variant == "central" and not self.peer_agreement:
+            raise ConfigError(
+                "peer_agreement applies to the decentral variant only; remove it or use "
+                "variant: decentral"
             )
         if self.variant == "decentral" and self.clusters is not None:
             raise ConfigError(

@@ -23,7 +23,7 @@ from plural.algorithms.pfedlia.messages import (
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
 from plural.core.compression import compress
 from plural.core.influence import (
-    kmeans_peers,
+    own_row_peers,
     randomized_response,
     row_epsilon,
     sign_votes,
@@ -98,7 +98,7 @@ class LazyPhase:
         """What the client sends about its row (see :class:`ScoreReply`)."""
         cfg = self.config
         if cfg.variant == "decentral":
-            peers = np.flatnonzero(kmeans_peers(row, client_id))
+            peers = np.flatnonzero(own_row_peers(row, client_id))
             return torch.as_tensor(peers, dtype=torch.int32)
         if cfg.votes == "raw":
             return torch.as_tensor(row, dtype=torch.float32)

@@ -19,6 +19,7 @@ from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ServerState, Update
 from plural.core.cluster_quality import group_agreement
 from plural.core.influence import (
+    agreed_peers,
     fixed_clusters,
     influence_features,
     keep_probability,
@@ -53,11 +54,15 @@ class Regrouping:
         in no one's neighbourhood, and join cluster 0 (they are served as newcomers)."""
         n = len(self.assignment(server))
         if self.config.variant == "decentral":
-            peers = np.zeros((n, n), dtype=bool) if first else server.extra["lia_peers"].copy()
+            choices = np.zeros((n, n), dtype=bool) if first else server.extra["lia_choices"].copy()
             for i, reply in zip(scorers, replies, strict=True):
-                peers[i] = False
-                peers[i, reply.released.numpy()] = True
-            server.extra["lia_peers"] = peers
+                choices[i] = False
+                choices[i, reply.released.numpy()] = True
+            # Who scored whom (the scoring plans, not the scores): a peer votes only on the
+            # clients it has an opinion on.
+            scored = np.isfinite(server.extra["lia_scores"])
+            peers = agreed_peers(choices, scored) if self.config.peer_agreement else choices
+            server.extra.update(lia_choices=choices, lia_peers=peers)
             labels = mutual_components(peers)
             if first:
                 return self.with_clusters(server, [theta0] * n, labels, [{} for _ in range(n)])
@@ -140,6 +145,8 @@ class Regrouping:
             if groups is not None:
                 taking_part = extra["lia_peers"][np.ix_(part, part)]
                 record["neighbourhoods"] = neighbourhood_quality(taking_part, groups)
+                first_choices = extra["lia_choices"][np.ix_(part, part)]
+                record["first_choices"] = neighbourhood_quality(first_choices, groups)
         if groups is not None:
             record.update(group_agreement(groups, assignment[part]))
         return record
