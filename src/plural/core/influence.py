@@ -26,8 +26,9 @@ The helpers are pure (inputs are never mutated) and deterministic given their ar
 * :func:`client_distances` and :func:`optics_clusters` are the central rule: a server
   clusters the rows with OPTICS, without being told the number of clusters.
 * :func:`kmeans_peers`, :func:`own_row_peers`, :func:`agreed_peers` and
-  :func:`mutual_components` are the decentral rule: every client splits the positive scores
-  of its own row in two with 1-D k-means and keeps the helpful side as its first choice;
+  :func:`mutual_components` are the decentral rule: every client splits its own row in two
+  with 1-D k-means (its positive scores, where zero falls inside the higher side) and keeps
+  the helpful side as its first choice;
   then keeps the candidates most of its first choices also chose, if they keep it too;
   mutual peers form groups.
 * :func:`neighbourhood_quality` and :func:`rank_correlation` are diagnostics against the
@@ -342,7 +343,7 @@ def own_row_peers(row: np.ndarray, self_index: int) -> np.ndarray:
     then the helpful peers are looked for among those that help at all. Measured on
     rotated-MNIST rows with a weak signal (200-1,000 clients with 14 validation images each:
     within-group scores 0.02 ± 0.05, cross-group -0.02 ± 0.04), the whole-row split kept 45%
-    same-group peers, this rule 77-81% (benchmarks/README.md, clustering_scale).
+    same-group peers, this rule 74% (benchmarks/README.md, clustering_scale).
     """
     row = np.asarray(row, dtype=np.float64)
     peers = kmeans_peers(row, self_index, positive_only=False)
@@ -395,18 +396,10 @@ def _agreement_pass(peers: np.ndarray, opinions: np.ndarray | None) -> np.ndarra
     kept = np.zeros((n, n), dtype=bool)
     for i in range(n):
         # How many of i's voters have an opinion on each client (all of them: everyone).
-        votes = np.full(n, counts[i]) if asked is None else _dense_row(asked, i)
-        shares = np.where(votes > 0, _dense_row(yes, i) / np.maximum(votes, 1.0), np.nan)
+        votes = np.full(n, counts[i]) if asked is None else asked[i].toarray().ravel()
+        shares = np.where(votes > 0, yes[i].toarray().ravel() / np.maximum(votes, 1.0), np.nan)
         kept[i] = kmeans_peers(shares, i)
     return kept & kept.T
-
-
-def _dense_row(matrix: csr_matrix, i: int) -> np.ndarray:
-    """Row ``i`` of a CSR matrix as a dense float64 vector."""
-    row = np.zeros(matrix.shape[1])
-    start, end = matrix.indptr[i], matrix.indptr[i + 1]
-    row[matrix.indices[start:end]] = matrix.data[start:end]
-    return row
 
 
 def _as_peers(peers: np.ndarray) -> np.ndarray:

@@ -24,8 +24,9 @@ The run, round by round:
      of mutually helpful scores, finding the number of clusters itself
      (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
      large well-separated groups but merges close small ones.
-   * ``variant: decentral`` (peer to peer): each client splits the positive scores of its
-     own row with 1-D k-means (k=2) and keeps the helpful side as its first choice. With
+   * ``variant: decentral`` (peer to peer): each client splits its own row with 1-D k-means
+     (k=2; its positive scores, where zero falls inside the higher side) and keeps the
+     helpful side as its first choice. With
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
      its first choices also chose, where they keep it too (only peer lists are exchanged):
      one row of a client with little validation data is noisy, the agreement of many is
