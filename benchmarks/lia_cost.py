@@ -27,7 +27,7 @@ as in the run), and derived generators: ``fit_i`` shuffles with
 ``torch_generator(seed, "lia_cost", budget, k, W, i)`` and ``fit_ij`` with
 ``torch_generator(seed, "lia_cost", budget, k, W, i, j)``. ``S`` comes from a real
 ``plural.run`` of pFedLIA (``lia_records(...)[-1]["scores"]``), and ``theta0`` from
-``server.extra["lia_theta0"]``. As a check of the harness, the script re-computes ``S`` from
+``lia_state(server).theta0``. As a check of the harness, the script re-computes ``S`` from
 ``theta0`` with the generators the engine derives (``(seed, W + 1, j, "lazy_train")``) and
 reports the largest difference to the run's ``S``.
 
@@ -79,7 +79,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 import plural
-from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
+from plural.algorithms.pfedlia import PFedLIAConfig, lia_records, lia_state
 from plural.core.influence import influence_features, optics_clusters, rank_correlation
 from plural.core.params import Params
 from plural.core.rng import torch_generator
@@ -265,8 +265,9 @@ def measure_cell(seed: int, k: int, w: int, args: argparse.Namespace) -> dict[st
     results = plural.run(cfg, out=None, progress=False)
     run_seconds = time.perf_counter() - started
     record = lia_records(results.server)[-1]
-    theta0 = results.server.extra["lia_theta0"]
-    groups = np.asarray(results.server.extra["lia_groups"])
+    lia = lia_state(results.server)
+    theta0 = lia.theta0
+    groups = np.asarray(lia.groups)
     parsed = plural.experiment.load_config(cfg)
     federation = plural.runner.build_federation(parsed)
     trainer = LocalTrainer(plural.runner.build_model(parsed, federation), parsed.train)

@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import plural
-from plural.algorithms.pfedlia import lia_records
+from plural.algorithms.pfedlia import lia_records, lia_state
 from plural.config import ConfigError
 from plural.core.params import max_abs_difference
 
@@ -60,7 +60,7 @@ def test_central_recovers_the_groups(central: plural.Results) -> None:
     assert record["ari"] >= 0.95
     assert central.summary["clustering"]["ari"] >= 0.95
     scores = record["scores"]
-    groups = central.server.extra["lia_groups"]
+    groups = lia_state(central.server).groups
     same = groups[:, None] == groups[None, :]
     # Lazy models of one's own group help; those of other groups hurt.
     assert np.all(scores[same] > 0) and np.all(scores[~same] < 0)
@@ -83,7 +83,6 @@ def test_noisy_clients_do_not_help_clean_ones() -> None:
     cfg["transforms"] = [{"name": "label_noise", "fraction": 0.2, "rate": 1.0}]
     result = plural.run(cfg)
     record = lia_records(result.server)[-1]
-    extra = result.server.extra
     federation = plural.runner.build_federation(plural.experiment.load_config(cfg))
     noisy = federation.group_ids["label_noise"].astype(bool)
     classes = federation.group_ids["partition"]
@@ -94,7 +93,7 @@ def test_noisy_clients_do_not_help_clean_ones() -> None:
         for i in clean_peers:
             separated = assignment[i] != assignment[j]
             assert separated or record["scores"][i, j] < 0
-    assert extra["lia_groups"] is not None
+    assert lia_state(result.server).groups is not None
 
 
 def test_decentral_neighbourhoods_hold_the_own_group() -> None:
@@ -102,7 +101,7 @@ def test_decentral_neighbourhoods_hold_the_own_group() -> None:
     record = lia_records(result.server)[-1]
     quality = record["neighbourhoods"]
     assert quality["purity"] >= 0.9 and quality["recall"] >= 0.9
-    peers = result.server.extra["lia_peers"]
+    peers = lia_state(result.server).peers
     assert all(peers[i, i] for i in range(20))
     assert record["ari"] >= 0.95  # groups of mutual peers
     # Each client trains its own neighbourhood model.
@@ -289,8 +288,8 @@ def test_decentral_without_peer_agreement_keeps_the_first_choices() -> None:
     result = plural.run(grouped(variant="decentral", peer_agreement=False))
     record = lia_records(result.server)[-1]
     assert record["neighbourhoods"] == record["first_choices"]
-    extra = result.server.extra
-    np.testing.assert_array_equal(extra["lia_peers"], extra["lia_choices"])
+    lia = lia_state(result.server)
+    np.testing.assert_array_equal(lia.peers, lia.choices)
 
 
 def test_peer_agreement_is_refused_for_the_central_variant() -> None:

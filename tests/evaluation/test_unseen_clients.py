@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import plural
+from plural.algorithms.pfedlia import lia_records
 from plural.config import ConfigError
 from plural.core.trainer import LocalTrainer
 from plural.experiment import load_config
@@ -191,7 +192,7 @@ def test_pfedlia_never_trains_scores_or_clusters_unseen_clients(
     unseen = set(build_federation(load_config(cfg)).unseen)
     taking_part = set(range(10)) - unseen
     assert asked["lazy_train"] == asked["score"] == taking_part
-    for record in results.server.extra["lia_records"]:
+    for record in lia_records(results.server):
         assert set(record["lazy_clients"]) <= taking_part
     assignment = results.diagnostics.iloc[-1]["assignment"]
     assert all(assignment[c] == -1 for c in unseen)  # ARI counts the clients that trained

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from plural.algorithms.pfedlia import lia_records
 from plural.config import ConfigError
 from plural.core import aggregation
 from plural.core.aggregation import AggregationChain, global_norm
@@ -392,7 +393,7 @@ def test_private_votes_compose_into_the_run_budget() -> None:
     }
     results = run(_config(algorithm=algorithm, rounds=3))
     block = results.summary["privacy"]
-    (record,) = results.server.extra["lia_records"]
+    (record,) = lia_records(results.server)
     released = [np.isfinite(np.asarray(row, dtype=float)).sum() for row in record["released"]]
     assert max(released) > 1
     assert block["released_epsilon"] == pytest.approx(per_vote * max(released))

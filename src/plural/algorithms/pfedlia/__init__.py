@@ -59,7 +59,7 @@ Choices the paper leaves open, and why:
 * Decentral training is simulated with the server as a relay: a client receives the average
   of its peers' models (one model down, one up); ``peer_exchange_bytes`` in the lazy-phase
   record is what a true peer-to-peer exchange of lazy models costs.
-* The lazy phase's cost is recorded separately from training (``server.extra["lia_records"]``
+* The lazy phase's cost is recorded separately from training (``lia_records(server)``
   and ``summary.json``): client compute as samples trained and evaluated, wall time, and bytes.
   The round's metric rows count all bytes, lazy phase included.
 
@@ -68,6 +68,6 @@ Measured defaults: see ``benchmarks/README.md`` (pFedLIA section).
 
 from plural.algorithms.pfedlia.algorithm import PFedLIA
 from plural.algorithms.pfedlia.config import PFedLIAConfig
-from plural.algorithms.pfedlia.messages import lia_records
+from plural.algorithms.pfedlia.messages import LIAServerState, lia_records, lia_state
 
-__all__ = ["PFedLIA", "PFedLIAConfig", "lia_records"]
+__all__ = ["LIAServerState", "PFedLIA", "PFedLIAConfig", "lia_records", "lia_state"]

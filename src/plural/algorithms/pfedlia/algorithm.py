@@ -15,8 +15,10 @@ from plural.algorithms.pfedlia.config import (
 )
 from plural.algorithms.pfedlia.lazy import LazyPhase
 from plural.algorithms.pfedlia.messages import (
+    LIAServerState,
     json_record,
     lia_records,
+    lia_state,
 )
 from plural.algorithms.pfedlia.regroup import Regrouping
 from plural.config import ConfigError
@@ -43,19 +45,14 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         server = self.start([params], np.zeros(info.num_clients, dtype=np.int64))
-        server.extra.update(
-            lia_clustered=False,
-            lia_theta0=None,
-            lia_deltas={},
-            lia_scores=np.full((info.num_clients,) * 2, np.nan),
-            lia_released=np.full((info.num_clients,) * 2, np.nan),
-            lia_choices=None,
-            lia_peers=None,
-            lia_records=[],
-            lia_reference=np.full(info.num_clients, np.inf),
-            lia_stale=[],
-            lia_groups=None if info.groups is None else np.asarray(info.groups),
+        n = info.num_clients
+        lia = LIAServerState(
+            scores=np.full((n, n), np.nan),
+            released=np.full((n, n), np.nan),
+            reference=np.full(n, np.inf),
+            groups=None if info.groups is None else np.asarray(info.groups),
         )
+        server = ServerState(server.params, {**server.extra, "pfedlia": lia})
         return server
 
     def check(self, experiment: Any) -> None:
@@ -74,7 +71,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
 
     def model_index(self, server: ServerState, client_id: int) -> int:
         """Which of ``server.extra['models']`` client ``client_id`` trains and is scored with."""
-        if not server.extra["lia_clustered"]:
+        if not lia_state(server).clustered:
             return 0
         if self.config.variant == "decentral":
             return client_id
@@ -86,18 +83,18 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
     def cluster_assignment(self, server: ServerState) -> np.ndarray:
         """Clusters (central), or the groups of mutual peers (decentral); -1 before the lazy
         phase."""
-        if not server.extra["lia_clustered"]:
+        if not lia_state(server).clustered:
             return np.full(len(self.assignment(server)), -1, dtype=np.int64)
         return self.assignment(server).copy()
 
     # ---- round -------------------------------------------------------------------------------
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
-        extra = server.extra
-        if not extra["lia_clustered"] and ctx.round > self.config.warmup_rounds:
+        lia = lia_state(server)
+        if not lia.clustered and ctx.round > self.config.warmup_rounds:
             server = self.lazy_phase(server, list(ctx.clients), ctx)
-        elif extra["lia_stale"]:
-            server = self.lazy_phase(server, sorted(extra["lia_stale"]), ctx)
+        elif lia.stale:
+            server = self.lazy_phase(server, sorted(lia.stale), ctx)
         return self.train(server, cohort, ctx)
 
     def train(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
@@ -108,7 +105,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
         updates = ctx.map("client_update", cohort, per_client=messages)
         feeds = self.feeds(server, cohort, updates, len(models))
         server = self.step_models(server, feeds, ctx.rng("aggregate"))
-        if self.config.recluster == "stale" and server.extra["lia_clustered"]:
+        if self.config.recluster == "stale" and lia_state(server).clustered:
             server = self.watch_staleness(server, cohort, updates)
         return server
 
@@ -117,8 +114,9 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
     ) -> list[list[Update]]:
         """The updates each model averages: its cluster's (central, warm-up) or, decentral,
         those of the client's peers."""
-        if server.extra["lia_clustered"] and self.config.variant == "decentral":
-            peers = server.extra["lia_peers"]
+        lia = lia_state(server)
+        if lia.clustered and self.config.variant == "decentral" and lia.peers is not None:
+            peers = lia.peers
             return [
                 [u for c, u in zip(cohort, updates, strict=True) if peers[i, c]]
                 for i in range(count)

@@ -19,6 +19,8 @@ from plural.algorithms.pfedlia.messages import (
     ScoreReply,
     decoded,
     lazy_results,
+    lia_state,
+    with_lia,
 )
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
 from plural.core.compression import compress
@@ -115,13 +117,13 @@ class LazyPhase:
     ) -> ServerState:
         """Lazy training of ``lazy_clients``, scoring, and (re-)clustering."""
         started = time.perf_counter()
-        extra = dict(server.extra)
-        first = not extra["lia_clustered"]
-        theta0 = server.params if first else extra["lia_theta0"]
+        lia = lia_state(server)
+        first = not lia.clustered
+        theta0 = server.params if first or lia.theta0 is None else lia.theta0
         broadcast = ModelMessage(theta0)
         lazy = ctx.map("lazy_train", lazy_clients, broadcast)
         deltas = {
-            **extra["lia_deltas"],
+            **lia.deltas,
             **{c: r.delta for c, r in zip(lazy_clients, lazy, strict=True)},
         }
         plan = self.scoring_plan(lazy_clients, first, ctx.clients, ctx.rng("lia_peers"))
@@ -137,24 +139,23 @@ class LazyPhase:
         }
         scorers = sorted(plan)
         replies = ctx.map("score", scorers, per_client=messages)
-        extra["lia_scores"] = extra["lia_scores"].copy()
-        extra["lia_released"] = extra["lia_released"].copy()
+        scores, released = lia.scores.copy(), lia.released.copy()
         for i, reply in zip(scorers, replies, strict=True):
-            extra["lia_scores"][i] = reply.scores
+            scores[i] = reply.scores
             if self.config.variant == "central":
-                extra["lia_released"][i] = decoded(reply.released, self.config.votes)
-        server = ServerState(server.params, extra)
+                released[i] = decoded(reply.released, self.config.votes)
+        server = with_lia(server, scores=scores, released=released)
         server = self.regroup(server, theta0, first, lazy_clients, scorers, replies, ctx.clients)
-        extra = server.extra
-        extra.update(
-            lia_clustered=True,
-            lia_theta0=theta0,
-            lia_deltas=deltas if self.config.recluster == "stale" else {},
-            lia_stale=[],
-        )
-        reference = extra["lia_reference"].copy()
+        reference = lia.reference.copy()
         reference[lazy_clients] = np.inf
-        extra["lia_reference"] = reference
+        server = with_lia(
+            server,
+            clustered=True,
+            theta0=theta0,
+            deltas=deltas if self.config.recluster == "stale" else {},
+            stale=(),
+            reference=reference,
+        )
         cost = {
             "lazy_clients": len(lazy_clients),
             "scorers": len(scorers),
@@ -167,11 +168,8 @@ class LazyPhase:
             "peer_exchange_bytes": sum(nbytes(m.deltas) for m in messages.values()),
             "model_bytes": nbytes(theta0),
         }
-        extra["lia_records"] = [
-            *extra["lia_records"],
-            self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients),
-        ]
-        return server
+        record = self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients)
+        return with_lia(server, records=(*lia_state(server).records, record))
 
     def scoring_plan(
         self,

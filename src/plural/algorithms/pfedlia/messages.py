@@ -60,6 +60,51 @@ class LIAClientState:
     row: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class LIAServerState:
+    """pFedLIA's own server state, kept under ``server.extra["pfedlia"]`` beside the
+    per-cluster models and assignment of :class:`~plural.algorithms.clustered.Clustered`.
+    Frozen: a step returns a new one (:func:`with_lia`) and never writes into the arrays of
+    the one it was given (a lazy phase copies before it writes)."""
+
+    scores: np.ndarray
+    """(N, N) influence scores ``S[i, j]``, NaN where ``i`` has not scored ``j``."""
+    released: np.ndarray
+    """(N, N) what central clients sent, decoded (NaN: not scored or not sent)."""
+    reference: np.ndarray
+    """(N,) each client's lowest validation loss since it was clustered (``recluster:
+    stale``)."""
+    groups: np.ndarray | None = None
+    """The true groups where the federation has them: only for the records' ARI and purity."""
+    clustered: bool = False
+    theta0: Params | None = None
+    """The model the lazy phase started from (re-clustering scores against it too)."""
+    deltas: Mapping[int, CompressedDelta] = dataclasses.field(default_factory=dict)
+    """The lazy updates kept for re-clustering (``recluster: stale``)."""
+    choices: np.ndarray | None = None
+    """Decentral: (N, N) each client's first choice of peers."""
+    peers: np.ndarray | None = None
+    """Decentral: (N, N) the neighbourhoods clients train with."""
+    stale: tuple[int, ...] = ()
+    """Clients whose cluster went stale: they redo the lazy phase next round."""
+    records: tuple[dict[str, Any], ...] = ()
+    """One record per lazy phase (:func:`lia_records`)."""
+
+
+def lia_state(server: ServerState) -> LIAServerState:
+    """pFedLIA's own part of ``server``."""
+    state = server.extra.get("pfedlia")
+    if not isinstance(state, LIAServerState):
+        raise TypeError("this server state is not pFedLIA's (no extra['pfedlia'])")
+    return state
+
+
+def with_lia(server: ServerState, **changes: Any) -> ServerState:
+    """A new server state whose pFedLIA part has ``changes`` (the input is left alone)."""
+    state = dataclasses.replace(lia_state(server), **changes)
+    return ServerState(server.params, {**server.extra, "pfedlia": state})
+
+
 NO_VALIDATION = (
     "pfedlia: client {client} has no validation samples; each client scores the lazy models on "
     "its own validation split, so use split.val > 0 (e.g. 0.1) or give clients more data"
@@ -69,7 +114,8 @@ NO_VALIDATION = (
 def lia_records(server: ServerState) -> list[dict[str, Any]]:
     """Every lazy phase of a pFedLIA run: round, scores (the influence matrix), assignment,
     peers (decentral), cost, privacy and cluster quality (``Results.server``)."""
-    return list(server.extra.get("lia_records", []))
+    state = server.extra.get("pfedlia")
+    return list(state.records) if isinstance(state, LIAServerState) else []
 
 
 def json_record(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from plural.algorithms.pfedlia.config import (
 from plural.algorithms.pfedlia.messages import (
     ScoreReply,
     inherited_clusters,
+    lia_state,
+    with_lia,
 )
 from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ServerState, Update
@@ -54,15 +56,18 @@ class Regrouping:
         in no one's neighbourhood, and join cluster 0 (they are served as newcomers)."""
         n = len(self.assignment(server))
         if self.config.variant == "decentral":
-            choices = np.zeros((n, n), dtype=bool) if first else server.extra["lia_choices"].copy()
+            lia = lia_state(server)
+            choices = np.zeros((n, n), dtype=bool)
+            if not first and lia.choices is not None:
+                choices = lia.choices.copy()
             for i, reply in zip(scorers, replies, strict=True):
                 choices[i] = False
                 choices[i, reply.released.numpy()] = True
             # Who scored whom (the scoring plans, not the scores): a peer votes only on the
             # clients it has an opinion on.
-            scored = np.isfinite(server.extra["lia_scores"])
+            scored = np.isfinite(lia.scores)
             peers = agreed_peers(choices, scored) if self.config.peer_agreement else choices
-            server.extra.update(lia_choices=choices, lia_peers=peers)
+            server = with_lia(server, choices=choices, peers=peers)
             labels = mutual_components(peers)
             if first:
                 return self.with_clusters(server, [theta0] * n, labels, [{} for _ in range(n)])
@@ -73,7 +78,7 @@ class Regrouping:
             )
         part = np.asarray(clients, dtype=np.int64)
         labels = np.zeros(n, dtype=np.int64)
-        labels[part] = self.central_clusters(server.extra["lia_released"][np.ix_(part, part)])
+        labels[part] = self.central_clusters(lia_state(server).released[np.ix_(part, part)])
         k = int(labels.max()) + 1
         if first:
             return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
@@ -117,19 +122,19 @@ class Regrouping:
     ) -> dict[str, Any]:
         """What one lazy phase found and cost (see :func:`lia_records`); its quality against
         the true groups is of ``clients``, those that take part."""
-        extra, cfg = server.extra, self.config
+        lia, cfg = lia_state(server), self.config
         assignment = self.assignment(server)
         record: dict[str, Any] = {
             "round": round_index,
             "kind": "cluster" if first else "recluster",
             "lazy_clients": list(lazy_clients),
-            "scores": extra["lia_scores"],  # a lazy phase copies before it writes
+            "scores": lia.scores,  # a lazy phase copies before it writes
             "assignment": assignment.tolist(),
             "clusters": len(np.unique(assignment)),
             "cost": cost,
         }
         if cfg.variant == "central" and cfg.votes != "raw":
-            record["released"] = extra["lia_released"]
+            record["released"] = lia.released
         if cfg.votes == "private":
             per_row = max(len(p) for p in plan.values()) + 1
             record["privacy"] = {
@@ -139,13 +144,13 @@ class Regrouping:
                 "keep_probability": keep_probability(cfg.epsilon),
             }
         part = np.asarray(clients, dtype=np.int64)
-        groups = None if extra["lia_groups"] is None else np.asarray(extra["lia_groups"])[part]
-        if cfg.variant == "decentral":
-            record["peers"] = [np.flatnonzero(p).tolist() for p in extra["lia_peers"]]
+        groups = None if lia.groups is None else lia.groups[part]
+        if lia.peers is not None and lia.choices is not None:  # decentral
+            record["peers"] = [np.flatnonzero(p).tolist() for p in lia.peers]
             if groups is not None:
-                taking_part = extra["lia_peers"][np.ix_(part, part)]
+                taking_part = lia.peers[np.ix_(part, part)]
                 record["neighbourhoods"] = neighbourhood_quality(taking_part, groups)
-                first_choices = extra["lia_choices"][np.ix_(part, part)]
+                first_choices = lia.choices[np.ix_(part, part)]
                 record["first_choices"] = neighbourhood_quality(first_choices, groups)
         if groups is not None:
             record.update(group_agreement(groups, assignment[part]))
@@ -159,9 +164,9 @@ class Regrouping:
         """Flag clients whose validation loss under their cluster's model rose by more than
         ``stale_rise`` over its lowest since they were clustered; they re-run the lazy phase
         at the start of the next round."""
-        extra = dict(server.extra)
-        reference = extra["lia_reference"].copy()
-        stale = set(extra["lia_stale"])
+        lia = lia_state(server)
+        reference = lia.reference.copy()
+        stale = set(lia.stale)
         for client, update in zip(cohort, updates, strict=True):
             loss = update.extra.get("val_loss")
             if loss is None or not math.isfinite(loss):
@@ -170,5 +175,4 @@ class Regrouping:
                 stale.add(client)
             else:
                 reference[client] = min(reference[client], loss)
-        extra.update(lia_reference=reference, lia_stale=sorted(stale))
-        return ServerState(server.params, extra)
+        return with_lia(server, reference=reference, stale=tuple(sorted(stale)))
