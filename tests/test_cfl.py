@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.cfl import CFLConfig
+from plural.algorithms.cfl import CFLConfig, cfl_state
 from plural.core.similarity import (
     bipartition,
     cosine_similarities,
@@ -96,8 +96,8 @@ def test_the_number_of_clusters_is_not_a_setting() -> None:
 def test_an_iid_federation_is_never_split() -> None:
     results = plural.run(config())
     assert (results.diagnostics["clusters"] == 1).all()
-    assert results.server.extra["cfl_splits"] == []
-    assert len(results.server.extra["cfl_history"]) == ROUNDS
+    assert cfl_state(results.server).splits == ()
+    assert len(cfl_state(results.server).history) == ROUNDS
 
 
 def test_four_rotation_groups_are_found_and_beat_fedavg() -> None:
@@ -129,14 +129,14 @@ def test_label_swap_groups_are_found_and_beat_fedavg(swap_run: plural.Results) -
     assert swap_run.summary["clustering"]["clusters"] == 2
     assert swap_run.summary["clustering"]["ari"] >= 0.9
     assert mean_accuracy(swap_run) > mean_accuracy(fedavg) + 0.1
-    split = swap_run.server.extra["cfl_splits"][0]
+    split = cfl_state(swap_run.server).splits[0]
     assert split["round"] >= CFL_SETTINGS["min_rounds"]
     assert split["mean"] < CFL_SETTINGS["eps1"] and split["max"] > CFL_SETTINGS["eps2"]
 
 
 def test_splits_are_deterministic(swap_run: plural.Results) -> None:
     again = plural.run(config(LABEL_SWAP))
-    assert again.server.extra["cfl_splits"] == swap_run.server.extra["cfl_splits"]
+    assert cfl_state(again.server).splits == cfl_state(swap_run.server).splits
     assert again.diagnostics["assignment"].tolist() == swap_run.diagnostics["assignment"].tolist()
 
 
@@ -170,13 +170,13 @@ def test_defaults_split_48_clients_into_their_4_rotation_groups() -> None:
     results = plural.run(cfg)
     assert results.summary["clustering"]["clusters"] == 4
     assert results.summary["clustering"]["ari"] >= 0.9
-    splits = results.server.extra["cfl_splits"]
+    splits = cfl_state(results.server).splits
     assert all(s["alignment"] < CFLConfig().max_alignment for s in splits)
 
 
 def test_defaults_keep_48_iid_clients_together() -> None:
     results = plural.run(copy.deepcopy(SCALE))
-    assert results.server.extra["cfl_splits"] == []
+    assert cfl_state(results.server).splits == ()
 
 
 def test_alignment_does_not_depend_on_the_update_scale() -> None:

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 import plural
+from plural.algorithms.clustered import cluster_state
+from plural.algorithms.ifca import ifca_state
 from plural.core.params import max_abs_difference, nbytes
 
 # 24 clients in 4 rotation groups: with 3 clients a group (12 clients) IFCA's random init
@@ -124,20 +126,20 @@ def test_unused_models_are_reseeded_from_the_worst_fitting_clients() -> None:
     cfg.update(rounds=4, eval={"every": 4}, partition={"name": "iid", "num_clients": 8})
     # 8 models for 8 clients of 4 groups: some are never picked and must be replaced.
     ifca = plural.run(with_algorithm(cfg, name="ifca", k=8, reseed_after=1))
-    reseeds = ifca.server.extra["ifca_reseeds"]
+    reseeds = ifca_state(ifca.server).reseeds
     assert reseeds and all(0 <= r["client"] < 8 for r in reseeds)
     # The first re-seed uses a different client for each unused model.
     first = reseeds[: 8 - len(set(ifca.diagnostics["assignment"].iloc[0]))]
     assert len({r["client"] for r in first}) == len(first)
     never = plural.run(with_algorithm(cfg, name="ifca", k=8, reseed_after=None))
-    assert "ifca_reseeds" not in never.server.extra
+    assert ifca_state(never.server).reseeds == ()
 
 
 def test_spread_init_seeds_k_models_from_far_apart_clients() -> None:
     cfg = copy.deepcopy(ROTATED)
     cfg.update(rounds=1, eval={"every": 1}, transforms=[{"name": "label_swap", "groups": 2}])
     ifca = plural.run(with_algorithm(cfg, name="ifca", k=2, init="spread"))
-    models = ifca.server.extra["models"]
+    models = cluster_state(ifca.server).models
     assert max_abs_difference(models[0], models[1]) > 0  # two different clients' models
     fit = ifca.metrics[(ifca.metrics["split"] == "fit") & (ifca.metrics["round"] == 1)]
     assert (fit["bytes_down"] >= nbytes(models[0])).all()

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 import plural
+from plural.algorithms.clustered import cluster_state
 from plural.algorithms.pfedlia import lia_records, lia_state
 from plural.config import ConfigError
 from plural.core.params import max_abs_difference
@@ -105,7 +106,7 @@ def test_decentral_neighbourhoods_hold_the_own_group() -> None:
     assert all(peers[i, i] for i in range(20))
     assert record["ari"] >= 0.95  # groups of mutual peers
     # Each client trains its own neighbourhood model.
-    assert len(result.server.extra["models"]) == 20
+    assert len(cluster_state(result.server).models) == 20
 
 
 def test_lazy_phase_cost_is_counted(central: plural.Results) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import plural
+from plural.algorithms.clustered import cluster_state
 from plural.algorithms.pfedlia import lia_records
 from plural.config import ConfigError
 from plural.core.trainer import LocalTrainer
@@ -80,7 +81,7 @@ def test_clustered_newcomers_join_the_cluster_that_fits_their_training_data(
     tiny_config: dict[str, Any],
 ) -> None:
     results, trainer, federation, last = newcomers_of(tiny_config, {"name": "ifca", "k": 3})
-    models = results.server.extra["models"]
+    models = cluster_state(results.server).models
     for cid in federation.unseen:
         client = federation.client(cid)
         losses = [trainer.evaluate(m, client.train.x, client.train.y).loss for m in models]

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from plural.algorithms.clustered import cluster_state
 from plural.algorithms.pfedlia import lia_records
 from plural.config import ConfigError
 from plural.core import aggregation
 from plural.core.aggregation import AggregationChain, global_norm
+from plural.core.server_opt import averaging
 from plural.engine import vectorized
 from plural.engine.sampler import sample_cohort
 from plural.experiment import SamplingConfig, load_config
@@ -235,9 +237,8 @@ def test_zero_noise_and_unbounded_clip_give_each_clusters_mean(algorithm: dict[s
     expected, got = run(plain).server, run(private).server
     for name in expected.params:
         assert torch.allclose(got.params[name], expected.params[name], atol=1e-6, rtol=0)
-    models = [p for p in (expected.extra.get("models") or [])]
-    private_models = got.extra.get("models") or []
-    assert len(models) == len(private_models)
+    models, private_models = cluster_state(expected).models, cluster_state(got).models
+    assert len(models) == len(private_models) == 2
     for mine, theirs in zip(models, private_models, strict=True):
         for name in mine:
             assert torch.allclose(theirs[name], mine[name], atol=1e-6, rtol=0)
@@ -263,7 +264,8 @@ def test_client_level_summary_and_calibrated_epsilon(tmp_path: Path) -> None:
 def test_adaptive_clip_runs_and_keeps_its_clip_in_the_server_state() -> None:
     privacy = {"clip": 5.0, "noise_multiplier": 1.0, "adaptive_clip": {"quantile": 0.5}}
     results = run(_config(privacy=privacy, rounds=4))
-    state = results.server.extra["aggregation"]
+    state = averaging(results.server).aggregation
+    assert isinstance(state, dict)
     assert state["noised_rounds"] == 4
     assert state["clip"] < 5.0  # updates are far smaller than 5: the clip comes down
     with pytest.raises(ConfigError, match="count_noise"):

@@ -1,11 +1,11 @@
 """Clustered federated learning: one model per cluster of clients, FedAvg inside each cluster.
 
-:class:`Clustered` is the shared base: the server keeps ``k`` models (``server.extra["models"]``,
-``server.params`` is model 0) and each client's last known cluster
-(``server.extra["assignment"]``, ``-1`` for unknown). Every cluster's model is the FedAvg
-(:class:`~plural.algorithms.fedavg.FedAvg` weights, target and server optimizer) of the
-updates of its members; a cluster without members this round keeps its model. A client is
-evaluated with its cluster's model. Subclasses only say how clients find their cluster.
+:class:`Clustered` is the shared base: the server keeps ``k`` models (:class:`ClusterState`,
+``server.params`` is model 0) and each client's last known cluster (``-1`` for unknown).
+Every cluster's model is the FedAvg (:class:`~plural.algorithms.fedavg.FedAvg` weights,
+target and server optimizer) of the updates of its members; a cluster without members this
+round keeps its model. A client is evaluated with its cluster's model. Subclasses only say
+how clients find their cluster.
 
 Subclasses: :class:`~plural.algorithms.ifca.IFCA`, :class:`~plural.algorithms.oracle.Oracle`,
 :class:`~plural.algorithms.pfedlia.PFedLIA`.
@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from plural.algorithms.fedavg import CHAIN_STATE, FedAvg
+from plural.algorithms.fedavg import FedAvg
 from plural.core.aggregation import GROUP_SHARE, group_generators
 from plural.core.algorithm import ServerState, Update, reported_cluster
 from plural.core.params import Params
-from plural.core.server_opt import server_step
+from plural.core.server_opt import AveragingState, averaging, server_step
 
-__all__ = ["Clustered", "ModelsMessage"]
+__all__ = ["ClusterState", "Clustered", "ModelsMessage", "cluster_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,23 @@ class ModelsMessage:
     models: tuple[Params, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class ClusterState:
+    """A clustered method's part of the server state."""
+
+    KEY: ClassVar[str] = "clusters"
+    models: tuple[Params, ...]
+    assignment: np.ndarray
+    """Each client's last known cluster, -1 where unknown."""
+    opt_states: tuple[dict[str, Any], ...]
+    """Each model's server-optimizer state."""
+
+
+def cluster_state(server: ServerState) -> ClusterState:
+    """The clusters of a clustered method's server state."""
+    return server.part(ClusterState)
+
+
 class Clustered(FedAvg):
     """Per-cluster models, per-cluster FedAvg aggregation, evaluation by cluster."""
 
@@ -42,7 +59,11 @@ class Clustered(FedAvg):
 
     @staticmethod
     def models(server: ServerState) -> list[Params]:
-        return list(server.extra["models"])
+        return list(cluster_state(server).models)
+
+    @staticmethod
+    def opt_states(server: ServerState) -> list[dict[str, Any]]:
+        return list(cluster_state(server).opt_states)
 
     def server_models(self, server: ServerState) -> dict[str, Params]:
         """The cluster models, for scoring on the server's test set."""
@@ -50,7 +71,7 @@ class Clustered(FedAvg):
 
     @staticmethod
     def assignment(server: ServerState) -> np.ndarray:
-        return np.array(server.extra["assignment"], dtype=np.int64)  # a copy: states are immutable
+        return cluster_state(server).assignment.copy()  # a copy: states are immutable
 
     @staticmethod
     def with_clusters(
@@ -60,23 +81,19 @@ class Clustered(FedAvg):
         opt_states: Sequence[dict[str, Any]] | None = None,
     ) -> ServerState:
         """A new server state with the given parts replaced (``params``: model 0)."""
-        extra = dict(server.extra)
-        if models is not None:
-            extra["models"] = list(models)
-        if assignment is not None:
-            extra["assignment"] = np.asarray(assignment, dtype=np.int64)
-        if opt_states is not None:
-            extra["server_opts"] = list(opt_states)
-        return ServerState(extra["models"][0], extra)
+        kept = cluster_state(server)
+        part = ClusterState(
+            kept.models if models is None else tuple(models),
+            kept.assignment if assignment is None else np.array(assignment, dtype=np.int64),
+            kept.opt_states if opt_states is None else tuple(opt_states),
+        )
+        return server.with_parts(part, params=part.models[0])
 
     def start(self, models: list[Params], assignment: np.ndarray) -> ServerState:
         """The initial server state from ``k`` models and an initial assignment."""
-        extra = {
-            "models": models,
-            "assignment": np.asarray(assignment, dtype=np.int64),
-            "server_opts": [{} for _ in models],
-        }
-        return ServerState(models[0], extra)
+        assignment = np.array(assignment, dtype=np.int64)
+        part = ClusterState(tuple(models), assignment, tuple({} for _ in models))
+        return ServerState(models[0]).with_parts(part)
 
     # ---- aggregation -------------------------------------------------------------------------
 
@@ -104,8 +121,9 @@ class Clustered(FedAvg):
         of :class:`FedAvg`) on the updates ``feeds[j]``; a model without updates is kept.
         Each cluster runs the chain on its own, with its own chain state and generator."""
         models = self.models(server)
-        opt_states = list(server.extra["server_opts"])
-        chain_states = cluster_chain_states(server.extra.get(CHAIN_STATE), len(models))
+        opt_states = self.opt_states(server)
+        kept = averaging(server)
+        chain_states = cluster_chain_states(kept.aggregation, len(models))
         generators = group_generators(rng, len(models), self.aggregation.needs_rng)
         settings = self.config.server_settings()
         shares = self.group_shares(server, len(models))
@@ -119,7 +137,7 @@ class Clustered(FedAvg):
             models[j], opt_states[j] = server_step(models[j], target, opt_states[j], settings)
         server = self.with_clusters(server, models=models, opt_states=opt_states)
         if any(chain_states):
-            server.extra[CHAIN_STATE] = chain_states
+            server = server.with_parts(AveragingState(kept.server_opt, chain_states))
         return server
 
     def group_shares(self, server: ServerState, count: int) -> list[float]:

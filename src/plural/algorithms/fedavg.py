@@ -22,7 +22,13 @@ from plural.core.aggregation import AggregationState, ChainAccumulator
 from plural.core.aggregators import WEIGHTINGS_HELP, Weighting, aggregation_weights, report_count
 from plural.core.algorithm import Algorithm, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params
-from plural.core.server_opt import ServerOptimizer, ServerOptimizerSettings, server_step
+from plural.core.server_opt import (
+    AveragingState,
+    ServerOptimizer,
+    ServerOptimizerSettings,
+    averaging,
+    server_step,
+)
 from plural.core.trainer import FitResult, LocalTrainer, LossTerm, WorkBudget
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -81,9 +87,6 @@ class AveragingConfig:
 
 
 FedAvgConfig = AveragingConfig
-
-CHAIN_STATE = "aggregation"
-"""Key of the aggregation chain's state in ``ServerState.extra`` (absent when stateless)."""
 
 
 @ALGORITHMS.register("fedavg", FedAvgConfig, "FedAvg: local SGD, weighted model averaging")
@@ -218,7 +221,7 @@ class FedAvg(Algorithm):
         self, server: ServerState, updates: list[Update], rng: np.random.Generator | None = None
     ) -> Params:
         """The model the server moves towards (see :meth:`combine`)."""
-        return self.combine(server, updates, rng, server.extra.get(CHAIN_STATE))[0]
+        return self.combine(server, updates, rng, averaging(server).aggregation)[0]
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
@@ -226,7 +229,7 @@ class FedAvg(Algorithm):
         used = self.used_updates(updates)
         if not used:
             return server  # every participant was a dropped straggler
-        target, chain_state = self.combine(server, used, rng, server.extra.get(CHAIN_STATE))
+        target, chain_state = self.combine(server, used, rng, averaging(server).aggregation)
         return self.finish_aggregate(self._step(server, target, chain_state), used)
 
     # ---- streaming ---------------------------------------------------------------------------
@@ -265,7 +268,7 @@ class FedAvg(Algorithm):
                 reference = server.params
                 if not self.aggregation.plain:
                     reference = {name: server.params[name] for name in update.params}
-                accumulator = self.aggregation.accumulator(reference, server.extra.get(CHAIN_STATE))
+                accumulator = self.aggregation.accumulator(reference, averaging(server).aggregation)
             accumulator.add(update.params, float(self.weights([update])[0]))
         if accumulator is None:
             return server  # every participant was a dropped straggler
@@ -275,18 +278,12 @@ class FedAvg(Algorithm):
         self, server: ServerState, target: Params, chain_state: AggregationState
     ) -> ServerState:
         """The server optimizer's step towards ``target``, with the chain's new state."""
+        kept = averaging(server)
         new_params, opt_state = server_step(
-            server.params,
-            target,
-            server.extra.get("server_opt", {}),
-            self.config.server_settings(),
+            server.params, target, kept.server_opt, self.config.server_settings()
         )
-        extra = dict(server.extra)
-        if opt_state:
-            extra["server_opt"] = opt_state
-        if chain_state:
-            extra[CHAIN_STATE] = chain_state
-        return ServerState(new_params, extra)
+        part = AveragingState(opt_state or kept.server_opt, chain_state or kept.aggregation)
+        return server.with_parts(part, params=new_params)
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
         """Update algorithm-specific server state after the model step (FedAvg: nothing)."""

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-__all__ = ["IFCA", "IFCAConfig"]
+__all__ = ["IFCA", "IFCAConfig", "IFCAState", "ifca_state"]
 
 Init = Literal["random", "warm", "spread"]
 
@@ -161,7 +161,7 @@ class IFCA(Clustered):
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         spread = self.config.init == "spread" and self.config.k > 1
-        if spread and not server.extra.get("ifca_seeded"):
+        if spread and not ifca_state(server).seeded:
             return self.seed_spread(server, cohort, ctx)
         updates = ctx.map("client_update", cohort, self.broadcast(server))
         server = self.aggregate(server, updates, ctx.rng("aggregate"))
@@ -193,8 +193,7 @@ class IFCA(Clustered):
         assignment = self.assignment(server)
         clients = [c for c, u in zip(cohort, updates, strict=True) if u.params is not None]
         assignment[clients] = nearest
-        extra = {**server.extra, "ifca_seeded": True}
-        state = ServerState(server.params, extra)
+        state = server.with_parts(dataclasses.replace(ifca_state(server), seeded=True))
         return self.with_clusters(state, models=models, assignment=assignment)
 
     def reseed_unused(
@@ -205,28 +204,46 @@ class IFCA(Clustered):
         patience = self.config.reseed_after
         if patience is None or self.config.k == 1:
             return server
-        extra = dict(server.extra)
-        idle = np.asarray(extra.get("ifca_idle", np.zeros(self.config.k, np.int64))) + 1
+        kept = ifca_state(server)
+        idle = (np.zeros(self.config.k, np.int64) if kept.idle is None else kept.idle) + 1
         picked = [reported_cluster(u) for u in updates]
         idle[np.unique(picked)] = 0
         empty = np.flatnonzero(idle >= patience)
         if not len(empty):
-            return ServerState(server.params, {**extra, "ifca_idle": idle})
-        models, opts = self.models(server), list(extra["server_opts"])
-        reseeds = list(extra.get("ifca_reseeds", []))
+            return server.with_parts(dataclasses.replace(kept, idle=idle))
+        models, opts = self.models(server), self.opt_states(server)
+        reseeds = list(kept.reseeds)
         for model, donor in zip(empty, worst_fitting(updates, picked), strict=False):
             models[model] = updates[donor].params
             opts[model] = {}
             idle[model] = 0
             reseeds.append({"model": int(model), "client": int(cohort[donor])})
-        extra.update(ifca_idle=idle, ifca_reseeds=reseeds)
-        return self.with_clusters(ServerState(server.params, extra), models=models, opt_states=opts)
+        state = server.with_parts(dataclasses.replace(kept, idle=idle, reseeds=tuple(reseeds)))
+        return self.with_clusters(state, models=models, opt_states=opts)
 
     def cluster_of(self, server: ServerState, state: Any, client_id: int) -> int:
         """The client's own latest choice, else the server's last known cluster, else 0."""
         if state is not None:
             return int(state)
         return super().cluster_of(server, state, client_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFCAState:
+    """IFCA's own part of the server state (beside :class:`ClusterState`)."""
+
+    KEY: ClassVar[str] = "ifca"
+    seeded: bool = False
+    """``init: spread``: whether the cluster models were seeded from far-apart clients."""
+    idle: np.ndarray | None = None
+    """Rounds since each model was last chosen (``reseed_after``)."""
+    reseeds: tuple[dict[str, int], ...] = ()
+    """Every reseeding: the model replaced and the client whose model replaced it."""
+
+
+def ifca_state(server: ServerState) -> IFCAState:
+    """IFCA's own part of ``server`` (empty before it seeds or reseeds)."""
+    return server.part(IFCAState, IFCAState())
 
 
 def update_direction(params: Params, start: Params) -> np.ndarray:

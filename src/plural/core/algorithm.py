@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -85,12 +85,47 @@ def check_shared_shapes(info: FederationInfo, shared: Sequence[str], what: str) 
             )
 
 
-@dataclasses.dataclass
+PartT = TypeVar("PartT")
+_NO_DEFAULT: Any = object()
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerState:
-    """The server's state: global parameters plus algorithm-specific tensors or values."""
+    """The server's state: global parameters plus the algorithm's own parts.
+
+    Each component keeps its part of ``extra`` as one frozen dataclass whose class says under
+    which key (``KEY``); :meth:`part` reads it and :meth:`with_parts` returns a new state with
+    parts replaced, so a step never writes into the state it was given. Checkpoints store the
+    parts field by field (:mod:`plural.safety.plain`).
+    """
 
     params: Params
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def part(self, kind: type[PartT], default: PartT = _NO_DEFAULT) -> PartT:
+        """The part of type ``kind`` (stored under ``kind.KEY``); ``default`` where absent."""
+        value = self.extra.get(_part_key(kind))
+        if isinstance(value, kind):
+            return value
+        if value is None and default is not _NO_DEFAULT:
+            return default
+        found = "nothing" if value is None else f"a {type(value).__name__}"
+        raise TypeError(
+            f"this server state holds {found} under {_part_key(kind)!r}, not a "
+            f"{kind.__name__}: it was made by another algorithm (or an older plural)"
+        )
+
+    def with_parts(self, *parts: Any, params: Params | None = None) -> ServerState:
+        """A new state with ``parts`` stored under their keys (and ``params`` if given)."""
+        extra = {**self.extra, **{_part_key(type(p)): p for p in parts}}
+        return ServerState(self.params if params is None else params, extra)
+
+
+def _part_key(kind: type) -> str:
+    key = getattr(kind, "KEY", None)
+    if not isinstance(key, str):
+        raise TypeError(f"{kind.__name__} is not a server-state part: it has no KEY string")
+    return key
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from plural.core.aggregation import AggregationState
+from plural.core.algorithm import ServerState
 from plural.core.params import Params
 
 ServerOptimizer = Literal["sgd", "momentum", "adam", "yogi", "adagrad"]
@@ -78,3 +80,18 @@ def server_step(
         v_state[name] = _second_moment(s.name, v_prev, delta * delta, s.beta2)
         new[name] = x + s.lr * m_state[name] / (v_state[name].sqrt() + s.tau)
     return new, {"m": m_state, "v": v_state}
+
+
+@dataclasses.dataclass(frozen=True)
+class AveragingState:
+    """The averaging part of a server state (FedAvg's and every averaging algorithm's): the server
+    optimizer's state and the aggregation chain's (one per model for clustered methods)."""
+
+    KEY: ClassVar[str] = "fedavg"
+    server_opt: Mapping[Any, Any] = dataclasses.field(default_factory=dict)
+    aggregation: AggregationState | list[AggregationState] | None = None
+
+
+def averaging(server: ServerState) -> AveragingState:
+    """The averaging part of ``server`` (empty before the first step)."""
+    return server.part(AveragingState, AveragingState())

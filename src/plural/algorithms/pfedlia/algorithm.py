@@ -52,8 +52,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
             reference=np.full(n, np.inf),
             groups=None if info.groups is None else np.asarray(info.groups),
         )
-        server = ServerState(server.params, {**server.extra, "pfedlia": lia})
-        return server
+        return server.with_parts(lia)
 
     def check(self, experiment: Any) -> None:
         cfg = self.config
@@ -70,7 +69,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
             )
 
     def model_index(self, server: ServerState, client_id: int) -> int:
-        """Which of ``server.extra['models']`` client ``client_id`` trains and is scored with."""
+        """Which of the cluster models client ``client_id`` trains and is scored with."""
         if not lia_state(server).clustered:
             return 0
         if self.config.variant == "decentral":

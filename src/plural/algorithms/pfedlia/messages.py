@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,11 +62,12 @@ class LIAClientState:
 
 @dataclasses.dataclass(frozen=True)
 class LIAServerState:
-    """pFedLIA's own server state, kept under ``server.extra["pfedlia"]`` beside the
-    per-cluster models and assignment of :class:`~plural.algorithms.clustered.Clustered`.
-    Frozen: a step returns a new one (:func:`with_lia`) and never writes into the arrays of
-    the one it was given (a lazy phase copies before it writes)."""
+    """pFedLIA's own part of the server state, beside the per-cluster models and assignment
+    of :class:`~plural.algorithms.clustered.ClusterState`. Frozen: a step returns a new one
+    (:func:`with_lia`) and never writes into the arrays of the one it was given (a lazy
+    phase copies before it writes)."""
 
+    KEY: ClassVar[str] = "pfedlia"
     scores: np.ndarray
     """(N, N) influence scores ``S[i, j]``, NaN where ``i`` has not scored ``j``."""
     released: np.ndarray
@@ -93,16 +94,12 @@ class LIAServerState:
 
 def lia_state(server: ServerState) -> LIAServerState:
     """pFedLIA's own part of ``server``."""
-    state = server.extra.get("pfedlia")
-    if not isinstance(state, LIAServerState):
-        raise TypeError("this server state is not pFedLIA's (no extra['pfedlia'])")
-    return state
+    return server.part(LIAServerState)
 
 
 def with_lia(server: ServerState, **changes: Any) -> ServerState:
     """A new server state whose pFedLIA part has ``changes`` (the input is left alone)."""
-    state = dataclasses.replace(lia_state(server), **changes)
-    return ServerState(server.params, {**server.extra, "pfedlia": state})
+    return server.with_parts(dataclasses.replace(lia_state(server), **changes))
 
 
 NO_VALIDATION = (
@@ -114,8 +111,8 @@ NO_VALIDATION = (
 def lia_records(server: ServerState) -> list[dict[str, Any]]:
     """Every lazy phase of a pFedLIA run: round, scores (the influence matrix), assignment,
     peers (decentral), cost, privacy and cluster quality (``Results.server``)."""
-    state = server.extra.get("pfedlia")
-    return list(state.records) if isinstance(state, LIAServerState) else []
+    state = server.part(LIAServerState, None)
+    return [] if state is None else list(state.records)
 
 
 def json_record(record: Mapping[str, Any]) -> dict[str, Any]:

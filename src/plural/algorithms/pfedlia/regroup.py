@@ -83,7 +83,7 @@ class Regrouping:
         if first:
             return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
         source = inherited_clusters(self.assignment(server), labels, set(lazy_clients))
-        models, opts = self.models(server), server.extra["server_opts"]
+        models, opts = self.models(server), self.opt_states(server)
         return self.with_clusters(
             server, [models[s] for s in source], labels, [dict(opts[s]) for s in source]
         )
