@@ -6,6 +6,7 @@ A new algorithm adds one row to ALGORITHM_SETTINGS if it needs non-default setti
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -61,6 +62,20 @@ def test_same_seed_gives_identical_results(name: str, tiny_config: dict[str, Any
     evaluated = first.metrics[first.metrics["split"] == "test"]
     assert evaluated["accuracy"].between(0, 1).all()
     assert set(evaluated["client"]) == set(range(6))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_server_state_is_made_of_typed_frozen_parts(name: str, tiny_config: dict[str, Any]) -> None:
+    """``ServerState.extra`` holds one frozen dataclass per component, each under its class's
+    ``KEY``: no loose string-keyed values, and a part cannot be changed in place."""
+    server = plural.run(config_for(name, tiny_config)).server
+    for key, part in server.extra.items():
+        assert dataclasses.is_dataclass(part) and not isinstance(part, type), (name, key, part)
+        assert key == type(part).KEY, (name, key)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, dataclasses.fields(part)[0].name, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        server.params = {}  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("name", NAMES)
