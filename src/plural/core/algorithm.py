@@ -39,7 +39,9 @@ class Update:
     metadata: ``num_samples`` trained on, ``loss`` (mean training loss), ``reported_samples``
     (the count the client chose to reveal, e.g. bucketed and noised for privacy; aggregation
     weights use it when set), ``start_loss`` (training loss at the model received, for
-    fairness-aware weighting) and ``complete`` (False for a straggler that did less work).
+    fairness-aware weighting), ``val_loss`` (validation loss at the model received, for
+    methods that watch for drift; NaN when not measured) and ``complete`` (False for a
+    straggler that did less work). ``extra`` holds only tensors that travel.
     """
 
     num_samples: int
@@ -48,6 +50,7 @@ class Update:
     loss: float = float("nan")
     reported_samples: float | None = None
     start_loss: float = float("nan")
+    val_loss: float = float("nan")
     complete: bool = True
 
 

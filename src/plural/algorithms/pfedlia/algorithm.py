@@ -139,7 +139,7 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
         if self.config.recluster != "stale" or len(client.val) == 0:
             return update, state
         loss = trainer.evaluate(message.params, client.val.x, client.val.y).loss
-        return dataclasses.replace(update, extra={**update.extra, "val_loss": loss}), state
+        return dataclasses.replace(update, val_loss=loss), state
 
     # ---- results -------------------------------------------------------------------------------
 

@@ -168,8 +168,8 @@ class Regrouping:
         reference = lia.reference.copy()
         stale = set(lia.stale)
         for client, update in zip(cohort, updates, strict=True):
-            loss = update.extra.get("val_loss")
-            if loss is None or not math.isfinite(loss):
+            loss = update.val_loss
+            if not math.isfinite(loss):
                 continue
             if loss > reference[client] + self.config.stale_rise:
                 stale.add(client)
