@@ -18,6 +18,7 @@ from plural.core.influence import (
     influence_features,
     keep_probability,
     kmeans_peers,
+    merge_alike_clusters,
     mutual_components,
     neighbourhood_quality,
     optics_clusters,
@@ -209,6 +210,85 @@ def test_optics_rejects_bad_arguments() -> None:
 
 
 # --------------------------------------------------------------------------- decentral rule
+
+
+def scaled_blocks(sizes: list[int], within: float, across: float, seed: int) -> np.ndarray:
+    """Scores ``within`` inside a group and ``across`` between groups, noise 0.1 x within."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    same = groups[:, None] == groups[None, :]
+    return np.where(same, within, across) + 0.1 * within * rng.standard_normal(same.shape)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("sizes", [[50, 50, 50, 50], [250, 20, 3]])
+def test_merging_joins_the_pieces_of_each_group_and_nothing_else(
+    sizes: list[int], seed: int
+) -> None:
+    """OPTICS-like fragments (each group cut into pieces, some clients alone) merge back
+    into exactly the true groups."""
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    scores = scaled_blocks(sizes, 0.09, 0.01, seed)  # rotated MNIST's within and across
+    rng = np.random.default_rng(seed)
+    pieces = groups * 10 + rng.integers(0, 4, size=len(groups))  # up to 4 pieces a group
+    pieces[rng.choice(len(groups), size=5, replace=False)] = 1000 + np.arange(5)  # singletons
+    merged = merge_alike_clusters(scores, pieces)
+    assert adjusted_rand_score(groups, merged) == 1.0
+
+
+def test_merging_keeps_close_but_distinct_groups_apart() -> None:
+    # The fortunes federation: English and German score themselves 0.10 and 0.11 and each
+    # other -0.04; every other pair of languages about -2.
+    scores = scaled_blocks([3, 3, 3, 3], 0.1, -2.0, 0)
+    scores[np.ix_(range(3), range(3, 6))] = -0.04
+    scores[np.ix_(range(3, 6), range(3))] = -0.04
+    labels = np.repeat([0, 1, 2, 3], 3)
+    np.testing.assert_array_equal(merge_alike_clusters(scores, labels), labels)
+
+
+def test_merging_reductions() -> None:
+    scores = block_scores(GROUPS)
+    # The true groups stay; a huge share merges nothing; every client alone merges nothing
+    # (two singletons have no score within to compare with).
+    np.testing.assert_array_equal(merge_alike_clusters(scores, GROUPS), GROUPS)
+    pieces = np.arange(12) // 2
+    np.testing.assert_array_equal(merge_alike_clusters(scores, pieces, share=100.0), pieces)
+    alone = np.arange(12)
+    np.testing.assert_array_equal(merge_alike_clusters(scores, alone), alone)
+    # Pairs cut from the groups merge back; the input is left alone.
+    before = pieces.copy()
+    np.testing.assert_array_equal(merge_alike_clusters(scores, pieces), GROUPS)
+    np.testing.assert_array_equal(pieces, before)
+
+
+def test_merging_never_joins_clients_that_do_not_help_each_other() -> None:
+    # Two clusters whose members hurt each other and their own mates: nothing to merge.
+    scores = np.full((6, 6), -1.0)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(merge_alike_clusters(scores, labels), labels)
+
+
+def test_merging_uses_only_the_scores_that_exist() -> None:
+    scores = block_scores(GROUPS)
+    pieces = np.arange(12) // 2
+    sparse = scores.copy()
+    sparse[np.random.default_rng(0).random(scores.shape) < 0.4] = NAN  # 40% not scored
+    np.testing.assert_array_equal(merge_alike_clusters(sparse, pieces), GROUPS)
+    # Pieces with no score between them have no evidence to merge: group 0's two pairs stay
+    # apart, the other groups' pairs merge.
+    unscored = scores.copy()
+    unscored[np.ix_(range(2), range(2, 4))] = NAN
+    unscored[np.ix_(range(2, 4), range(2))] = NAN
+    labels = merge_alike_clusters(unscored, pieces)
+    assert labels[0] != labels[2]
+    assert adjusted_rand_score(GROUPS[4:], labels[4:]) == 1.0
+
+
+def test_merging_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="one entry per row"):
+        merge_alike_clusters(np.zeros((3, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="share must be > 0"):
+        merge_alike_clusters(np.zeros((3, 3)), np.array([0, 1, 2]), share=0.0)
 
 
 def test_kmeans_peers_picks_the_helpful_side() -> None:

@@ -256,10 +256,32 @@ HUNDRED: dict[str, Any] = {
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_default_clustering_recovers_4_groups_of_25(seed: int) -> None:
+    result = plural.run({**copy.deepcopy(HUNDRED), "seed": seed})
+    record = lia_records(result.server)[-1]
+    assert record["clusters"] == 4
+    assert record["ari"] >= 0.95
+
+
+def test_optics_alone_cuts_large_groups_that_merging_joins_again() -> None:
+    # Why the default merges (merge_share): on 4 groups of 50, OPTICS on the score rows cuts
+    # the groups into pieces (7 clusters, ARI 0.79 on this seed); the pieces score each other
+    # as highly as their own mates, so merging joins them into the 4 groups.
+    cfg = copy.deepcopy(HUNDRED)
+    cfg.update(seed=1, dataset={"name": "mnist", "max_samples": 20_000})
+    cfg["partition"] = {"name": "iid", "num_clients": 200}
+    cfg["algorithm"] = {"name": "pfedlia", "merge_share": None}
+    alone = lia_records(plural.run(cfg).server)[-1]
+    assert alone["clusters"] > 4 and alone["ari"] < 0.95
+    cfg["algorithm"] = {"name": "pfedlia"}
+    merged = lia_records(plural.run(cfg).server)[-1]
+    assert merged["clusters"] == 4 and merged["ari"] >= 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_spectral_clustering_recovers_4_groups_of_25(seed: int) -> None:
-    # OPTICS (the default) cuts 4 groups of 25 into 6 clusters here, and 4 groups of 50 into 8
-    # (ARI 0.74); it is still the default because the spectral procedure merges English and
-    # German in the 12-client language federation (tests/test_text_federations.py).
+    # The spectral procedure holds here too; it is not the default because it merges English
+    # and German in the 12-client language federation (tests/test_text_federations.py).
     cfg = {**copy.deepcopy(HUNDRED), "seed": seed}
     cfg["algorithm"] = {"name": "pfedlia", "clustering": "spectral"}
     result = plural.run(cfg)

@@ -63,7 +63,8 @@ class PFedLIAConfig(AveragingConfig):
     clustering: Clustering = setting(
         "optics",
         help="central: 'optics' clusters the score rows with OPTICS (min_samples, xi; "
-        "resolves small, close groups but cuts large groups apart); 'spectral' clusters the "
+        "resolves small, close groups; the pieces it cuts large groups into are merged back, "
+        "see merge_share); 'spectral' clusters the "
         "graph of mutually helpful scores (eigengap and a modularity test choose the number "
         "of clusters; holds from 20 to 1,000 clients of well-separated groups, but merges "
         "close small groups such as English and German in the fortunes federation)",
@@ -85,6 +86,14 @@ class PFedLIAConfig(AveragingConfig):
         "own",
         help="clients OPTICS leaves unclustered: 'own' (a cluster of their own) or 'nearest' "
         "(the nearest cluster)",
+    )
+    merge_share: float | None = setting(
+        0.6,
+        help="central, optics: merge two clusters whose members score each other at least this "
+        "share of the higher of their mean scores within (pieces of one group score each other "
+        "as their mates do; distinct groups far lower); measured safe from 0.6 to 0.7 "
+        "(benchmarks/README.md, pFedLIA at scale); null: no merging",
+        gt=0,
     )
     votes: Votes = setting(
         "raw",

@@ -25,6 +25,7 @@ from plural.core.influence import (
     fixed_clusters,
     influence_features,
     keep_probability,
+    merge_alike_clusters,
     mutual_components,
     neighbourhood_quality,
     optics_clusters,
@@ -95,7 +96,10 @@ class Regrouping:
         if cfg.clustering == "spectral":
             return graph_clusters(released, cfg.clusters, cfg.noise)
         if cfg.clusters is None:
-            return optics_clusters(features, cfg.min_samples, cfg.xi, cfg.noise)
+            labels = optics_clusters(features, cfg.min_samples, cfg.xi, cfg.noise)
+            if cfg.merge_share is None:
+                return labels
+            return merge_alike_clusters(released, labels, cfg.merge_share)
         return fixed_clusters(features, cfg.clusters)
 
     def rejoined_neighbours(
