@@ -72,6 +72,7 @@ from common import machine_info
 
 import plural
 import plural.engine.loop as engine_loop
+from plural.algorithms.partial import PartialState
 from plural.core.params import nbytes
 from plural.engine.store import MANIFEST_KIND
 from plural.report.rundir import RunDirectory
@@ -312,7 +313,7 @@ def run_cell(args: argparse.Namespace, clients: int, store: str, fraction: float
         "checkpoint_s": probe.checkpoint_s,
         "fraction": fraction,
         "algorithm": args.algorithm,
-        "personal_entries": list(results.server.extra.get("personal", [])),
+        "personal_entries": list(results.server.part(PartialState, PartialState(())).personal),
         "rss_start_mb": rss_at_start,
         "rss_before_loop_mb": probe.rss_start[0],
         "peak_before_loop_mb": probe.peak_before_loop,

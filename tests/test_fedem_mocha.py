@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 import plural
-from plural.algorithms.mocha import relationship
+from plural.algorithms.fedem import fedem_state
+from plural.algorithms.mocha import mocha_state, relationship
 from plural.core.params import max_abs_difference, state_of
 from plural.core.trainer import LocalTrainer, Mixture, TrainConfig
 from plural.data import from_arrays
@@ -85,13 +86,13 @@ def test_mocha_omega_after_a_run_and_non_sampled_clients_keep_their_state(
     cfg["rounds"] = 1
     one = plural.run(cfg)
     two = plural.run(cfg, overrides=["rounds=2"])
-    omega = two.server.extra["omega"]
+    omega = mocha_state(two.server).omega
     assert torch.allclose(omega, omega.T) and abs(float(torch.trace(omega)) - 1) < 1e-9
     assert float(torch.linalg.eigvalsh(omega).min()) > 0
     fit_rows = two.metrics[two.metrics["split"] == "fit"]
     second = set(fit_rows[fit_rows["round"] == 2]["client"])
-    first_models = one.server.extra["models"]
-    for cid, model in two.server.extra["models"].items():
+    first_models = mocha_state(one.server).models
+    for cid, model in mocha_state(two.server).models.items():
         if cid not in second:  # kept from round 1, untouched
             assert max_abs_difference(model, first_models[cid]) == 0.0
     test = two.metrics[(two.metrics["split"] == "test") & (two.metrics["round"] == 2)]
@@ -108,7 +109,7 @@ def test_fedem_non_sampled_clients_keep_uniform_weights(tiny_config: dict[str, A
     results = plural.run(cfg)
     mixture = algorithm.personalized(results.server, None, 0)
     assert torch.allclose(mixture.weights, torch.full((3,), 1 / 3, dtype=torch.float64))
-    assert len(results.server.extra["components"]) == 3
+    assert len(fedem_state(results.server).components) == 3
     bytes_up = results.metrics[results.metrics["split"] == "fit"]["bytes_up"]
     fedavg = plural.run(tiny_config).metrics
     assert bytes_up.max() == 3 * fedavg[fedavg["split"] == "fit"]["bytes_up"].max()

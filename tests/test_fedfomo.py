@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.fedfomo import combine, first_order_weights
+from plural.algorithms.fedfomo import combine, fedfomo_state, first_order_weights
 from plural.core.params import nbytes, state_of
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
@@ -80,7 +80,7 @@ def test_same_group_clients_get_the_weight_on_a_grouped_federation(
     )
     fomo = run(tiny_config, {"name": "fedfomo"})
     groups = build_federation(load_config(tiny_config)).groups
-    affinity = fomo.server.extra["affinity"].numpy()
+    affinity = fedfomo_state(fomo.server).affinity.numpy()
     others = ~np.eye(clients, dtype=bool)
     same = (groups[:, None] == groups[None, :]) & others
     cross = (groups[:, None] != groups[None, :]) & others

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.fedpac import collaboration_weights, combine_heads, variance_term
+from plural.algorithms.fedpac import (
+    collaboration_weights,
+    combine_heads,
+    fedpac_state,
+    variance_term,
+)
 from plural.core.masks import last_module_names
 from plural.core.params import max_abs_difference, nbytes, state_of
 from plural.experiment import load_config
@@ -91,4 +96,4 @@ def test_fedpac_beats_fedavg_and_pulls_features_to_the_centroids(
     assert (
         pac.summary["test"]["accuracy"]["mean"] > fedavg.summary["test"]["accuracy"]["mean"] + 0.1
     )
-    assert bool(pac.server.extra["present"].all())
+    assert bool(fedpac_state(pac.server).present.all())

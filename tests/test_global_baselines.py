@@ -12,6 +12,7 @@ import torch
 
 import plural
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
+from plural.algorithms.scaffold import scaffold_state
 from plural.config import build
 from plural.core.aggregators import aggregation_weights, capped_shares, report_count
 from plural.core.algorithm import ServerState, Update
@@ -182,7 +183,7 @@ def test_dropped_stragglers_leave_the_model_alone() -> None:
 
 def test_scaffold_keeps_control_variates_in_the_client_store(tiny_config: dict[str, Any]) -> None:
     results = run(tiny_config, {"name": "scaffold"})
-    control = results.server.extra["control"]
+    control = scaffold_state(results.server).control
     assert set(control) == {n for n in results.server.params if "weight" in n or "bias" in n}
     assert any(float(c.abs().sum()) > 0 for c in control.values())
     fit = results.metrics.query("split == 'fit'")

@@ -14,7 +14,7 @@ import yaml
 
 import plural
 from plural.algorithms.fedrep import FedRep, FedRepConfig
-from plural.algorithms.partial import PERSONAL_KEY
+from plural.algorithms.partial import partial_state
 from plural.cli import main
 from plural.config import ConfigError, build
 from plural.core.algorithm import FederationInfo
@@ -122,7 +122,7 @@ def test_clients_not_sampled_keep_their_personal_state(
     assert set(stores[1]) == set(first) and set(stores[2]) == set(first) | set(second)
     assert set(first) - set(second) and set(first) & set(second)  # both kinds occur
     initial = initial_params(cfg)
-    head = results.server.extra[PERSONAL_KEY]
+    head = partial_state(results.server).personal
     assert set(head) == last_module_names(list(initial))
     for cid in first:
         before, after = stores[1][cid], stores[2][cid]
@@ -220,7 +220,7 @@ def test_local_batch_norm_beats_fedavg_under_feature_skew(seed: int) -> None:
     fedavg = mean_accuracy(run(FEATURE_SKEW, {"name": "fedavg"}, seed=seed))
     fedbn = run(FEATURE_SKEW, {"name": "fedbn"}, seed=seed)
     assert mean_accuracy(fedbn) > fedavg + 0.05, (mean_accuracy(fedbn), fedavg)
-    personal = fedbn.server.extra[PERSONAL_KEY]
+    personal = partial_state(fedbn.server).personal
     assert personal == norm_layer_names(make_model(FEATURE_SKEW["model"]))
     assert {n.split(".", 1)[1] for n in personal} == {
         "weight",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from plural.algorithms.pfedhn import HYPERNETWORK_KEY, PFedHN, PFedHNConfig
+from plural.algorithms.pfedhn import PFedHN, PFedHNConfig, pfedhn_state
 from plural.config import build
 from plural.core.algorithm import FederationInfo, ModelMessage, Update
 from plural.core.params import max_abs_difference, nbytes, state_of
@@ -38,9 +38,9 @@ def test_the_server_step_is_the_chain_rule_through_the_hypernetwork() -> None:
         c: {n: t + 0.1 * torch.randn_like(t) for n, t in messages[c].params.items()} for c in cohort
     }
     updates = [Update(10, trained[c]) for c in cohort]
-    new = algorithm.step(server, cohort, messages, updates).extra[HYPERNETWORK_KEY]
+    new = pfedhn_state(algorithm.step(server, cohort, messages, updates)).hypernetwork
     # By hand: the gradient of sum_i <h(v_i; phi), theta_i - trained_i>.
-    phi = {n: t.clone().requires_grad_(True) for n, t in server.extra[HYPERNETWORK_KEY].items()}
+    phi = {n: t.clone().requires_grad_(True) for n, t in pfedhn_state(server).hypernetwork.items()}
     total = sum(
         (algorithm.generate(server, c, phi)[n] * (messages[c].params[n] - trained[c][n])).sum()
         for c in cohort
@@ -50,11 +50,14 @@ def test_the_server_step_is_the_chain_rule_through_the_hypernetwork() -> None:
     expected = {n: t.detach() - lr * g for (n, t), g in zip(phi.items(), grads, strict=True)}
     assert max_abs_difference(new, expected) < 1e-6
     # Only the sampled clients' embeddings move.
-    moved = (new["embeddings.weight"] - server.extra[HYPERNETWORK_KEY]["embeddings.weight"]).abs()
+    before = pfedhn_state(server).hypernetwork["embeddings.weight"]
+    moved = (new["embeddings.weight"] - before).abs()
     assert moved[cohort].sum() > 0 and moved[[0, 2, 4]].sum() == 0
     # A client that did not move its model gives no gradient: the hypernetwork stays.
     still = algorithm.step(server, [1], messages, [Update(10, messages[1].params)])
-    assert max_abs_difference(still.extra[HYPERNETWORK_KEY], server.extra[HYPERNETWORK_KEY]) == 0
+    assert (
+        max_abs_difference(pfedhn_state(still).hypernetwork, pfedhn_state(server).hypernetwork) == 0
+    )
 
 
 def test_bytes_are_the_generated_parameters_both_ways(tiny_config: dict[str, Any]) -> None:

@@ -16,6 +16,9 @@ import pytest
 import torch
 
 import plural
+from plural.algorithms.feddbe import feddbe_state
+from plural.algorithms.partial import partial_state
+from plural.algorithms.pfedgraph import pfedgraph_state
 from plural.config import ConfigError
 from plural.core.masks import top_module_names
 from plural.core.params import max_abs_difference, nbytes
@@ -173,9 +176,9 @@ def test_pfedgraph_with_the_sample_shares_as_graph_is_fedavg(tiny_config: dict[s
     tiny_config["sampling"] = {"fraction": 1.0}
     fedavg = run(tiny_config, {"name": "fedavg"}, rounds=3)
     uniform = run(tiny_config, {"name": "pfedgraph", "alpha": 1e9, "lam": 0.0}, rounds=3)
-    graph = uniform.server.extra["graph"]
+    graph = pfedgraph_state(uniform.server).graph
     assert np.allclose(graph.sum(axis=1), 1.0)
-    for model in uniform.server.extra["models"].values():
+    for model in pfedgraph_state(uniform.server).models.values():
         assert max_abs_difference(model, fedavg.server.params) < 1e-5
     assert max_abs_difference(uniform.server.params, fedavg.server.params) < 1e-5
     ours, theirs = rows(uniform, "test"), rows(fedavg, "test")
@@ -203,7 +206,7 @@ def test_pfedgraph_weights_its_own_group_above_the_others(
 ) -> None:
     cfg = grouped(clients, groups, seed)
     results = run(cfg, {"name": "pfedgraph"}, rounds=3)
-    graph = results.server.extra["graph"]
+    graph = pfedgraph_state(results.server).graph
     truth = build_federation(load_config({**cfg, "algorithm": {"name": "pfedgraph"}})).groups
     assert truth is not None and len(set(truth)) == groups
     same = truth[:, None] == truth[None, :]
@@ -255,13 +258,13 @@ def test_feddbe_bytes_and_the_personal_memory(tiny_config: dict[str, Any]) -> No
     first, later = fit[fit["round"] == 1], fit[fit["round"] > 1]
     assert (first["bytes_up"] == shared + width).all() and (first["bytes_down"] == shared).all()
     assert (later["bytes_up"] == shared).all() and (later["bytes_down"] == shared + width).all()
-    mean = results.server.extra["global_mean"]
+    mean = feddbe_state(results.server).global_mean
     assert mean.shape == (16,) and float(mean.norm()) > 0
 
 
 def test_feddbe_fixes_the_global_mean_after_round_one(tiny_config: dict[str, Any]) -> None:
-    two = run(tiny_config, {"name": "feddbe"}, rounds=2).server.extra["global_mean"]
-    four = run(tiny_config, {"name": "feddbe"}, rounds=4).server.extra["global_mean"]
+    two = feddbe_state(run(tiny_config, {"name": "feddbe"}, rounds=2).server).global_mean
+    four = feddbe_state(run(tiny_config, {"name": "feddbe"}, rounds=4).server).global_mean
     assert torch.equal(two, four)
 
 
@@ -392,7 +395,7 @@ def test_fedcp_client_keeps_its_head_and_sends_the_mixed_global_head(
         6, 10, federation.input_shape, None, tuple(n for n, _ in model.named_parameters())
     )
     server = algorithm.init(params, info, numpy_rng(0, "init"))
-    assert set(server.extra["personal"]) == {"context", "head.weight", "head.bias"}
+    assert set(partial_state(server).personal) == {"context", "head.weight", "head.bias"}
     trainer = LocalTrainer(model, parsed.train)
     message = algorithm.broadcast(server)
     update, state = algorithm.client_update(

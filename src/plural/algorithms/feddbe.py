@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +53,12 @@ from plural.data.federated import ClientData
 from plural.models.adapters import body_and_head
 from plural.registry import ALGORITHMS
 
+__all__ = ["DBEMessage", "FedDBE", "FedDBEConfig", "FedDBEState", "feddbe_state"]
+
 PRBM = "prbm"
 """The entry of the personalized representation bias memory."""
-GLOBAL_MEAN = "global_mean"
 MEAN = "mean_representation"
+"""``Update.extra`` key of a client's mean representation (initial period)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +70,20 @@ class FedDBEConfig(AveragingConfig):
     prbm: bool = setting(
         True, help="learn a personal representation bias memory (PRBM) before the head"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FedDBEState:
+    """FedDBE's own part of the server state (beside partial personalization's)."""
+
+    KEY: ClassVar[str] = "feddbe"
+    global_mean: torch.Tensor | None = None
+    """The global mean representation ``g``, set once from the first reports (None before)."""
+
+
+def feddbe_state(server: ServerState) -> FedDBEState:
+    """FedDBE's own part of ``server`` (empty before the global mean is set)."""
+    return server.part(FedDBEState, FedDBEState())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +177,7 @@ class FedDBE(PartialFedAvg):
         return tuple(n for n in names if n == PRBM)
 
     def broadcast(self, server: ServerState) -> DBEMessage:
-        return DBEMessage(server.params, server.extra.get(GLOBAL_MEAN))
+        return DBEMessage(server.params, feddbe_state(server).global_mean)
 
     def client_update(
         self,
@@ -219,7 +235,7 @@ class FedDBE(PartialFedAvg):
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
         """Fix the global mean representation from the first updates that carry one."""
-        if GLOBAL_MEAN in server.extra:
+        if feddbe_state(server).global_mean is not None:
             return server
         reports = [(u.num_samples, u.extra[MEAN]) for u in updates if MEAN in u.extra]
         if not reports:
@@ -227,8 +243,8 @@ class FedDBE(PartialFedAvg):
         total = sum(n for n, _ in reports)
         mean = sum(n * m.double() for n, m in reports) / max(total, 1)
         assert isinstance(mean, torch.Tensor)
-        return ServerState(server.params, {**server.extra, GLOBAL_MEAN: mean.float()})
+        return server.with_parts(FedDBEState(mean.float()))
 
     def summary(self, server: ServerState) -> dict[str, Any]:
-        mean = server.extra.get(GLOBAL_MEAN)
+        mean = feddbe_state(server).global_mean
         return {"global_mean_norm": None if mean is None else float(mean.norm())}

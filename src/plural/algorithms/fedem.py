@@ -33,7 +33,7 @@ Choices the paper leaves open, and departures:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,12 +43,15 @@ from plural.config import setting
 from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import FederationInfo, ServerState, Update
 from plural.core.params import Params
-from plural.core.server_opt import server_step
+from plural.core.server_opt import AveragingState, averaging, server_step
 from plural.core.trainer import LocalTrainer, Mixture
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
+__all__ = ["ComponentsMessage", "FedEM", "FedEMConfig", "FedEMState", "fedem_state"]
+
 COMPONENTS = "components"
+"""``Update.extra`` key of the client's ``M`` trained components."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,21 @@ class ComponentsMessage:
     """Server to client: the ``M`` component models."""
 
     components: tuple[Params, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class FedEMState:
+    """FedEM's part of the server state (the server optimizer's state per component, keyed by
+    component index, is :class:`~plural.core.server_opt.AveragingState`'s ``server_opt``)."""
+
+    KEY: ClassVar[str] = "fedem"
+    components: tuple[Params, ...]
+    """The ``M`` component models (``server.params`` is component 0)."""
+
+
+def fedem_state(server: ServerState) -> FedEMState:
+    """FedEM's part of ``server``."""
+    return server.part(FedEMState)
 
 
 def permuted(params: Params, rng: np.random.Generator) -> Params:
@@ -103,10 +121,10 @@ class FedEM(FedAvg):
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         components = [params] + [permuted(params, rng) for _ in range(self.config.components - 1)]
-        return ServerState(params=components[0], extra={COMPONENTS: components})
+        return ServerState(components[0]).with_parts(FedEMState(tuple(components)))
 
     def broadcast(self, server: ServerState) -> ComponentsMessage:
-        return ComponentsMessage(tuple(server.extra[COMPONENTS]))
+        return ComponentsMessage(fedem_state(server).components)
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
@@ -115,26 +133,26 @@ class FedEM(FedAvg):
         if not used:
             return server
         weights = self.weights(used)
-        opt_states = server.extra.get("server_opt", {})
+        kept = averaging(server)
         components, new_opt = [], {}
-        for m, current in enumerate(server.extra[COMPONENTS]):
+        for m, current in enumerate(fedem_state(server).components):
             target = weighted_mean(
                 [(u.extra[COMPONENTS][m], float(w)) for u, w in zip(used, weights, strict=True)]
             )
             params, state = server_step(
-                current, target, opt_states.get(m, {}), self.config.server_settings()
+                current, target, kept.server_opt.get(m, {}), self.config.server_settings()
             )
             components.append(params)
             if state:
                 new_opt[m] = state
-        extra = {**server.extra, COMPONENTS: components}
+        parts: list[Any] = [FedEMState(tuple(components))]
         if new_opt:
-            extra["server_opt"] = new_opt
-        return ServerState(components[0], extra)
+            parts.append(AveragingState(new_opt, kept.aggregation))
+        return server.with_parts(*parts, params=components[0])
 
     def server_models(self, server: ServerState) -> dict[str, Mixture]:
         """The global model: the components mixed with uniform weights (a newcomer's)."""
-        return {"": Mixture(list(server.extra[COMPONENTS]), uniform(self.config.components))}
+        return {"": Mixture(list(fedem_state(server).components), uniform(self.config.components))}
 
     def newcomer(
         self, server: ServerState, client: ClientData, trainer: LocalTrainer, rng: torch.Generator
@@ -142,7 +160,7 @@ class FedEM(FedAvg):
         """A client that never trained (``split.unseen_clients``): its mixture weights
         fitted by EM on its training split with the components fixed, as FedEM serves a
         new client (Marfoq et al. 2021: clients unseen in training learn only their weights)."""
-        components = list(server.extra[COMPONENTS])
+        components = list(fedem_state(server).components)
         pi = uniform(len(components))
         train = client.train
         if len(train):
@@ -155,7 +173,7 @@ class FedEM(FedAvg):
 
     def personalized(self, server: ServerState, state: Any, client_id: int) -> Mixture:  # type: ignore[override]
         pi = uniform(self.config.components) if state is None else state
-        return Mixture(list(server.extra[COMPONENTS]), pi)
+        return Mixture(list(fedem_state(server).components), pi)
 
     # ---- client side -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,12 +55,8 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-MODELS_KEY = "models"
-"""``server.extra``: every client's latest model, each entry stacked over clients."""
-UPLOADED_KEY = "uploaded"
-"""``server.extra``: (clients,) bool, which clients have uploaded a model."""
-AFFINITY_KEY = "affinity"
-"""``server.extra``: (clients, clients) float64, ``P[i, n]``: summed weights client i gave n."""
+__all__ = ["FedFomo", "FedFomoConfig", "FedFomoState", "FomoMessage", "fedfomo_state"]
+
 WEIGHTS_KEY = "weights"
 """``Update.extra``: the weights the client gave the models it received, in their order."""
 
@@ -76,6 +72,24 @@ class FedFomoConfig:
     epsilon_decay: float = setting(
         0.05, help="epsilon falls by this much each round (not below 0)", ge=0
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FedFomoState:
+    """FedFomo's part of the server state."""
+
+    KEY: ClassVar[str] = "fedfomo"
+    models: Params
+    """Every client's latest model, each entry stacked over clients."""
+    uploaded: torch.Tensor
+    """(clients,) bool, which clients have uploaded a model."""
+    affinity: torch.Tensor
+    """(clients, clients) float64, ``P[i, n]``: summed weights client i gave n."""
+
+
+def fedfomo_state(server: ServerState) -> FedFomoState:
+    """FedFomo's part of ``server``."""
+    return server.part(FedFomoState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,14 +150,9 @@ class FedFomo(Algorithm):
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         n = info.num_clients
         models = {name: torch.zeros((n, *t.shape), dtype=t.dtype) for name, t in params.items()}
-        return ServerState(
-            {},
-            {
-                MODELS_KEY: models,
-                UPLOADED_KEY: torch.zeros(n, dtype=torch.bool),
-                AFFINITY_KEY: torch.zeros(n, n, dtype=torch.float64),
-            },
-        )
+        uploaded = torch.zeros(n, dtype=torch.bool)
+        affinity = torch.zeros(n, n, dtype=torch.float64)
+        return ServerState({}).with_parts(FedFomoState(models, uploaded, affinity))
 
     def epsilon(self, round_index: int) -> float:
         cfg = self.config
@@ -153,19 +162,19 @@ class FedFomo(Algorithm):
         self, server: ServerState, client_id: int, epsilon: float, rng: np.random.Generator
     ) -> tuple[int, ...]:
         """The clients whose models ``client_id`` receives: top affinity, or random."""
-        available = np.flatnonzero(server.extra[UPLOADED_KEY].numpy())
+        available = np.flatnonzero(fedfomo_state(server).uploaded.numpy())
         available = rng.permutation(available[available != client_id])
         count = min(self.config.models_per_client, len(available))
         explore = rng.random() < epsilon
         if explore or count == len(available):
             return tuple(int(c) for c in sorted(available[:count]))
-        affinity = server.extra[AFFINITY_KEY][client_id].numpy()[available]
+        affinity = fedfomo_state(server).affinity[client_id].numpy()[available]
         best = available[np.argsort(-affinity, kind="stable")[:count]]
         return tuple(int(c) for c in sorted(best))
 
     def message(self, server: ServerState, ids: tuple[int, ...]) -> FomoMessage:
         index = torch.tensor(ids, dtype=torch.long)
-        models = {name: stacked[index] for name, stacked in server.extra[MODELS_KEY].items()}
+        models = {name: stacked[index] for name, stacked in fedfomo_state(server).models.items()}
         return FomoMessage(models, ids)
 
     def broadcast(self, server: ServerState) -> FomoMessage:
@@ -189,9 +198,10 @@ class FedFomo(Algorithm):
         updates: Sequence[Update],
     ) -> ServerState:
         """Store the uploaded models and add the clients' weights to the affinity matrix."""
-        models = {name: stacked.clone() for name, stacked in server.extra[MODELS_KEY].items()}
-        uploaded = server.extra[UPLOADED_KEY].clone()
-        affinity = server.extra[AFFINITY_KEY].clone()
+        kept = fedfomo_state(server)
+        models = {name: stacked.clone() for name, stacked in kept.models.items()}
+        uploaded = kept.uploaded.clone()
+        affinity = kept.affinity.clone()
         for cid, update in zip(cohort, updates, strict=True):
             if update.params is None or WEIGHTS_KEY not in update.extra:
                 continue
@@ -201,8 +211,7 @@ class FedFomo(Algorithm):
             ids = list(messages[cid].ids)
             if ids:
                 affinity[cid, ids] += update.extra[WEIGHTS_KEY].double()
-        extra = {MODELS_KEY: models, UPLOADED_KEY: uploaded, AFFINITY_KEY: affinity}
-        return ServerState(server.params, {**server.extra, **extra})
+        return server.with_parts(FedFomoState(models, uploaded, affinity))
 
     def personalized(
         self, server: ServerState, state: Params | None, client_id: int
@@ -217,7 +226,7 @@ class FedFomo(Algorithm):
         takes for any client, run without uploading. It has no affinity yet, so it receives
         M models drawn at random among those uploaded, weighs them against its initial model
         and trains from the combination. None (its initial model) before anyone uploaded."""
-        if not bool(server.extra[UPLOADED_KEY].any()):
+        if not bool(fedfomo_state(server).uploaded.any()):
             return None
         draws = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
         message = self.message(server, self.choose(server, client.client_id, 1.0, draws))
@@ -225,7 +234,7 @@ class FedFomo(Algorithm):
         return params
 
     def summary(self, server: ServerState) -> dict[str, Any]:
-        return {"clients_with_a_model": int(server.extra[UPLOADED_KEY].sum())}
+        return {"clients_with_a_model": int(fedfomo_state(server).uploaded.sum())}
 
     # ---- client side -------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ false`` (its two ablations together) is FedRep with one head epoch. Choices: the
 are computed after local training, on the model that is sent; SciPy's SLSQP solves the QP.
 Clients are evaluated with the global body and their own head, the model's classifier (its
 body/head split, :func:`~plural.models.adapters.body_and_head`; none is a ConfigError).
-
 Bytes: downlink the body, the centroids and their presence mask, then the new head; uplink
 the body, the head, the centroids, their counts and ``v_i``.
 """
@@ -34,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -42,7 +41,7 @@ from scipy.optimize import minimize
 from torch import nn
 
 from plural.algorithms.fedavg import AveragingConfig
-from plural.algorithms.partial import PERSONAL_KEY, PartialFedAvg
+from plural.algorithms.partial import PartialFedAvg, PartialState
 from plural.config import ConfigError, setting
 from plural.core.algorithm import (
     FederationInfo,
@@ -60,9 +59,9 @@ from plural.data.federated import ClientData
 from plural.models.adapters import body_and_head
 from plural.registry import ALGORITHMS
 
-# Keys of server.extra (centroids, present) and Update.extra (all but present).
-CENTROIDS_KEY, PRESENT_KEY, COUNTS_KEY = "centroids", "present", "counts"
-VARIANCE_KEY, HEAD_KEY = "variance", "head"
+__all__ = ["FedPAC", "FedPACConfig", "FedPACState", "fedpac_state"]
+
+CENTROIDS_KEY, COUNTS_KEY, VARIANCE_KEY, HEAD_KEY = "centroids", "counts", "variance", "head"
 SMALL_WEIGHT = 1e-3
 
 
@@ -73,6 +72,22 @@ class FedPACConfig(AveragingConfig):
     collaboration: bool = setting(
         True, help="combine the cohort's heads by the QP (false: each keeps its own head)"
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FedPACState:
+    """FedPAC's part of the server state (beside partial personalization's)."""
+
+    KEY: ClassVar[str] = "fedpac"
+    centroids: torch.Tensor
+    """(classes, width) the global class centroids."""
+    present: torch.Tensor
+    """(classes,) bool, which classes have a global centroid."""
+
+
+def fedpac_state(server: ServerState) -> FedPACState:
+    """FedPAC's part of ``server``."""
+    return server.part(FedPACState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,23 +180,20 @@ class FedPAC(PartialFedAvg):
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         server = super().init(params, info, rng)
-        weight = [params[n] for n in server.extra[PERSONAL_KEY] if params[n].dim() == 2]
+        personal = server.part(PartialState).personal
+        weight = [params[n] for n in personal if params[n].dim() == 2]
         if len(weight) != 1 or weight[0].shape[0] != info.num_classes:
             raise ConfigError(
                 "model: fedpac needs a model ending in a Linear classifier with one output per "
-                f"class ({info.num_classes}); its last layer is {server.extra[PERSONAL_KEY]}"
+                f"class ({info.num_classes}); its last layer is {personal}"
             )
-        classes, width = weight[0].shape
-        centroids = torch.zeros(classes, width, dtype=weight[0].dtype)
-        present = torch.zeros(classes, dtype=torch.bool)
-        return ServerState(
-            server.params, {**server.extra, CENTROIDS_KEY: centroids, PRESENT_KEY: present}
-        )
+        centroids = torch.zeros(weight[0].shape, dtype=weight[0].dtype)
+        present = torch.zeros(weight[0].shape[0], dtype=torch.bool)
+        return server.with_parts(FedPACState(centroids, present))
 
     def broadcast(self, server: ServerState) -> CentroidMessage:
-        return CentroidMessage(
-            server.params, server.extra[CENTROIDS_KEY], server.extra[PRESENT_KEY]
-        )
+        kept = fedpac_state(server)
+        return CentroidMessage(server.params, kept.centroids, kept.present)
 
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         updates = ctx.map("client_update", cohort, self.broadcast(server))
@@ -195,18 +207,12 @@ class FedPAC(PartialFedAvg):
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
         """Combine the clients' class centroids, weighted by their counts."""
+        kept = fedpac_state(server)
+        reports = [u.extra for u in updates if CENTROIDS_KEY in u.extra]
         centroids, present = aggregate_prototypes(
-            server.extra[CENTROIDS_KEY],
-            server.extra[PRESENT_KEY],
-            [
-                (u.extra[CENTROIDS_KEY], u.extra[COUNTS_KEY])
-                for u in updates
-                if CENTROIDS_KEY in u.extra
-            ],
+            kept.centroids, kept.present, [(r[CENTROIDS_KEY], r[COUNTS_KEY]) for r in reports]
         )
-        return ServerState(
-            server.params, {**server.extra, CENTROIDS_KEY: centroids, PRESENT_KEY: present}
-        )
+        return server.with_parts(FedPACState(centroids, present))
 
     def collaborate(self, updates: Sequence[Update]) -> list[HeadMessage]:
         """Each reporting client's new head: the QP-weighted combination of the cohort's."""
@@ -218,11 +224,8 @@ class FedPAC(PartialFedAvg):
             terms.append((share.unsqueeze(1) * u.extra[CENTROIDS_KEY].double()).numpy())
         centroid_terms = np.stack(terms)
         heads = [u.extra[HEAD_KEY] for u in updates]
-        messages = []
-        for i in range(len(updates)):
-            weights = collaboration_weights(variances, centroid_terms, i)
-            messages.append(HeadMessage(combine_heads(heads, weights)))
-        return messages
+        weights = [collaboration_weights(variances, centroid_terms, i) for i in range(len(updates))]
+        return [HeadMessage(combine_heads(heads, w)) for w in weights]
 
     # ---- client side -------------------------------------------------------------------------
 
@@ -241,7 +244,6 @@ class FedPAC(PartialFedAvg):
         train = client.train
         budget = self.work_budget(trainer, rng)  # stragglers shorten the body's training
         start_loss = self._start_loss({**message.params, **head}, client, trainer)
-        per_epoch = -(-len(train) // trainer.config.batch_size)
         fitted = trainer.fit(
             {**message.params, **head},
             train.x,
@@ -249,7 +251,7 @@ class FedPAC(PartialFedAvg):
             rng=rng,
             trainable=head.__contains__,
             epochs=self.config.head_epochs,
-            steps=self.config.head_epochs * per_epoch,
+            steps=self.config.head_epochs * -(-len(train) // trainer.config.batch_size),
         )
         objective = None
         if self.config.lam > 0 and bool(message.present.any()):
@@ -264,17 +266,15 @@ class FedPAC(PartialFedAvg):
             epochs=budget.epochs,
             steps=budget.steps,
         )
-        moments, dtype = feature_moments(
-            trainer, fit.params, train.x, train.y, len(message.present)
-        )
+        classes = len(message.present)
+        moments, dtype = feature_moments(trainer, fit.params, train.x, train.y, classes)
         new_head = {n: fit.params[n] for n in head}
+        variance = variance_term(moments.counts, moments.means, moments.squared_norms)
         extra = {
             HEAD_KEY: new_head,
             CENTROIDS_KEY: moments.means.to(dtype),
             COUNTS_KEY: moments.counts.to(dtype),
-            VARIANCE_KEY: torch.tensor(
-                [variance_term(moments.counts, moments.means, moments.squared_norms)], dtype=dtype
-            ),
+            VARIANCE_KEY: torch.tensor([variance], dtype=dtype),
         }
         body = {n: t for n, t in fit.params.items() if n not in head}
         update = Update(

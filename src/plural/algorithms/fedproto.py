@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,10 +74,10 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
+__all__ = ["FedProto", "FedProtoConfig", "FedProtoState", "PrototypeMessage", "fedproto_state"]
+
 PROTOTYPES_KEY = "prototypes"
-"""``server.extra`` / ``Update.extra`` key of the (classes, width) prototypes."""
-PRESENT_KEY = "present"
-"""``server.extra`` key of the (classes,) mask of classes that have a global prototype."""
+"""``Update.extra`` key of the client's (classes, width) prototypes."""
 COUNTS_KEY = "counts"
 """``Update.extra`` key of the (classes,) training sample counts behind the prototypes."""
 
@@ -97,6 +97,22 @@ class FedProtoConfig:
         "each by its number of samples of the class (the paper); 'clients': plain mean over "
         "the clients that report the class (the official code)",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class FedProtoState:
+    """FedProto's part of the server state (there is no global model)."""
+
+    KEY: ClassVar[str] = "fedproto"
+    prototypes: torch.Tensor
+    """(classes, width) the global prototypes; rows of classes without one are meaningless."""
+    present: torch.Tensor
+    """(classes,) bool, which classes have a global prototype."""
+
+
+def fedproto_state(server: ServerState) -> FedProtoState:
+    """FedProto's part of ``server``."""
+    return server.part(FedProtoState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,27 +183,25 @@ class FedProto(Algorithm):
         width = representation_width(params, info)
         shapes = {n: tuple(t.shape) for n, t in params.items()}
         dtype = params[head_weight_name(list(params), shapes)].dtype
-        return ServerState(
-            {},
-            {
-                PROTOTYPES_KEY: torch.zeros(info.num_classes, width, dtype=dtype),
-                PRESENT_KEY: torch.zeros(info.num_classes, dtype=torch.bool),
-            },
-        )
+        prototypes = torch.zeros(info.num_classes, width, dtype=dtype)
+        present = torch.zeros(info.num_classes, dtype=torch.bool)
+        return ServerState({}).with_parts(FedProtoState(prototypes, present))
 
     def broadcast(self, server: ServerState) -> PrototypeMessage:
-        return PrototypeMessage(server.extra[PROTOTYPES_KEY], server.extra[PRESENT_KEY])
+        kept = fedproto_state(server)
+        return PrototypeMessage(kept.prototypes, kept.present)
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
     ) -> ServerState:
+        kept = fedproto_state(server)
         prototypes, present = aggregate_prototypes(
-            server.extra[PROTOTYPES_KEY],
-            server.extra[PRESENT_KEY],
+            kept.prototypes,
+            kept.present,
             [(u.extra[PROTOTYPES_KEY], u.extra[COUNTS_KEY]) for u in updates],
             self.config.proto_weighting,
         )
-        return ServerState({}, {**server.extra, PROTOTYPES_KEY: prototypes, PRESENT_KEY: present})
+        return server.with_parts(FedProtoState(prototypes, present))
 
     def personalized(
         self, server: ServerState, state: Params | None, client_id: int
@@ -196,7 +210,7 @@ class FedProto(Algorithm):
         return OnClient({}) if state is None else state
 
     def summary(self, server: ServerState) -> dict[str, Any]:
-        return {"classes_with_prototype": int(server.extra[PRESENT_KEY].sum())}
+        return {"classes_with_prototype": int(fedproto_state(server).present.sum())}
 
     # ---- client side -------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ from plural.core.trainer import LocalTrainer, LossTerm
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-MODELS, OMEGA, NAMES = "models", "omega", "coupled"
+__all__ = ["MOCHA", "CouplingMessage", "MOCHAConfig", "MOCHAState", "mocha_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,24 @@ class MOCHAConfig:
     omega_eps: float = setting(
         0.1, help="added to Omega's diagonal (relative to its mean eigenvalue) so it inverts", gt=0
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class MOCHAState:
+    """MOCHA's part of the server state (``server.params``: the mean of the reported models)."""
+
+    KEY: ClassVar[str] = "mocha"
+    names: tuple[str, ...]
+    """The coupled entries (floating-point, trainable), in the order ``W``'s rows flatten them."""
+    omega: torch.Tensor
+    """(K, K) float64 the task-relationship matrix ``Omega``."""
+    models: Mapping[int, Params] = dataclasses.field(default_factory=dict)
+    """The rows of ``W``: each reported client's latest model."""
+
+
+def mocha_state(server: ServerState) -> MOCHAState:
+    """MOCHA's part of ``server``."""
+    return server.part(MOCHAState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +147,7 @@ class MOCHA(Algorithm):
         names = [n for n in (info.parameters or tuple(params)) if params[n].is_floating_point()]
         k = info.num_clients
         omega = torch.eye(k, dtype=torch.float64) / k
-        return ServerState(params, {MODELS: {}, OMEGA: omega, NAMES: names})
+        return ServerState(params).with_parts(MOCHAState(tuple(names), omega))
 
     def init_client(self, server: ServerState, client_id: int) -> Params:
         return server.params
@@ -141,20 +159,22 @@ class MOCHA(Algorithm):
     def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
         messages = self.messages(server, cohort)
         updates = ctx.map("client_update", cohort, per_client=messages)
-        models = dict(server.extra[MODELS])
+        kept = mocha_state(server)
+        models = dict(kept.models)
         for cid, update in zip(cohort, updates, strict=True):
             models[cid] = update.params
-        server = ServerState(self._mean(server, models), {**server.extra, MODELS: models})
+        kept = dataclasses.replace(kept, models=models)
+        server = server.with_parts(kept, params=self._mean(server, models))
         if ctx.round % self.config.omega_every == 0:
             omega = relationship(self._matrix(server), self.config.omega_eps)
-            server = ServerState(server.params, {**server.extra, OMEGA: omega})
+            server = server.with_parts(dataclasses.replace(kept, omega=omega))
         return server
 
     def messages(self, server: ServerState, cohort: Sequence[int]) -> dict[int, CouplingMessage]:
         """Each sampled client's ``c_t`` and ``(Omega^-1)_tt``."""
-        names = server.extra[NAMES]
+        names = mocha_state(server).names
         w = self._matrix(server)
-        inverse = torch.linalg.inv(server.extra[OMEGA])
+        inverse = torch.linalg.inv(mocha_state(server).omega)
         out = {}
         for t in cohort:
             row = inverse[t].clone()
@@ -164,8 +184,8 @@ class MOCHA(Algorithm):
 
     def _matrix(self, server: ServerState) -> torch.Tensor:
         """``W`` (K, d): reported models; the mean model for clients that have not reported."""
-        names, models = server.extra[NAMES], server.extra[MODELS]
-        k = len(server.extra[OMEGA])
+        kept = mocha_state(server)
+        names, models, k = kept.names, kept.models, len(kept.omega)
         mean = flat(server.params, names)
         rows = [flat(models[c], names) if c in models else mean for c in range(k)]
         return torch.stack(rows)

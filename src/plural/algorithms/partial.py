@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,8 +53,17 @@ from plural.core.trainer import FitResult, LocalTrainer, Trainable
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-PERSONAL_KEY = "personal"
-"""``server.extra`` key of the personal entry names, in model order."""
+__all__ = [
+    "FedPer",
+    "FedPerConfig",
+    "PartialFedAvg",
+    "PartialState",
+    "RestrictedTrainer",
+    "SharedBody",
+    "SharedModelMessage",
+    "partial_state",
+    "personal_names",
+]
 
 PERSONAL_HELP = (
     "entries that stay on the client; the rest is shared and averaged. Name patterns "
@@ -75,9 +84,23 @@ class SharedModelMessage(ModelMessage):
     """Server to client: the shared entries only (the personal ones never travel)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class PartialState:
+    """Partial personalization's part of the server state."""
+
+    KEY: ClassVar[str] = "partial"
+    personal: tuple[str, ...]
+    """The personal entry names that :meth:`PartialFedAvg.init` resolved, in model order."""
+
+
+def partial_state(server: ServerState) -> PartialState:
+    """Partial personalization's part of ``server``."""
+    return server.part(PartialState)
+
+
 def personal_names(server: ServerState) -> tuple[str, ...]:
     """The personal entry names that :meth:`PartialFedAvg.init` resolved."""
-    return server.extra[PERSONAL_KEY]
+    return partial_state(server).personal
 
 
 class RestrictedTrainer(LocalTrainer):
@@ -136,7 +159,7 @@ class PartialFedAvg(FedAvg):
         personal = self.resolve_personal(list(params), info)
         shared = {n: t for n, t in params.items() if n not in set(personal)}
         check_shared_shapes(info, list(shared), "algorithm")
-        return ServerState(shared, {PERSONAL_KEY: personal})
+        return ServerState(shared).with_parts(PartialState(personal))
 
     def resolve_personal(self, names: Sequence[str], info: FederationInfo) -> tuple[str, ...]:
         """The personal entry names among ``names`` (model order), checked."""
@@ -176,9 +199,10 @@ class PartialFedAvg(FedAvg):
         """A client that never trained (``split.unseen_clients``): the shared entries with a
         new personal part fitted on its training split, the shared part frozen (the head step
         of FedRep, Collins et al. 2021); None for subclasses without a personal part."""
-        if PERSONAL_KEY not in server.extra:
+        part = server.part(PartialState, None)
+        if part is None:
             return None
-        personal = set(personal_names(server))
+        personal = set(part.personal)
         start = {**server.params, **subset(trainer.initial_params, sorted(personal))}
         fitter = RestrictedTrainer(trainer, lambda name: name in personal)
         return fitter.fit(start, client.train.x, client.train.y, rng=rng).params

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,11 +53,8 @@ from plural.core.trainer import LocalTrainer, LossTerm
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-INITIAL = "initial"
-MODELS = "models"
-DIRECTIONS = "directions"
-GRAPH = "graph"
-NAMES = "parameter_names"
+__all__ = ["GraphMessage", "PFedGraph", "PFedGraphConfig", "PFedGraphState", "pfedgraph_state"]
+
 SAME_DIRECTION = 0.9
 """A cosine above this counts as 1 (the official code's rule)."""
 
@@ -70,6 +67,28 @@ class PFedGraphConfig:
     lam: float = setting(
         0.01, help="weight of the pull -lam * cos(w, neighbours' direction) in local training", ge=0
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PFedGraphState:
+    """pFedGraph's part of the server state (``server.params``: the cohort's weighted mean)."""
+
+    KEY: ClassVar[str] = "pfedgraph"
+    initial: Params
+    """The initial model: client updates are measured from it."""
+    names: tuple[str, ...]
+    """The floating-point trainable entries that updates and directions flatten, in order."""
+    graph: np.ndarray
+    """(clients, clients) the collaboration graph, row ``i``: client ``i``'s weights."""
+    models: Mapping[int, Params] = dataclasses.field(default_factory=dict)
+    """Each client's latest aggregate (its starting and evaluated model)."""
+    directions: Mapping[int, torch.Tensor] = dataclasses.field(default_factory=dict)
+    """Each client's neighbours' direction: its graph row over the unit client models."""
+
+
+def pfedgraph_state(server: ServerState) -> PFedGraphState:
+    """pFedGraph's part of ``server``."""
+    return server.part(PFedGraphState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,12 +133,12 @@ class PFedGraph(Algorithm):
         graph = np.full((n, n), 1.0 / max(n - 1, 1))
         np.fill_diagonal(graph, 0.0)
         names = [k for k in (info.parameters or tuple(params)) if params[k].is_floating_point()]
-        extra = {INITIAL: params, MODELS: {}, DIRECTIONS: {}, GRAPH: graph, NAMES: names}
-        return ServerState(params, extra)
+        return ServerState(params).with_parts(PFedGraphState(params, tuple(names), graph))
 
     def message(self, server: ServerState, client_id: int) -> GraphMessage:
-        start = server.extra[MODELS].get(client_id, server.params)
-        return GraphMessage(start, server.extra[DIRECTIONS].get(client_id))
+        kept = pfedgraph_state(server)
+        start = kept.models.get(client_id, server.params)
+        return GraphMessage(start, kept.directions.get(client_id))
 
     def broadcast(self, server: ServerState) -> GraphMessage:
         """pFedGraph's messages are per client; this is the message of a client never seen."""
@@ -141,7 +160,8 @@ class PFedGraph(Algorithm):
         """Infer the cohort's graph rows; store each client's aggregate and direction."""
         models = [u.params for u in updates]
         assert all(m is not None for m in models)
-        names, initial = server.extra[NAMES], server.extra[INITIAL]
+        kept = pfedgraph_state(server)
+        names, initial = kept.names, kept.initial
         vectors = torch.stack([flat(m, names) for m in models])  # type: ignore[arg-type]
         start = flat(initial, names)
         counts = np.array([u.num_samples for u in updates], dtype=np.float64)
@@ -150,15 +170,15 @@ class PFedGraph(Algorithm):
         )
         rows = graph_rows((vectors - start).numpy(), shares, self.config.alpha)
         unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-300)
-        graph = server.extra[GRAPH].copy()
-        stored, directions = dict(server.extra[MODELS]), dict(server.extra[DIRECTIONS])
+        graph = kept.graph.copy()
+        stored, directions = dict(kept.models), dict(kept.directions)
         for i, cid in enumerate(cohort):
             graph[cid, cohort] = rows[i]
             stored[cid] = weighted_models(models, rows[i], own=models[i])  # type: ignore[arg-type]
             directions[cid] = (torch.from_numpy(rows[i]) @ unit).to(torch.float32)
         mean = weighted_models(models, shares, own=models[0])  # type: ignore[arg-type]
-        extra = {**server.extra, MODELS: stored, DIRECTIONS: directions, GRAPH: graph}
-        return ServerState(mean, extra)
+        part = dataclasses.replace(kept, graph=graph, models=stored, directions=directions)
+        return server.with_parts(part, params=mean)
 
     def client_update(
         self,
@@ -176,10 +196,10 @@ class PFedGraph(Algorithm):
         return Update(len(train), fit.params, loss=fit.mean_loss), None
 
     def personalized(self, server: ServerState, state: Any, client_id: int) -> Params:
-        return server.extra[MODELS].get(client_id, server.params)
+        return pfedgraph_state(server).models.get(client_id, server.params)
 
     def summary(self, server: ServerState) -> dict[str, Any]:
-        return {"clients_with_aggregate": len(server.extra[MODELS])}
+        return {"clients_with_aggregate": len(pfedgraph_state(server).models)}
 
 
 def weighted_models(models: Sequence[Params], weights: np.ndarray, own: Params) -> Params:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -53,12 +53,8 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-HYPERNETWORK_KEY = "hypernetwork"
-"""``server.extra``: the hypernetwork's parameters (embeddings included)."""
-OPTIMIZER_KEY = "hypernetwork_optimizer"
-"""``server.extra``: the momentum of the hypernetwork's SGD."""
-SHAPES_KEY = "target_shapes"
-"""``server.extra``: name -> shape of each generated model parameter, in model order."""
+__all__ = ["HyperNetwork", "PFedHN", "PFedHNConfig", "PFedHNState", "pfedhn_state"]
+
 NEWCOMER_EMBEDDING_STEPS = 100
 """Full-batch Adam steps fitting a newcomer's embedding (each one pass over its training
 split). Measured on label-skew digits federations of 10 to 30 clients: unseen clients' mean
@@ -82,6 +78,24 @@ class PFedHNConfig:
     max_grad_norm: float | None = setting(
         50.0, help="clip the hypernetwork's gradient to this L2 norm (null: no clipping)", gt=0
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class PFedHNState:
+    """pFedHN's part of the server state (there is no global model)."""
+
+    KEY: ClassVar[str] = "pfedhn"
+    hypernetwork: Params
+    """The hypernetwork's parameters (the client embeddings included)."""
+    shapes: Mapping[str, tuple[int, ...]]
+    """Name -> shape of each generated model parameter, in model order."""
+    optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """The state (momentum) of the hypernetwork's SGD."""
+
+
+def pfedhn_state(server: ServerState) -> PFedHNState:
+    """pFedHN's part of ``server``."""
+    return server.part(PFedHNState)
 
 
 class HyperNetwork(nn.Module):
@@ -148,8 +162,7 @@ class PFedHN(Algorithm):
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
         hypernetwork = {n: t.detach().clone() for n, t in network.state_dict().items()}
-        extra = {HYPERNETWORK_KEY: hypernetwork, SHAPES_KEY: shapes, OPTIMIZER_KEY: {}}
-        return ServerState({}, extra)
+        return ServerState({}).with_parts(PFedHNState(hypernetwork, shapes))
 
     def _network(self, num_clients: int, shapes: Mapping[str, tuple[int, ...]]) -> HyperNetwork:
         """The hypernetwork module for these targets (its parameters come from the state)."""
@@ -168,9 +181,10 @@ class PFedHN(Algorithm):
     ) -> Params:
         """``h(v_i; phi)``: client ``client_id``'s parameters (with a graph to ``hypernetwork``
         when given; detached from the server state otherwise)."""
-        state = server.extra[HYPERNETWORK_KEY] if hypernetwork is None else hypernetwork
+        kept = pfedhn_state(server)
+        state = kept.hypernetwork if hypernetwork is None else hypernetwork
         num_clients = state["embeddings.weight"].shape[0]
-        network = self._network(num_clients, server.extra[SHAPES_KEY])
+        network = self._network(num_clients, kept.shapes)
         with torch.set_grad_enabled(hypernetwork is not None):
             return functional_call(network, state, (torch.tensor(client_id),))
 
@@ -193,7 +207,8 @@ class PFedHN(Algorithm):
         """One SGD step of the hypernetwork along the cohort's mean of
         ``(grad_phi theta_i)^T (theta_i - theta~_i)``."""
         cfg = self.config
-        current = server.extra[HYPERNETWORK_KEY]
+        kept = pfedhn_state(server)
+        current = kept.hypernetwork
         live = {n: t.detach().clone().requires_grad_(True) for n, t in current.items()}
         used = [(c, u) for c, u in zip(cohort, updates, strict=True) if u.params is not None]
         if not used:
@@ -220,10 +235,8 @@ class PFedHN(Algorithm):
             n: current[n] - (gradient[n] + cfg.hnet_weight_decay * current[n]) for n in current
         }
         settings = ServerOptimizerSettings("momentum", cfg.hnet_lr, cfg.hnet_momentum)
-        new, opt_state = server_step(current, target, server.extra[OPTIMIZER_KEY], settings)
-        return ServerState(
-            server.params, {**server.extra, HYPERNETWORK_KEY: new, OPTIMIZER_KEY: opt_state}
-        )
+        new, opt_state = server_step(current, target, kept.optimizer, settings)
+        return server.with_parts(dataclasses.replace(kept, hypernetwork=new, optimizer=opt_state))
 
     def aggregate(
         self, server: ServerState, updates: list[Update], rng: np.random.Generator
@@ -245,7 +258,7 @@ class PFedHN(Algorithm):
         training split, as pFedHN serves novel clients (Shamsian et al. 2021, "generalization
         to novel clients").
         Adam, because the embedding's gradient scale depends on the hypernetwork's size."""
-        state = server.extra[HYPERNETWORK_KEY]
+        state = pfedhn_state(server).hypernetwork
         table = state["embeddings.weight"]
         row = torch.tensor([client.client_id])
         embedding = table[client.client_id].detach().clone().requires_grad_(True)

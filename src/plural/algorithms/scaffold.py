@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from plural.core.algorithm import FederationInfo, ServerState, Update
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, LossTerm
 from plural.registry import ALGORITHMS
+
+__all__ = ["Scaffold", "ScaffoldConfig", "ScaffoldMessage", "ScaffoldState", "scaffold_state"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,22 @@ class ScaffoldMessage:
 
     params: Params
     control: Params
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaffoldState:
+    """SCAFFOLD's part of the server state."""
+
+    KEY: ClassVar[str] = "scaffold"
+    control: Params
+    """The server's control variate ``c`` (one entry per trainable parameter)."""
+    num_clients: int
+    """``N``, the federation's size: ``c`` moves by ``|S|/N`` of the mean control change."""
+
+
+def scaffold_state(server: ServerState) -> ScaffoldState:
+    """SCAFFOLD's part of ``server``."""
+    return server.part(ScaffoldState)
 
 
 def correction_term(server_control: Params, client_control: Params | None) -> LossTerm:
@@ -62,10 +81,10 @@ class Scaffold(FedAvg):
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
         names = info.parameters or tuple(n for n, t in params.items() if t.is_floating_point())
         control = {n: torch.zeros_like(params[n]) for n in names}
-        return ServerState(params, {"control": control, "num_clients": info.num_clients})
+        return ServerState(params).with_parts(ScaffoldState(control, info.num_clients))
 
     def broadcast(self, server: ServerState) -> ScaffoldMessage:
-        return ScaffoldMessage(server.params, server.extra["control"])
+        return ScaffoldMessage(server.params, scaffold_state(server).control)
 
     def loss_terms(self, message: ScaffoldMessage, state: Params | None) -> list[LossTerm]:
         return [correction_term(message.control, state)]
@@ -93,13 +112,13 @@ class Scaffold(FedAvg):
         return dataclasses.replace(update, extra={"control_delta": delta}), new
 
     def finish_aggregate(self, server: ServerState, updates: list[Update]) -> ServerState:
-        control = server.extra["control"]
-        fraction = len(updates) / server.extra["num_clients"]
+        kept = scaffold_state(server)
+        fraction = len(updates) / kept.num_clients
         new_control = {
             n: c + fraction * torch.stack([u.extra["control_delta"][n] for u in updates]).mean(0)
-            for n, c in control.items()
+            for n, c in kept.control.items()
         }
-        return ServerState(server.params, {**server.extra, "control": new_control})
+        return server.with_parts(dataclasses.replace(kept, control=new_control))
 
 
 def _zeros(like: Params) -> Params:
