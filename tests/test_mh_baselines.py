@@ -15,11 +15,12 @@ import plural
 from helpers_family import CLASSES, TINY_FAMILY, WIDTH, family
 from plural.algorithms.fedproto import (
     COUNTS_KEY,
-    PRESENT_KEY,
     PROTOTYPES_KEY,
     FedProto,
     FedProtoConfig,
+    FedProtoState,
     PrototypeMessage,
+    fedproto_state,
 )
 from plural.config import ConfigError
 from plural.core.algorithm import FederationInfo, ServerState, Update
@@ -82,11 +83,11 @@ def test_fedproto_regularises_towards_the_global_prototypes() -> None:
     everyone = {"fraction": 1.0}
     local = plural.run(family({"name": "local"}, sampling=everyone))
     proto = plural.run(family({"name": "fedproto"}, sampling=everyone))
-    server = proto.server.extra
+    server = fedproto_state(proto.server)
     # Every client reported in round 1, so every digit has a prototype from round 2 on.
-    assert server[PRESENT_KEY].all() and server[PROTOTYPES_KEY].shape == (CLASSES, WIDTH)
-    assert torch.isfinite(server[PROTOTYPES_KEY]).all()
-    assert (server[PROTOTYPES_KEY] >= 0).all()  # the representation ends in a ReLU
+    assert server.present.all() and server.prototypes.shape == (CLASSES, WIDTH)
+    assert torch.isfinite(server.prototypes).all()
+    assert (server.prototypes >= 0).all()  # the representation ends in a ReLU
     assert proto.summary["fedproto"] == {"classes_with_prototype": CLASSES}
     # Round 1 has no prototype term, so it is Local's round; later rounds differ from Local.
     proto_fits, local_fits = fit_rows(proto), fit_rows(local)
@@ -144,17 +145,17 @@ def test_fedproto_server_averages_each_class_over_the_clients_that_have_it(
     algorithm = FedProto(FedProtoConfig(proto_weighting=weighting))  # type: ignore[arg-type]
     previous = torch.tensor([[9.0, 9.0], [9.0, 9.0], [7.0, -7.0], [5.0, 5.0]])
     present = torch.tensor([False, False, True, False])
-    server = ServerState({}, {PROTOTYPES_KEY: previous, PRESENT_KEY: present})
+    server = ServerState({}).with_parts(FedProtoState(previous, present))
     updates = [
         update([[1.0, 1.0], [2.0, 2.0], [0.0, 0.0], [0.0, 0.0]], [1, 3, 0, 0]),
         update([[3.0, 3.0], [4.0, 4.0], [0.0, 0.0], [0.0, 0.0]], [3, 1, 0, 0]),
     ]
-    new = algorithm.aggregate(server, updates, np.random.default_rng(0)).extra
+    new = fedproto_state(algorithm.aggregate(server, updates, np.random.default_rng(0)))
     expected = torch.tensor([[class0, class0], [class1, class1], [7.0, -7.0], [5.0, 5.0]])
-    assert torch.allclose(new[PROTOTYPES_KEY], expected)
+    assert torch.allclose(new.prototypes, expected)
     # Classes 2 and 3 were not reported: 2 keeps its prototype, 3 still has none.
-    assert new[PRESENT_KEY].tolist() == [True, True, True, False]
-    assert torch.equal(previous, server.extra[PROTOTYPES_KEY])  # inputs untouched
+    assert new.present.tolist() == [True, True, True, False]
+    assert torch.equal(previous, fedproto_state(server).prototypes)  # inputs untouched
 
 
 def test_fedproto_needs_one_representation_width_for_every_architecture() -> None:
@@ -170,7 +171,7 @@ def test_fedproto_needs_one_representation_width_for_every_architecture() -> Non
     params = {n: t.clone() for n, t in model.state_dict().items()}
     algorithm = FedProto(FedProtoConfig())
     state = algorithm.init(params, info(WIDTH, WIDTH), np.random.default_rng(0))
-    assert state.extra[PROTOTYPES_KEY].shape == (CLASSES, WIDTH)
+    assert fedproto_state(state).prototypes.shape == (CLASSES, WIDTH)
     with pytest.raises(ConfigError, match="same representation width"):
         algorithm.init(params, info(WIDTH, 2 * WIDTH), np.random.default_rng(0))
 

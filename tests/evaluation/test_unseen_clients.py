@@ -202,12 +202,12 @@ def test_pfedlia_never_trains_scores_or_clusters_unseen_clients(
 def test_fedem_newcomers_fit_their_mixture_weights_on_their_training_data(
     tiny_config: dict[str, Any],
 ) -> None:
-    from plural.algorithms.fedem import COMPONENTS, NEWCOMER_EM_STEPS, responsibilities, uniform
+    from plural.algorithms.fedem import NEWCOMER_EM_STEPS, fedem_state, responsibilities, uniform
     from plural.core.trainer import Mixture
 
     fedem = {"name": "fedem", "components": 3}
     results, trainer, federation, last = newcomers_of(tiny_config, fedem)
-    components = list(results.server.extra[COMPONENTS])
+    components = list(fedem_state(results.server).components)
     for cid in federation.unseen:
         client = federation.client(cid)
         losses = torch.stack(
@@ -241,12 +241,12 @@ def _label_skew_with_unseen(
 def test_pfedhn_newcomers_get_an_embedding_fitted_with_the_hypernetwork_frozen(
     tiny_config: dict[str, Any], seed: int, clients: int
 ) -> None:
-    from plural.algorithms.pfedhn import HYPERNETWORK_KEY
+    from plural.algorithms.pfedhn import pfedhn_state
 
     results, trainer, federation, pfedhn = _label_skew_with_unseen(
         tiny_config, "pfedhn", seed, clients
     )
-    frozen = {n: t.clone() for n, t in results.server.extra[HYPERNETWORK_KEY].items()}
+    frozen = {n: t.clone() for n, t in pfedhn_state(results.server).hypernetwork.items()}
     last = results.final("test").set_index("client")
     gains = []
     for cid in federation.unseen:
@@ -257,7 +257,7 @@ def test_pfedhn_newcomers_get_an_embedding_fitted_with_the_hypernetwork_frozen(
         after = trainer.evaluate(served, client.test.x, client.test.y).accuracy
         assert last.loc[cid, "accuracy"] == after  # what the run recorded
         gains.append(after - before)
-    hypernetwork = results.server.extra[HYPERNETWORK_KEY]
+    hypernetwork = pfedhn_state(results.server).hypernetwork
     assert all(torch.equal(frozen[n], hypernetwork[n]) for n in frozen)  # only v moved
     assert sum(gains) / len(gains) > 0.15, gains  # measured: 0.31 and 0.37
 
@@ -266,7 +266,7 @@ def test_pfedhn_newcomers_get_an_embedding_fitted_with_the_hypernetwork_frozen(
 def test_fedfomo_newcomers_take_fedfomos_first_step_with_random_models(
     tiny_config: dict[str, Any], seed: int, clients: int
 ) -> None:
-    from plural.algorithms.fedfomo import UPLOADED_KEY
+    from plural.algorithms.fedfomo import fedfomo_state
     from plural.core.rng import torch_generator
 
     results, trainer, federation, fedfomo = _label_skew_with_unseen(
@@ -284,9 +284,9 @@ def test_fedfomo_newcomers_take_fedfomos_first_step_with_random_models(
         initial = trainer.evaluate(trainer.initial_params, client.test.x, client.test.y)
         gains.append(after - initial.accuracy)
     assert sum(gains) / len(gains) > 0.3, gains  # measured: 0.65 and 0.93
-    nobody = dataclasses.replace(
-        results.server,
-        extra={**results.server.extra, UPLOADED_KEY: torch.zeros(clients, dtype=torch.bool)},
+    kept = fedfomo_state(results.server)
+    nobody = results.server.with_parts(
+        dataclasses.replace(kept, uploaded=torch.zeros(clients, dtype=torch.bool))
     )
     client = federation.client(federation.unseen[0])
     assert fedfomo.newcomer(nobody, client, trainer, torch.Generator()) is None
