@@ -4,12 +4,14 @@ and FedAvg at their defaults (IFCA told the number of groups), on MNIST federati
 Three experiments (all by default; ``--experiments`` picks some):
 
 * ``synthetic``: the clustering step alone, on block-structured score matrices calibrated on
-  a measured one (see ``tests/test_score_graph.py``): OPTICS (``clustering: optics``, the
-  default) against the score-graph spectral clustering (``clustering: spectral``), 20 to 1,000
+  a measured one (see ``tests/test_score_graph.py``): OPTICS alone, OPTICS then merging
+  alike clusters (``clustering: optics``, the default, ``merge_share``) and the score-graph
+  spectral clustering (``clustering: spectral``), 20 to 1,000
   clients, equal and very unequal groups, noise 1x and 2x the measured level; ARI and
   clusters found, min over seeds.
-* ``federations``: every method on rotation (4 groups), label swap (4) and class pairs
-  (``class_groups``, 5 groups of 2 classes), at each ``--sizes`` client count (unequal
+* ``federations``: every method on rotation (4 groups), label swap (4), class pairs
+  (``class_groups``, 5 groups of 2 classes) and mixed (2 rotations x 2 label permutations
+  drawn independently: 4 groups of unequal sizes), at each ``--sizes`` client count (unequal
   group sizes are in ``synthetic`` only: the transforms make equal groups): ARI, clusters
   (decentral: neighbourhood
   purity and recall), mean and worst-10% test accuracy and their gap to Oracle, lazy-phase
@@ -48,22 +50,28 @@ from sklearn.metrics import adjusted_rand_score
 
 import plural
 import plural.algorithms.pfedlia as pfedlia_module
-from plural.algorithms.pfedlia import lia_records
-from plural.core.influence import influence_features, optics_clusters
+from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
+from plural.core.influence import influence_features, merge_alike_clusters, optics_clusters
 from plural.core.score_graph import graph_clusters
 
 HERE = Path(__file__).parent
 EXPERIMENTS = ("synthetic", "federations", "lazy")
 SAMPLES_PER_CLIENT = 100
+MERGE_SHARE = PFedLIAConfig().merge_share or 0.6  # pFedLIA's default (0.6)
 
 FEDERATIONS: dict[str, dict[str, Any]] = {
     "rotation": {"transforms": [{"name": "rotation", "groups": 4}]},
     "label swap": {"transforms": [{"name": "label_swap", "groups": 4}]},
     "class pairs": {"partition": {"name": "class_groups", "groups": 5, "classes_per_group": 2}},
+    # 2 rotations x 2 label permutations, drawn independently: 4 groups of unequal sizes
+    "mixed": {
+        "transforms": [{"name": "rotation", "groups": 2}, {"name": "label_swap", "groups": 2}]
+    },
 }
-GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5}
+GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5, "mixed": 4}
 METHODS: dict[str, dict[str, Any]] = {
-    "pFedLIA central": {"name": "pfedlia", "clustering": "spectral"},
+    "pFedLIA central": {"name": "pfedlia"},
+    "pFedLIA spectral": {"name": "pfedlia", "clustering": "spectral"},
     "pFedLIA decentral": {"name": "pfedlia", "variant": "decentral"},
     "IFCA": {"name": "ifca"},
     "CFL": {"name": "cfl"},
@@ -210,14 +218,16 @@ def synthetic_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
         if sum(sizes) > max(args.sizes):
             continue
         for noise, cross in ((0.21, 0.08), (0.42, 0.3)):
-            for method in ("optics", "spectral"):
+            for method in ("optics", "optics+merge", "spectral"):
                 aris, found = [], []
                 for seed in args.seeds:
                     scores, groups = block_scores(sizes, seed, noise, cross)
-                    if method == "optics":
-                        labels = optics_clusters(influence_features(scores, "row"), 3, 0.05)
-                    else:
+                    if method == "spectral":
                         labels = graph_clusters(scores)
+                    else:
+                        labels = optics_clusters(influence_features(scores, "row"), 3, 0.05)
+                    if method == "optics+merge":
+                        labels = merge_alike_clusters(scores, labels, MERGE_SHARE)
                     aris.append(adjusted_rand_score(groups, labels))
                     found.append(int(labels.max()) + 1)
                 row = {

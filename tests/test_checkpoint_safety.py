@@ -114,6 +114,18 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(
     assert not marker.exists()
 
 
+def test_resume_names_a_checkpoint_of_an_older_layout(
+    tiny_config: dict[str, Any], tmp_path: Path, crash_after: Any
+) -> None:
+    cfg = {**tiny_config, "rounds": 3}
+    out = tmp_path / "run"
+    _crashed_run(cfg, out, crash_after)
+    checkpoint = load_plain(out / "checkpoint.pt")
+    save_plain({**checkpoint, "version": 1}, out / "checkpoint.pt")
+    with pytest.raises(plural.ConfigError, match=r"checkpoint version 1.*reads version 2"):
+        plural.run(cfg, out=out, resume=True)
+
+
 def test_resume_refuses_a_client_state_file_that_would_run_code(
     tiny_config: dict[str, Any], tmp_path: Path, crash_after: Any
 ) -> None:

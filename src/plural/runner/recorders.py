@@ -27,7 +27,8 @@ from plural.privacy.run import PrivateRun
 from plural.report.rundir import RunDirectory
 from plural.robust.runtime import Robustness
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: server states are typed parts (``ServerState.part``); 1 held string-keyed values."""
 GRADIENT_CHUNK = 32  # clients whose gradients are in memory at once
 
 

@@ -293,7 +293,12 @@ def _restore(
 ) -> tuple[ServerState, Progress]:
     checkpoint = run_dir.load_checkpoint()
     if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(f"--resume: {run_dir.checkpoint_path} has an unknown checkpoint version")
+        raise ConfigError(
+            f"--resume: {run_dir.checkpoint_path} has checkpoint version "
+            f"{checkpoint.get('version')!r}, and this plural reads version {CHECKPOINT_VERSION} "
+            "(version 1 is from before server states were typed parts): resume it with the "
+            "plural that wrote it, or start the run again in a new directory"
+        )
     _check_resumable(with_defaults(checkpoint["config"]), cfg.to_dict(), run_dir.path)
     progress = Progress(**checkpoint["progress"])
     if progress.round > cfg.rounds:
