@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from sklearn.metrics import adjusted_rand_score
 
 from plural.algorithms.cfl.config import CFLConfig
 from plural.algorithms.fedavg import FedAvg
@@ -47,6 +48,8 @@ class CFLState:
     norms: tuple[dict[str, float], ...] = ()
     history: tuple[dict[str, Any], ...] = ()
     splits: tuple[dict[str, Any], ...] = ()
+    proposals: Mapping[int, Mapping[int, int]] = dataclasses.field(default_factory=dict)
+    """The bipartition last proposed for each cluster (client -> side), for ``repeated_split``."""
 
 
 def cfl_state(server: ServerState) -> CFLState:
@@ -128,6 +131,7 @@ class CFL(FedAvg):
             stored.update({c: deltas[i].clone() for i, (c, _) in enumerate(mine)})
         norms: list[dict[str, float]] = [{} for _ in clusters]
         splits = list(kept.splits)
+        proposals = {k: dict(v) for k, v in kept.proposals.items()}
         generators = group_generators(rng, len(clusters), self.aggregation.needs_rng)
         for cr in rounds:
             weights = self.weights(cr.updates)
@@ -140,7 +144,9 @@ class CFL(FedAvg):
             )
             if not self._should_split(norms[cr.index], round_index, len(clusters)):
                 continue
-            record = self._split(cr, clusters, models, opt, stored, old, generators[cr.index])
+            record = self._split(
+                cr, clusters, models, opt, stored, old, proposals, generators[cr.index]
+            )
             if record is not None:
                 splits.append(
                     {"round": round_index, "cluster": cr.index, **norms[cr.index], **record}
@@ -155,6 +161,7 @@ class CFL(FedAvg):
             tuple(norms),
             (*kept.history, {"round": round_index, "norms": norms}),
             tuple(splits),
+            proposals,
         )
         return server.with_parts(state, params=models[0])
 
@@ -190,6 +197,7 @@ class CFL(FedAvg):
         opt: list[dict[str, Any]],
         stored: dict[int, torch.Tensor],
         old: Params,
+        proposals: dict[int, dict[int, int]],
         rng: np.random.Generator | None = None,
     ) -> dict[str, Any] | None:
         """Split cluster ``cr.index`` in two (in place); None when a child would be too small.
@@ -202,14 +210,18 @@ class CFL(FedAvg):
             return None
         similarity = cosine_similarities(torch.stack([stored[c] for c in known]))
         labels = bipartition(similarity)
+        proposal = dict(zip(known, labels.tolist(), strict=True))
+        repeated = self._repeats(proposal, proposals.get(cr.index))
+        proposals[cr.index] = proposal
         parts = [[c for c, lab in zip(known, labels, strict=True) if lab == s] for s in (0, 1)]
         parts[0] = sorted(set(members) - set(parts[1]))  # unseen members join the first child
         if min(len(p) for p in parts) < self.config.min_cluster_size:
             return None
         cross = similarity[np.ix_(labels == 0, labels == 1)]
         gap = separation_gap(similarity, labels)
-        if self.config.min_separation is not None and gap <= self.config.min_separation:
+        if not self._separated(gap, repeated):
             return None  # the two parts are not more alike inside than across: no real groups
+        del proposals[cr.index]
         for side, part in enumerate(parts):
             mine = [u for c, u in zip(cr.clients, cr.updates, strict=True) if c in part]
             model, state = (
@@ -225,4 +237,25 @@ class CFL(FedAvg):
             "children": parts,
             "max_cross_similarity": float(cross.max()),
             "separation_gap": gap,
+            "repeated": repeated,
         }
+
+    def _separated(self, gap: float, repeated: bool) -> bool:
+        """Whether the children are apart enough: a gap above ``min_separation``, or above
+        half of it for a bipartition proposed at the cluster's previous check too."""
+        threshold = self.config.min_separation
+        if threshold is None:
+            return True
+        return gap > threshold or (self.config.repeated_split and repeated and gap > threshold / 2)
+
+    def _repeats(self, proposal: Mapping[int, int], previous: Mapping[int, int] | None) -> bool:
+        """Whether ``proposal`` splits the clients both proposals saw as ``previous`` did
+        (ARI >= 0.9): true groups propose the same split round after round, IID clients a
+        new one each time."""
+        if previous is None:
+            return False
+        common = sorted(set(proposal) & set(previous))
+        if len(common) < 2 * self.config.min_cluster_size:
+            return False
+        now, before = [proposal[c] for c in common], [previous[c] for c in common]
+        return bool(adjusted_rand_score(before, now) >= 0.9)
