@@ -63,12 +63,13 @@ FEDERATIONS: dict[str, dict[str, Any]] = {
     "rotation": {"transforms": [{"name": "rotation", "groups": 4}]},
     "label swap": {"transforms": [{"name": "label_swap", "groups": 4}]},
     "class pairs": {"partition": {"name": "class_groups", "groups": 5, "classes_per_group": 2}},
+    "iid": {},  # no groups: a clustered method should keep one cluster
     # 2 rotations x 2 label permutations, drawn independently: 4 groups of unequal sizes
     "mixed": {
         "transforms": [{"name": "rotation", "groups": 2}, {"name": "label_swap", "groups": 2}]
     },
 }
-GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5, "mixed": 4}
+GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5, "mixed": 4, "iid": 1}
 METHODS: dict[str, dict[str, Any]] = {
     "pFedLIA central": {"name": "pfedlia"},
     "pFedLIA spectral": {"name": "pfedlia", "clustering": "spectral"},
