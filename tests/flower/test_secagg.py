@@ -67,13 +67,15 @@ def test_secagg_runs_match_the_plain_run_up_to_quantization(
     pd.testing.assert_frame_equal(
         plain[keys].reset_index(drop=True), masked[keys].reset_index(drop=True)
     )
-    # Quantization moves the mean by about 1e-5 a round (measured: losses within 1e-4
-    # after 3 rounds); a test sample may flip where two classes nearly tie. Flower rounds
-    # stochastically with NumPy's unseeded global generator, so runs differ: one client of
-    # FedBN's once ended 2.02e-3 from the plain run, the others within 2e-5.
+    # Quantization moves the mean by about 1e-5 a round; a test sample may flip where two
+    # classes nearly tie. Flower rounds stochastically with NumPy's unseeded global
+    # generator, so runs differ. Measured over 4 runs: mean absolute loss difference
+    # 2.5e-6 to 3.2e-5, worst 3.1e-4, except FedBN, whose clients' own batch-norm
+    # statistics amplify it (mean 6.5e-5 to 2.4e-4, worst 7.5e-4 to 2.0e-3).
+    mean_bound, worst_bound = (2e-3, 1e-2) if name == "fedbn" else (2e-4, 5e-3)
     difference = (masked["loss"].to_numpy() - plain["loss"].to_numpy())[plain["loss"].notna()]
-    assert np.abs(difference).mean() < 2e-4
-    assert np.abs(difference).max() < 5e-3
+    assert np.abs(difference).mean() < mean_bound
+    assert np.abs(difference).max() < worst_bound
     scored = plain["accuracy"].notna()
     gap = (masked["accuracy"][scored] - plain["accuracy"][scored]).abs().mean()
     assert gap < 0.01
