@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ from plural.data.federated import ClientData
 from plural.models.adapters import body_and_head
 from plural.registry import ALGORITHMS
 
-__all__ = ["FedAS", "FedASConfig", "FedASServerState", "FedASState", "fedas_state"]
+__all__ = ["FedAS", "FedASConfig", "FedASState"]
 
 FISHER = "fisher_trace"
 """``Update.extra`` key of the client's Fisher information trace."""
@@ -77,20 +77,6 @@ class FedASState:
     """A client's last trained model (body and head)."""
 
     model: Params
-
-
-@dataclasses.dataclass(frozen=True)
-class FedASServerState:
-    """FedAS's part of the server state (``server.params`` is the body)."""
-
-    KEY: ClassVar[str] = "fedas"
-    head: tuple[str, ...]
-    """The classifier's entry names (personal: they stay on the clients), in model order."""
-
-
-def fedas_state(server: ServerState) -> FedASServerState:
-    """FedAS's part of ``server``."""
-    return server.part(FedASServerState)
 
 
 @dataclasses.dataclass
@@ -148,10 +134,9 @@ class FedAS(FedAvg):
     # ---- server side -------------------------------------------------------------------------
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
-        """The body; the head's entry names are kept in :class:`FedASServerState`."""
+        """The body (the head stays on the clients; nothing else is kept)."""
         head = head_names(list(params))
-        body = {n: t for n, t in params.items() if n not in head}
-        return ServerState(body).with_parts(FedASServerState(head))
+        return ServerState({n: t for n, t in params.items() if n not in head})
 
     def weights(self, updates: list[Update]) -> np.ndarray:
         """Shares of the Fisher traces (``fisher: true``), else FedAvg's weights."""
