@@ -23,7 +23,11 @@ Defaults and choices:
   instead of a convergence test) and later rounds one pass.
 * The official code projects ``W`` on [0, 1] after every step; here the mixed model clamps
   ``W`` in its forward pass (a step outside acts as the boundary value) and the stored
-  weights are clamped after training.
+  weights are clamped after training. The difference: an entry one step pushes outside
+  [0, 1] gets no gradient through the clamp, so it stays at the boundary for the rest of
+  that pass, where the projection lets a later step move it back in (from the next pass
+  on the two agree again). The trainer has no per-step projection hook (the vectorized
+  backend batches this fit too), so the clamp stays; not measured.
 * The random sample is a random subset (the official code takes a contiguous slice at a
   random offset).
 * A client's first participation has no local model yet (``L = G``): ALA is skipped, as in
