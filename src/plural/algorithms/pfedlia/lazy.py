@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from plural.algorithms.pfedlia.messages import (
     with_lia,
 )
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
-from plural.core.compression import compress
+from plural.core.compression import CompressedDelta, compress
 from plural.core.influence import (
     own_row_peers,
     randomized_response,
@@ -185,13 +185,26 @@ class LazyPhase:
             "eval_samples": int(sum(r.evaluated for r in replies)),
             "seconds": time.perf_counter() - started,
             "bytes_up": sum(nbytes(r) for r in lazy) + sum(nbytes(r) for r in replies),
-            "bytes_down": nbytes(broadcast) * len(lazy_clients)
-            + sum(nbytes(m) for m in messages.values()),
-            "peer_exchange_bytes": sum(nbytes(m.deltas) for m in messages.values()),
+            **self.relay_bytes(deltas, plan, messages, nbytes(broadcast) * len(lazy_clients)),
             "model_bytes": nbytes(theta0),
         }
         record = self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients)
         return with_lia(server, records=(*lia_state(server).records, record))
+
+    @staticmethod
+    def relay_bytes(
+        deltas: Mapping[int, CompressedDelta],
+        plan: Mapping[int, list[int]],
+        messages: Mapping[int, ScoreMessage],
+        broadcast: int,
+    ) -> dict[str, int]:
+        """Bytes sent down in the lazy phase (``broadcast``: ``theta0`` to the lazy clients,
+        then each :class:`ScoreMessage`: its ``theta0`` if any and its lazy updates) and
+        those of the relayed updates; each update's size is measured once."""
+        size = {j: nbytes(d) for j, d in deltas.items()}
+        relayed = {i: sum(size[j] for j in peers) for i, peers in plan.items()}
+        down = sum(nbytes(m.theta0) + relayed[i] for i, m in messages.items())
+        return {"bytes_down": broadcast + down, "peer_exchange_bytes": sum(relayed.values())}
 
     def scoring_plan(
         self,
@@ -207,13 +220,14 @@ class LazyPhase:
         Re-clustering: the re-trained clients score all others (their rows are new) and every
         other client scores the re-trained ones (their columns are new)."""
         plan: dict[int, list[int]] = {}
-        for i in clients:
-            if first or i in lazy_clients:
-                others = [j for j in clients if j != i]
+        members, lazy = np.asarray(clients, dtype=np.int64), set(lazy_clients)
+        for k, i in enumerate(clients):
+            if first or i in lazy:
+                others = np.delete(members, k)  # every other client, in order
                 count = self.peer_count(len(others))
                 if first and count < len(others):
-                    others = sorted(rng.choice(others, size=count, replace=False).tolist())
-                plan[i] = others
+                    others = np.sort(rng.choice(others, size=count, replace=False))
+                plan[i] = others.tolist()
             else:
                 plan[i] = list(lazy_clients)
         return plan
