@@ -15,7 +15,10 @@ Everything here works on the resulting score matrix ``S`` of shape ``(N, N)`` (f
 
 the drop in client ``i``'s validation loss brought by ``j``'s lazily trained model. A
 positive score means ``j`` helps ``i``; ``NaN`` means ``i`` did not score ``j``. Row ``i`` is
-``i``'s view of the federation, so clients with similar data have similar rows.
+``i``'s view of the federation, so clients with similar data have similar rows. pFedLIA
+keeps ``S`` sparse (:mod:`plural.core.sparse_scores`: only the scored entries); the decentral
+helpers below take scipy sparse matrices as well as dense arrays, and the central ones
+(OPTICS on row distances) dense arrays.
 
 The helpers are pure (inputs are never mutated) and deterministic given their arguments:
 
