@@ -69,8 +69,8 @@ Choices the paper leaves open, and why:
   record is what a true peer-to-peer exchange of lazy models costs.
 * The server keeps the scores, the released values and (decentral) the first choices and
   neighbourhoods sparse (:mod:`plural.core.sparse_scores`; O(N k) for ``peers_scored: k``,
-  never an N x N array: 10,000 clients scoring 20 peers each hold 3.5 MB, not 1.6 GB, see
-  ``benchmarks/README.md``, lia_state_memory); OPTICS, which clusters rows as points, makes
+  never an N x N array, where the dense layout held two float64 ones, 1.6 GB at 10,000
+  clients; ``benchmarks/lia_state_memory.py``); OPTICS, which clusters rows as points, makes
   them dense for its own step, and ``lia_records`` and the artifacts are dense up to 2,000
   clients.
 * The lazy phase's cost is recorded separately from training (``lia_records(server)``
