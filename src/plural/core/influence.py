@@ -15,7 +15,10 @@ Everything here works on the resulting score matrix ``S`` of shape ``(N, N)`` (f
 
 the drop in client ``i``'s validation loss brought by ``j``'s lazily trained model. A
 positive score means ``j`` helps ``i``; ``NaN`` means ``i`` did not score ``j``. Row ``i`` is
-``i``'s view of the federation, so clients with similar data have similar rows.
+``i``'s view of the federation, so clients with similar data have similar rows. pFedLIA
+keeps ``S`` sparse (:mod:`plural.core.sparse_scores`: only the scored entries); the decentral
+helpers below take scipy sparse matrices as well as dense arrays, and the central ones
+(OPTICS on row distances) dense arrays.
 
 The helpers are pure (inputs are never mutated) and deterministic given their arguments:
 
@@ -41,10 +44,10 @@ The helpers are pure (inputs are never mutated) and deterministic given their ar
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, identity, issparse
 from scipy.sparse.csgraph import connected_components
 from scipy.stats import spearmanr
 from sklearn.cluster import OPTICS, AgglomerativeClustering
@@ -412,9 +415,12 @@ def own_row_peers(row: np.ndarray, self_index: int) -> np.ndarray:
 _AGREEMENT_PASSES = 5
 
 
-def agreed_peers(first: np.ndarray, scored: np.ndarray | None = None) -> np.ndarray:
+def agreed_peers(
+    first: np.ndarray | csr_matrix, scored: np.ndarray | csr_matrix | None = None
+) -> np.ndarray | csr_matrix:
     """Neighbourhoods from every client's first choice (``first[i, j]``: ``i`` chose ``j``);
-    ``scored[i, j]``: ``i`` scored ``j`` (None: everyone scored everyone).
+    ``scored[i, j]``: ``i`` scored ``j`` (None: everyone scored everyone). Dense bool arrays
+    or sparse matrices (stored entries are True); the result is of ``first``'s kind.
 
     One pass: client ``i`` and its current peers vote on each candidate ``j``; a voter that
     has an opinion on ``j`` (scored it, or keeps it) votes yes if it keeps ``j``. ``i`` keeps
@@ -431,30 +437,92 @@ def agreed_peers(first: np.ndarray, scored: np.ndarray | None = None) -> np.ndar
     clients), first choices 74% same-group, 100% after 2-4 passes (the fixed point); with
     20 images, 94-95% first, 100% (recall 1.00) after one pass.
     """
-    peers = _as_peers(first) | np.eye(len(first), dtype=bool)
-    full = scored is None or bool(np.all(scored))
+    n = first.shape[0]
+    peers = _union(_peer_graph(first), identity(n, format="csr"))
+    opinions = None if scored is None else _peer_graph(scored)
+    full = opinions is None or opinions.nnz == n * n
     for _ in range(_AGREEMENT_PASSES):
-        kept = _agreement_pass(peers, None if full else _as_peers(scored) | peers)
-        if np.array_equal(kept, peers):
+        kept = _agreement_pass(peers, None if full else _union(opinions, peers))
+        if (kept != peers).nnz == 0:
             break
         peers = kept
-    return peers
+    return peers.astype(bool) if issparse(first) else peers.toarray().astype(bool)
 
 
-def _agreement_pass(peers: np.ndarray, opinions: np.ndarray | None) -> np.ndarray:
-    """One pass of :func:`agreed_peers` (sparse products: peers are few at scale)."""
-    n = len(peers)
-    voters = csr_matrix(peers, dtype=np.float64)
-    yes = (voters @ voters).tocsr()  # [i, j]: how many of i's voters keep j
-    counts = np.asarray(voters.sum(axis=1)).ravel()
-    asked = None if opinions is None else (voters @ csr_matrix(opinions, dtype=np.float64)).tocsr()
-    kept = np.zeros((n, n), dtype=bool)
+def _agreement_pass(peers: csr_matrix, opinions: csr_matrix | None) -> csr_matrix:
+    """One pass of :func:`agreed_peers` on sparse 0/1 matrices: each row's shares are those
+    of the candidates some voter has an opinion on (all clients when ``opinions`` is None)."""
+    n = peers.shape[0]
+    yes = _canonical(peers @ peers)  # [i, j]: how many of i's voters keep j
+    counts = np.asarray(peers.sum(axis=1)).ravel()
+    asked = None if opinions is None else _canonical(peers @ opinions)
+    heads, tails = [], []
     for i in range(n):
-        # How many of i's voters have an opinion on each client (all of them: everyone).
-        votes = np.full(n, counts[i]) if asked is None else asked[i].toarray().ravel()
-        shares = np.where(votes > 0, yes[i].toarray().ravel() / np.maximum(votes, 1.0), np.nan)
-        kept[i] = kmeans_peers(shares, i)
-    return kept & kept.T
+        # The candidates i's voters have an opinion on, and how many of them do.
+        if asked is None:
+            columns, votes = np.arange(n), np.full(n, counts[i])
+        else:
+            columns, votes = _row(asked, i)
+        columns, votes = _with_self(columns, votes, i)
+        voted, yes_votes = _row(yes, i)
+        agree = np.zeros(len(columns))
+        agree[np.searchsorted(columns, voted)] = yes_votes  # yes votes come from opinions
+        with np.errstate(invalid="ignore"):
+            shares = np.where(votes > 0, agree / np.maximum(votes, 1.0), np.nan)
+        chosen = columns[kmeans_peers(shares, int(np.searchsorted(columns, i)))]
+        heads.append(np.full(len(chosen), i))
+        tails.append(chosen)
+    kept = _from_pairs(n, heads, tails)
+    return _canonical(kept.multiply(kept.T))
+
+
+def _row(matrix: csr_matrix, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``i``'s stored columns (ascending) and values."""
+    start, end = matrix.indptr[i], matrix.indptr[i + 1]
+    return matrix.indices[start:end].astype(np.int64), matrix.data[start:end]
+
+
+def _with_self(columns: np.ndarray, votes: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """``columns`` with ``i`` among them (0 votes, i.e. no share, where it was missing)."""
+    at = int(np.searchsorted(columns, i))
+    if at < len(columns) and columns[at] == i:
+        return columns, votes
+    return np.insert(columns, at, i), np.insert(votes.astype(np.float64), at, 0.0)
+
+
+def _from_pairs(n: int, heads: list[np.ndarray], tails: list[np.ndarray]) -> csr_matrix:
+    """The 0/1 matrix with an entry at every (head, tail)."""
+    row = np.concatenate(heads) if heads else np.zeros(0, dtype=np.int64)
+    col = np.concatenate(tails) if tails else np.zeros(0, dtype=np.int64)
+    return _canonical(csr_matrix((np.ones(len(row)), (row, col)), shape=(n, n)))
+
+
+def _canonical(matrix: Any) -> csr_matrix:
+    """CSR, sorted columns, no explicit zeros."""
+    out = csr_matrix(matrix)
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def _union(a: csr_matrix, b: csr_matrix) -> csr_matrix:
+    """Entries of either 0/1 matrix, as a 0/1 matrix."""
+    both = _canonical(a + b)
+    both.data[:] = 1.0
+    return both
+
+
+def _peer_graph(peers: np.ndarray | csr_matrix) -> csr_matrix:
+    """``peers`` (a square bool array, or a sparse matrix whose nonzero entries are True) as
+    a sparse 0/1 float matrix."""
+    if issparse(peers):
+        if peers.shape[0] != peers.shape[1]:
+            raise ValueError(f"peers must be a square matrix, got shape {peers.shape}")
+        graph = _canonical(csr_matrix(peers, dtype=bool).astype(np.float64))
+    else:
+        graph = csr_matrix(_as_peers(peers), dtype=np.float64)
+    graph.data[:] = 1.0
+    return graph
 
 
 def _as_peers(peers: np.ndarray) -> np.ndarray:
@@ -465,14 +533,14 @@ def _as_peers(peers: np.ndarray) -> np.ndarray:
     return peers
 
 
-def mutual_components(peers: np.ndarray) -> np.ndarray:
-    """Connected components of the graph with edge i–j iff i and j choose each other.
+def mutual_components(peers: np.ndarray | csr_matrix) -> np.ndarray:
+    """Connected components of the graph with edge i–j iff i and j choose each other
+    (``peers``: a square bool array or a sparse matrix).
 
     Returns int64 labels 0..K-1 in order of first appearance.
     """
-    peers = _as_peers(peers)
-    mutual = csr_matrix(peers & peers.T)
-    _, labels = connected_components(mutual, directed=False)
+    graph = _peer_graph(peers)
+    _, labels = connected_components(_canonical(graph.multiply(graph.T)), directed=False)
     return _first_appearance(labels)
 
 
@@ -485,26 +553,29 @@ def _mean_ratio(hits: np.ndarray, sizes: np.ndarray) -> float:
     return float(np.mean(hits[valid] / sizes[valid])) if valid.any() else math.nan
 
 
-def neighbourhood_quality(peers: np.ndarray, groups: np.ndarray) -> dict[str, float]:
-    """How well each client's peers match its true group, self excluded.
+def neighbourhood_quality(peers: np.ndarray | csr_matrix, groups: np.ndarray) -> dict[str, float]:
+    """How well each client's peers match its true group, self excluded (``peers``: a
+    square bool array or a sparse matrix).
 
     ``purity``: mean share of a client's other peers that are in its group (clients with
     at least one other peer). ``recall``: mean share of a client's other group members that
     are its peers (clients whose group has another member). ``size``: mean number of other
     peers. NaN where no client qualifies.
     """
-    peers = _as_peers(peers)
+    graph = _peer_graph(peers).tocoo()
     groups = np.asarray(groups)
-    if groups.shape != (peers.shape[0],):
-        raise ValueError(f"groups must have shape ({peers.shape[0]},), got {groups.shape}")
-    others = ~np.eye(len(groups), dtype=bool)
-    chosen = peers & others
-    same = (groups[:, None] == groups[None, :]) & others
-    hits = (chosen & same).sum(axis=1)
-    sizes = chosen.sum(axis=1)
+    n = graph.shape[0]
+    if groups.shape != (n,):
+        raise ValueError(f"groups must have shape ({n},), got {groups.shape}")
+    others = graph.row != graph.col
+    heads, tails = graph.row[others], graph.col[others]
+    hits = np.bincount(heads[groups[heads] == groups[tails]], minlength=n)
+    sizes = np.bincount(heads, minlength=n)
+    _, inverse, members = np.unique(groups, return_inverse=True, return_counts=True)
+    mates = members[inverse.reshape(-1)] - 1
     return {
         "purity": _mean_ratio(hits, sizes),
-        "recall": _mean_ratio(hits, same.sum(axis=1)),
+        "recall": _mean_ratio(hits, mates),
         "size": float(sizes.mean()) if len(sizes) else math.nan,
     }
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.sparse import issparse, save_npz
 
 from plural.config import ConfigError
 from plural.engine.rows import METRIC_COLUMNS, OPTIONAL_COLUMNS
@@ -197,8 +198,13 @@ class RunDirectory:
         return self.artifacts_dir.is_dir() and any(self.artifacts_dir.glob(f"{name}.*"))
 
     def write_artifact(self, name: str, value: Any) -> Path:
-        """Save an array as ``.npy`` or a mapping as ``.json`` under ``artifacts/``."""
+        """Save an array as ``.npy``, a scipy sparse matrix as ``.npz`` (its stored entries,
+        explicit zeros included) or a mapping as ``.json`` under ``artifacts/``."""
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        if issparse(value):
+            path = self.artifact_path(name, ".npz")
+            _atomic_write(path, lambda tmp: _save_npz(tmp, value))
+            return path
         if isinstance(value, np.ndarray):
             path = self.artifact_path(name, ".npy")
             _atomic_write(path, lambda tmp: _save_npy(tmp, value))
@@ -237,6 +243,11 @@ def _read_parquet(path: Path) -> pd.DataFrame:
             f"{str(path)!r} cannot be read ({type(err).__name__}: {str(err)[:200]}); the file "
             "is damaged: delete the run directory and start again"
         ) from err
+
+
+def _save_npz(path: Path, value: Any) -> None:
+    with path.open("wb") as handle:  # a file object: save_npz would append ".npz" to the name
+        save_npz(handle, value, compressed=True)
 
 
 def _save_npy(path: Path, value: np.ndarray) -> None:

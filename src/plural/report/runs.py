@@ -92,11 +92,14 @@ class RunRecord:
         return self.directory.read_environment()
 
     def artifacts(self) -> dict[str, Path]:
-        """Saved arrays and records by name (``influence_round0003`` -> its ``.npy``)."""
+        """Saved arrays and records by name (``influence_round0003`` -> its ``.npy``, or its
+        ``.npz`` for a sparse matrix: pFedLIA above 2,000 clients)."""
         folder = self.directory.artifacts_dir
         if not folder.is_dir():
             return {}
-        return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".json")}
+        return {
+            p.stem: p for p in sorted(folder.iterdir()) if p.suffix in (".npy", ".npz", ".json")
+        }
 
     def evaluated(self, split: str = "test") -> pd.DataFrame:
         """Per-client rows of ``split`` at every evaluated round."""

@@ -67,6 +67,12 @@ Choices the paper leaves open, and why:
 * Decentral training is simulated with the server as a relay: a client receives the average
   of its peers' models (one model down, one up); ``peer_exchange_bytes`` in the lazy-phase
   record is what a true peer-to-peer exchange of lazy models costs.
+* The server keeps the scores, the released values and (decentral) the first choices and
+  neighbourhoods sparse (:mod:`plural.core.sparse_scores`; O(N k) for ``peers_scored: k``,
+  never an N x N array, where the dense layout held two float64 ones, 1.6 GB at 10,000
+  clients; ``benchmarks/lia_state_memory.py``); OPTICS, which clusters rows as points, makes
+  them dense for its own step, and ``lia_records`` and the artifacts are dense up to 2,000
+  clients.
 * The lazy phase's cost is recorded separately from training (``lia_records(server)``
   and ``summary.json``): client compute as samples trained and evaluated, wall time, and bytes.
   The round's metric rows count all bytes, lazy phase included.

@@ -19,11 +19,13 @@ from plural.algorithms.pfedlia.messages import (
     json_record,
     lia_records,
     lia_state,
+    saved_matrix,
 )
 from plural.algorithms.pfedlia.regroup import Regrouping
 from plural.config import ConfigError
 from plural.core.algorithm import FederationInfo, ModelMessage, RoundContext, ServerState, Update
 from plural.core.params import Params
+from plural.core.sparse_scores import SparseMatrix
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -47,8 +49,8 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
         server = self.start([params], np.zeros(info.num_clients, dtype=np.int64))
         n = info.num_clients
         lia = LIAServerState(
-            scores=np.full((n, n), np.nan),
-            released=np.full((n, n), np.nan),
+            scores=SparseMatrix.empty(n),
+            released=SparseMatrix.empty(n),
             reference=np.full(n, np.inf),
             groups=None if info.groups is None else np.asarray(info.groups),
         )
@@ -115,9 +117,12 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
         those of the client's peers."""
         lia = lia_state(server)
         if lia.clustered and self.config.variant == "decentral" and lia.peers is not None:
-            peers = lia.peers
+            position = {c: k for k, c in enumerate(cohort)}  # in cohort order, as averaged
             return [
-                [u for c, u in zip(cohort, updates, strict=True) if peers[i, c]]
+                [
+                    updates[k]
+                    for k in sorted(position[c] for c in lia.peers.chosen(i) if c in position)
+                ]
                 for i in range(count)
             ]
         index = [self.model_index(server, c) for c in cohort]
@@ -145,16 +150,16 @@ class PFedLIA(LazyPhase, Regrouping, Clustered):
 
     def artifacts(self, server: ServerState) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for record in lia_records(server):
+        for record in lia_records(server):  # dense up to DENSE_RECORDS clients (.npy, heatmap)
             tag = f"round{record['round']:04d}"
-            out[f"influence_{tag}"] = record["scores"]
+            out[f"influence_{tag}"] = saved_matrix(record["scores"])
             if "released" in record:
-                out[f"released_{tag}"] = record["released"]
+                out[f"released_{tag}"] = saved_matrix(record["released"])
             out[f"lia_{tag}"] = json_record(record)
         return out
 
     def summary(self, server: ServerState) -> dict[str, Any]:
-        records = lia_records(server)
+        records = lia_records(server, dense=False)
         if not records:
             return {}
         costs = [r["cost"] for r in records]

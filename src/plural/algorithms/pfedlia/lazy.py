@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,10 +20,11 @@ from plural.algorithms.pfedlia.messages import (
     decoded,
     lazy_results,
     lia_state,
+    own_row,
     with_lia,
 )
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
-from plural.core.compression import compress
+from plural.core.compression import CompressedDelta, compress
 from plural.core.influence import (
     own_row_peers,
     randomized_response,
@@ -31,8 +32,20 @@ from plural.core.influence import (
     sign_votes,
 )
 from plural.core.params import nbytes
+from plural.core.sparse_scores import SparseRow
 from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
+
+
+def own_peers(row: SparseRow, client_id: int) -> np.ndarray:
+    """A decentral client's first choice (:func:`own_row_peers`) from its scored entries only:
+    the rule reads a row's finite entries in column order, so the result is that of the
+    dense row (NaN where not scored)."""
+    columns, values = row.columns, row.values
+    at = int(np.searchsorted(columns, client_id))
+    if at == len(columns) or columns[at] != client_id:  # itself is always a peer
+        columns, values = np.insert(columns, at, client_id), np.insert(values, at, np.nan)
+    return columns[own_row_peers(values, at)]
 
 
 class LazyPhase:
@@ -56,7 +69,7 @@ class LazyPhase:
         delta = compress(
             {n: fit.params[n] - theta0[n] for n in theta0}, cfg.compression, cfg.topk_fraction
         )
-        row = state.row if state is not None else None
+        row = own_row(state.row) if state is not None else None
         return LazyReply(delta, fit.samples_seen), LIAClientState(theta0, delta, row)
 
     def score(
@@ -75,15 +88,16 @@ class LazyPhase:
         theta0 = message.theta0 if message.theta0 is not None else state.theta0
         if theta0 is None:
             raise ValueError("pfedlia: a client was asked to score without theta0")
-        row = np.full(message.num_clients, np.nan) if state.row is None else state.row.copy()
         peers, deltas = list(message.peers), list(message.deltas)
         if state.delta is not None:
             peers.append(client.client_id)
             deltas.append(state.delta)
         base = trainer.evaluate(theta0, val.x, val.y)
-        for peer, result in zip(peers, lazy_results(trainer, theta0, deltas, val), strict=True):
-            row[peer] = self.influence(base, result)
-        released = self.release(row, client.client_id, rng)
+        results = lazy_results(trainer, theta0, deltas, val)
+        row = (own_row(state.row) or SparseRow.empty()).merged(
+            peers, [self.influence(base, result) for result in results]
+        )
+        released = self.release(row, client.client_id, message.num_clients, rng)
         if self.config.votes == "private":  # each released vote is epsilon-DP
             votes = int(torch.count_nonzero(released))
             trainer.meter.released_epsilon += row_epsilon(self.config.epsilon, votes)
@@ -96,15 +110,17 @@ class LazyPhase:
             return lazy.accuracy - base.accuracy
         return base.loss - lazy.loss
 
-    def release(self, row: np.ndarray, client_id: int, rng: torch.Generator) -> torch.Tensor:
+    def release(
+        self, row: SparseRow, client_id: int, num_clients: int, rng: torch.Generator
+    ) -> torch.Tensor:
         """What the client sends about its row (see :class:`ScoreReply`)."""
         cfg = self.config
         if cfg.variant == "decentral":
-            peers = np.flatnonzero(own_row_peers(row, client_id))
-            return torch.as_tensor(peers, dtype=torch.int32)
+            return torch.as_tensor(own_peers(row, client_id), dtype=torch.int32)
+        # Central: one entry per client, as the paper's clients send (the bytes counted).
         if cfg.votes == "raw":
-            return torch.as_tensor(row, dtype=torch.float32)
-        votes = sign_votes(row)
+            return torch.as_tensor(row.dense(num_clients), dtype=torch.float32)
+        votes = sign_votes(row.dense(num_clients))
         if cfg.votes == "private":
             seed = int(torch.randint(0, 2**62, (1,), generator=rng))
             votes = randomized_response(votes, cfg.epsilon, np.random.default_rng(seed))
@@ -139,11 +155,17 @@ class LazyPhase:
         }
         scorers = sorted(plan)
         replies = ctx.map("score", scorers, per_client=messages)
-        scores, released = lia.scores.copy(), lia.released.copy()
-        for i, reply in zip(scorers, replies, strict=True):
-            scores[i] = reply.scores
-            if self.config.variant == "central":
-                released[i] = decoded(reply.released, self.config.votes)
+        scores = lia.scores.with_rows(
+            {i: reply.scores for i, reply in zip(scorers, replies, strict=True)}
+        )
+        released = lia.released
+        if self.config.variant == "central":
+            released = released.with_rows(
+                {
+                    i: decoded(reply.released, self.config.votes)
+                    for i, reply in zip(scorers, replies, strict=True)
+                }
+            )
         server = with_lia(server, scores=scores, released=released)
         server = self.regroup(server, theta0, first, lazy_clients, scorers, replies, ctx.clients)
         reference = lia.reference.copy()
@@ -163,13 +185,26 @@ class LazyPhase:
             "eval_samples": int(sum(r.evaluated for r in replies)),
             "seconds": time.perf_counter() - started,
             "bytes_up": sum(nbytes(r) for r in lazy) + sum(nbytes(r) for r in replies),
-            "bytes_down": nbytes(broadcast) * len(lazy_clients)
-            + sum(nbytes(m) for m in messages.values()),
-            "peer_exchange_bytes": sum(nbytes(m.deltas) for m in messages.values()),
+            **self.relay_bytes(deltas, plan, messages, nbytes(broadcast) * len(lazy_clients)),
             "model_bytes": nbytes(theta0),
         }
         record = self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients)
         return with_lia(server, records=(*lia_state(server).records, record))
+
+    @staticmethod
+    def relay_bytes(
+        deltas: Mapping[int, CompressedDelta],
+        plan: Mapping[int, list[int]],
+        messages: Mapping[int, ScoreMessage],
+        broadcast: int,
+    ) -> dict[str, int]:
+        """Bytes sent down in the lazy phase (``broadcast``: ``theta0`` to the lazy clients,
+        then each :class:`ScoreMessage`: its ``theta0`` if any and its lazy updates) and
+        those of the relayed updates; each update's size is measured once."""
+        size = {j: nbytes(d) for j, d in deltas.items()}
+        relayed = {i: sum(size[j] for j in peers) for i, peers in plan.items()}
+        down = sum(nbytes(m.theta0) + relayed[i] for i, m in messages.items())
+        return {"bytes_down": broadcast + down, "peer_exchange_bytes": sum(relayed.values())}
 
     def scoring_plan(
         self,
@@ -185,13 +220,14 @@ class LazyPhase:
         Re-clustering: the re-trained clients score all others (their rows are new) and every
         other client scores the re-trained ones (their columns are new)."""
         plan: dict[int, list[int]] = {}
-        for i in clients:
-            if first or i in lazy_clients:
-                others = [j for j in clients if j != i]
+        members, lazy = np.asarray(clients, dtype=np.int64), set(lazy_clients)
+        for k, i in enumerate(clients):
+            if first or i in lazy:
+                others = np.delete(members, k)  # every other client, in order
                 count = self.peer_count(len(others))
                 if first and count < len(others):
-                    others = sorted(rng.choice(others, size=count, replace=False).tolist())
-                plan[i] = others
+                    others = np.sort(rng.choice(others, size=count, replace=False))
+                plan[i] = others.tolist()
             else:
                 plan[i] = list(lazy_clients)
         return plan

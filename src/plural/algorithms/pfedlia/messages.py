@@ -16,6 +16,7 @@ from plural.core.algorithm import ServerState
 from plural.core.batched_eval import evaluate_stacked, stack_params
 from plural.core.compression import CompressedDelta, decompress
 from plural.core.params import Params
+from plural.core.sparse_scores import SparseMatrix, SparseRow
 from plural.core.trainer import EvalResult, LocalTrainer
 
 # ---- messages and client state -------------------------------------------------------------
@@ -42,22 +43,25 @@ class ScoreMessage:
 @dataclasses.dataclass(frozen=True)
 class ScoreReply:
     """Client to server: ``released`` is what it sends (central: its scores as float32 or its
-    votes as int8, 0 = not scored; decentral: its peers' ids). ``scores`` is its full row,
-    kept for measurement only: it is not communication and not counted."""
+    votes as int8, 0 = not scored; decentral: its peers' ids). ``scores`` is its row (the
+    peers it scored and their scores), kept for measurement only: it is not communication
+    and not counted."""
 
     released: torch.Tensor
-    scores: np.ndarray
+    scores: SparseRow
     evaluated: int
 
 
 @dataclasses.dataclass(frozen=True)
 class LIAClientState:
     """What a client keeps: ``theta0`` and its lazy update between the lazy phase and its
-    scoring, and its own score row (decentral clients re-choose peers from it)."""
+    scoring, and its own score row (decentral clients re-choose peers from it): the peers it
+    scored and their scores (checkpoints written before the scores were sparse hold a dense
+    row, NaN where not scored: :func:`own_row` reads both)."""
 
     theta0: Params | None = None
     delta: CompressedDelta | None = None
-    row: np.ndarray | None = None
+    row: SparseRow | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +72,11 @@ class LIAServerState:
     phase copies before it writes)."""
 
     KEY: ClassVar[str] = "pfedlia"
-    scores: np.ndarray
-    """(N, N) influence scores ``S[i, j]``, NaN where ``i`` has not scored ``j``."""
-    released: np.ndarray
-    """(N, N) what central clients sent, decoded (NaN: not scored or not sent)."""
+    scores: SparseMatrix
+    """(N, N) influence scores ``S[i, j]``, stored only where ``i`` scored ``j`` (O(N k) for
+    k peers scored; a stored 0 is a score of 0)."""
+    released: SparseMatrix
+    """(N, N) what central clients sent, decoded (stored only where scored and sent)."""
     reference: np.ndarray
     """(N,) each client's lowest validation loss since it was clustered (``recluster:
     stale``)."""
@@ -82,10 +87,10 @@ class LIAServerState:
     """The model the lazy phase started from (re-clustering scores against it too)."""
     deltas: Mapping[int, CompressedDelta] = dataclasses.field(default_factory=dict)
     """The lazy updates kept for re-clustering (``recluster: stale``)."""
-    choices: np.ndarray | None = None
-    """Decentral: (N, N) each client's first choice of peers."""
-    peers: np.ndarray | None = None
-    """Decentral: (N, N) the neighbourhoods clients train with."""
+    choices: SparseMatrix | None = None
+    """Decentral: (N, N) bool, each client's first choice of peers (stored: chosen)."""
+    peers: SparseMatrix | None = None
+    """Decentral: (N, N) bool, the neighbourhoods clients train with (stored: a peer)."""
     stale: tuple[int, ...] = ()
     """Clients whose cluster went stale: they redo the lazy phase next round."""
     records: tuple[dict[str, Any], ...] = ()
@@ -93,8 +98,40 @@ class LIAServerState:
 
 
 def lia_state(server: ServerState) -> LIAServerState:
-    """pFedLIA's own part of ``server``."""
-    return server.part(LIAServerState)
+    """pFedLIA's own part of ``server`` (a dense one, from a checkpoint written before the
+    matrices were sparse, is read as sparse)."""
+    return upgraded(server.part(LIAServerState))
+
+
+def upgraded(state: LIAServerState) -> LIAServerState:
+    """``state`` with the dense (N, N) matrices of older checkpoints made sparse (NaN or
+    False: not stored); a state already sparse is returned as it is."""
+    if isinstance(state.scores, SparseMatrix):
+        return state
+    return dataclasses.replace(
+        state,
+        scores=as_sparse(state.scores),
+        released=as_sparse(state.released),
+        choices=as_sparse(state.choices),
+        peers=as_sparse(state.peers),
+        records=tuple(
+            {
+                k: as_sparse(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v
+                for k, v in r.items()
+            }
+            for r in state.records
+        ),
+    )
+
+
+def as_sparse(matrix: Any) -> Any:
+    """A dense square matrix as :class:`SparseMatrix` (None and sparse ones as they are)."""
+    return SparseMatrix.from_dense(matrix) if isinstance(matrix, np.ndarray) else matrix
+
+
+def own_row(row: SparseRow | np.ndarray | None) -> SparseRow | None:
+    """A client's kept score row as :class:`SparseRow` (older client states hold it dense)."""
+    return SparseRow.from_dense(row) if isinstance(row, np.ndarray) else row
 
 
 def with_lia(server: ServerState, **changes: Any) -> ServerState:
@@ -108,24 +145,50 @@ NO_VALIDATION = (
 )
 
 
-def lia_records(server: ServerState) -> list[dict[str, Any]]:
+DENSE_RECORDS = 2000
+"""Up to this many clients :func:`lia_records` gives the matrices dense (32 MB each)."""
+
+
+def lia_records(server: ServerState, dense: bool | None = None) -> list[dict[str, Any]]:
     """Every lazy phase of a pFedLIA run: round, scores (the influence matrix), assignment,
-    peers (decentral), cost, privacy and cluster quality (``Results.server``)."""
+    peers (decentral), cost, privacy and cluster quality (``Results.server``).
+
+    The matrices (``scores``, ``released``) are dense float arrays, NaN where not scored,
+    when ``dense`` is True or (None) the federation has at most :data:`DENSE_RECORDS`
+    clients; else the :class:`~plural.core.sparse_scores.SparseMatrix` kept (scored entries
+    only; ``.csr()`` is a scipy view)."""
     state = server.part(LIAServerState, None)
-    return [] if state is None else list(state.records)
+    if state is None:
+        return []
+    state = upgraded(state)
+    if dense is None:
+        dense = len(state.reference) <= DENSE_RECORDS
+    if not dense:
+        return list(state.records)
+    return [
+        {k: v.dense() if isinstance(v, SparseMatrix) else v for k, v in r.items()}
+        for r in state.records
+    ]
 
 
 def json_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """A lazy-phase record without its matrices (those are saved as arrays)."""
-    return {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
+    return {k: v for k, v in record.items() if not isinstance(v, (np.ndarray, SparseMatrix))}
 
 
-def decoded(released: torch.Tensor, votes: Votes) -> np.ndarray:
-    """A central client's released row as floats (votes: 0, i.e. not scored, becomes NaN)."""
+def saved_matrix(matrix: np.ndarray | SparseMatrix) -> Any:
+    """A record's matrix as an artifact: dense as it is (``.npy``), sparse as scipy CSR
+    (``.npz``, scored entries only)."""
+    return matrix.csr() if isinstance(matrix, SparseMatrix) else matrix
+
+
+def decoded(released: torch.Tensor, votes: Votes) -> SparseRow:
+    """A central client's released row, the entries it scored only (raw: not NaN; votes: not
+    0, which is "not scored")."""
     values = released.double().numpy()
-    if votes == "raw":
-        return values
-    return np.where(values == 0, np.nan, values)
+    if votes != "raw":
+        values = np.where(values == 0, np.nan, values)
+    return SparseRow.from_dense(values)
 
 
 def lazy_results(

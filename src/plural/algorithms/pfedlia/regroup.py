@@ -33,6 +33,7 @@ from plural.core.influence import (
 )
 from plural.core.params import Params
 from plural.core.score_graph import graph_clusters
+from plural.core.sparse_scores import SparseMatrix, SparseRow
 
 
 class Regrouping:
@@ -57,19 +58,8 @@ class Regrouping:
         in no one's neighbourhood, and join cluster 0 (they are served as newcomers)."""
         n = len(self.assignment(server))
         if self.config.variant == "decentral":
-            lia = lia_state(server)
-            choices = np.zeros((n, n), dtype=bool)
-            if not first and lia.choices is not None:
-                choices = lia.choices.copy()
-            for i, reply in zip(scorers, replies, strict=True):
-                choices[i] = False
-                choices[i, reply.released.numpy()] = True
-            # Who scored whom (the scoring plans, not the scores): a peer votes only on the
-            # clients it has an opinion on.
-            scored = np.isfinite(lia.scores)
-            peers = agreed_peers(choices, scored) if self.config.peer_agreement else choices
-            server = with_lia(server, choices=choices, peers=peers)
-            labels = mutual_components(peers)
+            server, peers = self.neighbourhoods(server, first, scorers, replies)
+            labels = mutual_components(peers.csr())
             if first:
                 return self.with_clusters(server, [theta0] * n, labels, [{} for _ in range(n)])
             return self.with_clusters(
@@ -79,7 +69,7 @@ class Regrouping:
             )
         part = np.asarray(clients, dtype=np.int64)
         labels = np.zeros(n, dtype=np.int64)
-        labels[part] = self.central_clusters(lia_state(server).released[np.ix_(part, part)])
+        labels[part] = self.central_clusters(lia_state(server).released.submatrix(part))
         k = int(labels.max()) + 1
         if first:
             return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
@@ -89,27 +79,54 @@ class Regrouping:
             server, [models[s] for s in source], labels, [dict(opts[s]) for s in source]
         )
 
-    def central_clusters(self, released: np.ndarray) -> np.ndarray:
+    def neighbourhoods(
+        self, server: ServerState, first: bool, scorers: list[int], replies: Sequence[ScoreReply]
+    ) -> tuple[ServerState, SparseMatrix]:
+        """Decentral: the scorers' new first choices (the others' kept on re-clustering) and
+        the neighbourhoods agreed from them, stored sparse (a few peers a client)."""
+        lia = lia_state(server)
+        n = lia.scores.n
+        choices = SparseMatrix.empty(n, bool)
+        if not first and lia.choices is not None:
+            choices = lia.choices
+        chosen = {}
+        for i, reply in zip(scorers, replies, strict=True):
+            columns = np.unique(reply.released.numpy().astype(np.int64))
+            chosen[i] = SparseRow(columns, np.ones(len(columns), dtype=bool))
+        choices = choices.with_rows(chosen)
+        peers = choices
+        if self.config.peer_agreement:
+            # Who scored whom (the scoring plans, not the scores): a peer votes only on the
+            # clients it has an opinion on.
+            scored = lia.scores.stored().csr()
+            peers = SparseMatrix.from_csr(agreed_peers(choices.csr(), scored))
+        return with_lia(server, choices=choices, peers=peers), peers
+
+    def central_clusters(self, released: SparseMatrix) -> np.ndarray:
         cfg = self.config
+        if cfg.clustering == "spectral":  # the sparse score graph (plural.core.score_graph)
+            return graph_clusters(released.csr(), cfg.clusters, cfg.noise)
+        # OPTICS and average linkage cluster the rows as points, on (N, N) NaN-aware
+        # distances that are dense whatever the scores: the rows are made dense here, for
+        # this step only (NaN: not scored), and nothing dense is kept.
+        scores = released.dense()
         symmetrize = self.partial_scoring() if cfg.symmetrize is None else cfg.symmetrize
-        features = influence_features(released, cfg.normalize, symmetrize)
-        if cfg.clustering == "spectral":
-            return graph_clusters(released, cfg.clusters, cfg.noise)
+        features = influence_features(scores, cfg.normalize, symmetrize)
         if cfg.clusters is None:
             labels = optics_clusters(features, cfg.min_samples, cfg.xi, cfg.noise)
             if cfg.merge_share is None:
                 return labels
-            return merge_alike_clusters(released, labels, cfg.merge_share)
+            return merge_alike_clusters(scores, labels, cfg.merge_share)
         return fixed_clusters(features, cfg.clusters)
 
     def rejoined_neighbours(
-        self, server: ServerState, peers: np.ndarray, moved: list[int]
+        self, server: ServerState, peers: SparseMatrix, moved: list[int]
     ) -> list[Params]:
         """Decentral re-clustering: a re-scored client starts from the mean of its new peers'
         models (its own model fitted the data it had before)."""
         models = self.models(server)
         for i in moved:
-            others = [j for j in np.flatnonzero(peers[i]) if j != i]
+            others = [j for j in peers.chosen(i) if j != i]
             if others:
                 models[i] = weighted_mean([(models[j], 1.0) for j in others])
         return models
@@ -132,7 +149,7 @@ class Regrouping:
             "round": round_index,
             "kind": "cluster" if first else "recluster",
             "lazy_clients": list(lazy_clients),
-            "scores": lia.scores,  # a lazy phase copies before it writes
+            "scores": lia.scores,  # sparse, never written into
             "assignment": assignment.tolist(),
             "clusters": len(np.unique(assignment)),
             "cost": cost,
@@ -150,11 +167,11 @@ class Regrouping:
         part = np.asarray(clients, dtype=np.int64)
         groups = None if lia.groups is None else lia.groups[part]
         if lia.peers is not None and lia.choices is not None:  # decentral
-            record["peers"] = [np.flatnonzero(p).tolist() for p in lia.peers]
+            record["peers"] = [lia.peers.chosen(i).tolist() for i in range(lia.peers.n)]
             if groups is not None:
-                taking_part = lia.peers[np.ix_(part, part)]
+                taking_part = lia.peers.submatrix(part).csr()
                 record["neighbourhoods"] = neighbourhood_quality(taking_part, groups)
-                first_choices = lia.choices[np.ix_(part, part)]
+                first_choices = lia.choices.submatrix(part).csr()
                 record["first_choices"] = neighbourhood_quality(first_choices, groups)
         if groups is not None:
             record.update(group_agreement(groups, assignment[part]))
