@@ -17,6 +17,13 @@ bounding and centered clipping are per-client stages in front of the weighted me
 * ``centered_clip``: Karimireddy et al. 2021, "Learning from History for Byzantine Robust
   Optimization" (one clipping iteration per round around the previous round's aggregate, the
   setting of the paper's experiments; the center is the chain state, so it checkpoints);
+* ``dnc`` (divide and conquer): Shejwalkar & Houmansadr 2021, "Manipulating the Byzantine:
+  Optimizing Model Poisoning Attacks and Defenses for Federated Learning", Algorithm 2: on a
+  random subset of coordinates, score each centered update by its squared projection on the
+  top right singular vector and drop the ``c * f`` highest; the updates no subset dropped are
+  averaged. Attacks that must move the aggregate far while staying close to honest updates
+  (ALIE, IPM, min-max, sign flipping) all push the attackers the same way, which makes that
+  direction the top singular one;
 * ``bucket: s`` in front of any rule over all updates: Karimireddy, He & Jaggi 2022,
   "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing": the round's updates
   are shuffled and averaged in buckets of ``s``, and the rule runs on the bucket means, which
@@ -222,6 +229,41 @@ def geometric_median(
     return z
 
 
+def dnc_dropped(config: AggregatorConfig) -> int:
+    """How many updates divide and conquer drops per coordinate subset: ``floor(c * f)``."""
+    return int(np.floor(config.filter_share * config.f))
+
+
+def dnc_kept(
+    matrix: torch.Tensor,
+    dropped: int,
+    subsamples: int,
+    subsample_size: int,
+    rng: np.random.Generator,
+) -> list[int]:
+    """The rows divide and conquer keeps (Shejwalkar & Houmansadr 2021, Algorithm 2): for each
+    of ``subsamples`` random coordinate subsets, the ``dropped`` rows whose centered values
+    project farthest on the subset's top right singular vector are dropped; a row is kept
+    if no subset drops it (at least one row is always kept)."""
+    n, d = matrix.shape
+    dropped = max(0, min(dropped, n - 1))
+    kept = np.ones(n, dtype=bool)
+    if dropped == 0 or d == 0:
+        return list(range(n))
+    for _ in range(subsamples):
+        columns = np.sort(rng.choice(d, size=min(subsample_size, d), replace=False))
+        sub = matrix[:, torch.as_tensor(columns)]
+        centered = sub - sub.mean(0)
+        top = torch.linalg.svd(centered, full_matrices=False).Vh[0]
+        scores = (centered @ top).pow(2).numpy()
+        # stable order: among equal scores the lower index is kept
+        order = np.argsort(scores, kind="stable")
+        kept[order[n - dropped :]] = False
+    if not kept.any():  # every row dropped by some subset: keep the least suspicious one
+        kept[int(np.argmin(scores))] = True
+    return [int(i) for i in np.flatnonzero(kept)]
+
+
 # ---------------------------------------------------------------------------------------------
 # chain pieces
 # ---------------------------------------------------------------------------------------------
@@ -245,9 +287,11 @@ class MatrixReducer:
         if self.config.bucket > 1:
             assert rng is not None  # the chain passes one to every rule but the mean
             matrix, rows = bucket_means(matrix, rows, self.config.bucket, rng)
-        return unstack_update(self.combine(matrix, rows), deltas, weights)
+        return unstack_update(self.combine(matrix, rows, rng), deltas, weights)
 
-    def combine(self, matrix: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+    def combine(
+        self, matrix: torch.Tensor, weights: np.ndarray, rng: np.random.Generator | None
+    ) -> torch.Tensor:
         cfg = self.config
         n = matrix.shape[0]
         if cfg.name == "median":
@@ -264,6 +308,10 @@ class MatrixReducer:
             return bulyan(matrix, cfg.f)
         if cfg.name == "geometric_median":
             return geometric_median(matrix, weights, cfg.iterations, cfg.smoothing)
+        if cfg.name == "dnc":
+            assert rng is not None  # the chain passes one to every rule but the mean
+            kept = dnc_kept(matrix, dnc_dropped(cfg), cfg.subsamples, cfg.subsample_size, rng)
+            return weighted_rows(matrix[kept], weights[kept])
         raise ValueError(f"{cfg.name!r} is not a matrix rule")
 
 
@@ -364,6 +412,11 @@ def check_cohort(config: AggregatorConfig, cohort: int) -> None:
             f"aggregator.f: bulyan with f={f} needs at least 4f + 3 = {4 * f + 3} updates per "
             f"round, but a round has {has}; use f <= {max(0, (units - 3) // 4)} "
             "or sample more clients"
+        )
+    if config.name == "dnc" and dnc_dropped(config) >= units:
+        raise ConfigError(
+            f"aggregator.f: dnc drops filter_share x f = {dnc_dropped(config)} "
+            f"updates per round, but a round has {has}; use a smaller f or filter_share"
         )
     if config.name == "multi_krum" and config.m is not None and config.m > units:
         raise ConfigError(
