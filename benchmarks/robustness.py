@@ -54,7 +54,15 @@ BUCKETED: dict[str, dict[str, Any]] = {
         "bucket": 2,
         **({"f": 3} if "f" in AGGREGATORS[name] else {}),
     }
-    for name in ("median", "trimmed_mean", "krum", "multi_krum", "geometric_median")
+    for name in (
+        "median",
+        "trimmed_mean",
+        "krum",
+        "multi_krum",
+        "geometric_median",
+        "dnc",
+        "centered_clip",
+    )
 }
 """The rules over all updates on bucket means of 2 (Karimireddy, He & Jaggi 2022's s = 2):
 20 clients make 10 buckets, so Krum assumes f = 3 (it needs more than 2f + 2 updates)."""

@@ -3,12 +3,14 @@ meant to remove, at more than one scale."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from plural.config import ConfigError, build
-from plural.core.aggregation import chain_for
+from plural.core.aggregation import chain_for, difference
 from plural.core.aggregators import weighted_mean
 from plural.core.params import Params
 from plural.experiment import load_config
@@ -317,3 +319,30 @@ def test_dnc_subsets_coordinates_and_intersects_what_they_keep() -> None:
     # every row is dropped by at most the subsets' c*f each: at most 30 rows gone here, and
     # at least one row always stays
     assert len(dnc_kept(matrix, 12, 5, 20, rng)) >= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_centered_clip_on_buckets_of_one_is_the_streaming_rule(seed: int) -> None:
+    # the bucketed reducer with buckets of one client clips each update around the same
+    # center as the client stage does; a huge bucket size clips the round's mean once
+    models = _honest(9, seed)
+    weights = np.arange(1.0, 10.0)
+    _, state = _combine(_rule("centered_clip", tau=0.05), models, weights)
+    later = _honest(9, seed + 10)
+    streamed, _ = _combine(_rule("centered_clip", tau=0.05), later, weights, state)
+    config = _rule("centered_clip", tau=0.05, bucket=2)
+    reducer = chain_of(config).reducer
+    one_each = dataclasses.replace(reducer, config=dataclasses.replace(config, bucket=1))
+    reference = {k: torch.zeros_like(v) for k, v in later[0].items()}
+    deltas = [difference(m, reference) for m in later]
+    bucketed = one_each.reduce(deltas, weights, np.random.default_rng(0), state)
+    assert _close(bucketed, streamed, atol=1e-6)
+    whole, new_state = _combine(_rule("centered_clip", tau=0.05, bucket=9), later, weights, state)
+    mean = weighted_mean(list(zip(later, weights, strict=True)))
+    center = state[CENTER_KEY]
+    offset = torch.cat([mean[k].double() - center[k] for k in ("w", "b")])
+    step = torch.cat([whole[k].double() - center[k] for k in ("w", "b")])
+    assert float(step.norm()) == pytest.approx(min(0.05, float(offset.norm())), rel=1e-6)
+    assert torch.allclose(step, offset * (step.norm() / offset.norm()), atol=1e-9)
+    # the center moves to the released aggregate, as without buckets
+    assert _close(new_state[CENTER_KEY], whole, atol=1e-6)

@@ -3,7 +3,8 @@
 Each rule works on the clients' updates (``model - reference``) of one aggregation: a round's
 cohort for global methods, the shared entries for partially personalized ones, one cluster
 for clustered ones. Rules that need every update at once are non-streaming reducers; norm
-bounding and centered clipping are per-client stages in front of the weighted mean.
+bounding and centered clipping are per-client stages in front of the weighted mean, so they
+stream (centered clipping on bucket means is a reducer: buckets need the whole round).
 
 * coordinate-wise ``median`` and ``trimmed_mean``: Yin et al. 2018, "Byzantine-Robust
   Distributed Learning: Towards Optimal Statistical Rates";
@@ -17,6 +18,8 @@ bounding and centered clipping are per-client stages in front of the weighted me
 * ``centered_clip``: Karimireddy et al. 2021, "Learning from History for Byzantine Robust
   Optimization" (one clipping iteration per round around the previous round's aggregate, the
   setting of the paper's experiments; the center is the chain state, so it checkpoints);
+  with ``bucket: s`` it clips the bucket means, the combination Karimireddy, He & Jaggi 2022
+  recommend for heterogeneous clients;
 * ``dnc`` (divide and conquer): Shejwalkar & Houmansadr 2021, "Manipulating the Byzantine:
   Optimizing Model Poisoning Attacks and Defenses for Federated Learning", Algorithm 2: on a
   random subset of coordinates, score each centered update by its squared projection on the
@@ -229,6 +232,31 @@ def geometric_median(
     return z
 
 
+def stack_center(state: AggregationState, deltas: Sequence[Params]) -> torch.Tensor:
+    """Centered clipping's center (the last released aggregate) as one row in the order of
+    :func:`stack_updates`; zero before the first round and for entries it lacks."""
+    center = state.get(CENTER_KEY, {})
+    names = _float_names(deltas[0])
+    parts = [
+        center[name].double().reshape(-1)
+        if name in center
+        else torch.zeros(deltas[0][name].numel(), dtype=torch.float64)
+        for name in names
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def centered_clip(
+    matrix: torch.Tensor, weights: np.ndarray, center: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """One iteration of centered clipping (Karimireddy et al. 2021) over the rows:
+    ``v + sum_i w_i clip(x_i - v, tau) / sum_i w_i``."""
+    offsets = matrix - center
+    norms = offsets.norm(dim=1, keepdim=True)
+    scale = torch.where(norms > tau, tau / norms.clamp_min(1e-300), torch.ones_like(norms))
+    return center + weighted_rows(offsets * scale, weights)
+
+
 def dnc_dropped(config: AggregatorConfig) -> int:
     """How many updates divide and conquer drops per coordinate subset: ``floor(c * f)``."""
     return int(np.floor(config.filter_share * config.f))
@@ -281,19 +309,30 @@ class MatrixReducer:
         return self.config.name
 
     def reduce(
-        self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
+        self,
+        deltas: Sequence[Params],
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        state: AggregationState,
     ) -> Params:
         matrix, rows = stack_updates(deltas), np.asarray(weights)
         if self.config.bucket > 1:
             assert rng is not None  # the chain passes one to every rule but the mean
             matrix, rows = bucket_means(matrix, rows, self.config.bucket, rng)
-        return unstack_update(self.combine(matrix, rows, rng), deltas, weights)
+        center = stack_center(state, deltas)
+        return unstack_update(self.combine(matrix, rows, rng, center), deltas, weights)
 
     def combine(
-        self, matrix: torch.Tensor, weights: np.ndarray, rng: np.random.Generator | None
+        self,
+        matrix: torch.Tensor,
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        center: torch.Tensor,
     ) -> torch.Tensor:
         cfg = self.config
         n = matrix.shape[0]
+        if cfg.name == "centered_clip":
+            return centered_clip(matrix, weights, center, cfg.tau)
         if cfg.name == "median":
             return coordinate_median(matrix)
         if cfg.name == "trimmed_mean":
@@ -379,10 +418,13 @@ def chain_of(config: AggregatorConfig) -> AggregationChain | None:
         return None
     if config.name == "norm_bound":
         return AggregationChain(client_stages=(NormBound(config.bound),))
-    if config.name == "centered_clip":
+    if config.name == "centered_clip" and config.bucket == 1:
+        # streaming: each update is clipped as it arrives, and the mean folds it
         return AggregationChain(
             client_stages=(CenteredClip(config.tau),), post_stages=(RememberCenter(),)
         )
+    if config.name == "centered_clip":  # on bucket means: the rule needs every update first
+        return AggregationChain(reducer=MatrixReducer(config), post_stages=(RememberCenter(),))
     return AggregationChain(reducer=MatrixReducer(config))
 
 

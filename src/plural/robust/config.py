@@ -34,7 +34,7 @@ RULE_SETTINGS: dict[str, tuple[str, ...]] = {
     "bulyan": ("f", "bucket"),
     "geometric_median": ("iterations", "smoothing", "bucket"),
     "norm_bound": ("bound",),
-    "centered_clip": ("tau",),
+    "centered_clip": ("tau", "bucket"),
     "dnc": ("f", "filter_share", "subsamples", "subsample_size", "bucket"),
 }
 
@@ -100,8 +100,9 @@ class AggregatorConfig:
     bucket: int = setting(
         1,
         help="rules over all updates (median, trimmed_mean, krum, multi_krum, bulyan, "
-        "geometric_median, dnc): average the round's updates in random buckets of this many "
-        "before the rule (Karimireddy, He & Jaggi 2022, for heterogeneous clients); 1: off",
+        "geometric_median, dnc) and centered_clip: average the round's updates in random "
+        "buckets of this many before the rule (Karimireddy, He & Jaggi 2022, for "
+        "heterogeneous clients); 1: off",
         ge=1,
     )
 
