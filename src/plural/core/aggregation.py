@@ -65,8 +65,15 @@ class Reducer(Protocol):
     """Whether updates can be folded one at a time (True) or are needed all at once."""
 
     def reduce(
-        self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
-    ) -> Params: ...
+        self,
+        deltas: Sequence[Params],
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        state: AggregationState,
+    ) -> Params:
+        """The combined update; ``state`` is the chain's state (read only: e.g. the center a
+        centered clipping rule clips around)."""
+        ...
 
 
 class PostStage(Protocol):
@@ -100,7 +107,11 @@ class WeightedMeanReducer:
     streaming = True
 
     def reduce(
-        self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
+        self,
+        deltas: Sequence[Params],
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        state: AggregationState,
     ) -> Params:
         accumulator = WeightedMean()
         for delta, weight in zip(deltas, weights, strict=True):
@@ -205,7 +216,7 @@ class ChainAccumulator:
         else:
             deltas = [d for d, _ in self._held]
             weights = np.asarray([w for _, w in self._held], dtype=np.float64)
-            delta = self.chain.reducer.reduce(deltas, weights, rng)
+            delta = self.chain.reducer.reduce(deltas, weights, rng, self.state)
         summary = RoundSummary(self.count, self.total_weight, tuple(self._notes))
         state = self.state
         for stage in self.chain.post_stages:

@@ -3,7 +3,8 @@
 Each rule works on the clients' updates (``model - reference``) of one aggregation: a round's
 cohort for global methods, the shared entries for partially personalized ones, one cluster
 for clustered ones. Rules that need every update at once are non-streaming reducers; norm
-bounding and centered clipping are per-client stages in front of the weighted mean.
+bounding and centered clipping are per-client stages in front of the weighted mean, so they
+stream (centered clipping on bucket means is a reducer: buckets need the whole round).
 
 * coordinate-wise ``median`` and ``trimmed_mean``: Yin et al. 2018, "Byzantine-Robust
   Distributed Learning: Towards Optimal Statistical Rates";
@@ -17,6 +18,15 @@ bounding and centered clipping are per-client stages in front of the weighted me
 * ``centered_clip``: Karimireddy et al. 2021, "Learning from History for Byzantine Robust
   Optimization" (one clipping iteration per round around the previous round's aggregate, the
   setting of the paper's experiments; the center is the chain state, so it checkpoints);
+  with ``bucket: s`` it clips the bucket means, the combination Karimireddy, He & Jaggi 2022
+  recommend for heterogeneous clients;
+* ``dnc`` (divide and conquer): Shejwalkar & Houmansadr 2021, "Manipulating the Byzantine:
+  Optimizing Model Poisoning Attacks and Defenses for Federated Learning", Algorithm 2: on a
+  random subset of coordinates, score each centered update by its squared projection on the
+  top right singular vector and drop the ``c * f`` highest; the updates no subset dropped are
+  averaged. Attacks that must move the aggregate far while staying close to honest updates
+  (ALIE, IPM, min-max, sign flipping) all push the attackers the same way, which makes that
+  direction the top singular one;
 * ``bucket: s`` in front of any rule over all updates: Karimireddy, He & Jaggi 2022,
   "Byzantine-Robust Learning on Heterogeneous Datasets via Bucketing": the round's updates
   are shuffled and averaged in buckets of ``s``, and the rule runs on the bucket means, which
@@ -222,6 +232,66 @@ def geometric_median(
     return z
 
 
+def stack_center(state: AggregationState, deltas: Sequence[Params]) -> torch.Tensor:
+    """Centered clipping's center (the last released aggregate) as one row in the order of
+    :func:`stack_updates`; zero before the first round and for entries it lacks."""
+    center = state.get(CENTER_KEY, {})
+    names = _float_names(deltas[0])
+    parts = [
+        center[name].double().reshape(-1)
+        if name in center
+        else torch.zeros(deltas[0][name].numel(), dtype=torch.float64)
+        for name in names
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+def centered_clip(
+    matrix: torch.Tensor, weights: np.ndarray, center: torch.Tensor, tau: float
+) -> torch.Tensor:
+    """One iteration of centered clipping (Karimireddy et al. 2021) over the rows:
+    ``v + sum_i w_i clip(x_i - v, tau) / sum_i w_i``."""
+    offsets = matrix - center
+    norms = offsets.norm(dim=1, keepdim=True)
+    scale = torch.where(norms > tau, tau / norms.clamp_min(1e-300), torch.ones_like(norms))
+    return center + weighted_rows(offsets * scale, weights)
+
+
+def dnc_dropped(config: AggregatorConfig) -> int:
+    """How many updates divide and conquer drops per coordinate subset: ``floor(c * f)``."""
+    return int(np.floor(config.filter_share * config.f))
+
+
+def dnc_kept(
+    matrix: torch.Tensor,
+    dropped: int,
+    subsamples: int,
+    subsample_size: int,
+    rng: np.random.Generator,
+) -> list[int]:
+    """The rows divide and conquer keeps (Shejwalkar & Houmansadr 2021, Algorithm 2): for each
+    of ``subsamples`` random coordinate subsets, the ``dropped`` rows whose centered values
+    project farthest on the subset's top right singular vector are dropped; a row is kept
+    if no subset drops it (at least one row is always kept)."""
+    n, d = matrix.shape
+    dropped = max(0, min(dropped, n - 1))
+    kept = np.ones(n, dtype=bool)
+    if dropped == 0 or d == 0:
+        return list(range(n))
+    for _ in range(subsamples):
+        columns = np.sort(rng.choice(d, size=min(subsample_size, d), replace=False))
+        sub = matrix[:, torch.as_tensor(columns)]
+        centered = sub - sub.mean(0)
+        top = torch.linalg.svd(centered, full_matrices=False).Vh[0]
+        scores = (centered @ top).pow(2).numpy()
+        # stable order: among equal scores the lower index is kept
+        order = np.argsort(scores, kind="stable")
+        kept[order[n - dropped :]] = False
+    if not kept.any():  # every row dropped by some subset: keep the least suspicious one
+        kept[int(np.argmin(scores))] = True
+    return [int(i) for i in np.flatnonzero(kept)]
+
+
 # ---------------------------------------------------------------------------------------------
 # chain pieces
 # ---------------------------------------------------------------------------------------------
@@ -239,17 +309,30 @@ class MatrixReducer:
         return self.config.name
 
     def reduce(
-        self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
+        self,
+        deltas: Sequence[Params],
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        state: AggregationState,
     ) -> Params:
         matrix, rows = stack_updates(deltas), np.asarray(weights)
         if self.config.bucket > 1:
             assert rng is not None  # the chain passes one to every rule but the mean
             matrix, rows = bucket_means(matrix, rows, self.config.bucket, rng)
-        return unstack_update(self.combine(matrix, rows), deltas, weights)
+        center = stack_center(state, deltas)
+        return unstack_update(self.combine(matrix, rows, rng, center), deltas, weights)
 
-    def combine(self, matrix: torch.Tensor, weights: np.ndarray) -> torch.Tensor:
+    def combine(
+        self,
+        matrix: torch.Tensor,
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        center: torch.Tensor,
+    ) -> torch.Tensor:
         cfg = self.config
         n = matrix.shape[0]
+        if cfg.name == "centered_clip":
+            return centered_clip(matrix, weights, center, cfg.tau)
         if cfg.name == "median":
             return coordinate_median(matrix)
         if cfg.name == "trimmed_mean":
@@ -264,6 +347,10 @@ class MatrixReducer:
             return bulyan(matrix, cfg.f)
         if cfg.name == "geometric_median":
             return geometric_median(matrix, weights, cfg.iterations, cfg.smoothing)
+        if cfg.name == "dnc":
+            assert rng is not None  # the chain passes one to every rule but the mean
+            kept = dnc_kept(matrix, dnc_dropped(cfg), cfg.subsamples, cfg.subsample_size, rng)
+            return weighted_rows(matrix[kept], weights[kept])
         raise ValueError(f"{cfg.name!r} is not a matrix rule")
 
 
@@ -331,10 +418,13 @@ def chain_of(config: AggregatorConfig) -> AggregationChain | None:
         return None
     if config.name == "norm_bound":
         return AggregationChain(client_stages=(NormBound(config.bound),))
-    if config.name == "centered_clip":
+    if config.name == "centered_clip" and config.bucket == 1:
+        # streaming: each update is clipped as it arrives, and the mean folds it
         return AggregationChain(
             client_stages=(CenteredClip(config.tau),), post_stages=(RememberCenter(),)
         )
+    if config.name == "centered_clip":  # on bucket means: the rule needs every update first
+        return AggregationChain(reducer=MatrixReducer(config), post_stages=(RememberCenter(),))
     return AggregationChain(reducer=MatrixReducer(config))
 
 
@@ -364,6 +454,11 @@ def check_cohort(config: AggregatorConfig, cohort: int) -> None:
             f"aggregator.f: bulyan with f={f} needs at least 4f + 3 = {4 * f + 3} updates per "
             f"round, but a round has {has}; use f <= {max(0, (units - 3) // 4)} "
             "or sample more clients"
+        )
+    if config.name == "dnc" and dnc_dropped(config) >= units:
+        raise ConfigError(
+            f"aggregator.f: dnc drops filter_share x f = {dnc_dropped(config)} "
+            f"updates per round, but a round has {has}; use a smaller f or filter_share"
         )
     if config.name == "multi_krum" and config.m is not None and config.m > units:
         raise ConfigError(

@@ -21,6 +21,7 @@ AggregatorName = Literal[
     "geometric_median",
     "norm_bound",
     "centered_clip",
+    "dnc",
 ]
 
 # Which settings each rule reads; a setting given for a rule that ignores it is an error.
@@ -33,7 +34,8 @@ RULE_SETTINGS: dict[str, tuple[str, ...]] = {
     "bulyan": ("f", "bucket"),
     "geometric_median": ("iterations", "smoothing", "bucket"),
     "norm_bound": ("bound",),
-    "centered_clip": ("tau",),
+    "centered_clip": ("tau", "bucket"),
+    "dnc": ("f", "filter_share", "subsamples", "subsample_size", "bucket"),
 }
 
 
@@ -48,7 +50,9 @@ class AggregatorConfig:
         "'trimmed_mean' (coordinate-wise, Yin et al. 2018); 'krum' / 'multi_krum' (Blanchard "
         "et al. 2017); 'bulyan' (El Mhamdi et al. 2018); 'geometric_median' (smoothed "
         "Weiszfeld, Pillutla et al. 2022); 'norm_bound' (clip each update's norm, then the "
-        "mean, Sun et al. 2019); 'centered_clip' (Karimireddy et al. 2021)",
+        "mean, Sun et al. 2019); 'centered_clip' (Karimireddy et al. 2021); 'dnc' (divide and "
+        "conquer: drop the updates farthest out along the top singular direction, "
+        "Shejwalkar & Houmansadr 2021)",
     )
     trim: float = setting(
         0.1,
@@ -57,7 +61,9 @@ class AggregatorConfig:
         lt=0.5,
     )
     f: int = setting(
-        1, help="'krum', 'multi_krum', 'bulyan': number of attackers assumed per round", ge=0
+        1,
+        help="'krum', 'multi_krum', 'bulyan', 'dnc': number of attackers assumed per round",
+        ge=0,
     )
     m: int | None = setting(
         None,
@@ -74,11 +80,29 @@ class AggregatorConfig:
     tau: float = setting(
         1.0, help="'centered_clip': clipping radius around the previous round's update", gt=0
     )
+    filter_share: float = setting(
+        1.0,
+        help="'dnc': c, the rule drops c * f updates per coordinate subset (the paper's "
+        "filtering fraction)",
+        gt=0,
+    )
+    subsamples: int = setting(
+        1,
+        help="'dnc': random coordinate subsets scored; an update is kept only if no subset "
+        "drops it (the paper's niters)",
+        ge=1,
+    )
+    subsample_size: int = setting(
+        10_000,
+        help="'dnc': coordinates in each random subset (all of them where the update is smaller)",
+        ge=1,
+    )
     bucket: int = setting(
         1,
         help="rules over all updates (median, trimmed_mean, krum, multi_krum, bulyan, "
-        "geometric_median): average the round's updates in random buckets of this many "
-        "before the rule (Karimireddy, He & Jaggi 2022, for heterogeneous clients); 1: off",
+        "geometric_median, dnc) and centered_clip: average the round's updates in random "
+        "buckets of this many before the rule (Karimireddy, He & Jaggi 2022, for "
+        "heterogeneous clients); 1: off",
         ge=1,
     )
 
