@@ -49,7 +49,11 @@ class _Median:
     streaming = False
 
     def reduce(
-        self, deltas: Sequence[Params], weights: np.ndarray, rng: np.random.Generator | None
+        self,
+        deltas: Sequence[Params],
+        weights: np.ndarray,
+        rng: np.random.Generator | None,
+        state: AggregationState,
     ) -> Params:
         return {k: torch.stack([d[k] for d in deltas]).median(dim=0).values for k in deltas[0]}
 

@@ -47,7 +47,7 @@ class _Median:
     name = "median"
     streaming = False
 
-    def reduce(self, deltas: Any, weights: np.ndarray, rng: Any) -> Params:
+    def reduce(self, deltas: Any, weights: np.ndarray, rng: Any, state: Any) -> Params:
         return {k: torch.stack([d[k] for d in deltas]).median(dim=0).values for k in deltas[0]}
 
 
