@@ -114,7 +114,7 @@ def test_a_robust_aggregation_rule_is_refused(monkeypatch: pytest.MonkeyPatch) -
         name = "median"
         streaming = False
 
-        def reduce(self, deltas: Any, weights: Any, rng: Any) -> Any:
+        def reduce(self, deltas: Any, weights: Any, rng: Any, state: Any) -> Any:
             raise AssertionError("not reached")
 
     monkeypatch.setattr(aggregation, "_BUILDERS", list(aggregation._BUILDERS))
