@@ -41,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import plural
-import plural.algorithms.pfedlia as pfedlia_module
+import plural.algorithms.pfedlia.messages as lia_messages
 from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
 from plural.core.influence import influence_features, merge_alike_clusters, optics_clusters
 from plural.core.score_graph import graph_clusters
@@ -134,49 +135,53 @@ def method_run(
     return row
 
 
-def federations_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+def federations_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     for n in args.sizes:
         for federation in args.federations:
             for seed in args.seeds:
                 for method in args.methods:
                     if method == "CFL" and n > args.cfl_max_clients:
                         continue
-                    row = method_run(n, federation, method, seed, args.rounds, args.cfl_rounds)
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-    return rows
+                    yield method_run(n, federation, method, seed, args.rounds, args.cfl_rounds)
 
 
-def lazy_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Lazy-phase seconds batched vs one at a time; ARI and bytes against peers_scored."""
-    rows = []
+def lazy_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """Lazy-phase seconds batched vs one at a time (up to ``--one-at-a-time-max`` clients);
+    ARI (central) or purity and recall (decentral) and bytes against peers_scored."""
     for n in args.lazy_sizes:
-        for peers in (1.0, 20, 10):
-            for batched in (True, False) if peers == 1.0 else (True,):
-                cfg = config(n, "rotation", args.seeds[0], 6)
-                cfg["algorithm"] = {"name": "pfedlia", "peers_scored": peers}
-                original = pfedlia_module.evaluate_stacked
-                if not batched:
-                    pfedlia_module.evaluate_stacked = _one_at_a_time  # type: ignore[assignment]
-                try:
-                    record = lia_records(plural.run(cfg).server)[-1]
-                finally:
-                    pfedlia_module.evaluate_stacked = original  # type: ignore[assignment]
-                cost = record["cost"]
-                row = {
-                    "clients": n,
-                    "peers_scored": peers,
-                    "batched": batched,
-                    "ari": record["ari"],
-                    "clusters": record["clusters"],
-                    "lazy_seconds": cost["seconds"],
-                    "lazy_bytes": cost["bytes_up"] + cost["bytes_down"],
-                    "peer_exchange_bytes": cost["peer_exchange_bytes"],
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    return rows
+        for variant in ("central", "decentral"):
+            for peers in (1.0, 20, 10):
+                timed = variant == "central" and peers == 1.0 and n <= args.one_at_a_time_max
+                for batched in (True, False) if timed else (True,):
+                    yield lazy_row(n, variant, peers, batched, args.seeds[0])
+
+
+def lazy_row(n: int, variant: str, peers: float, batched: bool, seed: int) -> dict[str, Any]:
+    """One lazy phase (6 rounds: 5 warm-up, then the lazy phase) of ``n`` rotated clients."""
+    cfg = config(n, "rotation", seed, 6)
+    cfg["algorithm"] = {"name": "pfedlia", "variant": variant, "peers_scored": peers}
+    original = lia_messages.evaluate_stacked
+    if not batched:
+        lia_messages.evaluate_stacked = _one_at_a_time  # type: ignore[assignment]
+    try:
+        record = lia_records(plural.run(cfg).server)[-1]
+    finally:
+        lia_messages.evaluate_stacked = original  # type: ignore[assignment]
+    cost = record["cost"]
+    row = {
+        "clients": n,
+        "variant": variant,
+        "peers_scored": peers,
+        "batched": batched,
+        "ari": record["ari"],
+        "clusters": record["clusters"],
+        "lazy_seconds": cost["seconds"],
+        "lazy_bytes": cost["bytes_up"] + cost["bytes_down"],
+        "peer_exchange_bytes": cost["peer_exchange_bytes"],
+    }
+    if "neighbourhoods" in record:
+        row.update({k: record["neighbourhoods"][k] for k in ("purity", "recall")})
+    return row
 
 
 def _one_at_a_time(*args: Any, **kwargs: Any) -> Any:
@@ -213,8 +218,7 @@ SYNTHETIC = {
 }
 
 
-def synthetic_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
+def synthetic_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     for name, sizes in SYNTHETIC.items():
         if sum(sizes) > max(args.sizes):
             continue
@@ -231,7 +235,7 @@ def synthetic_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
                         labels = merge_alike_clusters(scores, labels, MERGE_SHARE)
                     aris.append(adjusted_rand_score(groups, labels))
                     found.append(int(labels.max()) + 1)
-                row = {
+                yield {
                     "case": name,
                     "clients": sum(sizes),
                     "noise": noise,
@@ -240,9 +244,6 @@ def synthetic_experiment(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "ari_min": min(aris),
                     "clusters": found,
                 }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    return rows
 
 
 def summarise(rows: list[dict[str, Any]]) -> None:
@@ -285,6 +286,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[20, 100, 200])
     parser.add_argument("--lazy-sizes", nargs="+", type=int, default=[200])
+    parser.add_argument(
+        "--one-at-a-time-max",
+        type=int,
+        default=200,
+        help="lazy: time the one-model-at-a-time evaluation up to this many clients (it is "
+        "the slow path: N^2 evaluations one by one)",
+    )
     parser.add_argument("--federations", nargs="+", choices=list(FEDERATIONS), default=["rotation"])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -298,26 +306,40 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.lazy_sizes, args.rounds, args.cfl_rounds = [20, 100], [100], 8, 30
     torch.set_num_threads(1)
     started = time.perf_counter()
+    out = args.out or (None if args.quick else HERE / "results" / "clustering_scale.json")
     results: dict[str, Any] = {}
-    if "synthetic" in args.experiments:
-        results["synthetic"] = synthetic_experiment(args)
-    if "federations" in args.experiments:
-        results["federations"] = federations_experiment(args)
-        summarise(results["federations"])
-    if "lazy" in args.experiments:
-        results["lazy"] = lazy_experiment(args)
+    experiments = {
+        "synthetic": synthetic_experiment,
+        "federations": federations_experiment,
+        "lazy": lazy_experiment,
+    }
+    for name, experiment in experiments.items():
+        if name not in args.experiments:
+            continue
+        results[name] = []
+        for row in experiment(args):
+            results[name].append(row)
+            print(json.dumps(row), flush=True)
+            save(results, out, started)  # every row as it comes: nothing computed is lost
+        if name == "federations":
+            summarise(results[name])
+    print(f"total {save(results, out, started):.0f} s")
+
+
+def save(results: dict[str, Any], out: Path | None, started: float) -> float:
+    """Write ``results`` with the run's metadata to ``out`` (if any); the seconds so far."""
+    seconds = time.perf_counter() - started
     results["meta"] = {
         "command": " ".join(sys.argv),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
         "torch": torch.__version__,
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(),
     }
-    print(f"total {results['meta']['seconds']:.0f} s")
-    out = args.out or (None if args.quick else HERE / "results" / "clustering_scale.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1, default=float))
+    return seconds
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from plural.core.influence import (
     agreed_peers,
     client_distances,
     fixed_clusters,
+    helpful_side,
     influence_features,
     keep_probability,
     kmeans_peers,
@@ -26,6 +27,7 @@ from plural.core.influence import (
     randomized_response,
     rank_correlation,
     row_epsilon,
+    row_modes,
     sign_votes,
 )
 from plural.core.params import nbytes
@@ -248,13 +250,15 @@ def test_merging_keeps_close_but_distinct_groups_apart() -> None:
 
 def test_merging_reductions() -> None:
     scores = block_scores(GROUPS)
-    # The true groups stay; a huge share merges nothing; every client alone merges nothing
-    # (two singletons have no score within to compare with).
+    # The true groups stay; a huge share merges nothing; every client alone pairs up into
+    # its group (two singletons compare with their rows' top modes); clients that hurt
+    # everyone stay alone.
     np.testing.assert_array_equal(merge_alike_clusters(scores, GROUPS), GROUPS)
     pieces = np.arange(12) // 2
     np.testing.assert_array_equal(merge_alike_clusters(scores, pieces, share=100.0), pieces)
     alone = np.arange(12)
-    np.testing.assert_array_equal(merge_alike_clusters(scores, alone), alone)
+    np.testing.assert_array_equal(merge_alike_clusters(scores, alone), GROUPS)
+    np.testing.assert_array_equal(merge_alike_clusters(-np.abs(scores), alone), alone)
     # Pairs cut from the groups merge back; the input is left alone.
     before = pieces.copy()
     np.testing.assert_array_equal(merge_alike_clusters(scores, pieces), GROUPS)
@@ -501,6 +505,69 @@ def test_own_row_peers_looks_among_positive_scores_when_harmful_outliers_set_the
     np.testing.assert_array_equal(own_row_peers(row, 0), [1, 1, 1, 1, 0, 0, 0, 0, 0])
 
 
+@pytest.mark.parametrize(
+    ("draw", "n"),
+    [("normal", 20), ("normal", 200), ("normal", 1000), ("student_t", 200), ("student_t", 1000)],
+)
+def test_row_modes_sees_one_mode_in_unimodal_noise(draw: str, n: int) -> None:
+    # A client's group alone: one mode however many values (a split of unimodal values
+    # gains less likelihood than its mixing weights and parameters cost). With 20 values a
+    # heavy tail (Student t, 5 degrees) can set two outliers apart as a mode of their own.
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        values = rng.normal(size=n) if draw == "normal" else rng.standard_t(5, size=n)
+        modes, centres = row_modes(values)
+        assert len(centres) == 1 and not modes.any()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "seed"), [((20, 20, 40), 0), ((50, 50, 100), 1), ((250, 250, 500), 2)]
+)
+def test_row_modes_sets_the_top_level_apart(sizes: tuple[int, int, int], seed: int) -> None:
+    # The row of a client in the "mixed" federation: its group, a group that helps a little,
+    # the rest (levels about 4 standard deviations apart, as measured within rows).
+    rng = np.random.default_rng(seed)
+    levels = np.repeat([0.06, 0.014, -0.03], sizes)
+    values = levels + 0.01 * rng.standard_normal(len(levels))
+    order = rng.permutation(len(values))
+    modes, centres = row_modes(values[order])
+    assert len(centres) >= 3 and np.all(np.diff(centres) > 0)
+    truth = np.repeat([2, 1, 0], sizes)[order]
+    top = modes == len(centres) - 1  # the client's group: what its first choice keeps
+    assert (truth[top] == 2).mean() >= 0.98 and top[truth == 2].mean() >= 0.9
+
+
+def test_row_modes_degenerate_inputs() -> None:
+    modes, centres = row_modes(np.array([]))
+    assert len(modes) == 0 and len(centres) == 0
+    modes, centres = row_modes(np.array([0.3]))
+    assert modes.tolist() == [0] and centres.tolist() == [0.3]
+    modes, centres = row_modes(np.full(12, 0.2))  # identical values: one mode
+    assert not modes.any() and centres.tolist() == pytest.approx([0.2])
+    # Two exact levels: two modes, whatever the variance floor.
+    modes, centres = row_modes(np.array([1.0] * 6 + [0.0] * 6))
+    assert modes.tolist() == [1] * 6 + [0] * 6 and centres.tolist() == [0.0, 1.0]
+
+
+def test_own_row_peers_keeps_the_top_mode_where_a_group_helps_a_little() -> None:
+    # 2-means puts the group that helps a little on the helpful side; the top mode does not.
+    rng = np.random.default_rng(0)
+    levels = np.repeat([0.06, 0.014, -0.03], [30, 30, 60])
+    row = levels + 0.01 * rng.standard_normal(len(levels))
+    own, split = own_row_peers(row, 0), helpful_side(row, 0)
+    group = levels == 0.06
+    assert own[~group].sum() == 0 and own[group].mean() >= 0.9
+    assert split[levels == 0.014].mean() > 0.5  # the 2-means rule keeps most of the other group
+    # A row with one mode is the 2-means rule's.
+    flat = 0.05 * rng.standard_normal(40)
+    np.testing.assert_array_equal(own_row_peers(flat, 3), helpful_side(flat, 3))
+
+
+def test_own_row_peers_rejects_a_bad_index() -> None:
+    with pytest.raises(ValueError, match="self_index 5 out of range"):
+        own_row_peers(np.zeros(3), 5)
+
+
 def _noisy_choices(
     sizes: list[int], hit: float, false: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -525,6 +592,32 @@ def test_agreed_peers_purifies_noisy_first_choices(sizes: list[int], seed: int) 
     assert after["purity"] >= 0.98 and after["recall"] > before["recall"]
     np.testing.assert_array_equal(peers, peers.T)
     assert peers.diagonal().all()
+
+
+def _half_related_scores(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the "mixed" federation: 4 groups of ``size``; groups 0 and 1 (and 2 and 3)
+    share a rotation and help each other a little. Levels as measured (0.06 within, 0.014
+    half-related, -0.025 across), within-row noise 0.01."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(4), size)
+    same = groups[:, None] == groups[None, :]
+    half = (groups[:, None] // 2 == groups[None, :] // 2) & ~same
+    levels = np.where(same, 0.06, np.where(half, 0.014, -0.025))
+    return levels + 0.01 * rng.standard_normal(levels.shape), groups
+
+
+@pytest.mark.parametrize(("size", "seed"), [(25, 0), (25, 1), (250, 2)])
+def test_decentral_neighbourhoods_leave_out_a_group_that_helps_a_little(
+    size: int, seed: int
+) -> None:
+    scores, groups = _half_related_scores(size, seed)
+    rows = range(len(groups))
+    first = np.array([own_row_peers(scores[i], i) for i in rows])
+    split = np.array([helpful_side(scores[i], i) for i in rows])
+    agreed = neighbourhood_quality(agreed_peers(first), groups)
+    assert agreed["purity"] >= 0.98 and agreed["recall"] >= 0.95
+    # The 2-means first choice keeps the half-related group, and the agreement joins them.
+    assert neighbourhood_quality(agreed_peers(split), groups)["purity"] < 0.6
 
 
 def test_agreed_peers_keeps_exact_groups() -> None:

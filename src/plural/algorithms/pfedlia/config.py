@@ -27,8 +27,8 @@ class PFedLIAConfig(AveragingConfig):
     variant: Variant = setting(
         "central",
         help="'central': the server clusters the clients' score rows with OPTICS; "
-        "'decentral': each client keeps the peers on the helpful side of its own row (k-means, "
-        "k=2) and trains with their models",
+        "'decentral': each client keeps the peers in the top mode of its own row (a row with "
+        "one mode: its helpful side, k-means with k=2) and trains with their models",
     )
     peer_agreement: bool = setting(
         True,
