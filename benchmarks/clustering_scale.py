@@ -104,11 +104,19 @@ def config(num_clients: int, federation: str, seed: int, rounds: int) -> dict[st
 
 
 def method_run(
-    num_clients: int, federation: str, method: str, seed: int, rounds: int, cfl_rounds: int
+    num_clients: int,
+    federation: str,
+    method: str,
+    seed: int,
+    rounds: int,
+    cfl_rounds: int,
+    warmup: int | None = None,
 ) -> dict[str, Any]:
     algorithm = dict(METHODS[method])
     if algorithm["name"] == "ifca":
         algorithm["k"] = GROUPS[federation]
+    if algorithm["name"] == "pfedlia" and warmup is not None:
+        algorithm["warmup_rounds"] = warmup
     cfg = config(num_clients, federation, seed, cfl_rounds if method == "CFL" else rounds)
     cfg["algorithm"] = algorithm
     started = time.perf_counter()
@@ -118,6 +126,8 @@ def method_run(
         "federation": federation,
         "method": method,
         "seed": seed,
+        "rounds": cfg["rounds"],
+        "warmup": algorithm.get("warmup_rounds"),
         "mean": results.summary["test"]["accuracy"]["mean"],
         "worst10": results.summary["test"]["accuracy"]["worst10"],
         "seconds": time.perf_counter() - started,
@@ -142,7 +152,9 @@ def federations_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]
                 for method in args.methods:
                     if method == "CFL" and n > args.cfl_max_clients:
                         continue
-                    yield method_run(n, federation, method, seed, args.rounds, args.cfl_rounds)
+                    yield method_run(
+                        n, federation, method, seed, args.rounds, args.cfl_rounds, args.warmup
+                    )
 
 
 def lazy_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -298,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--cfl-rounds", type=int, default=40)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="pFedLIA's warmup_rounds (default: its own, 5)"
+    )
     parser.add_argument("--cfl-max-clients", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 and 100 clients, short runs")
     parser.add_argument("--out", type=Path, default=None)

@@ -163,8 +163,9 @@ def test_scored_zero_is_kept_apart_from_not_scored() -> None:
 
 
 def _dense_agreed_peers(first: np.ndarray, scored: np.ndarray) -> np.ndarray:
-    """The dense agreement rule as it was before the matrices were sparse (reference)."""
-    from plural.core.influence import kmeans_peers
+    """The dense agreement rule as it was before the matrices were sparse (reference; with
+    the shares' lower bound since)."""
+    from plural.core.influence import _share_lower_bound, kmeans_peers
 
     n = len(first)
     peers = first | np.eye(n, dtype=bool)
@@ -173,8 +174,7 @@ def _dense_agreed_peers(first: np.ndarray, scored: np.ndarray) -> np.ndarray:
         yes, asked = voters @ voters, voters @ (scored | peers).astype(np.float64)
         kept = np.zeros((n, n), dtype=bool)
         for i in range(n):
-            shares = np.where(asked[i] > 0, yes[i] / np.maximum(asked[i], 1.0), np.nan)
-            kept[i] = kmeans_peers(shares, i)
+            kept[i] = kmeans_peers(_share_lower_bound(yes[i], asked[i]), i)
         kept &= kept.T
         if np.array_equal(kept, peers):
             break

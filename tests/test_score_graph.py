@@ -15,6 +15,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from plural.core.influence import influence_features, merge_alike_clusters, optics_clusters
 from plural.core.score_graph import graph_clusters, modularity, score_edges
+from plural.core.sparse_scores import SparseMatrix
+from plural.experiment import parse_config
+from plural.runner import build_algorithm
 
 
 def block_scores(
@@ -71,6 +74,38 @@ def test_optics_then_merging_pairs_up_the_clients_optics_leaves_alone(
     merged = merge_alike_clusters(scores, optics, share=0.6)
     assert adjusted_rand_score(groups, merged) >= 0.9
     assert adjusted_rand_score(groups, merged) > adjusted_rand_score(groups, optics)
+
+
+def _pfedlia_clusters(scores: np.ndarray, **algorithm: object) -> np.ndarray:
+    """pFedLIA's central clustering step with ``algorithm`` settings, on ``scores``."""
+    config = parse_config(
+        {
+            "dataset": {"name": "digits"},
+            "partition": {"name": "iid", "num_clients": len(scores)},
+            "model": {"name": "logreg"},
+            "algorithm": {"name": "pfedlia", **algorithm},
+        }
+    )
+    return build_algorithm(config).central_clusters(SparseMatrix.from_dense(scores))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_clustering_hands_over_to_the_score_graph_where_optics_sees_noise(seed: int) -> None:
+    # 4 groups of 25 at twice the measured noise: OPTICS calls 56-91% of the clients noise
+    # and merging cannot rebuild the groups; the default clusters the score graph instead.
+    scores, groups = block_scores([25] * 4, seed, noise=0.42, cross=0.3)
+    optics = _pfedlia_clusters(scores, clustering="optics")
+    auto = _pfedlia_clusters(scores)
+    assert adjusted_rand_score(groups, optics) < 0.9
+    np.testing.assert_array_equal(auto, _pfedlia_clusters(scores, clustering="spectral"))
+    assert adjusted_rand_score(groups, auto) >= 0.95
+
+
+def test_auto_clustering_keeps_optics_where_it_places_every_client() -> None:
+    scores, groups = block_scores([5] * 4, 0)
+    auto = _pfedlia_clusters(scores)
+    np.testing.assert_array_equal(auto, _pfedlia_clusters(scores, clustering="optics"))
+    assert adjusted_rand_score(groups, auto) == 1.0
 
 
 @pytest.mark.slow

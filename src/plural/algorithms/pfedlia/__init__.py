@@ -19,16 +19,18 @@ The run, round by round:
    * ``variant: central``: clients send their score rows (raw, sign votes, or differentially
      private votes by randomized response, as in the lazy-influence paper, Rokvic et al.
      2022, arXiv 2205.11518); the server clusters them with OPTICS on the normalised rows
-     (``normalize``, ``symmetrize``; the default), which resolves small close groups, then
+     (``normalize``, ``symmetrize``; the default when every client scores every other),
+     which resolves small close groups, then
      merges the pieces it cuts large groups into (``merge_share``, beyond the paper: pieces
      of one group score each other as highly as their own mates), or (``clustering:
      spectral``) spectrally on the graph
      of mutually helpful scores, finding the number of clusters itself
      (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
      large well-separated groups but merges close small ones.
-   * ``variant: decentral`` (peer to peer): each client splits its own row with 1-D k-means
-     (k=2; its positive scores, where zero falls inside the higher side) and keeps the
-     helpful side as its first choice. With
+   * ``variant: decentral`` (peer to peer): each client's first choice is the top mode of
+     its own row (:func:`plural.core.influence.own_row_peers`; a row with one mode: the
+     helpful side of a 1-D k-means split, k=2, of its positive scores where zero falls
+     inside the higher side). With
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
      its first choices also chose, where they keep it too (only peer lists are exchanged):
      one row of a client with little validation data is noisy, the agreement of many is
@@ -48,7 +50,9 @@ Choices the paper leaves open, and why:
 * ``normalize: row`` (default): each row divided by its largest absolute score, so clients
   whose validation loss moves a lot (small or hard validation sets) do not dominate the
   distances; the pattern of who helps whom is what groups clients.
-* ``clustering: optics`` (default) or ``spectral``, see :mod:`plural.core.score_graph`
+* ``clustering: auto`` (default: ``optics`` where every client scores every other,
+  ``spectral`` where clients score a subset, ``peers_scored``) or ``optics`` or
+  ``spectral``, see :mod:`plural.core.score_graph`
   (spectral merges close small groups: see the ``clustering`` setting); a client
   with no mutually helpful peer becomes its own cluster (``noise: own``) or joins the
   cluster it scores highest (``noise: nearest``). With ``clustering: optics``:

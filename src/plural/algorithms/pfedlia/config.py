@@ -17,7 +17,7 @@ Variant = Literal["central", "decentral"]
 ScoreKind = Literal["loss", "accuracy"]
 Votes = Literal["raw", "sign", "private"]
 Recluster = Literal["never", "stale"]
-Clustering = Literal["spectral", "optics"]
+Clustering = Literal["auto", "spectral", "optics"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +61,13 @@ class PFedLIAConfig(AveragingConfig):
         "score); null: only when peers_scored < 1, where it fills in missing scores",
     )
     clustering: Clustering = setting(
-        "optics",
-        help="central: 'optics' clusters the score rows with OPTICS (min_samples, xi; "
+        "auto",
+        help="central: 'auto' is 'optics' where every client scores every other, handing "
+        "over to 'spectral' where OPTICS calls most clients noise (1,000 clients of 14 "
+        "validation images: ARI 0.27 against 1.00), and 'spectral' where clients score a "
+        "subset (peers_scored: OPTICS compares rows on the few entries two rows share; 200 "
+        "clients scoring 20: ARI 0.30 against 1.00); "
+        "'optics' clusters the score rows with OPTICS (min_samples, xi; "
         "resolves small, close groups; the pieces it cuts large groups into are merged back, "
         "see merge_share); 'spectral' clusters the "
         "graph of mutually helpful scores (eigengap and a modularity test choose the number "
