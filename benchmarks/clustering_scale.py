@@ -18,7 +18,11 @@ Three experiments (all by default; ``--experiments`` picks some):
   bytes and seconds.
 * ``lazy``: pFedLIA's lazy phase at ``--lazy-sizes`` clients: seconds with the batched
   evaluation of the lazy models (:mod:`plural.core.batched_eval`) against one model at a
-  time, and ARI and bytes against ``peers_scored`` (all, 20, 10 peers).
+  time (up to ``--one-at-a-time-max`` clients), and ARI (central) or purity and recall
+  (decentral) and bytes against ``--peers-scored`` (default: all, 20, 10 peers).
+
+``--warmup`` sets pFedLIA's ``warmup_rounds`` in ``federations``. Every row is written to the
+results file as it comes.
 
 Workload: MNIST, 60 training images a client (split 60/20/20 train/val/test of 100), MLP
 784-32-10, SGD lr 0.1, batch 20, one local epoch, full participation, sequential backend,
@@ -161,8 +165,8 @@ def lazy_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """Lazy-phase seconds batched vs one at a time (up to ``--one-at-a-time-max`` clients);
     ARI (central) or purity and recall (decentral) and bytes against peers_scored."""
     for n in args.lazy_sizes:
-        for variant in ("central", "decentral"):
-            for peers in (1.0, 20, 10):
+        for variant in args.variants:
+            for peers in args.peers_scored:
                 timed = variant == "central" and peers == 1.0 and n <= args.one_at_a_time_max
                 for batched in (True, False) if timed else (True,):
                     yield lazy_row(n, variant, peers, batched, args.seeds[0])
@@ -298,6 +302,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[20, 100, 200])
     parser.add_argument("--lazy-sizes", nargs="+", type=int, default=[200])
+    parser.add_argument(
+        "--peers-scored",
+        nargs="+",
+        type=float,
+        default=[1.0, 20, 10],
+        help="lazy: pFedLIA's peers_scored values (1: all; above 1: a count)",
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=["central", "decentral"], default=["central", "decentral"]
+    )
     parser.add_argument(
         "--one-at-a-time-max",
         type=int,
