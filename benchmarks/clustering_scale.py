@@ -41,6 +41,7 @@ import argparse
 import copy
 import datetime
 import json
+import math
 import platform
 import statistics
 import sys
@@ -58,6 +59,7 @@ import plural.algorithms.pfedlia.messages as lia_messages
 from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
 from plural.core.influence import influence_features, merge_alike_clusters, optics_clusters
 from plural.core.score_graph import graph_clusters
+from plural.safety.diskio import atomic_write
 
 HERE = Path(__file__).parent
 EXPERIMENTS = ("synthetic", "federations", "lazy")
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--peers-scored",
         nargs="+",
-        type=float,
+        type=positive_float,
         default=[1.0, 20, 10],
         help="lazy: pFedLIA's peers_scored values (1: all; above 1: a count)",
     )
@@ -355,6 +357,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"total {save(results, out, started):.0f} s")
 
 
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0 (peers_scored: a share up to 1, a count above)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
 def save(results: dict[str, Any], out: Path | None, started: float) -> float:
     """Write ``results`` with the run's metadata to ``out`` (if any); the seconds so far."""
     seconds = time.perf_counter() - started
@@ -365,9 +378,10 @@ def save(results: dict[str, Any], out: Path | None, started: float) -> float:
         "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(),
     }
-    if out is not None:
+    if out is not None:  # written whole or not at all: a run stopped mid-write keeps the last
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=float))
+        text = json.dumps(results, indent=1, default=float)
+        atomic_write(out, lambda tmp: tmp.write_text(text))
     return seconds
 
 

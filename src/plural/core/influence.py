@@ -412,6 +412,14 @@ def _two_means(values: np.ndarray) -> np.ndarray:
 _MAX_ROW_MODES = 4
 
 
+def _intervals(ordered: np.ndarray, bounds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each position's interval (int64) for ascending edges ``bounds``, and each interval's
+    mean of ``ordered``."""
+    sizes = np.diff(bounds)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return labels, np.bincount(labels, weights=ordered) / sizes
+
+
 def _classification_bic(ordered: np.ndarray, bounds: list[int]) -> float:
     """BIC of ascending 1-D values cut at ``bounds`` into intervals, each a Gaussian with its
     own mean and one variance shared by all (mixing weights from the counts; the "E" model
@@ -419,8 +427,7 @@ def _classification_bic(ordered: np.ndarray, bounds: list[int]) -> float:
     hold a single value (a client with one clear helper among 20 scored peers); the variance
     is floored at 1e-12 of the total so that identical values stay finite."""
     n, sizes = len(ordered), np.diff(bounds)
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    centres = np.bincount(labels, weights=ordered) / sizes
+    labels, centres = _intervals(ordered, bounds)
     floor = 1e-12 * max(float(ordered.var()), np.finfo(np.float64).tiny)
     variance = max(float(((ordered - centres[labels]) ** 2).mean()), floor)
     log_likelihood = float((sizes * np.log(sizes / n)).sum())
@@ -430,18 +437,18 @@ def _classification_bic(ordered: np.ndarray, bounds: list[int]) -> float:
 
 def _best_cut(ordered: np.ndarray) -> tuple[int, float]:
     """The exact best 2-split of ascending 1-D values into ``[:cut]`` and ``[cut:]``: the cut
-    and the split's summed squared deviations, from prefix sums in one pass over the cuts.
-    ``(0, inf)`` with fewer than 2 values."""
+    and how much it lowers the summed squared deviations, from prefix sums in one pass over
+    the cuts. ``(0, -inf)`` with fewer than 2 values."""
     n = len(ordered)
     if n < 2:
-        return 0, math.inf
+        return 0, -math.inf
     x = ordered - ordered.mean()  # centred: the prefix-sum formula loses no precision
     sums, squares = np.cumsum(x), np.cumsum(x * x)
     cuts = np.arange(1, n)
     left = squares[cuts - 1] - sums[cuts - 1] ** 2 / cuts
     right = squares[-1] - squares[cuts - 1] - (sums[-1] - sums[cuts - 1]) ** 2 / (n - cuts)
     best = int(np.argmin(left + right))
-    return int(cuts[best]), float(left[best] + right[best])
+    return int(cuts[best]), float(squares[-1] - left[best] - right[best])
 
 
 def _bisect_once(ordered: np.ndarray, bounds: list[int]) -> list[int] | None:
@@ -449,9 +456,7 @@ def _bisect_once(ordered: np.ndarray, bounds: list[int]) -> list[int] | None:
     squared deviations most cut in two; None if no part can be cut."""
     best_gain, best_bounds = -math.inf, None
     for start, end in itertools.pairwise(bounds):
-        part = ordered[start:end]
-        cut, split = _best_cut(part)
-        gain = float(((part - part.mean()) ** 2).sum()) - split if cut else -math.inf
+        cut, gain = _best_cut(ordered[start:end])
         if gain > best_gain:
             best_gain, best_bounds = gain, sorted([*bounds, start + cut])
     return best_bounds
@@ -481,11 +486,10 @@ def row_modes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bic = _classification_bic(ordered, bounds)
         if bic < best_bic:
             best_bic, best_bounds = bic, bounds
-    sizes = np.diff(best_bounds)
-    labels = np.repeat(np.arange(len(sizes)), sizes)
+    labels, centres = _intervals(ordered, best_bounds)
     modes = np.empty(len(values), dtype=np.int64)
     modes[order] = labels
-    return modes, np.bincount(labels, weights=ordered) / sizes
+    return modes, centres
 
 
 def kmeans_peers(row: np.ndarray, self_index: int, positive_only: bool = True) -> np.ndarray:
