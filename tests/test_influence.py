@@ -12,6 +12,7 @@ from sklearn.metrics import adjusted_rand_score
 from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
     _noise_to_nearest,
+    _share_lower_bound,
     agreed_peers,
     client_distances,
     fixed_clusters,
@@ -618,6 +619,31 @@ def test_decentral_neighbourhoods_leave_out_a_group_that_helps_a_little(
     assert agreed["purity"] >= 0.98 and agreed["recall"] >= 0.95
     # The 2-means first choice keeps the half-related group, and the agreement joins them.
     assert neighbourhood_quality(agreed_peers(split), groups)["purity"] < 0.6
+
+
+def test_share_lower_bound_discounts_few_votes() -> None:
+    yes, votes = np.array([1.0, 20.0, 0.0, 0.0, 500.0]), np.array([1.0, 20.0, 5.0, 0.0, 1000.0])
+    bound = _share_lower_bound(yes, votes)
+    assert bound[0] < 0.6 < bound[1] < 1.0  # 1 of 1 counts for less than 20 of 20
+    assert bound[2] == pytest.approx(0.0) and math.isnan(bound[3])  # no voter: no share
+    assert bound[4] == pytest.approx(0.5, abs=0.02)  # many votes: about the share itself
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_agreement_with_few_peers_scored_does_not_grow_into_other_groups(seed: int) -> None:
+    # 4 groups of 50, each client scores 20 random peers and chooses 90% of the group mates it
+    # scored and 5% of the strangers. A candidate is often judged by one or two voters; with
+    # the raw yes-share the neighbourhoods grew into other groups (purity 0.25-0.40).
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(4), 50)
+    n = len(groups)
+    scored = np.zeros((n, n), dtype=bool)
+    for i in range(n):
+        scored[i, rng.choice(np.delete(np.arange(n), i), 20, replace=False)] = True
+    same = groups[:, None] == groups[None, :]
+    first = scored & (rng.random((n, n)) < np.where(same, 0.9, 0.05))
+    after = neighbourhood_quality(agreed_peers(first, scored), groups)
+    assert after["purity"] >= 0.85 and after["recall"] >= 0.8
 
 
 def test_agreed_peers_keeps_exact_groups() -> None:
