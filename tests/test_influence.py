@@ -11,8 +11,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
+    OpticsFit,
     _noise_to_nearest,
     _share_lower_bound,
+    absorptions_the_rows_confirm,
     agreed_peers,
     client_distances,
     fixed_clusters,
@@ -30,6 +32,7 @@ from plural.core.influence import (
     row_epsilon,
     row_modes,
     sign_votes,
+    split_unalike_clusters,
 )
 from plural.core.params import nbytes
 
@@ -287,6 +290,71 @@ def test_merging_uses_only_the_scores_that_exist() -> None:
     labels = merge_alike_clusters(unscored, pieces)
     assert labels[0] != labels[2]
     assert adjusted_rand_score(GROUPS[4:], labels[4:]) == 1.0
+
+
+def test_a_pair_that_formed_on_a_high_draw_joins_its_group() -> None:
+    # Six clients of one group score each other 1.0; clients 0 and 1 drew 2.8 for each other.
+    # Against the pair's own mean within (2.8) the group is a stranger (1.0 / 2.8 = 0.36);
+    # against the pooled mean within ((2 x 2.8 + 12 x 1.0) / 14 = 1.26) it is kin (0.80).
+    scores = np.ones((6, 6))
+    scores[0, 1] = scores[1, 0] = 2.8
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(merge_alike_clusters(scores, labels), np.zeros(6))
+
+
+def _fit(leaves: list[int], absorbed: list[int]) -> OpticsFit:
+    n = len(leaves)
+    return OpticsFit(np.array(leaves), np.array(absorbed), np.zeros((n, n)))
+
+
+def test_the_row_must_confirm_a_placement_by_distance() -> None:
+    # Leaf 0 (clients 0-2) and leaf 1 (clients 3-5); OPTICS left out clients 6 and 7 and the
+    # hierarchy placed both in leaf 0. Leaf 0's members help client 6 as much as its best
+    # helpers do; they hurt client 7, which only its pair mate 8 helps.
+    scores = np.full((9, 9), -1.0)
+    scores[np.ix_(range(3), range(3))] = 1.0
+    scores[np.ix_(range(3, 6), range(3, 6))] = 1.0
+    scores[6, :3] = 0.9
+    scores[7, 8] = scores[8, 7] = 1.7
+    fit = _fit([0, 0, 0, 1, 1, 1, -1, -1, -1], [0, 0, 0, 1, 1, 1, 0, 0, -1])
+    kept = absorptions_the_rows_confirm(scores, fit)
+    np.testing.assert_array_equal(kept, [0, 0, 0, 1, 1, 1, 0, -1, -1])
+    # A row that is helped a little, far below what its best helpers give it, is not kin.
+    scores[6, :3], scores[6, 3:6] = 0.2, 2.0
+    assert absorptions_the_rows_confirm(scores, fit)[6] == -1
+    # Clients placed by a leaf of their own (not absorbed) are never undone.
+    np.testing.assert_array_equal(
+        absorptions_the_rows_confirm(-np.ones((3, 3)), _fit([0, 0, 0], [0, 0, 0])), [0, 0, 0]
+    )
+
+
+def test_splitting_cuts_two_groups_out_of_one_cluster_and_nothing_else() -> None:
+    groups = np.repeat([0, 1, 2], 3)
+    scores = block_scores(groups, noise=0.05)
+    # Groups 0 and 1 in one cluster: split; the true groups stay as they are.
+    joined = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(split_unalike_clusters(scores, joined), groups)
+    np.testing.assert_array_equal(split_unalike_clusters(scores, groups), groups)
+    # All three in one: split into all three.
+    assert adjusted_rand_score(groups, split_unalike_clusters(scores, np.zeros(9))) == 1.0
+    # A client whose own model hurts its mates (they help it) is not cut off alone.
+    one_way = block_scores(np.zeros(6, dtype=np.int64))
+    one_way[1:, 0] = -1.0
+    np.testing.assert_array_equal(split_unalike_clusters(one_way, np.zeros(6)), np.zeros(6))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_splitting_leaves_one_noisy_group_whole(seed: int) -> None:
+    groups = np.zeros(40, dtype=np.int64)
+    scores = block_scores(groups, seed, noise=0.3)
+    np.testing.assert_array_equal(split_unalike_clusters(scores, groups), groups)
+
+
+def test_splitting_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="one entry per row"):
+        split_unalike_clusters(np.zeros((3, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="share must be > 0"):
+        absorptions_the_rows_confirm(np.zeros((3, 3)), _fit([0, 0, 0], [0, 0, 0]), share=0.0)
 
 
 def test_merging_rejects_bad_input() -> None:

@@ -97,6 +97,25 @@ def test_noisy_clients_do_not_help_clean_ones() -> None:
     assert lia_state(result.server).groups is not None
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clean_clients_are_clustered_with_exactly_their_clean_group_mates(seed: int) -> None:
+    # The noisy federation at pFedLIA's defaults (5 warm-up rounds). On seed 0 two clean
+    # pairs, whose other group members are noisy, once joined the noisy clients' cluster
+    # (ARI 0.58); on seed 1 a clean pair stayed two singletons.
+    cfg = grouped(warmup_rounds=5)
+    cfg.update(seed=seed, rounds=6)
+    cfg["transforms"] = [{"name": "label_noise", "fraction": 0.2, "rate": 1.0}]
+    result = plural.run(cfg)
+    federation = plural.runner.build_federation(plural.experiment.load_config(cfg))
+    noisy = federation.group_ids["label_noise"].astype(bool)
+    classes = federation.group_ids["partition"]
+    assignment = np.asarray(lia_records(result.server)[-1]["assignment"])
+    for i in np.flatnonzero(~noisy):
+        mates = np.flatnonzero(assignment == assignment[i])
+        expected = np.flatnonzero(~noisy & (classes == classes[i]))
+        np.testing.assert_array_equal(mates, expected)
+
+
 def test_decentral_neighbourhoods_hold_the_own_group() -> None:
     result = plural.run(grouped(variant="decentral"))
     record = lia_records(result.server)[-1]

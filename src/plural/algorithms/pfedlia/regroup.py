@@ -21,6 +21,7 @@ from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ServerState, Update
 from plural.core.cluster_quality import group_agreement
 from plural.core.influence import (
+    absorptions_the_rows_confirm,
     agreed_peers,
     fixed_clusters,
     influence_features,
@@ -31,6 +32,7 @@ from plural.core.influence import (
     optics_fit,
     placed_noise,
     row_epsilon,
+    split_unalike_clusters,
 )
 from plural.core.params import Params
 from plural.core.score_graph import graph_clusters
@@ -122,12 +124,17 @@ class Regrouping:
         features = influence_features(scores, cfg.normalize, symmetrize)
         if cfg.clusters is not None:
             return fixed_clusters(features, cfg.clusters)
-        optics, distances = optics_fit(features, cfg.min_samples, cfg.xi)
-        if cfg.clustering == "auto" and np.mean(optics == -1) > OPTICS_NOISE_LIMIT:
+        fit = optics_fit(features, cfg.min_samples, cfg.xi)
+        if cfg.clustering == "auto" and np.mean(fit.absorbed == -1) > OPTICS_NOISE_LIMIT:
             return graph_clusters(released.csr(), cfg.clusters, cfg.noise)
-        labels = placed_noise(optics, distances, cfg.noise)
         if cfg.merge_share is None:
-            return labels
+            return placed_noise(fit.absorbed, fit.distances, cfg.noise)
+        # The scores check what row distances decided (benchmarks/README.md, "Noisy clients"):
+        # placements of left-out clients their rows do not confirm are undone, clusters of
+        # unalike halves split, then alike clusters merged.
+        confirmed = absorptions_the_rows_confirm(scores, fit, cfg.merge_share)
+        labels = placed_noise(confirmed, fit.distances, cfg.noise)
+        labels = split_unalike_clusters(scores, labels, cfg.merge_share)
         return merge_alike_clusters(scores, labels, cfg.merge_share)
 
     def clustering(self) -> str:
