@@ -193,15 +193,22 @@ def jsonable(value: Any) -> Any:
 # ---- 1. accuracy ------------------------------------------------------------------------------
 
 
-def accuracy_experiment(seeds: Sequence[int], rounds: int) -> dict[str, Any]:
+def accuracy_experiment(
+    seeds: Sequence[int],
+    rounds: int,
+    federations: Sequence[str] = tuple(FEDERATIONS),
+    methods: Sequence[str] = tuple(METHODS),
+) -> dict[str, Any]:
     out: dict[str, Any] = {"rounds": rounds, "federations": {}, "skipped": {}}
-    for fed_name, changes in FEDERATIONS.items():
+    for fed_name in federations:
+        changes = FEDERATIONS[fed_name]
         runs: list[dict[str, Any]] = []
         try:
             for seed in seeds:
                 federation = federation_of(config(seed, rounds, {"name": "fedavg"}, **changes))
                 noisy = federation.group_ids.get("label_noise")
-                for method, algorithm in METHODS.items():
+                for method in methods:
+                    algorithm = METHODS[method]
                     cfg = config(seed, rounds, algorithm, eval={"every": 1}, **changes)
                     results, seconds = timed_run(cfg)
                     runs.append(one_accuracy_run(fed_name, method, seed, results, seconds, noisy))
@@ -271,7 +278,7 @@ def evaluation_bytes(results: plural.Results, algorithm: dict[str, Any]) -> int:
 
 def summarize_accuracy(runs: list[dict[str, Any]], noisy_federation: bool) -> list[dict[str, Any]]:
     rows = []
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
         row = {
             "method": method,
@@ -667,6 +674,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=EXPERIMENTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=20, help="accuracy experiment's rounds")
+    parser.add_argument(
+        "--federations",
+        nargs="+",
+        choices=list(FEDERATIONS),
+        default=list(FEDERATIONS),
+        help="accuracy experiment's federations",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="accuracy experiment's methods",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: seed 0, short runs")
     parser.add_argument(
         "--out",
@@ -704,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "experiments": {},
     }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
-        "accuracy": lambda: accuracy_experiment(seeds, rounds),
+        "accuracy": lambda: accuracy_experiment(seeds, rounds, args.federations, args.methods),
         "communication": lambda: communication_experiment(seeds, peers, compressions),
         "privacy": lambda: privacy_experiment(seeds, epsilons),
         "drift": lambda: drift_experiment(seeds, drift_rounds, drift_start),

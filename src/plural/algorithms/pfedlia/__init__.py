@@ -62,9 +62,12 @@ Choices the paper leaves open, and why:
   (``noise: nearest``). OPTICS clusters rows as points in N dimensions, so at 50+ clients a
   group, noise spreads distances inside a group as widely as the gaps between groups and
   OPTICS cuts the group apart (4 x 50 rotated-MNIST clients: 5-7 clusters); the scores
-  themselves separate: two clusters merge when they score each other at least
-  ``merge_share`` (0.6) of the higher of their mean scores within (fortunes, English and
-  German: 0.10 and 0.11 within, -0.04 across, kept apart). Missing scores
+  themselves separate, and check what the row distances decided, with one share,
+  ``merge_share`` (0.6): a client OPTICS left out keeps the cluster its hierarchy put it
+  in only if that cluster helps it at least 0.6 of what its closest peers give it; a
+  cluster whose two halves score each other below 0.6 of their mean within splits; two
+  clusters merge when they score each other at least 0.6 of their pooled mean within
+  (fortunes, English and German: 0.10 and 0.11 within, -0.04 across, kept apart). Missing scores
   (``peers_scored < 1``) are handled by NaN-aware Euclidean distances. ``peers_scored``
   above 1 is a count of peers (e.g. 20), so that each client's scoring work and the relayed
   bytes stay bounded as the federation grows.

@@ -95,9 +95,12 @@ class PFedLIAConfig(AveragingConfig):
     merge_share: float | None = setting(
         0.6,
         help="central, optics: merge two clusters whose members score each other at least this "
-        "share of the higher of their mean scores within (pieces of one group score each other "
-        "as their mates do; distinct groups far lower); measured safe from 0.6 to 0.7 "
-        "(benchmarks/README.md, pFedLIA at scale); null: no merging",
+        "share of their pooled mean score within (pieces of one group score each other as "
+        "their mates do; distinct groups far lower), split a cluster whose halves do not, and "
+        "keep a left-out client in the cluster OPTICS's hierarchy gave it only if that cluster "
+        "helps it this share of what its closest peers give; 0.5 and 0.6 gave the same "
+        "clusters on every saved score matrix, 0.7 left one client of 200 out "
+        "(benchmarks/README.md, 'the scores check'); null: OPTICS's clusters as they are",
         gt=0,
     )
     votes: Votes = setting(
