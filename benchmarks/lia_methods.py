@@ -674,20 +674,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=EXPERIMENTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=20, help="accuracy experiment's rounds")
-    parser.add_argument(
-        "--federations",
-        nargs="+",
-        choices=list(FEDERATIONS),
-        default=list(FEDERATIONS),
-        help="accuracy experiment's federations",
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        choices=list(METHODS),
-        default=list(METHODS),
-        help="accuracy experiment's methods",
-    )
+    for flag, names in (("--federations", FEDERATIONS), ("--methods", METHODS)):
+        parser.add_argument(
+            flag, nargs="+", choices=list(names), default=list(names), help="accuracy: a subset"
+        )
     parser.add_argument("--quick", action="store_true", help="smoke run: seed 0, short runs")
     parser.add_argument(
         "--out",
