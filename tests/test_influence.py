@@ -354,7 +354,13 @@ def test_splitting_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="one entry per row"):
         split_unalike_clusters(np.zeros((3, 3)), np.array([0, 1]))
     with pytest.raises(ValueError, match="share must be > 0"):
+        split_unalike_clusters(np.zeros((3, 3)), np.zeros(3), share=-1.0)
+    with pytest.raises(ValueError, match="share must be > 0"):
         absorptions_the_rows_confirm(np.zeros((3, 3)), _fit([0, 0, 0], [0, 0, 0]), share=0.0)
+    with pytest.raises(ValueError, match="one entry per row"):
+        absorptions_the_rows_confirm(np.zeros((4, 4)), _fit([0, 0, 0], [0, 0, 0]))
+    with pytest.raises(ValueError, match="square"):
+        split_unalike_clusters(np.zeros((3, 2)), np.zeros(3))
 
 
 def test_merging_rejects_bad_input() -> None:

@@ -309,6 +309,18 @@ def optics_clusters(
     return placed_noise(fit.absorbed, fit.distances, noise)
 
 
+def _checked(scores: np.ndarray, labels: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+    """The score matrix (float64) and a copy of ``labels`` (int64) of a central clustering
+    step, after checking a square matrix, one label per row and a share above 0."""
+    matrix = _as_matrix(scores, "scores", square=True)
+    labels = np.array(labels, dtype=np.int64)
+    if labels.shape != (len(matrix),):
+        raise ValueError(f"labels must have one entry per row of scores, got {labels.shape}")
+    if not share > 0:
+        raise ValueError(f"share must be > 0, got {share!r}")
+    return matrix, labels
+
+
 def absorptions_the_rows_confirm(
     scores: np.ndarray, fit: OpticsFit, share: float = 0.6
 ) -> np.ndarray:
@@ -325,11 +337,8 @@ def absorptions_the_rows_confirm(
     (mean score -1.1). The row, not the mutual score, is asked: a client whose own lazy
     model is poor (it hurts even itself) is still helped by its group (class pairs, 200
     clients: 0.37-0.58 against 0.66 within the group) and belongs there."""
-    matrix = _as_matrix(scores, "scores", square=True)
-    if not share > 0:
-        raise ValueError(f"share must be > 0, got {share!r}")
-    labels = fit.absorbed.copy()
-    mutual = _symmetrize(np.where(np.isfinite(matrix), matrix, np.nan))
+    matrix, labels = _checked(scores, fit.absorbed, share)
+    mutual = _symmetrize(matrix)
     for client in np.flatnonzero((fit.leaves == -1) & (fit.absorbed >= 0)):
         mates = np.flatnonzero(fit.leaves == fit.absorbed[client])
         given = matrix[client, mates]
@@ -358,13 +367,9 @@ def split_unalike_clusters(
     cut off: a client whose lazy model hurts its group is helped by it (see
     :func:`absorptions_the_rows_confirm`) and belongs with it. Labels 0..K-1 by first
     appearance."""
-    matrix = _as_matrix(scores, "scores", square=True)
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (len(matrix),):
-        raise ValueError(f"labels must have one entry per row of scores, got {labels.shape}")
-    mutual = _symmetrize(np.where(np.isfinite(matrix), matrix, np.nan))
+    matrix, labels = _checked(scores, labels, share)
+    mutual = _symmetrize(matrix)
     np.fill_diagonal(mutual, np.nan)
-    labels = labels.copy()
     pending = [int(c) for c in np.unique(labels)]
     while pending:
         label = pending.pop()
@@ -426,20 +431,14 @@ def merge_alike_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 
     cluster of the group exists to take them, and without pairing ARI stayed at 0.66-0.82;
     with it 0.98 (benchmarks/README.md, "Singletons").
     """
-    matrix = _as_matrix(scores, "scores", square=True)
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.shape != (len(matrix),):
-        raise ValueError(f"labels must have one entry per row of scores, got {labels.shape}")
-    if not share > 0:
-        raise ValueError(f"share must be > 0, got {share!r}")
+    matrix, labels = _checked(scores, labels, share)
     finite = np.isfinite(matrix)
     np.fill_diagonal(finite, False)
     onehot = np.zeros((len(labels), int(labels.max(initial=-1)) + 1))
     onehot[np.arange(len(labels)), labels] = 1.0
     sums = onehot.T @ np.where(finite, matrix, 0.0) @ onehot  # sums[a, b]: i in a scores j in b
     counts = onehot.T @ finite.astype(np.float64) @ onehot
-    alone = _singleton_references(matrix, finite, labels, onehot.shape[1])
-    labels = labels.copy()
+    alone = _singleton_references(matrix, labels, onehot.shape[1])
     while True:
         pair = _most_alike_pair(sums, counts, alone, share)
         if pair is None:
@@ -453,9 +452,7 @@ def merge_alike_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 
         labels[labels == b] = a
 
 
-def _singleton_references(
-    matrix: np.ndarray, finite: np.ndarray, labels: np.ndarray, clusters: int
-) -> np.ndarray:
+def _singleton_references(matrix: np.ndarray, labels: np.ndarray, clusters: int) -> np.ndarray:
     """Per cluster: for a singleton, the centre of the top mode of its mutual scores
     (:func:`_symmetrize`, what it and each other client give each other; NaN for the
     others). Mutual, as the cross score it is compared with: a client's own row alone has
@@ -463,7 +460,7 @@ def _singleton_references(
     symmetric row sets them apart."""
     alone = np.full(clusters, np.nan)
     members = np.bincount(labels, minlength=clusters)
-    mutual = _symmetrize(np.where(finite, matrix, np.nan))
+    mutual = _symmetrize(matrix)
     for client in np.flatnonzero(members[labels] == 1):
         alone[labels[client]] = _top_mode_centre(np.delete(mutual[client], client))
     return alone
