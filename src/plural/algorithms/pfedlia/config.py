@@ -71,7 +71,8 @@ class PFedLIAConfig(AveragingConfig):
         "resolves small, close groups; the pieces it cuts large groups into are merged back, "
         "see merge_share); 'spectral' clusters the "
         "graph of mutually helpful scores (eigengap and a modularity test choose the number "
-        "of clusters; holds from 20 to 1,000 clients of well-separated groups, but merges "
+        "of clusters, then each cluster is clustered again on its own subgraph; holds from 20 "
+        "to 1,000 clients of well-separated groups, but merges "
         "close small groups such as English and German in the fortunes federation)",
     )
     clusters: int | None = setting(
