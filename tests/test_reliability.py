@@ -28,7 +28,7 @@ from plural.experiment import load_config
 from plural.report.rundir import RunDirectory, deterministic
 from plural.safety import diskio, runlock
 from plural.safety.checks import PluralWarning
-from plural.safety.numerics import DivergedError, check_scores
+from plural.safety.numerics import DivergedError, all_finite, check_scores
 from plural.safety.runlock import MARKER, RunDirectoryError, run_lock
 
 TESTS = Path(__file__).parent
@@ -458,6 +458,16 @@ def test_dropped_updates_leave_the_model_as_it_was_and_are_recorded(tmp_path: Pa
         assert np.allclose(value.numpy(), fresh.server.params[name].numpy())
     accuracy = results.summary["test"]["accuracy"]["mean"]
     assert np.isfinite(accuracy)
+
+
+def test_finiteness_is_exact_where_a_norm_overflows() -> None:
+    huge = torch.full((10,), 3e38)  # finite entries, an infinite float32 norm
+    assert all_finite({"w": huge, "b": torch.ones(3), "count": torch.tensor([1, 2])})
+    assert all_finite({"half": torch.full((4,), 6e4, dtype=torch.float16), "empty": torch.zeros(0)})
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert not all_finite({"w": torch.tensor([1.0, bad]), "b": torch.ones(3)})
+        assert not all_finite([torch.ones(2), bad])  # a float beside the tensors
+    assert not all_finite({"w": torch.tensor([float("inf")], dtype=torch.bfloat16)})
 
 
 def test_non_finite_scores_are_never_reported() -> None:

@@ -60,7 +60,7 @@ def distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> fl
     for name, tensor in a.items():
         other = b.get(name)
         if other is not None and tensor.is_floating_point():
-            total += float((tensor.double() - other.double()).pow(2).sum())
+            total += float(torch.linalg.vector_norm(tensor.double() - other.double())) ** 2
     return total**0.5
 
 
