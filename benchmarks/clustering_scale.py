@@ -22,7 +22,9 @@ Three experiments (all by default; ``--experiments`` picks some):
   (decentral) and bytes against ``--peers-scored`` (default: all, 20, 10 peers).
 
 ``--warmup`` sets pFedLIA's ``warmup_rounds`` in ``federations``. Every row is written to the
-results file as it comes.
+results file as it comes. ``--save-scores DIR`` keeps each pFedLIA run's last score matrix and
+the true groups (``DIR/scores_<clients>_<federation>_<seed>_<method>.npz``, arrays ``scores``
+and ``groups``), so a clustering rule can be re-run on them without the lazy phase.
 
 Workload: MNIST, 60 training images a client (split 60/20/20 train/val/test of 100), MLP
 784-32-10, SGD lr 0.1, batch 20, one local epoch, full participation, sequential backend,
@@ -61,7 +63,7 @@ from plural.core.influence import influence_features, merge_alike_clusters, opti
 from plural.core.score_graph import graph_clusters
 from plural.core.sparse_scores import SparseMatrix
 from plural.experiment import parse_config
-from plural.runner import build_algorithm
+from plural.runner import build_algorithm, build_federation
 from plural.safety.diskio import atomic_write
 
 HERE = Path(__file__).parent
@@ -120,6 +122,7 @@ def method_run(
     rounds: int,
     cfl_rounds: int,
     warmup: int | None = None,
+    save_scores: Path | None = None,
 ) -> dict[str, Any]:
     algorithm = dict(METHODS[method])
     if algorithm["name"] == "ifca":
@@ -151,7 +154,35 @@ def method_run(
         row["lazy_seconds"] = cost["seconds"]
         if "neighbourhoods" in records[-1]:
             row.update({k: records[-1]["neighbourhoods"][k] for k in ("purity", "recall")})
+        if save_scores is not None:
+            scores = lia_records(results.server, dense=True)[-1]["scores"]
+            groups = build_federation(plural.load_config(cfg)).groups
+            np.savez_compressed(
+                scores_path(save_scores, num_clients, federation, seed, method),
+                scores=scores,
+                groups=groups,
+            )
     return row
+
+
+def scores_path(folder: Path, clients: int, federation: str, seed: int, method: str) -> Path:
+    """Where ``--save-scores`` keeps one run's score matrix."""
+    name = f"scores_{clients}_{federation}_{seed}_{method}".replace(" ", "_")
+    return folder / f"{name}.npz"
+
+
+def planned_scores(args: argparse.Namespace) -> list[Path]:
+    """The files ``--save-scores`` will write (pFedLIA runs of ``federations``)."""
+    if args.save_scores is None or "federations" not in args.experiments:
+        return []
+    return [
+        scores_path(args.save_scores, n, federation, seed, method)
+        for n in args.sizes
+        for federation in args.federations
+        for seed in args.seeds
+        for method in args.methods
+        if METHODS[method]["name"] == "pfedlia"
+    ]
 
 
 def federations_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
@@ -162,7 +193,14 @@ def federations_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]
                     if method == "CFL" and n > args.cfl_max_clients:
                         continue
                     yield method_run(
-                        n, federation, method, seed, args.rounds, args.cfl_rounds, args.warmup
+                        n,
+                        federation,
+                        method,
+                        seed,
+                        args.rounds,
+                        args.cfl_rounds,
+                        args.warmup,
+                        args.save_scores,
                     )
 
 
@@ -363,7 +401,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cfl-max-clients", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 and 100 clients, short runs")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--save-scores",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="federations: keep each pFedLIA run's last score matrix and true groups here",
+    )
     args = parser.parse_args(argv)
+    existing = [str(path) for path in planned_scores(args) if path.exists()]
+    if existing:  # never overwrite a file this run did not write
+        parser.error(f"--save-scores would overwrite {', '.join(existing[:3])}; move them first")
+    if args.save_scores is not None:
+        args.save_scores.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.sizes, args.lazy_sizes, args.rounds, args.cfl_rounds = [20, 100], [100], 8, 30
     torch.set_num_threads(1)

@@ -118,6 +118,27 @@ def test_auto_clustering_hands_over_to_the_score_graph_where_optics_sees_noise(s
     assert adjusted_rand_score(groups, auto) >= 0.95
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_hand_over_merges_halves_that_help_each_other_as_much_as_themselves(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One group of 200 whose halves score each other 0.05 against 0.06 within: the score
+    # graph's test passes on such weak structure (2 clusters), as it did on a measured IID
+    # federation of 200 clients; after the hand-over the merge joins them. 4 real groups
+    # stay 4. The hand-over is forced (OPTICS places every client of these matrices).
+    import plural.algorithms.pfedlia.regroup as regroup
+
+    monkeypatch.setattr(regroup, "OPTICS_NOISE_LIMIT", -1.0)
+    rng = np.random.default_rng(seed)
+    half = np.arange(200) < 100
+    levels = np.where(half[:, None] == half[None, :], 0.06, 0.05)
+    weak = levels + 0.01 * rng.standard_normal(levels.shape)
+    assert graph_clusters(weak).max() == 1
+    assert _pfedlia_clusters(weak).tolist() == [0] * 200
+    scores, groups = block_scores([25] * 4, seed)
+    assert adjusted_rand_score(groups, _pfedlia_clusters(scores)) == 1.0
+
+
 def test_auto_clustering_keeps_optics_where_it_places_every_client() -> None:
     scores, groups = block_scores([5] * 4, 0)
     auto = _pfedlia_clusters(scores)

@@ -64,7 +64,8 @@ class PFedLIAConfig(AveragingConfig):
         "auto",
         help="central: 'auto' is 'optics' where every client scores every other, handing "
         "over to 'spectral' where OPTICS calls most clients noise (1,000 clients of 14 "
-        "validation images: ARI 0.27 against 1.00), and 'spectral' where clients score a "
+        "validation images: ARI 0.27 against 1.00; the graph's clusters are then merged as "
+        "merge_share says), and 'spectral' where clients score a "
         "subset (peers_scored: OPTICS compares rows on the few entries two rows share; 200 "
         "clients scoring 20: ARI 0.30 against 1.00); "
         "'optics' clusters the score rows with OPTICS (min_samples, xi; "
@@ -95,7 +96,8 @@ class PFedLIAConfig(AveragingConfig):
     )
     merge_share: float | None = setting(
         0.6,
-        help="central, optics: merge two clusters whose members score each other at least this "
+        help="central, optics (and auto's hand-over to the score graph): merge two clusters "
+        "whose members score each other at least this "
         "share of their pooled mean score within (pieces of one group score each other as "
         "their mates do; distinct groups far lower), split a cluster whose halves do not, and "
         "keep a left-out client in the cluster OPTICS's hierarchy gave it only if that cluster "
