@@ -219,13 +219,13 @@ def lazy_row(n: int, variant: str, peers: float, batched: bool, seed: int) -> di
     """One lazy phase (6 rounds: 5 warm-up, then the lazy phase) of ``n`` rotated clients."""
     cfg = config(n, "rotation", seed, 6)
     cfg["algorithm"] = {"name": "pfedlia", "variant": variant, "peers_scored": peers}
-    original = lia_messages.evaluate_stacked
+    original = lia_messages.stacked_lazy_models  # refused: lazy_results falls back at once
     if not batched:
-        lia_messages.evaluate_stacked = _one_at_a_time  # type: ignore[assignment]
+        lia_messages.stacked_lazy_models = _one_at_a_time  # type: ignore[assignment]
     try:
         record = lia_records(plural.run(cfg).server)[-1]
     finally:
-        lia_messages.evaluate_stacked = original  # type: ignore[assignment]
+        lia_messages.stacked_lazy_models = original  # type: ignore[assignment]
     cost = record["cost"]
     row = {
         "clients": n,

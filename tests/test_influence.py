@@ -533,6 +533,41 @@ def test_int8_error_is_at_most_half_a_step() -> None:
     assert nbytes(compressed) == sum(t.numel() + 4 for t in floating) + 3 * 8
 
 
+@pytest.mark.parametrize("method", ["none", "int8", "topk"])
+def test_stacked_lazy_models_equal_each_model_bit_for_bit(method: str) -> None:
+    from plural.algorithms.pfedlia.messages import stacked_lazy_models, with_delta
+
+    generator = torch.Generator().manual_seed(1)
+    theta0 = {
+        name: torch.randn(t.shape, generator=generator).to(t.dtype)
+        for name, t in make_delta().items()
+    }
+    deltas = []
+    for _ in range(5):
+        delta = {
+            name: torch.randn(t.shape, generator=generator).to(t.dtype)
+            for name, t in theta0.items()
+        }
+        deltas.append(compress(delta, method, fraction=0.5))  # type: ignore[arg-type]
+    stacked = stacked_lazy_models(theta0, deltas)
+    for c, compressed in enumerate(deltas):
+        alone = with_delta(theta0, decompress(compressed))
+        for name, tensor in alone.items():
+            assert stacked[name].dtype == tensor.dtype
+            assert torch.equal(stacked[name][c], tensor)
+    if method == "none":  # the uncompressed deltas are read, not copied or changed
+        view = decompress(deltas[0], copy=False)
+        assert view["weight"].data_ptr() == deltas[0].tensors["weight"]["values"].data_ptr()
+
+
+def test_a_memo_counts_shared_parts_once_and_the_same() -> None:
+    shared = compress(make_delta(), "none")
+    messages = [(shared, {"own": torch.zeros(4)}) for _ in range(3)]
+    memo: dict[int, int] = {}
+    assert [nbytes(m, memo) for m in messages] == [nbytes(m) for m in messages]
+    assert id(shared) in memo
+
+
 def test_compress_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 0"):
         compress(make_delta(), "topk", fraction=0.0)

@@ -312,3 +312,39 @@ def test_unbatchable_models_and_mixtures_evaluate_alone(
     tiny_config["model"] = {"name": "mlp", "hidden": [16], "dropout": 0.3}
     plural.run(tiny_config, overrides=["backend.name=vectorized"])
     assert built_backends[-1].eval_stats.batched == 0 and built_backends[-1].eval_stats.alone > 0
+
+
+class _PerPosition(nn.Module):
+    """Scores at every position of a sequence: (batch, classes, positions), like a language
+    model laid out for cross-entropy over positions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3 * 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).reshape(len(x), 3, 4)
+
+
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse", "positions"])
+def test_stacked_evaluation_of_many_models_equals_one_by_one(kind: str) -> None:
+    """pFedLIA's lazy phase (:func:`plural.core.batched_eval.evaluate_stacked`): the loss
+    of every model in one call, summed per model, as each model's own evaluation."""
+    from plural.core.batched_eval import evaluate_stacked, stack_params
+
+    torch.manual_seed(0)
+    model: nn.Module = _PerPosition() if kind == "positions" else mlp()
+    loss = "mse" if kind == "mse" else "cross_entropy"
+    trainer = LocalTrainer(model, TrainConfig(loss=loss))  # type: ignore[arg-type]
+    x = torch.randn(13, 5)
+    if kind == "mse":
+        y = torch.randn(13, 3)
+    else:
+        y = torch.randint(0, 3, (13, 4) if kind == "positions" else (13,))
+    start = state_of(model)
+    models = [{k: v + 0.1 * torch.randn_like(v) for k, v in start.items()} for _ in range(70)]
+    stacked = evaluate_stacked(trainer, stack_params(models), x, y, chunk=32)
+    for result, params in zip(stacked, models, strict=True):
+        alone = trainer.evaluate(params, x, y)
+        assert (result.count, result.correct) == (alone.count, alone.correct)
+        assert result.loss_sum == pytest.approx(alone.loss_sum, rel=1e-5, abs=1e-6)

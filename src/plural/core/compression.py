@@ -60,15 +60,16 @@ def _encode(tensor: torch.Tensor, method: Compression, fraction: float) -> dict[
 
 
 def _decode(
-    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype
+    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype, copy: bool
 ) -> torch.Tensor:
-    """Rebuild one tensor (always a new tensor) from its encoded parts."""
+    """Rebuild one tensor from its encoded parts (a new tensor, or with ``copy`` False an
+    uncompressed one as it travelled)."""
     if "codes" in parts:
         scale = parts["scale"].to(torch.float64)
         return (parts["codes"].to(torch.float64) * scale).to(dtype).reshape(shape)
     values = parts["values"]
     if "indices" not in parts:
-        return values.detach().clone()
+        return values.detach().clone() if copy else values.detach()
     out = torch.zeros(math.prod(shape), dtype=dtype, device=values.device)
     out[parts["indices"].long()] = values.to(dtype)
     return out.reshape(shape)
@@ -97,9 +98,10 @@ def compress(
     )
 
 
-def decompress(compressed: CompressedDelta) -> dict[str, torch.Tensor]:
-    """The delta rebuilt from :func:`compress`'s output (new tensors, original shapes/dtypes)."""
+def decompress(compressed: CompressedDelta, copy: bool = True) -> dict[str, torch.Tensor]:
+    """The delta rebuilt from :func:`compress`'s output (original shapes/dtypes): new
+    tensors, or with ``copy`` False the uncompressed tensors themselves (to read, not write)."""
     return {
-        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name])
+        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name], copy)
         for name, parts in compressed.tensors.items()
     }

@@ -26,23 +26,32 @@ def subset(params: Mapping[str, torch.Tensor], names: set[str] | list[str]) -> P
     return {name: tensor for name, tensor in params.items() if name in wanted}
 
 
-def nbytes(payload: object) -> int:
+def nbytes(payload: object, memo: dict[int, int] | None = None) -> int:
     """Bytes of every tensor inside ``payload`` (nested dataclasses, mappings, sequences).
 
     This is what crosses the server/client boundary; scalars and strings are metadata and
-    are not counted.
+    are not counted. ``memo`` (``id`` -> bytes) lets a caller that counts many messages
+    sharing parts (pFedLIA sends every client the same 200 lazy deltas) count each shared
+    part once; it must only hold objects that stay alive and unchanged while it is used.
     """
     if payload is None:
         return 0
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()
+    if memo is not None and id(payload) in memo:
+        return memo[id(payload)]
     if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-        return sum(nbytes(getattr(payload, f.name)) for f in dataclasses.fields(payload))
-    if isinstance(payload, Mapping):
-        return sum(nbytes(v) for v in payload.values())
-    if isinstance(payload, (list, tuple)):
-        return sum(nbytes(v) for v in payload)
-    return 0
+        parts: Iterable[object] = (getattr(payload, f.name) for f in dataclasses.fields(payload))
+    elif isinstance(payload, Mapping):
+        parts = payload.values()
+    elif isinstance(payload, (list, tuple)):
+        parts = payload
+    else:
+        return 0
+    total = sum(nbytes(part, memo) for part in parts)
+    if memo is not None:
+        memo[id(payload)] = total
+    return total
 
 
 def max_abs_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:

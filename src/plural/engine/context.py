@@ -138,9 +138,10 @@ class EngineRoundContext:
             self._charge_absent(hooks, message, per_client)
             algorithm = GuardedAlgorithm(algorithm) if hooks.guard else algorithm
         work = []
+        shared: dict[int, int] = {}  # the messages (alive below) often share their parts
         for cid in cohort:
             msg = per_client[cid] if per_client is not None else message
-            self.ledger.down[cid] += nbytes(msg)
+            self.ledger.down[cid] += nbytes(msg, shared)
             work.append(ClientWork(algorithm, phase, cid, self.round, msg, self._state(cid)))
         results = _imap(self._backend, run_client_phase, work)
         if hooks is not None:  # attacks and failures act on the whole round's replies

@@ -13,7 +13,7 @@ from plural.algorithms.pfedlia.config import (
     Votes,
 )
 from plural.core.algorithm import ServerState
-from plural.core.batched_eval import evaluate_stacked, stack_params
+from plural.core.batched_eval import evaluate_stacked
 from plural.core.compression import CompressedDelta, decompress
 from plural.core.params import Params
 from plural.core.sparse_scores import SparseMatrix, SparseRow
@@ -200,11 +200,25 @@ def lazy_results(
     where the model cannot be vectorised by ``torch.func.vmap``."""
     if not deltas:
         return []
-    lazy = [with_delta(theta0, decompress(d)) for d in deltas]
     try:
-        return evaluate_stacked(trainer, stack_params(lazy), val.x, val.y)
+        return evaluate_stacked(trainer, stacked_lazy_models(theta0, deltas), val.x, val.y)
     except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow in forward
+        lazy = [with_delta(theta0, decompress(d)) for d in deltas]
         return [trainer.evaluate(params, val.x, val.y) for params in lazy]
+
+
+def stacked_lazy_models(
+    theta0: Params, deltas: Sequence[CompressedDelta]
+) -> dict[str, torch.Tensor]:
+    """``theta0 + delta`` of every delta, stacked (``{name: (len(deltas), *shape)}``): the
+    deltas stacked first and ``theta0`` added once per entry, the same sums as
+    :func:`with_delta` model by model (bit for bit) in a few operations instead of a few per
+    model, which dominated the lazy phase at 200 clients."""
+    decoded = [decompress(d, copy=False) for d in deltas]  # read here, never written
+    return {
+        name: (t + torch.stack([delta[name] for delta in decoded])).to(t.dtype)
+        for name, t in theta0.items()
+    }
 
 
 def with_delta(theta0: Params, delta: Mapping[str, torch.Tensor]) -> Params:
