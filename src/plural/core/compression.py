@@ -69,7 +69,7 @@ def _decode(
         return (parts["codes"].to(torch.float64) * scale).to(dtype).reshape(shape)
     values = parts["values"]
     if "indices" not in parts:
-        return values.detach().clone() if copy else values.detach()
+        return values.detach().clone() if copy else values
     out = torch.zeros(math.prod(shape), dtype=dtype, device=values.device)
     out[parts["indices"].long()] = values.to(dtype)
     return out.reshape(shape)
