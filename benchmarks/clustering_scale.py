@@ -409,13 +409,13 @@ def main(argv: list[str] | None = None) -> None:
         help="federations: keep each pFedLIA run's last score matrix and true groups here",
     )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.lazy_sizes, args.rounds, args.cfl_rounds = [20, 100], [100], 8, 30
     existing = [str(path) for path in planned_scores(args) if path.exists()]
     if existing:  # never overwrite a file this run did not write
         parser.error(f"--save-scores would overwrite {', '.join(existing[:3])}; move them first")
     if args.save_scores is not None:
         args.save_scores.mkdir(parents=True, exist_ok=True)
-    if args.quick:
-        args.sizes, args.lazy_sizes, args.rounds, args.cfl_rounds = [20, 100], [100], 8, 30
     torch.set_num_threads(1)
     started = time.perf_counter()
     out = args.out or (None if args.quick else HERE / "results" / "clustering_scale.json")

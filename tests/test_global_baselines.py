@@ -283,3 +283,34 @@ def test_scaffold_with_local_momentum_does_not_diverge(tiny_config: dict[str, An
     fedavg = run(tiny_config, {"name": "fedavg"}).summary["test"]["accuracy"]["mean"]
     scaffold = run(tiny_config, {"name": "scaffold"}).summary["test"]["accuracy"]["mean"]
     assert scaffold > fedavg - 0.05 and scaffold > 0.7, (scaffold, fedavg)
+
+
+def test_weighted_mean_of_mixed_entries_equals_the_float64_sum() -> None:
+    """One fused addition per update (``WeightedMean.add``) gives the float64 weighted mean of
+    float32, float16, integer (BatchNorm's batch counter) and complex entries, in their
+    dtypes."""
+    from plural.core.aggregators import WeightedMean
+
+    generator = torch.Generator().manual_seed(0)
+    updates = [
+        {
+            "w": torch.randn(4, 3, generator=generator),
+            "h": torch.randn(5, generator=generator).half(),
+            "count": torch.tensor(3 + c),
+            "z": torch.randn(2, generator=generator, dtype=torch.complex64),
+        }
+        for c in range(3)
+    ]
+    weights = [0.5, 2.0, 1.25]
+    mean = WeightedMean()
+    for update, weight in zip(updates, weights, strict=True):
+        mean.add(update, weight)
+    result = mean.result()
+    for name in ("w", "h", "z"):
+        wide = torch.complex128 if updates[0][name].is_complex() else torch.float64
+        expected = sum(u[name].to(wide) * w for u, w in zip(updates, weights, strict=True))
+        expected = expected / sum(weights)
+        assert result[name].dtype == updates[0][name].dtype
+        torch.testing.assert_close(result[name], expected.to(updates[0][name].dtype))
+    assert result["count"].dtype == torch.int64
+    assert int(result["count"]) == round((3 * 0.5 + 4 * 2.0 + 5 * 1.25) / 3.75)

@@ -563,7 +563,7 @@ def test_stacked_lazy_models_equal_each_model_bit_for_bit(method: str) -> None:
 def test_a_memo_counts_shared_parts_once_and_the_same() -> None:
     shared = compress(make_delta(), "none")
     messages = [(shared, {"own": torch.zeros(4)}) for _ in range(3)]
-    memo: dict[int, int] = {}
+    memo: dict[int, tuple[object, int]] = {}
     assert [nbytes(m, memo) for m in messages] == [nbytes(m) for m in messages]
     assert id(shared) in memo
 
@@ -778,3 +778,21 @@ def test_agreed_peers_votes_only_on_what_voters_scored() -> None:
     assert after["purity"] == 1.0 and after["recall"] > 0.8
     # Counting unscored candidates as "no" votes loses them instead.
     assert neighbourhood_quality(agreed_peers(choices), groups)["recall"] < after["recall"]
+
+
+def test_lazy_deltas_of_mixed_dtypes_are_evaluated_one_by_one() -> None:
+    from plural.algorithms.pfedlia.messages import stacked_lazy_models
+
+    theta0 = {"w": torch.zeros(3)}
+    deltas = [
+        compress({"w": torch.ones(3)}, "none"),
+        compress({"w": torch.ones(3).double()}, "none"),
+    ]
+    with pytest.raises(NotImplementedError, match="dtype"):  # lazy_results then falls back
+        stacked_lazy_models(theta0, deltas)
+    scalar = stacked_lazy_models(
+        {"s": torch.tensor(1.0, dtype=torch.float64)}, [compress({"s": torch.tensor(1e-9)}, "none")]
+    )
+    assert scalar["s"].dtype == torch.float64 and float(scalar["s"][0]) == 1.0 + float(
+        torch.tensor(1e-9)
+    )

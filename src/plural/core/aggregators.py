@@ -120,7 +120,8 @@ class WeightedMean:
             )
         for name, tensor in params.items():
             if name not in self._sum:
-                self._sum[name] = tensor.detach().to(torch.float64) * weight
+                wide = torch.complex128 if tensor.is_complex() else torch.float64
+                self._sum[name] = tensor.detach().to(wide) * weight
                 self._dtypes[name] = tensor.dtype
         self.total_weight += weight
         return self

@@ -26,20 +26,21 @@ def subset(params: Mapping[str, torch.Tensor], names: set[str] | list[str]) -> P
     return {name: tensor for name, tensor in params.items() if name in wanted}
 
 
-def nbytes(payload: object, memo: dict[int, int] | None = None) -> int:
+def nbytes(payload: object, memo: dict[int, tuple[object, int]] | None = None) -> int:
     """Bytes of every tensor inside ``payload`` (nested dataclasses, mappings, sequences).
 
     This is what crosses the server/client boundary; scalars and strings are metadata and
-    are not counted. ``memo`` (``id`` -> bytes) lets a caller that counts many messages
-    sharing parts (pFedLIA sends every client the same 200 lazy deltas) count each shared
-    part once; it must only hold objects that stay alive and unchanged while it is used.
+    are not counted. ``memo`` (``id`` -> (object, bytes)) lets a caller that counts many
+    messages sharing parts (pFedLIA sends every client the same 200 lazy deltas) count each
+    shared part once; it keeps the objects it counted (so no id is reused while it lives),
+    and they must not change while it is used.
     """
     if payload is None:
         return 0
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()
     if memo is not None and id(payload) in memo:
-        return memo[id(payload)]
+        return memo[id(payload)][1]
     if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
         parts: Iterable[object] = (getattr(payload, f.name) for f in dataclasses.fields(payload))
     elif isinstance(payload, Mapping):
@@ -50,7 +51,7 @@ def nbytes(payload: object, memo: dict[int, int] | None = None) -> int:
         return 0
     total = sum(nbytes(part, memo) for part in parts)
     if memo is not None:
-        memo[id(payload)] = total
+        memo[id(payload)] = (payload, total)
     return total
 
 

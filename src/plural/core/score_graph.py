@@ -268,7 +268,7 @@ def graph_clusters(
     if len(linked):
         sub = graph[linked][:, linked].tocsr()
         labels[linked] = _label_components(sub, k, min_gain)
-        if k is None:
+        if k is None and labels.max() > 0:  # one cluster: its graph has just failed the test
             labels[linked] = _split_within(sub, labels[linked], min_gain)
     labels = _join_strongest(labels, score_edges(scores, mutual=False))
     labels = _place_loners(labels, scores, noise)

@@ -138,7 +138,7 @@ class EngineRoundContext:
             self._charge_absent(hooks, message, per_client)
             algorithm = GuardedAlgorithm(algorithm) if hooks.guard else algorithm
         work = []
-        shared: dict[int, int] = {}  # the messages (alive below) often share their parts
+        shared: dict[int, tuple[object, int]] = {}  # messages often share their parts
         for cid in cohort:
             msg = per_client[cid] if per_client is not None else message
             self.ledger.down[cid] += nbytes(msg, shared)

@@ -215,10 +215,13 @@ def stacked_lazy_models(
     :func:`with_delta` model by model (bit for bit) in a few operations instead of a few per
     model, which dominated the lazy phase at 200 clients."""
     decoded = [decompress(d, copy=False) for d in deltas]  # read here, never written
-    return {
-        name: (t + torch.stack([delta[name] for delta in decoded])).to(t.dtype)
-        for name, t in theta0.items()
-    }
+    stacked = {}
+    for name, t in theta0.items():
+        entries = [delta[name] for delta in decoded]
+        if any(e.dtype != entries[0].dtype for e in entries):  # stacking would promote them
+            raise NotImplementedError("lazy deltas of one entry differ in dtype")
+        stacked[name] = (t.unsqueeze(0) + torch.stack(entries)).to(t.dtype)
+    return stacked
 
 
 def with_delta(theta0: Params, delta: Mapping[str, torch.Tensor]) -> Params:
