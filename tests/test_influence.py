@@ -9,6 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from helpers_scores import related_groups
 from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
     OpticsFit,
@@ -704,23 +705,12 @@ def test_agreed_peers_purifies_noisy_first_choices(sizes: list[int], seed: int) 
     assert peers.diagonal().all()
 
 
-def _half_related_scores(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of the "mixed" federation: 4 groups of ``size``; groups 0 and 1 (and 2 and 3)
-    share a rotation and help each other a little. Levels as measured (0.06 within, 0.014
-    half-related, -0.025 across), within-row noise 0.01."""
-    rng = np.random.default_rng(seed)
-    groups = np.repeat(np.arange(4), size)
-    same = groups[:, None] == groups[None, :]
-    half = (groups[:, None] // 2 == groups[None, :] // 2) & ~same
-    levels = np.where(same, 0.06, np.where(half, 0.014, -0.025))
-    return levels + 0.01 * rng.standard_normal(levels.shape), groups
-
-
 @pytest.mark.parametrize(("size", "seed"), [(25, 0), (25, 1), (250, 2)])
 def test_decentral_neighbourhoods_leave_out_a_group_that_helps_a_little(
     size: int, seed: int
 ) -> None:
-    scores, groups = _half_related_scores(size, seed)
+    # the "mixed" federation: groups 0 and 1 (and 2 and 3) share a rotation, help a little
+    scores, groups = related_groups(size, seed, related=0.014, noise=0.01)
     rows = range(len(groups))
     first = np.array([own_row_peers(scores[i], i) for i in rows])
     split = np.array([helpful_side(scores[i], i) for i in rows])

@@ -13,6 +13,7 @@ import pytest
 from scipy.sparse import csr_matrix
 from sklearn.metrics import adjusted_rand_score
 
+from helpers_scores import related_groups
 from plural.core.influence import (
     influence_features,
     merge_alike_clusters,
@@ -167,24 +168,14 @@ def test_twice_the_noise_still_separates_4_groups_of_25() -> None:
         assert adjusted_rand_score(groups, graph_clusters(scores)) == 1.0
 
 
-def _one_pair_closer(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """4 groups of ``size``; groups 0 and 1 help each other half as much as they help
-    themselves (0.03 against 0.06), every other pair hurts (-0.025); noise 0.02."""
-    rng = np.random.default_rng(seed)
-    groups = np.repeat(np.arange(4), size)
-    same = groups[:, None] == groups[None, :]
-    pair = (groups[:, None] < 2) & (groups[None, :] < 2) & ~same
-    levels = np.where(same, 0.06, np.where(pair, 0.03, -0.025))
-    return levels + 0.02 * rng.standard_normal(levels.shape), groups
-
-
 @pytest.mark.parametrize(("size", "seed"), [(25, 0), (25, 1), (250, 2)])
 def test_two_groups_in_one_eigengap_cluster_are_split_on_their_own_subgraph(
     size: int, seed: int
 ) -> None:
     # The whole graph's eigengap sees three clusters (groups 0 and 1 as one: ARI 0.71 before
     # the clusters were clustered again); their own subgraph separates them.
-    scores, groups = _one_pair_closer(size, seed)
+    # groups 0 and 1 help each other half as much as themselves (0.03 against 0.06)
+    scores, groups = related_groups(size, seed, related=0.03, noise=0.02, pairs=[(0, 1)])
     assert adjusted_rand_score(groups, graph_clusters(scores)) == 1.0
 
 
