@@ -101,6 +101,8 @@ def compress(
 def decompress(compressed: CompressedDelta, copy: bool = True) -> dict[str, torch.Tensor]:
     """The delta rebuilt from :func:`compress`'s output (original shapes/dtypes): new
     tensors, or with ``copy`` False the uncompressed tensors themselves (to read, not write)."""
+    if not copy and compressed.method == "none":  # every entry travelled as it is
+        return {name: parts["values"] for name, parts in compressed.tensors.items()}
     return {
         name: _decode(parts, compressed.shapes[name], compressed.dtypes[name], copy)
         for name, parts in compressed.tensors.items()
