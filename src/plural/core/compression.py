@@ -60,16 +60,15 @@ def _encode(tensor: torch.Tensor, method: Compression, fraction: float) -> dict[
 
 
 def _decode(
-    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype, copy: bool
+    parts: Mapping[str, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor:
-    """Rebuild one tensor from its encoded parts (a new tensor, or with ``copy`` False an
-    uncompressed one as it travelled)."""
+    """Rebuild one tensor (always a new tensor) from its encoded parts."""
     if "codes" in parts:
         scale = parts["scale"].to(torch.float64)
         return (parts["codes"].to(torch.float64) * scale).to(dtype).reshape(shape)
     values = parts["values"]
     if "indices" not in parts:
-        return values.detach().clone() if copy else values
+        return values.detach().clone()
     out = torch.zeros(math.prod(shape), dtype=dtype, device=values.device)
     out[parts["indices"].long()] = values.to(dtype)
     return out.reshape(shape)
@@ -100,10 +99,11 @@ def compress(
 
 def decompress(compressed: CompressedDelta, copy: bool = True) -> dict[str, torch.Tensor]:
     """The delta rebuilt from :func:`compress`'s output (original shapes/dtypes): new
-    tensors, or with ``copy`` False the uncompressed tensors themselves (to read, not write)."""
+    tensors, or with ``copy`` False and no compression the tensors as they travelled (to
+    read, not write)."""
     if not copy and compressed.method == "none":  # every entry travelled as it is
         return {name: parts["values"] for name, parts in compressed.tensors.items()}
     return {
-        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name], copy)
+        name: _decode(parts, compressed.shapes[name], compressed.dtypes[name])
         for name, parts in compressed.tensors.items()
     }
