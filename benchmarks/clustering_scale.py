@@ -16,9 +16,10 @@ Three experiments (all by default; ``--experiments`` picks some):
   (decentral: neighbourhood
   purity and recall), mean and worst-10% test accuracy and their gap to Oracle, lazy-phase
   bytes and seconds.
-* ``lazy``: pFedLIA's lazy phase at ``--lazy-sizes`` clients: seconds with the batched
-  evaluation of the lazy models (:mod:`plural.core.batched_eval`) against one model at a
-  time (up to ``--one-at-a-time-max`` clients), and ARI (central) or purity and recall
+* ``lazy``: pFedLIA's lazy phase at ``--lazy-sizes`` clients: seconds with the lazy models
+  evaluated together for all clients (vectorized backend), stacked client by client and one
+  model at a time (sequential backend; up to ``--one-at-a-time-max`` clients; see
+  :mod:`plural.core.batched_eval`), and ARI (central) or purity and recall
   (decentral) and bytes against ``--peers-scored`` (default: all, 20, 10 peers).
 
 ``--warmup`` sets pFedLIA's ``warmup_rounds`` in ``federations``. Every row is written to the
@@ -57,7 +58,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import plural
-import plural.algorithms.pfedlia.messages as lia_messages
+import plural.core.batched_eval as batched_eval
 from plural.algorithms.pfedlia import PFedLIAConfig, lia_records
 from plural.core.influence import influence_features, merge_alike_clusters, optics_clusters
 from plural.core.score_graph import graph_clusters
@@ -205,33 +206,46 @@ def federations_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]
 
 
 def lazy_experiment(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """Lazy-phase seconds batched vs one at a time (up to ``--one-at-a-time-max`` clients);
-    ARI (central) or purity and recall (decentral) and bytes against peers_scored."""
+    """Lazy-phase seconds of the three evaluations (one model at a time up to
+    ``--one-at-a-time-max`` clients); ARI (central) or purity and recall (decentral) and bytes
+    against peers_scored."""
     for n in args.lazy_sizes:
         for variant in args.variants:
             for peers in args.peers_scored:
-                timed = variant == "central" and peers == 1.0 and n <= args.one_at_a_time_max
-                for batched in (True, False) if timed else (True,):
-                    yield lazy_row(n, variant, peers, batched, args.seeds[0])
+                timed = variant == "central" and peers == 1.0
+                evaluations = ["together", "stacked"] if timed else ["together"]
+                if timed and n <= args.one_at_a_time_max:
+                    evaluations.append("one at a time")
+                for evaluation in evaluations:
+                    yield lazy_row(n, variant, peers, evaluation, args.seeds[0])
 
 
-def lazy_row(n: int, variant: str, peers: float, batched: bool, seed: int) -> dict[str, Any]:
-    """One lazy phase (6 rounds: 5 warm-up, then the lazy phase) of ``n`` rotated clients."""
+LAZY_EVALUATIONS = {
+    "together": "vectorized",  # every client's scoring at once (evaluate_offsets_together)
+    "stacked": "sequential",  # client by client, each stacking the models it scores
+    "one at a time": "sequential",  # client by client, model by model (stacking refused)
+}
+
+
+def lazy_row(n: int, variant: str, peers: float, evaluation: str, seed: int) -> dict[str, Any]:
+    """One lazy phase (6 rounds: 5 warm-up, then the lazy phase) of ``n`` rotated clients,
+    its lazy models evaluated as ``evaluation`` says (:data:`LAZY_EVALUATIONS`)."""
     cfg = config(n, "rotation", seed, 6)
     cfg["algorithm"] = {"name": "pfedlia", "variant": variant, "peers_scored": peers}
-    original = lia_messages.stacked_lazy_models  # refused: lazy_results falls back at once
-    if not batched:
-        lia_messages.stacked_lazy_models = _one_at_a_time  # type: ignore[assignment]
+    cfg["backend"]["name"] = LAZY_EVALUATIONS[evaluation]
+    original = batched_eval.stack_offsets  # refused: evaluate_offsets falls back at once
+    if evaluation == "one at a time":
+        batched_eval.stack_offsets = _one_at_a_time  # type: ignore[assignment]
     try:
         record = lia_records(plural.run(cfg).server)[-1]
     finally:
-        lia_messages.stacked_lazy_models = original  # type: ignore[assignment]
+        batched_eval.stack_offsets = original  # type: ignore[assignment]
     cost = record["cost"]
     row = {
         "clients": n,
         "variant": variant,
         "peers_scored": peers,
-        "batched": batched,
+        "evaluation": evaluation,
         "ari": record["ari"],
         "clusters": record["clusters"],
         "lazy_seconds": cost["seconds"],

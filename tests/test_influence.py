@@ -535,8 +535,8 @@ def test_int8_error_is_at_most_half_a_step() -> None:
 
 
 @pytest.mark.parametrize("method", ["none", "int8", "topk"])
-def test_stacked_lazy_models_equal_each_model_bit_for_bit(method: str) -> None:
-    from plural.algorithms.pfedlia.messages import stacked_lazy_models, with_delta
+def test_stacked_offsets_equal_each_model_bit_for_bit(method: str) -> None:
+    from plural.core.batched_eval import stack_offsets, with_offset
 
     generator = torch.Generator().manual_seed(1)
     theta0 = {
@@ -550,9 +550,9 @@ def test_stacked_lazy_models_equal_each_model_bit_for_bit(method: str) -> None:
             for name, t in theta0.items()
         }
         deltas.append(compress(delta, method, fraction=0.5))  # type: ignore[arg-type]
-    stacked = stacked_lazy_models(theta0, deltas)
+    stacked = stack_offsets(theta0, deltas)
     for c, compressed in enumerate(deltas):
-        alone = with_delta(theta0, decompress(compressed))
+        alone = with_offset(theta0, decompress(compressed))
         for name, tensor in alone.items():
             assert stacked[name].dtype == tensor.dtype
             assert torch.equal(stacked[name][c], tensor)
@@ -771,16 +771,16 @@ def test_agreed_peers_votes_only_on_what_voters_scored() -> None:
 
 
 def test_lazy_deltas_of_mixed_dtypes_are_evaluated_one_by_one() -> None:
-    from plural.algorithms.pfedlia.messages import stacked_lazy_models
+    from plural.core.batched_eval import stack_offsets
 
     theta0 = {"w": torch.zeros(3)}
     deltas = [
         compress({"w": torch.ones(3)}, "none"),
         compress({"w": torch.ones(3).double()}, "none"),
     ]
-    with pytest.raises(NotImplementedError, match="dtype"):  # lazy_results then falls back
-        stacked_lazy_models(theta0, deltas)
-    scalar = stacked_lazy_models(
+    with pytest.raises(NotImplementedError, match="dtype"):  # evaluate_offsets then falls back
+        stack_offsets(theta0, deltas)
+    scalar = stack_offsets(
         {"s": torch.tensor(1.0, dtype=torch.float64)}, [compress({"s": torch.tensor(1e-9)}, "none")]
     )
     assert scalar["s"].dtype == torch.float64 and float(scalar["s"][0]) == 1.0 + float(

@@ -348,3 +348,119 @@ def test_stacked_evaluation_of_many_models_equals_one_by_one(kind: str) -> None:
         alone = trainer.evaluate(params, x, y)
         assert (result.count, result.correct) == (alone.count, alone.correct)
         assert result.loss_sum == pytest.approx(alone.loss_sum, rel=1e-5, abs=1e-6)
+
+
+def _offsets_trainer(kind: str) -> tuple[LocalTrainer, Any]:
+    torch.manual_seed(0)
+    model: nn.Module = {"positions": _PerPosition, "branching": _ParameterBranch}.get(kind, mlp)()
+    loss = "mse" if kind == "mse" else "cross_entropy"
+    return LocalTrainer(model, TrainConfig(loss=loss)), state_of(model)  # type: ignore[arg-type]
+
+
+def _targets(kind: str, n: int) -> torch.Tensor:
+    if kind == "mse":
+        return torch.randn(n, 3)
+    return torch.randint(0, 3, (n, 4) if kind == "positions" else (n,))
+
+
+class _ParameterBranch(nn.Module):
+    """A forward pass that branches on a parameter's value, which ``vmap`` over stacked
+    parameters refuses (data-dependent control flow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        return out if bool(self.linear.bias.sum() > -1e9) else -out
+
+
+@pytest.mark.parametrize(
+    ("kind", "share_passes"),
+    [
+        ("cross_entropy", True),
+        ("cross_entropy", False),
+        ("mse", True),
+        ("positions", True),
+        ("branching", True),
+    ],
+)
+def test_lazy_models_evaluated_together_equal_each_client_alone(
+    kind: str, share_passes: bool
+) -> None:
+    """pFedLIA's scoring in the vectorized backend
+    (:func:`plural.core.batched_eval.evaluate_offsets_together`): each shared delta's model
+    runs once on the data of all clients that hold it, and every client gets the loss sum and
+    correct count of its own data only. Covered: deltas every client holds (run on all data),
+    a client's own delta (a distinct object: run on its data only), clients of very different
+    sizes, a pass size that cuts through clients, models sharing passes or not, and a model
+    ``vmap`` refuses (evaluated model by model)."""
+    from plural.core.batched_eval import OffsetsRequest, evaluate_offsets_together, with_offset
+    from plural.core.compression import compress, decompress
+
+    trainer, base = _offsets_trainer(kind)
+
+    def delta(scale: float) -> Any:
+        return compress({k: scale * torch.randn_like(v) for k, v in base.items()}, "none")
+
+    shared = [delta(0.2) for _ in range(6)]
+    sizes = [1, 9, 30, 4, 17]
+    requests = []
+    for c, n in enumerate(sizes):
+        x, y = torch.randn(n, 5), _targets(kind, n)
+        held = [d for j, d in enumerate(shared) if j != c] + [delta(0.2)]  # the others + own
+        requests.append(OffsetsRequest(trainer, base, held, x, y))
+    together = evaluate_offsets_together(requests, model_rows=7, share_passes=share_passes)
+    for request, results in zip(requests, together, strict=True):
+        assert len(results) == len(request.deltas)
+        for compressed, result in zip(request.deltas, results, strict=True):
+            alone = trainer.evaluate(
+                with_offset(base, decompress(compressed)), request.x, request.y
+            )
+            assert (result.count, result.correct) == (alone.count, alone.correct)
+            assert result.loss_sum == pytest.approx(alone.loss_sum, rel=1e-5, abs=1e-6)
+
+
+def test_lazy_models_with_different_bases_are_evaluated_client_by_client() -> None:
+    from plural.core.batched_eval import OffsetsRequest, evaluate_offsets_together, with_offset
+    from plural.core.compression import compress, decompress
+
+    trainer, base = _offsets_trainer("cross_entropy")
+    other = {k: v + 1.0 for k, v in base.items()}
+    deltas = [compress({k: torch.randn_like(v) for k, v in base.items()}, "none")]
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    requests = [OffsetsRequest(trainer, b, deltas, x, y) for b in (base, other)]
+    first, second = evaluate_offsets_together(requests)
+    for start, (result,) in ((base, first), (other, second)):
+        alone = trainer.evaluate(with_offset(start, decompress(deltas[0])), x, y)
+        assert result.loss_sum == pytest.approx(alone.loss_sum, rel=1e-5)
+    assert first[0].loss_sum != pytest.approx(second[0].loss_sum)
+
+
+@pytest.mark.parametrize("peers_scored", [1.0, 3])
+def test_pfedlia_scoring_runs_together_and_agrees_with_sequential(
+    peers_scored: float, tiny_config: dict[str, Any], built_backends: list[Any]
+) -> None:
+    """The lazy phase's score rows in the vectorized backend are the sequential ones (up to
+    float rounding), every client's scoring run together with the others'."""
+    from plural.algorithms.pfedlia.messages import lia_records
+
+    tiny_config["algorithm"] = {
+        "name": "pfedlia",
+        "warmup_rounds": 1,
+        "peers_scored": peers_scored,
+    }
+    sequential = lia_records(plural.run(tiny_config).server)[-1]["scores"]
+    vectorized = lia_records(plural.run(tiny_config, overrides=["backend.name=vectorized"]).server)[
+        -1
+    ]["scores"]
+    assert built_backends[-1].stats.offsets == 6  # every client's scoring, one group
+    assert torch.isfinite(torch.as_tensor(sequential)).sum() >= 6 * 3
+    torch.testing.assert_close(
+        torch.as_tensor(vectorized),
+        torch.as_tensor(sequential),
+        atol=1e-5,
+        rtol=1e-5,
+        equal_nan=True,
+    )

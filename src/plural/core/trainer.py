@@ -12,7 +12,7 @@ import contextvars
 import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from plural.config import ConfigError, setting
 from plural.core.params import Params, state_of
+
+if TYPE_CHECKING:
+    from plural.core.batched_eval import OffsetsRequest
 
 LossTerm = Callable[[Mapping[str, nn.Parameter]], torch.Tensor]
 """An extra loss term: receives the live named parameters being trained, returns a scalar."""
@@ -175,10 +178,19 @@ class FitBatcher(Protocol):
         """Run ``request`` (now or together with other clients' requests); its result."""
         ...
 
+    def submit_offsets(self, request: OffsetsRequest) -> list[EvalResult]:
+        """Evaluate ``request``'s models (now or together with other clients' requests)."""
+        ...
+
 
 _BATCHER: contextvars.ContextVar[FitBatcher | None] = contextvars.ContextVar(
     "plural_fit_batcher", default=None
 )
+
+
+def active_batcher() -> FitBatcher | None:
+    """The batcher collecting this context's work (inside :func:`batching`), or None."""
+    return _BATCHER.get()
 
 
 @contextlib.contextmanager
@@ -461,7 +473,7 @@ class LocalTrainer:
             ) / len(y[:2])
         return self.meter.per_sample[key]
 
-    def _outputs(
+    def outputs(
         self, params: Mapping[str, torch.Tensor], x: torch.Tensor, batch_size: int
     ) -> Iterator[tuple[slice, torch.Tensor]]:
         """Evaluation-mode outputs of ``params`` on ``x``, batch by batch (no gradients)."""
@@ -481,7 +493,7 @@ class LocalTrainer:
     ) -> torch.Tensor:
         """The loss of every sample of ``(x, y)`` at ``params`` (evaluation mode), shape (n,)."""
         parts = []
-        for rows, output in self._outputs(params, x, batch_size):
+        for rows, output in self.outputs(params, x, batch_size):
             losses = self.loss_fn(output, y[rows], reduction="none")
             parts.append(losses.reshape(len(losses), -1).mean(dim=1))
         return torch.cat(parts) if parts else torch.zeros(0)
@@ -500,7 +512,7 @@ class LocalTrainer:
             return EvalResult(0.0, 0 if classify else -1, len(y))
         outputs = []
         for component in mixture.components:
-            outputs.append(torch.cat([out for _, out in self._outputs(component, x, batch_size)]))
+            outputs.append(torch.cat([out for _, out in self.outputs(component, x, batch_size)]))
         mixed = mixed_prediction(outputs, mixture.weights, classify)
         if not classify:
             return EvalResult(float(self.loss_fn(mixed, y.double(), reduction="sum")), -1, len(y))
@@ -519,7 +531,7 @@ class LocalTrainer:
         """Cross-entropy loss sum and correct count of ``params`` on ``(x, y)``."""
         loss_sum, correct = 0.0, 0
         classify = self.config.loss == "cross_entropy"
-        for rows, output in self._outputs(params, x, batch_size):
+        for rows, output in self.outputs(params, x, batch_size):
             target = y[rows]
             loss_sum += float(self.loss_fn(output, target, reduction="sum"))
             if classify:

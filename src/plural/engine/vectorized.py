@@ -22,7 +22,10 @@ gradient clipping are applied per client as ``torch.optim.SGD`` and ``clip_grad_
 Evaluation is batched the same way (:func:`batched_evaluate`): the clients' evaluated models
 stacked (a model every client shares, such as the global one, passed once), their splits
 padded and masked, one forward pass per group; the loss sums and correct counts equal
-one-by-one evaluation up to float rounding.
+one-by-one evaluation up to float rounding. pFedLIA's scoring, where every client evaluates
+models ``theta0 + delta`` that the clients share, is handed over like a fit and run by
+:func:`plural.core.batched_eval.evaluate_offsets_together`: each lazy model evaluated once on
+the validation data of all the clients that hold it.
 
 Fits that cannot be batched (a custom objective, sample weights, early stopping, models with
 dropout, batch normalisation or recurrent layers, whose randomness or running statistics a
@@ -47,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from plural.core.algorithm import full_params
+from plural.core.batched_eval import OffsetsRequest, evaluate_offsets_together
 from plural.core.params import Params
 from plural.core.trainer import (
     EvalResult,
@@ -546,6 +550,9 @@ class FitStats:
     """Batched computations run."""
     alone: int = 0
     """Fits run one by one (not batchable, or not worth it under ``vectorize: auto``)."""
+    offsets: int = 0
+    """Clients' evaluations of models ``base + delta`` (pFedLIA's lazy models) run together
+    (:func:`plural.core.batched_eval.evaluate_offsets_together`)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -553,8 +560,8 @@ class _Client:
     """One client's phase, running in its own greenlet."""
 
     greenlet: greenlet.greenlet
-    request: FitRequest | None = None
-    answer: FitResult | None = None
+    request: FitRequest | OffsetsRequest | None = None
+    answer: FitResult | list[EvalResult] | None = None
     result: Any = None
     done: bool = False
     own_seconds: float = 0.0
@@ -566,7 +573,7 @@ class _Client:
         answer, self.answer = self.answer, None
         kind, value = self.greenlet.switch(answer)
         self.own_seconds += time.perf_counter() - started
-        if kind == "fit":
+        if kind == "submit":
             self.request = value
         else:
             self.result, self.done = value, True
@@ -585,7 +592,11 @@ class _Interleaver:
 
     def submit(self, request: FitRequest) -> FitResult:
         """(In a client's greenlet) hand the fit over and wait for its result."""
-        return self._parent.switch(("fit", request))
+        return self._parent.switch(("submit", request))
+
+    def submit_offsets(self, request: OffsetsRequest) -> list[EvalResult]:
+        """(In a client's greenlet) hand the evaluation over and wait for its results."""
+        return self._parent.switch(("submit", request))
 
     def run(self, bodies: Sequence[Callable[[], Any]]) -> list[_Client]:
         clients = [_Client(greenlet.greenlet(self._in_context(body))) for body in bodies]
@@ -617,12 +628,26 @@ class _Interleaver:
         for key, members in groups.items():
             requests = [c.request for c in members if c.request is not None]
             started = time.perf_counter()
-            answers = self._fit_group(key, requests)
+            if isinstance(requests[0], OffsetsRequest):
+                shared = self._share_passes(requests[0])  # type: ignore[arg-type]
+                answers: Sequence[Any] = evaluate_offsets_together(requests, share_passes=shared)  # type: ignore[arg-type]
+                self.stats.offsets += len(requests)
+            else:
+                answers = self._fit_group(key, requests)  # type: ignore[arg-type]
             seconds = time.perf_counter() - started
             samples = [max(len(r.y), 1) for r in requests]
             for client, answer, n in zip(members, answers, samples, strict=True):
                 client.answer, client.request = answer, None
                 client.shared_seconds += seconds * n / sum(samples)
+
+    def _share_passes(self, request: OffsetsRequest) -> bool:
+        """Whether the models of an evaluation share passes over the inputs (``vmap``): under
+        the rules batched training follows, every parameter differing between models."""
+        model = request.trainer.model
+        names = [n for n, _ in model.named_parameters()]
+        return can_batch(model) and (
+            self.mode == "always" or worth_batching(model, names, request.x.device)
+        )
 
     def _fit_group(self, key: Hashable, requests: list[FitRequest]) -> list[FitResult]:
         first = requests[0]
@@ -665,19 +690,23 @@ def _fit_alone(request: FitRequest) -> FitResult:
     )
 
 
-def _group_key(request: FitRequest) -> Hashable:
+def _group_key(request: FitRequest | OffsetsRequest) -> Hashable:
     trainer = request.trainer
+    if isinstance(request, OffsetsRequest):  # evaluated together if the models are the same
+        return ("offsets", id(trainer.model), trainer.config, *_input_kind(request.x, request.y))
     return (
         id(trainer.model),
         trainer.config,
         request.lr,
         request.live,
         tuple(request.params),
-        tuple(request.x.shape[1:]),
-        request.x.dtype,
-        request.y.dtype,
-        str(request.x.device),
+        *_input_kind(request.x, request.y),
     )
+
+
+def _input_kind(x: torch.Tensor, y: torch.Tensor) -> tuple[Hashable, ...]:
+    """What inputs must share to be concatenated: row shape, dtypes and device."""
+    return (tuple(x.shape[1:]), tuple(y.shape[1:]), x.dtype, y.dtype, str(x.device))
 
 
 # --------------------------------------------------------------------------- backend

@@ -18,12 +18,12 @@ from plural.algorithms.pfedlia.messages import (
     ScoreMessage,
     ScoreReply,
     decoded,
-    lazy_results,
     lia_state,
     own_row,
     with_lia,
 )
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
+from plural.core.batched_eval import evaluate_offsets
 from plural.core.compression import CompressedDelta, compress
 from plural.core.influence import (
     own_row_peers,
@@ -93,7 +93,7 @@ class LazyPhase:
             peers.append(client.client_id)
             deltas.append(state.delta)
         base = trainer.evaluate(theta0, val.x, val.y)
-        results = lazy_results(trainer, theta0, deltas, val)
+        results = evaluate_offsets(trainer, theta0, deltas, val.x, val.y)
         row = (own_row(state.row) or SparseRow.empty()).merged(
             peers, [self.influence(base, result) for result in results]
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,11 +13,9 @@ from plural.algorithms.pfedlia.config import (
     Votes,
 )
 from plural.core.algorithm import ServerState
-from plural.core.batched_eval import evaluate_stacked
-from plural.core.compression import CompressedDelta, decompress
+from plural.core.compression import CompressedDelta
 from plural.core.params import Params
 from plural.core.sparse_scores import SparseMatrix, SparseRow
-from plural.core.trainer import EvalResult, LocalTrainer
 
 # ---- messages and client state -------------------------------------------------------------
 
@@ -189,44 +187,6 @@ def decoded(released: torch.Tensor, votes: Votes) -> SparseRow:
     if votes != "raw":
         values = np.where(values == 0, np.nan, values)
     return SparseRow.from_dense(values)
-
-
-def lazy_results(
-    trainer: LocalTrainer, theta0: Params, deltas: Sequence[CompressedDelta], val: Any
-) -> list[EvalResult]:
-    """Each lazy model ``theta0 + delta`` evaluated on the client's validation split, all at
-    once (:mod:`plural.core.batched_eval`; the whole lazy phase at 200 clients 2.9x faster
-    than one model at a time, benchmarks/README.md), or one by one where the model cannot
-    be vectorised by ``torch.func.vmap``."""
-    if not deltas:
-        return []
-    try:
-        return evaluate_stacked(trainer, stacked_lazy_models(theta0, deltas), val.x, val.y)
-    except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow in forward
-        lazy = [with_delta(theta0, decompress(d)) for d in deltas]
-        return [trainer.evaluate(params, val.x, val.y) for params in lazy]
-
-
-def stacked_lazy_models(
-    theta0: Params, deltas: Sequence[CompressedDelta]
-) -> dict[str, torch.Tensor]:
-    """``theta0 + delta`` of every delta, stacked (``{name: (len(deltas), *shape)}``): the
-    deltas stacked first and ``theta0`` added once per entry, the same sums as
-    :func:`with_delta` model by model (bit for bit) in a few operations instead of a few per
-    model, which dominated the lazy phase at 200 clients."""
-    decoded = [decompress(d, copy=False) for d in deltas]  # read here, never written
-    stacked = {}
-    for name, t in theta0.items():
-        entries = [delta[name] for delta in decoded]
-        if any(e.dtype != entries[0].dtype for e in entries):  # stacking would promote them
-            raise NotImplementedError("lazy deltas of one entry differ in dtype")
-        stacked[name] = (t.unsqueeze(0) + torch.stack(entries)).to(t.dtype)
-    return stacked
-
-
-def with_delta(theta0: Params, delta: Mapping[str, torch.Tensor]) -> Params:
-    """``theta0 + delta``, entry by entry, in ``theta0``'s dtypes."""
-    return {n: (t + delta[n]).to(t.dtype) for n, t in theta0.items()}
 
 
 def inherited_clusters(previous: np.ndarray, labels: np.ndarray, moved: set[int]) -> list[int]:
