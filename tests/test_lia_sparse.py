@@ -143,7 +143,8 @@ def test_central_bookkeeping_at_10k_clients_keeps_no_dense_matrix() -> None:
     scores = lia.scores.with_rows(rows)
     server = with_lia(server, scores=scores, released=lia.released.with_rows(rows))
     clients = ctx.clients
-    server = algorithm.regroup(server, {"w": torch.zeros(2)}, True, clients, clients, [], clients)
+    theta0 = {"w": torch.zeros(2)}
+    server = algorithm.regroup(server, lambda members: theta0, True, clients, clients, [], clients)
     record = algorithm.record(server, 1, True, clients, {}, plan, clients)
     server = with_lia(server, records=(record,))
     assert_linear(server, N)

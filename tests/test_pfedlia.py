@@ -47,12 +47,46 @@ def central() -> plural.Results:
 def test_one_cluster_is_fedavg(tiny_config: dict[str, Any]) -> None:
     tiny_config["rounds"] = 4
     fedavg = plural.run(tiny_config)
-    tiny_config["algorithm"] = {"name": "pfedlia", "warmup_rounds": 1, "clusters": 1}
+    tiny_config["algorithm"] = {
+        "name": "pfedlia",
+        "warmup_rounds": 1,
+        "clusters": 1,
+        "cluster_start": "theta0",
+    }
     lia = plural.run(tiny_config)
     assert max_abs_difference(lia.server.params, fedavg.server.params) == 0.0
     test = ["round", "client", "loss", "accuracy"]
     assert lia.final()[test].equals(fedavg.final()[test])
     assert lia_records(lia.server)[0]["round"] == 2  # the lazy phase did run
+    # Starting from the lazy updates gains a round of training: not FedAvg any more.
+    tiny_config["algorithm"]["cluster_start"] = "lazy"
+    gained = plural.run(tiny_config)
+    assert max_abs_difference(gained.server.params, fedavg.server.params) > 0.0
+
+
+def test_clusters_start_from_their_members_mean_lazy_update() -> None:
+    """``cluster_start: lazy``: theta0 plus the members' lazy updates weighted by the samples
+    they trained on; a cluster without lazy updates (unseen clients) starts from theta0."""
+    import torch
+
+    from plural.algorithms.pfedlia import PFedLIA
+    from plural.algorithms.pfedlia.config import PFedLIAConfig
+    from plural.core.compression import compress
+
+    theta0 = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    deltas = {
+        0: compress({"w": torch.tensor([1.0, 0.0]), "b": torch.tensor([3.0])}, "none"),
+        1: compress({"w": torch.tensor([0.0, 4.0]), "b": torch.tensor([0.0])}, "none"),
+    }
+    samples = {0: 30, 1: 10}
+    start = PFedLIA(PFedLIAConfig()).start_from(theta0, deltas, samples)
+    both = start([0, 1, 7])  # 7 sent no lazy update
+    assert torch.allclose(both["w"], torch.tensor([1.75, 3.0]))
+    assert torch.allclose(both["b"], torch.tensor([2.75]))
+    assert start([7]) is theta0 and start([1, 0]) is both
+    assert torch.equal(deltas[0].tensors["w"]["values"], torch.tensor([1.0, 0.0]))  # untouched
+    as_paper = PFedLIA(PFedLIAConfig(cluster_start="theta0")).start_from(theta0, deltas, samples)
+    assert as_paper([0, 1]) is theta0
 
 
 def test_central_recovers_the_groups(central: plural.Results) -> None:

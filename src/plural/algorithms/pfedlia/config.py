@@ -18,6 +18,7 @@ ScoreKind = Literal["loss", "accuracy"]
 Votes = Literal["raw", "sign", "private"]
 Recluster = Literal["never", "stale"]
 Clustering = Literal["auto", "spectral", "optics"]
+ClusterStart = Literal["lazy", "theta0"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +126,13 @@ class PFedLIAConfig(AveragingConfig):
     )
     topk_fraction: float = setting(
         0.1, help="'topk': share of each tensor's entries kept", gt=0, le=1
+    )
+    cluster_start: ClusterStart = setting(
+        "lazy",
+        help="what each cluster's model (decentral: each client's) starts from after the "
+        "first lazy phase: 'lazy': theta0 plus the sample-weighted mean of its members' "
+        "(peers') lazy updates, so the lazy training counts as the clusters' first FedAvg "
+        "round; 'theta0': theta0, that training discarded (with clusters: 1, exactly FedAvg)",
     )
     recluster: Recluster = setting(
         "never",

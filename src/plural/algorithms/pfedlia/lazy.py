@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,16 +22,17 @@ from plural.algorithms.pfedlia.messages import (
     own_row,
     with_lia,
 )
+from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
-from plural.core.batched_eval import evaluate_offsets
-from plural.core.compression import CompressedDelta, compress
+from plural.core.batched_eval import evaluate_offsets, with_offset
+from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
     own_row_peers,
     randomized_response,
     row_epsilon,
     sign_votes,
 )
-from plural.core.params import nbytes
+from plural.core.params import Params, nbytes
 from plural.core.sparse_scores import SparseRow
 from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
@@ -167,7 +168,9 @@ class LazyPhase:
                 }
             )
         server = with_lia(server, scores=scores, released=released)
-        server = self.regroup(server, theta0, first, lazy_clients, scorers, replies, ctx.clients)
+        samples = {c: r.samples for c, r in zip(lazy_clients, lazy, strict=True)}
+        start = self.start_from(theta0, deltas, samples)
+        server = self.regroup(server, start, first, lazy_clients, scorers, replies, ctx.clients)
         reference = lia.reference.copy()
         reference[lazy_clients] = np.inf
         server = with_lia(
@@ -190,6 +193,31 @@ class LazyPhase:
         }
         record = self.record(server, ctx.round, first, lazy_clients, cost, plan, ctx.clients)
         return with_lia(server, records=(*lia_state(server).records, record))
+
+    def start_from(
+        self, theta0: Params, deltas: Mapping[int, CompressedDelta], samples: Mapping[int, int]
+    ) -> Callable[[Sequence[int]], Params]:
+        """The model a cluster (or neighbourhood) of the given members starts from after the
+        first lazy phase (``cluster_start``): ``theta0``, or ``theta0`` plus the mean of the
+        members' lazy updates weighted by the samples they trained on, which is a FedAvg
+        round of the cluster from ``theta0`` when ``lazy_epochs`` and ``lazy_lr`` are the
+        local training's. Members with the same lazy updates share one computed model."""
+        if self.config.cluster_start == "theta0":
+            return lambda members: theta0
+        made: dict[tuple[int, ...], Params] = {}
+
+        def start(members: Sequence[int]) -> Params:
+            held = tuple(sorted(m for m in members if m in deltas and samples.get(m, 0) > 0))
+            if not held:
+                return theta0
+            if held not in made:
+                mean = weighted_mean(
+                    [(decompress(deltas[m], copy=False), samples[m]) for m in held]
+                )
+                made[held] = with_offset(theta0, mean)
+            return made[held]
+
+        return start
 
     @staticmethod
     def relay_bytes(

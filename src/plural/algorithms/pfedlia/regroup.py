@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ class Regrouping:
     def regroup(
         self,
         server: ServerState,
-        theta0: Params,
+        start: Callable[[Sequence[int]], Params],
         first: bool,
         lazy_clients: list[int],
         scorers: list[int],
@@ -63,15 +63,17 @@ class Regrouping:
         clients: Sequence[int],
     ) -> ServerState:
         """New clusters (central) or neighbourhoods (decentral) of ``clients`` (those that
-        take part), with the models they start from: ``theta0`` the first time; on
-        re-clustering, the models the clusters had. Clients that never train (unseen) are
-        in no one's neighbourhood, and join cluster 0 (they are served as newcomers)."""
+        take part), with the models they start from: the first time, ``start`` of their
+        members (see ``cluster_start``); on re-clustering, the models the clusters had.
+        Clients that never train (unseen) are in no one's neighbourhood, and join cluster 0
+        (they are served as newcomers)."""
         n = len(self.assignment(server))
         if self.config.variant == "decentral":
             server, peers = self.neighbourhoods(server, first, scorers, replies)
             labels = mutual_components(peers.csr())
             if first:
-                return self.with_clusters(server, [theta0] * n, labels, [{} for _ in range(n)])
+                models = [start(peers.chosen(i).tolist()) for i in range(n)]
+                return self.with_clusters(server, models, labels, [{} for _ in range(n)])
             return self.with_clusters(
                 server,
                 models=self.rejoined_neighbours(server, peers, lazy_clients),
@@ -82,7 +84,8 @@ class Regrouping:
         labels[part] = self.central_clusters(lia_state(server).released.submatrix(part))
         k = int(labels.max()) + 1
         if first:
-            return self.with_clusters(server, [theta0] * k, labels, [{} for _ in range(k)])
+            models = [start(np.flatnonzero(labels == c).tolist()) for c in range(k)]
+            return self.with_clusters(server, models, labels, [{} for _ in range(k)])
         source = inherited_clusters(self.assignment(server), labels, set(lazy_clients))
         models, opts = self.models(server), self.opt_states(server)
         return self.with_clusters(
