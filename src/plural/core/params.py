@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +28,17 @@ def subset(params: Mapping[str, torch.Tensor], names: set[str] | list[str]) -> P
     return {name: tensor for name, tensor in params.items() if name in wanted}
 
 
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+
+def field_values(instance: Any) -> list[Any]:
+    """A dataclass instance's field values in order (the names listed once per class: the
+    engine walks every client's reply, and ``dataclasses.fields`` each time doubled it)."""
+    return [getattr(instance, name) for name in _field_names(type(instance))]
+
+
 def nbytes(payload: object, memo: dict[int, tuple[object, int]] | None = None) -> int:
     """Bytes of every tensor inside ``payload`` (nested dataclasses, mappings, sequences).
 
@@ -35,18 +48,18 @@ def nbytes(payload: object, memo: dict[int, tuple[object, int]] | None = None) -
     shared part once; it keeps the objects it counted (so no id is reused while it lives),
     and they must not change while it is used.
     """
-    if payload is None:
+    if payload is None or isinstance(payload, (int, float, str)):
         return 0
     if isinstance(payload, torch.Tensor):
         return payload.numel() * payload.element_size()
     if memo is not None and id(payload) in memo:
         return memo[id(payload)][1]
-    if dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-        parts: Iterable[object] = (getattr(payload, f.name) for f in dataclasses.fields(payload))
-    elif isinstance(payload, Mapping):
-        parts = payload.values()
+    if isinstance(payload, Mapping):
+        parts: Iterable[object] = payload.values()
     elif isinstance(payload, (list, tuple)):
         parts = payload
+    elif dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+        parts = field_values(payload)
     else:
         return 0
     total = sum(nbytes(part, memo) for part in parts)

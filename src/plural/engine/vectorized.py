@@ -232,10 +232,7 @@ def batched_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
         totals += losses.detach()
         with torch.no_grad():
             _sgd_step(batched, live, list(grads), buffers, active, cfg, first.lr, t == 0)
-    return [
-        _result(r, c, batched, shared, float(totals[c]), schedule.steps[c], schedule.seen[c])
-        for c, r in enumerate(requests)
-    ]
+    return _results(requests, batched, shared, totals.tolist(), schedule.steps, schedule.seen)
 
 
 def _step_losses(
@@ -312,25 +309,33 @@ def _sgd_step(
             )
 
 
-def _result(
-    request: FitRequest,
-    c: int,
+def _results(
+    requests: Sequence[FitRequest],
     batched: dict[str, torch.Tensor],
     shared: dict[str, torch.Tensor],
-    total_loss: float,
-    steps: int,
-    seen: int,
-) -> FitResult:
-    params = {
-        name: (batched[name][c] if name in batched else shared[name]).detach().clone()
-        for name in request.params
-    }
-    trainer = request.trainer
-    if seen:
-        named = dict(trainer.model.named_parameters())
-        live = {name: named[name] for name in request.live}
-        trainer.meter.flops += seen * trainer._flops_per_sample(request.x, request.y, live, None)
-    return FitResult(params, total_loss / max(steps, 1), steps, seen)
+    totals: Sequence[float],
+    steps: Sequence[int],
+    seen: Sequence[int],
+) -> list[FitResult]:
+    """Every client's trained parameters (its own copy) and fit statistics; each client's
+    meter counts its training FLOPs, the per-sample count taken once for the group (one
+    model, trained entries and input shape)."""
+    first = requests[0]
+    per_sample = 0.0
+    if any(seen):
+        named = dict(first.trainer.model.named_parameters())
+        live = {name: named[name] for name in first.live}
+        sample = next(r for r, n in zip(requests, seen, strict=True) if n)
+        per_sample = first.trainer._flops_per_sample(sample.x, sample.y, live, None)
+    results = []
+    for c, request in enumerate(requests):
+        params = {
+            name: (batched[name][c] if name in batched else shared[name]).detach().clone()
+            for name in request.params
+        }
+        request.trainer.meter.flops += seen[c] * per_sample
+        results.append(FitResult(params, float(totals[c]) / max(steps[c], 1), steps[c], seen[c]))
+    return results
 
 
 # --------------------------------------------------------------------------- batched DP-SGD
@@ -371,10 +376,7 @@ def batched_private_fit(requests: Sequence[FitRequest]) -> list[FitResult]:
             _sgd_step(batched, live, grads, buffers, active, sgd, first.lr, t == 0)
     for request, count in zip(requests, steps, strict=True):
         request.trainer.meter.privacy_steps += count
-    return [
-        _result(r, c, batched, shared, run.totals[c], steps[c], run.seen[c])
-        for c, r in enumerate(requests)
-    ]
+    return _results(requests, batched, shared, run.totals, steps, run.seen)
 
 
 class _PrivateWave:

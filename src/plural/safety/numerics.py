@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from plural.core.algorithm import ModelMessage, Update
+from plural.core.params import field_values
 
 
 class DivergedError(RuntimeError):
@@ -23,14 +24,16 @@ def _tensors(value: Any) -> Iterable[torch.Tensor | float]:
     """The tensors and floats inside ``value`` (nested dataclasses, mappings, sequences)."""
     if isinstance(value, (torch.Tensor, float)):
         yield value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from _tensors(getattr(value, field.name))
+    elif value is None or isinstance(value, (int, str)):
+        return
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from _tensors(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
+            yield from _tensors(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for item in field_values(value):
             yield from _tensors(item)
 
 
