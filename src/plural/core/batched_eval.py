@@ -17,7 +17,6 @@ times, and large matrix products instead of one small product per client and mod
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -25,7 +24,7 @@ from torch.func import functional_call, vmap
 
 from plural.core.compression import CompressedDelta, decompress
 from plural.core.params import Params
-from plural.core.trainer import EvalResult, LocalTrainer, active_batcher
+from plural.core.trainer import EvalResult, LocalTrainer, OffsetsRequest, active_batcher
 
 __all__ = [
     "OffsetsRequest",
@@ -95,18 +94,6 @@ MODELS_PER_PASS = 32
 """Most models sharing one pass over the input rows in :func:`evaluate_offsets_together`."""
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class OffsetsRequest:
-    """One client's models ``base + delta`` (one per delta) to evaluate on its ``(x, y)``,
-    handed to a batcher so that many clients' requests run together."""
-
-    trainer: LocalTrainer
-    base: Mapping[str, torch.Tensor]
-    deltas: Sequence[CompressedDelta]
-    x: torch.Tensor
-    y: torch.Tensor
-
-
 def with_offset(base: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor]) -> Params:
     """``base + delta``, entry by entry, in ``base``'s dtypes."""
     return {n: (t + delta[n]).to(t.dtype) for n, t in base.items()}
@@ -142,25 +129,21 @@ def evaluate_offsets(
     evaluated at once, or one by one where ``torch.func.vmap`` cannot batch the model."""
     if not deltas:
         return []
+    request = OffsetsRequest(trainer, base, tuple(deltas), x, y)
     batcher = active_batcher()
     if batcher is not None:
-        return batcher.submit_offsets(OffsetsRequest(trainer, base, tuple(deltas), x, y))
-    return evaluate_offsets_alone(trainer, base, deltas, x, y)
+        return batcher.submit_offsets(request)
+    return evaluate_offsets_alone(request)
 
 
-def evaluate_offsets_alone(
-    trainer: LocalTrainer,
-    base: Mapping[str, torch.Tensor],
-    deltas: Sequence[CompressedDelta],
-    x: torch.Tensor,
-    y: torch.Tensor,
-) -> list[EvalResult]:
+def evaluate_offsets_alone(request: OffsetsRequest) -> list[EvalResult]:
     """:func:`evaluate_offsets` for one client: stacked (the whole lazy phase at 200 clients
     2.8x faster than one model at a time, benchmarks/README.md), or one by one."""
+    trainer, base, x, y = request.trainer, request.base, request.x, request.y
     try:
-        return evaluate_stacked(trainer, stack_offsets(base, deltas), x, y)
+        return evaluate_stacked(trainer, stack_offsets(base, request.deltas), x, y)
     except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow in forward
-        return [trainer.evaluate(with_offset(base, decompress(d)), x, y) for d in deltas]
+        return [trainer.evaluate(with_offset(base, decompress(d)), x, y) for d in request.deltas]
 
 
 @torch.no_grad()
@@ -181,7 +164,7 @@ def evaluate_offsets_together(
     sums its request's rows only, equal to one-by-one evaluation up to float rounding; no
     request's data enters another's result."""
     if len(requests) < 2 or not _same_base(requests):
-        return [evaluate_offsets_alone(r.trainer, r.base, r.deltas, r.x, r.y) for r in requests]
+        return [evaluate_offsets_alone(r) for r in requests]
     holders: dict[int, list[tuple[int, int]]] = {}  # id(delta) -> (request, position)
     distinct: dict[int, CompressedDelta] = {}
     for index, request in enumerate(requests):

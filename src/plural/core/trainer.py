@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +21,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from plural.config import ConfigError, setting
+from plural.core.compression import CompressedDelta
 from plural.core.params import Params, state_of
-
-if TYPE_CHECKING:
-    from plural.core.batched_eval import OffsetsRequest
 
 LossTerm = Callable[[Mapping[str, nn.Parameter]], torch.Tensor]
 """An extra loss term: receives the live named parameters being trained, returns a scalar."""
@@ -172,6 +170,19 @@ class FitRequest:
     epochs: int | None
     steps: int | None
     lr: float
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OffsetsRequest:
+    """One client's models ``base + delta`` (one per delta) to evaluate on its ``(x, y)``,
+    handed to a :class:`FitBatcher` (:func:`plural.core.batched_eval.evaluate_offsets`) so
+    that many clients' requests run together."""
+
+    trainer: LocalTrainer
+    base: Mapping[str, torch.Tensor]
+    deltas: Sequence[CompressedDelta]
+    x: torch.Tensor
+    y: torch.Tensor
 
 
 class FitBatcher(Protocol):
