@@ -394,8 +394,8 @@ def test_lazy_models_evaluated_together_equal_each_client_alone(
     runs once on the data of all clients that hold it, and every client gets the loss sum and
     correct count of its own data only. Covered: deltas every client holds (run on all data),
     a client's own delta (a distinct object: run on its data only), clients of very different
-    sizes, a pass size that cuts through clients, models sharing passes or not, and a model
-    ``vmap`` refuses (evaluated model by model)."""
+    sizes (one without data), a pass size that cuts through clients, models sharing passes
+    or not, and a model ``vmap`` refuses (evaluated model by model)."""
     from plural.core.batched_eval import OffsetsRequest, evaluate_offsets_together, with_offset
     from plural.core.compression import compress, decompress
 
@@ -405,7 +405,7 @@ def test_lazy_models_evaluated_together_equal_each_client_alone(
         return compress({k: scale * torch.randn_like(v) for k, v in base.items()}, "none")
 
     shared = [delta(0.2) for _ in range(6)]
-    sizes = [1, 9, 30, 4, 17]
+    sizes = [1, 9, 30, 0, 4, 17]
     requests = []
     for c, n in enumerate(sizes):
         x, y = torch.randn(n, 5), _targets(kind, n)

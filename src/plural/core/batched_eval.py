@@ -159,10 +159,9 @@ def evaluate_offsets_together(
     discarded: at most twice the work), with ``share_passes`` several models sharing each
     pass over the rows (``torch.func.vmap`` over the models, the input not batched: for a
     dense first layer one wide matrix product); a rarer model runs on its requests' data
-    only. Requests with
-    different bases are evaluated one by one (:func:`evaluate_offsets_alone`). Each result
-    sums its request's rows only, equal to one-by-one evaluation up to float rounding; no
-    request's data enters another's result."""
+    only. Requests with different bases are evaluated one by one
+    (:func:`evaluate_offsets_alone`). Each result sums its request's rows only, equal to
+    one-by-one evaluation up to float rounding; no request's data enters another's result."""
     if len(requests) < 2 or not _same_base(requests):
         return [evaluate_offsets_alone(r) for r in requests]
     holders: dict[int, list[tuple[int, int]]] = {}  # id(delta) -> (request, position)
@@ -220,9 +219,10 @@ class _Rows:
         width = max(1, model_rows // len(models))
         try:
             outputs = _shared_input if len(models) > 1 else _one_by_one
-            loss_sums, correct = self._sums(trainer, outputs(trainer, models), width)
+            loss_sums, correct = self._sums(trainer, outputs(trainer, models), len(models), width)
         except (RuntimeError, NotImplementedError):  # an operation vmap cannot batch
-            loss_sums, correct = self._sums(trainer, _one_by_one(trainer, models), width)
+            by_one = _one_by_one(trainer, models)
+            loss_sums, correct = self._sums(trainer, by_one, len(models), width)
         classify = trainer.config.loss == "cross_entropy"
         losses, hits = loss_sums.tolist(), correct.tolist()
         return [
@@ -234,21 +234,22 @@ class _Rows:
         ]
 
     def _sums(
-        self, trainer: LocalTrainer, outputs: Callable[[torch.Tensor], torch.Tensor], width: int
+        self,
+        trainer: LocalTrainer,
+        outputs: Callable[[torch.Tensor], torch.Tensor],
+        models: int,
+        width: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(models, requests) loss sums and correct counts of ``outputs`` (input rows to
         ``(models, rows, ...)``), ``width`` rows a pass."""
-        loss_sums: torch.Tensor | None = None
-        correct: torch.Tensor | None = None
+        shape, device = (models, len(self.counts)), self.x.device
+        loss_sums = torch.zeros(shape, dtype=torch.float64, device=device)
+        correct = torch.zeros(shape, dtype=torch.long, device=device)
         classify = trainer.config.loss == "cross_entropy"
         for start in range(0, len(self.y), width):
             rows = slice(start, start + width)
             output = outputs(self.x[rows])
-            target, owner, models = self.y[rows], self.owner[rows], output.shape[0]
-            if loss_sums is None or correct is None:
-                shape, device = (models, len(self.counts)), self.x.device
-                loss_sums = torch.zeros(shape, dtype=torch.float64, device=device)
-                correct = torch.zeros(shape, dtype=torch.long, device=device)
+            target, owner = self.y[rows], self.owner[rows]
             flat = output.flatten(0, 1)
             repeated = target.repeat(models, *([1] * (target.dim() - 1)))
             losses = trainer.loss_fn(flat, repeated, reduction="none")
@@ -257,7 +258,6 @@ class _Rows:
             if classify:
                 hits = (flat.argmax(dim=1) == repeated).reshape(models, len(target), -1)
                 correct.index_add_(1, owner, hits.sum(dim=2))
-        assert loss_sums is not None and correct is not None  # a request holds at least a row
         return loss_sums, correct
 
 
