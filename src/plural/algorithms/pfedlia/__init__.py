@@ -40,7 +40,7 @@ The run, round by round:
    The updates are FedAvg's (weights, server optimizer, stragglers all apply). Each model
    starts from ``theta0`` plus its members' (peers') lazy updates averaged by the samples
    they trained on (``cluster_start: lazy``): the lazy training is a FedAvg round of the
-   cluster from ``theta0``, and starting from it gains that round (0.3-0.4 points at 30
+   cluster from ``theta0``, and starting from it gains that round (0.2-0.5 points at 30
    rounds, 200 clients, benchmarks/README.md); ``cluster_start: theta0`` discards it.
 
 Beyond the paper: ``recluster: stale`` watches each client's validation loss under its
