@@ -87,6 +87,9 @@ def test_clusters_start_from_their_members_mean_lazy_update() -> None:
     assert torch.equal(deltas[0].tensors["w"]["values"], torch.tensor([1.0, 0.0]))  # untouched
     as_paper = PFedLIA(PFedLIAConfig(cluster_start="theta0")).start_from(theta0, deltas, samples)
     assert as_paper([0, 1]) is theta0
+    # Under another weighting no exact count is used: the updates count equally.
+    equal = PFedLIA(PFedLIAConfig(weighting="private_samples")).start_from(theta0, deltas, samples)
+    assert torch.allclose(equal([0, 1])["w"], torch.tensor([1.5, 4.0]))
 
 
 def test_central_recovers_the_groups(central: plural.Results) -> None:

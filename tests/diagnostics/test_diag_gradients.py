@@ -228,3 +228,6 @@ def test_distance_equals_the_float64_distance_for_every_dtype() -> None:
     assert distance(a, b) == pytest.approx(expected, rel=1e-7)
     assert distance(a, a) == 0.0
     assert distance({"count": torch.tensor(1)}, {"count": torch.tensor(2)}) == 0.0
+    # A float32 difference that overflows is taken in float64 instead.
+    huge = distance({"w": torch.tensor([3e38])}, {"w": torch.tensor([-3e38])})
+    assert huge == pytest.approx(6e38, rel=1e-6)

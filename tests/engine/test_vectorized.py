@@ -464,3 +464,22 @@ def test_pfedlia_scoring_runs_together_and_agrees_with_sequential(
         rtol=1e-5,
         equal_nan=True,
     )
+
+
+def test_pfedlia_scoring_of_a_batch_norm_model_runs_client_by_client(
+    tiny_config: dict[str, Any], built_backends: list[Any]
+) -> None:
+    """Batch statistics would mix clients' rows in one pass: such models' lazy models are
+    scored client by client, as in the sequential backend."""
+    from plural.algorithms.pfedlia.messages import lia_records
+
+    tiny_config["algorithm"] = {"name": "pfedlia", "warmup_rounds": 1}
+    tiny_config["model"] = {"name": "mlp", "hidden": [16], "batch_norm": True}
+    sequential = lia_records(plural.run(tiny_config).server)[-1]["scores"]
+    vectorized = lia_records(plural.run(tiny_config, overrides=["backend.name=vectorized"]).server)[
+        -1
+    ]["scores"]
+    assert built_backends[-1].stats.offsets == 0
+    torch.testing.assert_close(
+        torch.as_tensor(vectorized), torch.as_tensor(sequential), atol=1e-5, rtol=1e-5
+    )

@@ -88,7 +88,8 @@ def evaluate_stacked(
 
 MODEL_ROWS = 65_536
 """Models times input rows of one forward pass in :func:`evaluate_offsets_together` (as the
-vectorized backend's batched evaluation: clients times rows)."""
+vectorized backend's batched evaluation: clients times rows): 2,048 rows a pass, whether
+``MODELS_PER_PASS`` models share it or one model runs alone."""
 
 MODELS_PER_PASS = 32
 """Most models sharing one pass over the input rows in :func:`evaluate_offsets_together`."""
@@ -153,10 +154,12 @@ def evaluate_offsets_together(
     """:func:`evaluate_offsets` of every request, each distinct delta's model evaluated once
     on the data of all the requests that hold it.
 
-    The requests must share the architecture and settings (one trainer's model and config);
-    a delta is the same when it is the same object (the relayed updates of one round are).
-    Models wanted by at least half of the requests run on all their data at once (the rest is
-    discarded: at most twice the work), with ``share_passes`` several models sharing each
+    The requests must share the architecture and settings (one trainer's model and config),
+    and a row's output must depend on that row alone (no batch statistics: the vectorized
+    backend evaluates other models client by client); a delta is the same when it is the
+    same object (the relayed updates of one round are).
+    Models whose holders have at least half of all the rows run on all the rows at once (the
+    rest is discarded: at most twice the work), with ``share_passes`` several models sharing each
     pass over the rows (``torch.func.vmap`` over the models, the input not batched: for a
     dense first layer one wide matrix product); a rarer model runs on its requests' data
     only. Requests with different bases are evaluated one by one
@@ -171,8 +174,10 @@ def evaluate_offsets_together(
             distinct.setdefault(id(delta), delta)
             holders.setdefault(id(delta), []).append((index, position))
     wanted = {key: sorted({index for index, _ in held}) for key, held in holders.items()}
-    common = [key for key in distinct if 2 * len(wanted[key]) >= len(requests)]
     everyone = _Rows(requests, range(len(requests)))
+    rows = everyone.counts
+    total = sum(rows)
+    common = [key for key in distinct if 2 * sum(rows[i] for i in wanted[key]) >= total]
     per_pass = MODELS_PER_PASS if share_passes else 1
     passes = [(common[k : k + per_pass], everyone) for k in range(0, len(common), per_pass)]
     passes += [([key], _Rows(requests, wanted[key])) for key in distinct if key not in common]
@@ -216,7 +221,7 @@ class _Rows:
         by request index); the models share each pass over the rows where ``vmap`` can
         batch them, else run one by one."""
         trainer.model.eval()
-        width = max(1, model_rows // len(models))
+        width = max(1, model_rows // max(len(models), MODELS_PER_PASS))  # rows a pass
         try:
             outputs = _shared_input if len(models) > 1 else _one_by_one
             loss_sums, correct = self._sums(trainer, outputs(trainer, models), len(models), width)

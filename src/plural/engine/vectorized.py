@@ -50,7 +50,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from plural.core.algorithm import full_params
-from plural.core.batched_eval import OffsetsRequest, evaluate_offsets_together
+from plural.core.batched_eval import (
+    OffsetsRequest,
+    evaluate_offsets_alone,
+    evaluate_offsets_together,
+)
 from plural.core.params import Params
 from plural.core.trainer import (
     EvalResult,
@@ -62,6 +66,7 @@ from plural.core.trainer import (
     batching,
     has_random_layers,
     minibatches,
+    parameter_names,
 )
 from plural.engine.backends import (
     ClientWork,
@@ -561,8 +566,9 @@ class FitStats:
     alone: int = 0
     """Fits run one by one (not batchable, or not worth it under ``vectorize: auto``)."""
     offsets: int = 0
-    """Clients' evaluations of models ``base + delta`` (pFedLIA's lazy models) run together
-    (:func:`plural.core.batched_eval.evaluate_offsets_together`)."""
+    """Clients' evaluations of models ``base + delta`` (pFedLIA's lazy models) handed to
+    :func:`plural.core.batched_eval.evaluate_offsets_together` (which evaluates requests
+    with different bases client by client)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -639,9 +645,7 @@ class _Interleaver:
             requests = [c.request for c in members if c.request is not None]
             started = time.perf_counter()
             if isinstance(requests[0], OffsetsRequest):
-                shared = self._share_passes(requests[0])  # type: ignore[arg-type]
-                answers: Sequence[Any] = evaluate_offsets_together(requests, share_passes=shared)  # type: ignore[arg-type]
-                self.stats.offsets += len(requests)
+                answers: Sequence[Any] = self._evaluate_offsets(requests)  # type: ignore[arg-type]
             else:
                 answers = self._fit_group(key, requests)  # type: ignore[arg-type]
             seconds = time.perf_counter() - started
@@ -650,14 +654,19 @@ class _Interleaver:
                 client.answer, client.request = answer, None
                 client.shared_seconds += seconds * n / sum(samples)
 
-    def _share_passes(self, request: OffsetsRequest) -> bool:
-        """Whether the models of an evaluation share passes over the inputs (``vmap``): under
-        the rules batched training follows, every parameter differing between models."""
-        model = request.trainer.model
-        names = [n for n, _ in model.named_parameters()]
-        return can_batch(model) and (
-            self.mode == "always" or worth_batching(model, names, request.x.device)
+    def _evaluate_offsets(self, requests: list[OffsetsRequest]) -> list[list[EvalResult]]:
+        """The clients' evaluations of models ``theta0 + delta``: together where a row's
+        output depends on that row alone (``can_batch``: no batch statistics, recurrence or
+        dropout), the models sharing passes over the rows under the rules batched training
+        follows (every parameter differs between models); else client by client."""
+        model = requests[0].trainer.model
+        if not can_batch(model):  # e.g. batch norm without running statistics mixes rows
+            return [evaluate_offsets_alone(r) for r in requests]
+        shared = self.mode == "always" or worth_batching(
+            model, parameter_names(model), requests[0].x.device
         )
+        self.stats.offsets += len(requests)
+        return evaluate_offsets_together(requests, share_passes=shared)
 
     def _fit_group(self, key: Hashable, requests: list[FitRequest]) -> list[FitResult]:
         first = requests[0]

@@ -130,9 +130,11 @@ class PFedLIAConfig(AveragingConfig):
     cluster_start: ClusterStart = setting(
         "lazy",
         help="what each cluster's model (decentral: each client's) starts from after the "
-        "first lazy phase: 'lazy': theta0 plus the sample-weighted mean of its members' "
-        "(peers') lazy updates, so the lazy training counts as the clusters' first FedAvg "
-        "round; 'theta0': theta0, that training discarded (with clusters: 1, exactly FedAvg)",
+        "first lazy phase: 'lazy': theta0 plus the mean of its members' (peers') lazy "
+        "updates (weighted by their samples under weighting: samples, else equally; no "
+        "server optimizer), so the lazy training counts as the clusters' first round of "
+        "averaging; 'theta0': theta0, that training discarded (with clusters: 1, exactly "
+        "FedAvg)",
     )
     recluster: Recluster = setting(
         "never",

@@ -199,11 +199,16 @@ class LazyPhase:
     ) -> Callable[[Sequence[int]], Params]:
         """The model a cluster (or neighbourhood) of the given members starts from after the
         first lazy phase (``cluster_start``): ``theta0``, or ``theta0`` plus the mean of the
-        members' lazy updates weighted by the samples they trained on, which is a FedAvg
-        round of the cluster from ``theta0`` when ``lazy_epochs`` and ``lazy_lr`` are the
-        local training's. Members with the same lazy updates share one computed model."""
+        members' lazy updates, weighted by the samples they trained on under ``weighting:
+        samples`` and equally under any other weighting (no exact count is used where the
+        counts are private, capped or loss-weighted); that is a FedAvg round of the cluster
+        from ``theta0`` with the server's plain average when ``lazy_epochs`` and
+        ``lazy_lr`` are the local training's. Members with the same updates share one
+        computed model."""
         if self.config.cluster_start == "theta0":
             return lambda members: theta0
+        if self.config.weighting != "samples":
+            samples = {m: 1 if n > 0 else 0 for m, n in samples.items()}
         made: dict[tuple[int, ...], Params] = {}
 
         def start(members: Sequence[int]) -> Params:
