@@ -483,3 +483,29 @@ def test_pfedlia_scoring_of_a_batch_norm_model_runs_client_by_client(
     torch.testing.assert_close(
         torch.as_tensor(vectorized), torch.as_tensor(sequential), atol=1e-5, rtol=1e-5
     )
+
+
+def test_a_large_model_is_scored_one_model_at_a_time_on_a_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stacking a client's lazy models pays on a CPU only for small models (measured: 2.9x
+    faster at 25k parameters, 2.3x slower at 199k): above the limit they are evaluated one
+    by one, with the same results."""
+    from plural.core import batched_eval
+    from plural.core.compression import compress, decompress
+
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Linear(400, 300), nn.ReLU(), nn.Linear(300, 3))
+    assert sum(p.numel() for p in big.parameters()) > batched_eval.STACKED_PARAMETERS_ON_CPU
+    trainer, base = LocalTrainer(big, TrainConfig()), state_of(big)
+    deltas = [compress({k: 0.1 * torch.randn_like(v) for k, v in base.items()}, "none")]
+    x, y = torch.randn(6, 400), torch.randint(0, 3, (6,))
+
+    def refuse(*args: Any) -> Any:
+        raise AssertionError("stacked")
+
+    monkeypatch.setattr(batched_eval, "stack_offsets", refuse)
+    request = batched_eval.OffsetsRequest(trainer, base, deltas, x, y)
+    (result,) = batched_eval.evaluate_offsets_alone(request)
+    alone = trainer.evaluate(batched_eval.with_offset(base, decompress(deltas[0])), x, y)
+    assert result == alone

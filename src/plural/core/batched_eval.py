@@ -137,14 +137,23 @@ def evaluate_offsets(
     return evaluate_offsets_alone(request)
 
 
+STACKED_PARAMETERS_ON_CPU = 100_000
+"""On a CPU a client stacks its models only up to this many parameters each. Measured at 200
+clients (benchmarks/README.md): a 25k-parameter MLP's lazy phase 2.9x faster stacked than
+one model at a time, a 199k-parameter one (784-200-200-10) 2.3x slower."""
+
+
 def evaluate_offsets_alone(request: OffsetsRequest) -> list[EvalResult]:
-    """:func:`evaluate_offsets` for one client: stacked (the whole lazy phase at 200 clients
-    2.8x faster than one model at a time, benchmarks/README.md), or one by one."""
+    """:func:`evaluate_offsets` for one client: stacked for small models (see
+    :data:`STACKED_PARAMETERS_ON_CPU`), or one by one."""
     trainer, base, x, y = request.trainer, request.base, request.x, request.y
-    try:
-        return evaluate_stacked(trainer, stack_offsets(base, request.deltas), x, y)
-    except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow in forward
-        return [trainer.evaluate(with_offset(base, decompress(d)), x, y) for d in request.deltas]
+    size = sum(t.numel() for t in base.values() if t.is_floating_point())
+    if x.device.type != "cpu" or size <= STACKED_PARAMETERS_ON_CPU:
+        try:
+            return evaluate_stacked(trainer, stack_offsets(base, request.deltas), x, y)
+        except (RuntimeError, NotImplementedError):  # e.g. data-dependent control flow
+            pass
+    return [trainer.evaluate(with_offset(base, decompress(d)), x, y) for d in request.deltas]
 
 
 @torch.no_grad()
