@@ -109,6 +109,33 @@ def test_items_of_a_client_run_on_its_actor(tiny_config: dict[str, Any], ray: An
     assert ray.is_initialized()
 
 
+@pytest.mark.ray
+def test_a_run_for_another_cluster_than_the_connected_one_is_refused(
+    tiny_config: dict[str, Any], ray: Any
+) -> None:
+    """Ray serves one cluster per process: a run naming a different host:port is refused
+    before any actor starts, and the connected session stays up for the next run."""
+    from plural.engine.ray_backend import RayBackend
+
+    connected = ray.get_runtime_context().gcs_address
+    with pytest.raises(ConfigError, match=r"backend.address is '127.0.0.1:1'.*already connected"):
+        RayBackend(tiny_setup(tiny_config), workers=1, address="127.0.0.1:1")
+    assert ray.is_initialized()
+    backend = RayBackend(tiny_setup(tiny_config), workers=1, address=connected)  # the same one
+    backend.close()
+    assert ray.is_initialized()
+
+
+def test_an_address_names_the_connected_cluster_by_port_and_host() -> None:
+    from plural.engine.ray_backend import _same_endpoint
+
+    assert _same_endpoint("10.0.0.5:6379", "10.0.0.5:6379")
+    assert _same_endpoint("127.0.0.1:6379", "192.0.2.2:6379")  # Ray reports the node's address
+    assert _same_endpoint("localhost:6379", "10.0.0.5:6379")
+    assert not _same_endpoint("10.0.0.5:6380", "10.0.0.5:6379")
+    assert not _same_endpoint("10.0.0.6:6379", "10.0.0.5:6379")
+
+
 def test_missing_ray_says_how_to_install(
     tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,7 +181,7 @@ for state in ("memory", "disk"):
     except RuntimeError as error:
         assert "simulated crash" in str(error)
     same(sequential, plural.run(config, overrides=overrides, out=run_dir, resume=True))
-ray.init(address=address, logging_level="ERROR")
+assert ray.is_initialized()  # one Ray session served all six runs (no shutdown and re-init)
 nodes = [n for n in ray.nodes() if n["Alive"]]
 print(json.dumps({"nodes": len(nodes), "cpus": ray.cluster_resources().get("CPU")}))
 """

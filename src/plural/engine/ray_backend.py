@@ -161,7 +161,7 @@ class RayBackend:
         ray = import_ray()
         self.num_clients = setup.federation.num_clients
         self.threads = threads or 1
-        self._owns_ray = _connect(ray, address)
+        _connect(ray, address)
         self._actors: list[Any] = []
         self.states: ActorStates | None = None
         try:
@@ -219,7 +219,8 @@ class RayBackend:
         return self.states
 
     def close(self) -> None:
-        """Stop the actors (closing the stores they keep), and Ray if this backend started it."""
+        """Stop the actors (closing the stores they keep). Ray itself stays up for the next run
+        in this process (see :func:`_connect`)."""
         ray = import_ray()
         if self.states is not None and self._actors:
             ray.get([actor.close_store.remote() for actor in self._actors])
@@ -227,9 +228,6 @@ class RayBackend:
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
-        if self._owns_ray and ray.is_initialized():
-            ray.shutdown()
-        self._owns_ray = False
 
 
 class ActorStates(HeldStates):
@@ -278,10 +276,15 @@ class ActorStates(HeldStates):
             self._local.close()
 
 
-def _connect(ray: Any, address: str | None) -> bool:
-    """Initialise Ray unless it already is; True when this call started it."""
+def _connect(ray: Any, address: str | None) -> None:
+    """Initialise Ray unless it already is, and leave it up until the process ends (Ray's own
+    exit hook shuts it down). Ray does not support ``ray.shutdown()`` followed by another
+    ``ray.init()`` in one process reliably (the second session can crash the process,
+    ray-project/ray#31145), and several runs in one process (a sweep, a script) would pay
+    Ray's start each time; so every run of a process shares one Ray session."""
     if ray.is_initialized():
-        return False
+        _check_same_cluster(ray, address)
+        return
     options: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
     if address is None and "RAY_ADDRESS" not in os.environ:
         options.update(num_cpus=usable_cores(), include_dashboard=False)
@@ -289,7 +292,29 @@ def _connect(ray: Any, address: str | None) -> bool:
         # A tip about GPU visibility in future Ray versions; the actors use no GPU.
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
         ray.init(**options)
-    return True
+
+
+def _check_same_cluster(ray: Any, address: str | None) -> None:
+    """A run asking for a cluster by ``host:port`` while this process is connected to another
+    one is refused (it would silently run elsewhere)."""
+    if address is None or address == "auto" or "://" in address:
+        return  # no address, or one Ray resolves itself: the connected session serves
+    connected = ray.get_runtime_context().gcs_address
+    if not _same_endpoint(address, connected):
+        raise ConfigError(
+            f"backend.address is {address!r}, but this process is already connected to the Ray "
+            f"cluster at {connected!r}; Ray serves one cluster per process: run the two in "
+            "separate processes, or leave backend.address out to use the connected one"
+        )
+
+
+def _same_endpoint(asked: str, connected: str) -> bool:
+    """Whether ``host:port`` ``asked`` names the connected GCS: the same port, and the same
+    host unless one side is this machine's loopback (Ray reports the node's own address)."""
+    asked_host, _, asked_port = asked.rpartition(":")
+    host, _, port = connected.rpartition(":")
+    loopback = {"127.0.0.1", "localhost", "::1", "[::1]"}
+    return asked_port == port and (asked_host == host or bool({asked_host, host} & loopback))
 
 
 def _cluster_cpus(ray: Any) -> int:
