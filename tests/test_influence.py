@@ -24,6 +24,7 @@ from plural.core.influence import (
     keep_probability,
     kmeans_peers,
     merge_alike_clusters,
+    move_misplaced_clients,
     mutual_components,
     neighbourhood_quality,
     optics_clusters,
@@ -32,6 +33,7 @@ from plural.core.influence import (
     rank_correlation,
     row_epsilon,
     row_modes,
+    settled_clusters,
     sign_votes,
     split_unalike_clusters,
 )
@@ -362,6 +364,58 @@ def test_splitting_rejects_bad_input() -> None:
         absorptions_the_rows_confirm(np.zeros((4, 4)), _fit([0, 0, 0], [0, 0, 0]))
     with pytest.raises(ValueError, match="square"):
         split_unalike_clusters(np.zeros((3, 2)), np.zeros(3))
+
+
+def test_a_client_in_another_groups_cluster_moves_to_its_mates() -> None:
+    # Groups of 3; client 3 (group 1) sits with group 0 while its mates 4 and 5 form a pair:
+    # no split cuts one client off and no merge joins the two clusters; the move does.
+    groups = np.repeat([0, 1, 2], 3)
+    scores = block_scores(groups, noise=0.05)
+    misplaced = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(split_unalike_clusters(scores, misplaced), misplaced)
+    np.testing.assert_array_equal(merge_alike_clusters(scores, misplaced), misplaced)
+    np.testing.assert_array_equal(move_misplaced_clients(scores, misplaced), groups)
+    # The true partition is left as it is, and so are clients alone.
+    np.testing.assert_array_equal(move_misplaced_clients(scores, groups), groups)
+    alone = np.arange(9)
+    np.testing.assert_array_equal(move_misplaced_clients(scores, alone), alone)
+
+
+def test_a_move_needs_both_the_row_and_the_mutual_score() -> None:
+    groups = np.repeat([0, 1], 4)
+    # Client 0's own lazy model hurts its mates (its column), who help it (its row): it
+    # stays, although the other group is less hurt by it.
+    hurting = block_scores(groups, noise=0.0)
+    hurting[1:4, 0] = -3.0
+    np.testing.assert_array_equal(move_misplaced_clients(hurting, groups), groups)
+    # Group 1 helps client 0 more than its mates do (its row), but client 0's model hurts
+    # group 1 (their rows): the mutual score is low, it stays.
+    one_sided = block_scores(groups, noise=0.0)
+    one_sided[0, 4:] = 1.5
+    one_sided[4:, 0] = -2.0
+    np.testing.assert_array_equal(move_misplaced_clients(one_sided, groups), groups)
+    # Both sides prefer group 1: it moves.
+    both = block_scores(groups, noise=0.0)
+    both[0, 4:], both[4:, 0] = 1.0, 1.0
+    both[0, 1:4], both[1:4, 0] = -0.5, -0.5
+    np.testing.assert_array_equal(move_misplaced_clients(both, groups), [0, 1, 1, 1, 0, 0, 0, 0])
+
+
+def test_settling_splits_joined_groups_and_moves_a_misplaced_client() -> None:
+    # Groups 0 and 1 in one cluster (as a merge can leave them when two of their singletons
+    # paired on a high draw), client 6 of group 2 with group 3 while its mates pair up.
+    groups = np.repeat([0, 1, 2, 3], 3)
+    scores = block_scores(groups, noise=0.05)
+    labels = np.array([0, 0, 0, 0, 0, 0, 1, 2, 2, 1, 1, 1])
+    np.testing.assert_array_equal(settled_clusters(scores, labels), groups)
+    np.testing.assert_array_equal(settled_clusters(scores, groups), groups)
+
+
+def test_moving_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="one entry per row"):
+        move_misplaced_clients(np.zeros((3, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="share must be > 0"):
+        settled_clusters(np.zeros((3, 3)), np.zeros(3), share=0.0)
 
 
 def test_merging_rejects_bad_input() -> None:

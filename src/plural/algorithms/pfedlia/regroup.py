@@ -26,12 +26,12 @@ from plural.core.influence import (
     fixed_clusters,
     influence_features,
     keep_probability,
-    merge_alike_clusters,
     mutual_components,
     neighbourhood_quality,
     optics_fit,
     placed_noise,
     row_epsilon,
+    settled_clusters,
     split_unalike_clusters,
 )
 from plural.core.params import Params
@@ -136,16 +136,16 @@ class Regrouping:
             # matters, as it does after OPTICS.
             if cfg.merge_share is None:
                 return labels
-            return merge_alike_clusters(scores, labels, cfg.merge_share)
+            return settled_clusters(scores, labels, cfg.merge_share)
         if cfg.merge_share is None:
             return placed_noise(fit.absorbed, fit.distances, cfg.noise)
         # The scores check what row distances decided (benchmarks/README.md, "Noisy clients"):
         # placements of left-out clients their rows do not confirm are undone, clusters of
-        # unalike halves split, then alike clusters merged.
+        # unalike halves split, then alike clusters merged and misplaced clients moved.
         confirmed = absorptions_the_rows_confirm(scores, fit, cfg.merge_share)
         labels = placed_noise(confirmed, fit.distances, cfg.noise)
         labels = split_unalike_clusters(scores, labels, cfg.merge_share)
-        return merge_alike_clusters(scores, labels, cfg.merge_share)
+        return settled_clusters(scores, labels, cfg.merge_share)
 
     def clustering(self) -> str:
         """The central clustering that runs first: ``clustering``, where 'auto' is 'spectral'
