@@ -331,9 +331,14 @@ def test_the_row_must_confirm_a_placement_by_distance() -> None:
     )
 
 
-def test_splitting_cuts_two_groups_out_of_one_cluster_and_nothing_else() -> None:
+def _three_groups_of_three() -> tuple[np.ndarray, np.ndarray]:
+    """The true groups of 9 clients in groups of 3, and their scores."""
     groups = np.repeat([0, 1, 2], 3)
-    scores = block_scores(groups, noise=0.05)
+    return groups, block_scores(groups, noise=0.05)
+
+
+def test_splitting_cuts_two_groups_out_of_one_cluster_and_nothing_else() -> None:
+    groups, scores = _three_groups_of_three()
     # Groups 0 and 1 in one cluster: split; the true groups stay as they are.
     joined = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1])
     np.testing.assert_array_equal(split_unalike_clusters(scores, joined), groups)
@@ -369,8 +374,7 @@ def test_splitting_rejects_bad_input() -> None:
 def test_a_client_in_another_groups_cluster_moves_to_its_mates() -> None:
     # Groups of 3; client 3 (group 1) sits with group 0 while its mates 4 and 5 form a pair:
     # no split cuts one client off and no merge joins the two clusters; the move does.
-    groups = np.repeat([0, 1, 2], 3)
-    scores = block_scores(groups, noise=0.05)
+    groups, scores = _three_groups_of_three()
     misplaced = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(split_unalike_clusters(scores, misplaced), misplaced)
     np.testing.assert_array_equal(merge_alike_clusters(scores, misplaced), misplaced)
