@@ -405,6 +405,16 @@ def test_a_move_needs_both_the_row_and_the_mutual_score() -> None:
     np.testing.assert_array_equal(move_misplaced_clients(both, groups), [0, 1, 1, 1, 0, 0, 0, 0])
 
 
+def test_a_client_alike_its_mates_is_not_drawn_into_a_fragment_of_its_group() -> None:
+    # One group of 40 in a cluster of 38 and a pair whose two scores came out high (2.0);
+    # client 0 scores the pair 1.5 (more than its mates' 1.0) but is alike its mates: stays.
+    scores = np.ones((40, 40))
+    scores[38, 39] = scores[39, 38] = 2.0
+    scores[0, 38:] = scores[38:, 0] = 1.5
+    labels = np.array([0] * 38 + [1, 1])
+    np.testing.assert_array_equal(move_misplaced_clients(scores, labels), labels)
+
+
 def test_settling_splits_joined_groups_and_moves_a_misplaced_client() -> None:
     # Groups 0 and 1 in one cluster (as a merge can leave them when two of their singletons
     # paired on a high draw), client 6 of group 2 with group 3 while its mates pair up.
