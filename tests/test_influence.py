@@ -385,24 +385,81 @@ def test_a_client_in_another_groups_cluster_moves_to_its_mates() -> None:
     np.testing.assert_array_equal(move_misplaced_clients(scores, alone), alone)
 
 
-def test_a_move_needs_both_the_row_and_the_mutual_score() -> None:
+def _unhappy_client(helped_by_b: float, helps_b: float) -> np.ndarray:
+    """Clusters A = 0-3 and B = 4-7 (1.0 within, 0 across), C = 8-10 (-0.5 within). Client 0's
+    model hurts its mates (-1.0), who help it 0.5: it is not alike them (mutual -0.25). B helps
+    client 0 ``helped_by_b``; client 0's model helps B ``helps_b``."""
+    scores = np.zeros((11, 11))
+    for members in (range(4), range(4, 8)):
+        scores[np.ix_(members, members)] = 1.0
+    scores[np.ix_(range(8, 11), range(8, 11))] = -0.5
+    scores[0, 1:4], scores[1:4, 0] = 0.5, -1.0
+    scores[0, 4:8], scores[4:8, 0] = helped_by_b, helps_b
+    return scores
+
+
+UNHAPPY = np.array([0] * 4 + [1] * 4 + [2] * 3)
+
+
+@pytest.mark.parametrize(
+    ("helped_by_b", "helps_b", "moves"),
+    [
+        (0.6, 1.4, True),  # B helps it more than its mates (0.6 > 0.5), mutual 1.0: moves
+        (0.4, 1.4, False),  # the row decides: B helps it less than its mates (0.4 < 0.5)
+        (0.8, 0.1, False),  # the mutual score decides: 0.45 < 0.6 x B's within (1.0)
+        (0.8, 0.6, True),  # mutual 0.7 >= 0.6: moves
+    ],
+)
+def test_a_move_needs_the_row_and_the_mutual_score(
+    helped_by_b: float, helps_b: float, moves: bool
+) -> None:
+    labels = move_misplaced_clients(_unhappy_client(helped_by_b, helps_b), UNHAPPY)
+    assert bool(labels[0] == labels[4]) == moves and bool(labels[0] == labels[1]) != moves
+    assert labels[8] == labels[9] == labels[10] != labels[4]  # C is never a destination
+
+
+def test_a_client_goes_to_the_cluster_it_is_most_alike() -> None:
+    scores = _unhappy_client(0.6, 1.4)
+    scores[np.ix_(range(8, 11), range(8, 11))] = 1.0  # C now a good cluster too
+    scores[0, 8:], scores[8:, 0] = 1.0, 1.6  # and more alike client 0 than B (1.3 > 1.0)
+    labels = move_misplaced_clients(scores, UNHAPPY)
+    assert labels[0] == labels[8] and labels[1] != labels[0] != labels[4]
+
+
+def test_a_cluster_whose_members_do_not_help_each_other_takes_no_one() -> None:
+    scores = _unhappy_client(0.6, 1.4)
+    scores[0, 8:], scores[8:, 0] = 1.0, 1.6  # C (within -0.5) helps client 0 most
+    labels = move_misplaced_clients(scores, UNHAPPY)
+    assert labels[0] == labels[4] and labels[8] != labels[0]
+
+
+def test_a_client_whose_model_hurts_its_group_stays_with_it() -> None:
+    # Its mates help it (its row, 1.0); its model hurts them (-3.0), and another group
+    # neither helps it nor is helped much: the row keeps it.
     groups = np.repeat([0, 1], 4)
-    # Client 0's own lazy model hurts its mates (its column), who help it (its row): it
-    # stays, although the other group is less hurt by it.
-    hurting = block_scores(groups, noise=0.0)
-    hurting[1:4, 0] = -3.0
-    np.testing.assert_array_equal(move_misplaced_clients(hurting, groups), groups)
-    # Group 1 helps client 0 more than its mates do (its row), but client 0's model hurts
-    # group 1 (their rows): the mutual score is low, it stays.
-    one_sided = block_scores(groups, noise=0.0)
-    one_sided[0, 4:] = 1.5
-    one_sided[4:, 0] = -2.0
-    np.testing.assert_array_equal(move_misplaced_clients(one_sided, groups), groups)
-    # Both sides prefer group 1: it moves.
-    both = block_scores(groups, noise=0.0)
-    both[0, 4:], both[4:, 0] = 1.0, 1.0
-    both[0, 1:4], both[1:4, 0] = -0.5, -0.5
-    np.testing.assert_array_equal(move_misplaced_clients(both, groups), [0, 1, 1, 1, 0, 0, 0, 0])
+    scores = block_scores(groups, noise=0.0)
+    scores[1:4, 0] = -3.0
+    np.testing.assert_array_equal(move_misplaced_clients(scores, groups), groups)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_move_tables_equal_a_recount_after_every_move(seed: int) -> None:
+    from plural.core.influence import _MoveTables
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 25))
+    scores = rng.normal(size=(n, n))
+    scores[rng.random((n, n)) < 0.3] = np.nan
+    tables = _MoveTables(scores, rng.integers(0, 5, n))
+    for _ in range(10):
+        tables.move(int(rng.integers(n)), int(rng.integers(len(tables.sizes))))
+        fresh = _MoveTables(scores, tables.labels.copy())
+        k = len(fresh.sizes)  # the kept tables keep emptied clusters past the last label
+        for kept, counted in zip(tables.sums, fresh.sums, strict=True):
+            np.testing.assert_allclose(kept[:, :k], counted, atol=1e-12)
+            np.testing.assert_allclose(kept[:, k:], 0.0, atol=1e-12)
+        np.testing.assert_allclose(tables.within[:, :k], fresh.within, atol=1e-12)
+        np.testing.assert_array_equal(tables.sizes[:k], fresh.sizes)
 
 
 def test_a_client_alike_its_mates_is_not_drawn_into_a_fragment_of_its_group() -> None:
@@ -428,6 +485,10 @@ def test_settling_splits_joined_groups_and_moves_a_misplaced_client() -> None:
 def test_moving_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="one entry per row"):
         move_misplaced_clients(np.zeros((3, 3)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        move_misplaced_clients(np.zeros((3, 3)), np.array([0, 0, -1]))
+    with pytest.raises(ValueError, match="labels must be >= 0"):
+        merge_alike_clusters(np.zeros((3, 3)), np.array([0, 0, -1]))
     with pytest.raises(ValueError, match="share must be > 0"):
         settled_clusters(np.zeros((3, 3)), np.zeros(3), share=0.0)
 

@@ -130,10 +130,12 @@ def test_an_address_names_the_connected_cluster_by_port_and_host() -> None:
     from plural.engine.ray_backend import _same_endpoint
 
     assert _same_endpoint("10.0.0.5:6379", "10.0.0.5:6379")
-    assert _same_endpoint("127.0.0.1:6379", "192.0.2.2:6379")  # Ray reports the node's address
-    assert _same_endpoint("localhost:6379", "10.0.0.5:6379")
+    assert _same_endpoint("localhost:6379", "127.0.0.1:6379")  # a name that resolves to it
+    assert _same_endpoint("[::1]:6379", "::1:6379") and _same_endpoint("LOCALHOST:1", "127.0.0.1:1")
     assert not _same_endpoint("10.0.0.5:6380", "10.0.0.5:6379")
     assert not _same_endpoint("10.0.0.6:6379", "10.0.0.5:6379")
+    assert not _same_endpoint("127.0.0.1:6379", "10.0.0.5:6379")  # loopback is not any host
+    assert not _same_endpoint("no-such-host.invalid:6379", "10.0.0.5:6379")
 
 
 def test_missing_ray_says_how_to_install(

@@ -313,13 +313,21 @@ def optics_clusters(
     return placed_noise(fit.absorbed, fit.distances, noise)
 
 
-def _checked(scores: np.ndarray, labels: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    scores: np.ndarray, labels: np.ndarray, share: float, placed: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """The score matrix (float64) and a copy of ``labels`` (int64) of a central clustering
-    step, after checking a square matrix, one label per row and a share above 0."""
+    step, after checking a square matrix, one label per row, labels >= 0 if ``placed`` (-1,
+    noise, is allowed only before placement) and a share above 0."""
     matrix = _as_matrix(scores, "scores", square=True)
     labels = np.array(labels, dtype=np.int64)
     if labels.shape != (len(matrix),):
         raise ValueError(f"labels must have one entry per row of scores, got {labels.shape}")
+    if placed and len(labels) and labels.min() < 0:
+        raise ValueError(
+            "labels must be >= 0 (every client in a cluster); place the clients left out as "
+            f"noise first (placed_noise), got {int(labels.min())}"
+        )
     if not share > 0:
         raise ValueError(f"share must be > 0, got {share!r}")
     return matrix, labels
@@ -341,7 +349,7 @@ def absorptions_the_rows_confirm(
     (mean score -1.1). The row, not the mutual score, is asked: a client whose own lazy
     model is poor (it hurts even itself) is still helped by its group (class pairs, 200
     clients: 0.37-0.58 against 0.66 within the group) and belongs there."""
-    matrix, labels = _checked(scores, fit.absorbed, share)
+    matrix, labels = _checked(scores, fit.absorbed, share, placed=False)
     mutual = _symmetrize(matrix)
     for client in np.flatnonzero((fit.leaves == -1) & (fit.absorbed >= 0)):
         mates = np.flatnonzero(fit.leaves == fit.absorbed[client])
@@ -479,12 +487,15 @@ def move_misplaced_clients(
     (mutual scores, :func:`_symmetrize`), and as much as :func:`merge_alike_clusters` asks of
     two clusters (at least ``share`` times ``b``'s mean within, which is > 0). The best such
     ``b`` by mutual score takes it. Only a client that is not alike its own mates moves: its
-    mutual score with them is below ``share`` times their mean within without it (so a
+    mutual score with them is below ``share`` times their mean within without it, or that
+    mean is <= 0 (so a
     client of a large group, whose mates' mean is exact, is not drawn into a small fragment
     of it whose mean of two scores came out high: class pairs at 1,000 clients, 48 clients
     of a group of 200 moved into a pair before this condition). Clients are visited in
     order, the sums updated after each move, until a pass moves none (at most 10 passes).
-    Clients alone, and the two clients of a pair, are left to the merge.
+    Clients alone are left to the merge; the two clients of a pair may each move (one mate
+    gives no mean within to be alike: a pair of two groups of 3, formed on a high draw,
+    breaks up this way).
 
     OPTICS's leaves are never checked by the scores: among 20 groups of 3, one client sat in
     the leaf of another group (scores 0.08 across against 1.0 within) while its two mates
@@ -515,14 +526,14 @@ class _MoveTables:
 
     def __init__(self, matrix: np.ndarray, labels: np.ndarray) -> None:
         self.labels = labels
-        self.mutual = _symmetrize(matrix)
-        finite, known = np.isfinite(matrix), np.isfinite(self.mutual)
+        mutual = _symmetrize(matrix)
+        finite, known = np.isfinite(matrix), np.isfinite(mutual)
         np.fill_diagonal(finite, False)
         np.fill_diagonal(known, False)
         self.columns = (  # what each client gets (its row), and mutual scores; with counts
             np.where(finite, matrix, 0.0),
             finite.astype(np.float64),
-            np.where(known, self.mutual, 0.0),
+            np.where(known, mutual, 0.0),
             known.astype(np.float64),
         )
         onehot = np.zeros((len(labels), int(labels.max(initial=-1)) + 1))
@@ -532,33 +543,34 @@ class _MoveTables:
         self.sizes = onehot.sum(axis=0)
 
     def better_cluster(self, client: int, share: float) -> int | None:
+        """The cluster ``client`` moves to (:func:`move_misplaced_clients`), if any."""
         own = self.labels[client]
-        if self.sizes[own] < 2:
+        if self.sizes[own] < 2 or self._alike_its_mates(client, share):
             return None
         help_sum, help_count, pair_sum, pair_count = (table[client] for table in self.sums)
         with np.errstate(divide="ignore", invalid="ignore"):
             helped = help_sum / help_count
             alike = pair_sum / pair_count
             within = self.within[0] / self.within[1]
-            without = (self.within[0, own] - 2 * pair_sum[own]) / (
-                self.within[1, own] - 2 * pair_count[own]
-            )
-        if math.isnan(without):  # one mate: the level of its closest peers, as in the merge
-            without = _top_mode_centre(np.delete(self.mutual[client], client))
-        if not alike[own] < share * without:  # it belongs with its mates
-            return None
-        better = (
-            (self.sizes >= 2)
-            & (np.arange(len(self.sizes)) != own)
-            & (helped > helped[own])
-            & (alike > alike[own])
-            & (within > 0)
-            & (alike >= share * within)
+        better = (  # a mean within > 0 also rules out clusters of one (no pair within)
+            (helped > helped[own]) & (alike > alike[own]) & (within > 0) & (alike >= share * within)
         )
         better[own] = False
         if not better.any():
             return None
         return int(np.argmax(np.where(better, alike, -np.inf)))
+
+    def _alike_its_mates(self, client: int, share: float) -> bool:
+        """Whether ``client``'s mutual score with its mates is at least ``share`` times their
+        mean within without it, which is > 0 (False where the mates have no known score
+        among themselves: one mate, as a pair)."""
+        own = self.labels[client]
+        pairs_left = self.within[1, own] - 2 * self.sums[3][client, own]  # exact: counts
+        if pairs_left == 0 or self.sums[3][client, own] == 0:
+            return False
+        without = (self.within[0, own] - 2 * self.sums[2][client, own]) / pairs_left
+        alike = self.sums[2][client, own] / self.sums[3][client, own]
+        return bool(without > 0 and alike >= share * without)
 
     def move(self, client: int, target: int) -> None:
         source = self.labels[client]

@@ -21,11 +21,13 @@ script work too); tensors are copied by value. Client randomness is derived from
 round, client, phase), so results equal the sequential backend's exactly.
 
 Without an address (and with Ray not yet initialised) the backend starts a local Ray
-instance with this machine's cores and shuts it down on :meth:`RayBackend.close`. On a
-cluster, start Ray there (``ray start --head`` on the head node, ``ray start
---address=HEAD:6379`` on the others; plural must be installed on every node) and give the
-head's address (``address="HEAD:6379"`` or ``"auto"`` on a node of the cluster). If Ray is
-already initialised in this process, the backend uses that instance and leaves it running.
+instance with this machine's cores. On a cluster, start Ray there (``ray start --head`` on the
+head node, ``ray start --address=HEAD:6379`` on the others; plural must be installed on every
+node) and give the head's address (``address="HEAD:6379"`` or ``"auto"`` on a node of the
+cluster). Either way the session stays up for the rest of the process and serves its later
+runs (see :func:`_connect`); :meth:`RayBackend.close` stops only the actors. If Ray is already
+initialised in this process, the backend uses that instance. Settings read when Ray starts
+(``RAY_ADDRESS``, the local CPU count) are those of the first run.
 """
 
 from __future__ import annotations
@@ -222,12 +224,14 @@ class RayBackend:
         """Stop the actors (closing the stores they keep). Ray itself stays up for the next run
         in this process (see :func:`_connect`)."""
         ray = import_ray()
-        if self.states is not None and self._actors:
-            ray.get([actor.close_store.remote() for actor in self._actors])
-        self.states = None
-        for actor in self._actors:
-            ray.kill(actor)
-        self._actors = []
+        try:
+            if self.states is not None and self._actors:
+                ray.get([actor.close_store.remote() for actor in self._actors])
+        finally:  # Ray outlives the run: actors left alive would hold their CPUs
+            self.states = None
+            for actor in self._actors:
+                ray.kill(actor)
+            self._actors = []
 
 
 class ActorStates(HeldStates):
@@ -276,6 +280,11 @@ class ActorStates(HeldStates):
             self._local.close()
 
 
+_connected_as: list[str | None] = []
+"""The address this process's Ray session was started with by :func:`_connect` (empty when
+plural did not start it)."""
+
+
 def _connect(ray: Any, address: str | None) -> None:
     """Initialise Ray unless it already is, and leave it up until the process ends (Ray's own
     exit hook shuts it down). Ray does not support ``ray.shutdown()`` followed by another
@@ -292,13 +301,16 @@ def _connect(ray: Any, address: str | None) -> None:
         # A tip about GPU visibility in future Ray versions; the actors use no GPU.
         warnings.filterwarnings("ignore", "Tip: In future versions of Ray", FutureWarning)
         ray.init(**options)
+    _connected_as[:] = [address]
 
 
 def _check_same_cluster(ray: Any, address: str | None) -> None:
-    """A run asking for a cluster by ``host:port`` while this process is connected to another
-    one is refused (it would silently run elsewhere)."""
-    if address is None or address == "auto" or "://" in address:
-        return  # no address, or one Ray resolves itself: the connected session serves
+    """A run asking for a cluster by ``host:port`` that is not the one this process is
+    connected to is refused (it would silently run elsewhere). The same address string as
+    the session was started with, or a host:port that resolves to the connected one, is
+    accepted; ``auto`` and ``ray://`` addresses, which Ray resolves itself, are not checked."""
+    if address is None or address == "auto" or "://" in address or [address] == _connected_as:
+        return
     connected = ray.get_runtime_context().gcs_address
     if not _same_endpoint(address, connected):
         raise ConfigError(
@@ -309,12 +321,28 @@ def _check_same_cluster(ray: Any, address: str | None) -> None:
 
 
 def _same_endpoint(asked: str, connected: str) -> bool:
-    """Whether ``host:port`` ``asked`` names the connected GCS: the same port, and the same
-    host unless one side is this machine's loopback (Ray reports the node's own address)."""
-    asked_host, _, asked_port = asked.rpartition(":")
-    host, _, port = connected.rpartition(":")
-    loopback = {"127.0.0.1", "localhost", "::1", "[::1]"}
-    return asked_port == port and (asked_host == host or bool({asked_host, host} & loopback))
+    """Whether ``host:port`` ``asked`` names the endpoint ``connected``: the same port, and
+    hosts that resolve to a common address (names, case and IPv6 brackets aside)."""
+    asked_host, asked_port = _host_and_port(asked)
+    host, port = _host_and_port(connected)
+    if asked_port != port:
+        return False
+    return asked_host == host or bool(_resolved(asked_host) & _resolved(host))
+
+
+def _host_and_port(address: str) -> tuple[str, str]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]").lower(), port
+
+
+def _resolved(host: str) -> set[str]:
+    """The addresses ``host`` resolves to (none if it does not resolve)."""
+    import socket
+
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return set()
 
 
 def _cluster_cpus(ray: Any) -> int:
