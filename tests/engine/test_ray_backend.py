@@ -138,6 +138,24 @@ def test_an_address_names_the_connected_cluster_by_port_and_host() -> None:
     assert not _same_endpoint("no-such-host.invalid:6379", "10.0.0.5:6379")
 
 
+def test_release_session_stops_only_a_session_plural_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    from plural.engine import ray_backend
+
+    calls: list[str] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: True, shutdown=lambda: calls.append("x"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_backend, "_connected_as", [])
+    ray_backend.release_session()  # the caller's own session: left alone
+    assert calls == []
+    monkeypatch.setattr(ray_backend, "_connected_as", [None])
+    ray_backend.release_session()
+    assert calls == ["x"] and ray_backend._connected_as == []
+
+
 def test_missing_ray_says_how_to_install(
     tiny_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -304,6 +304,19 @@ def _connect(ray: Any, address: str | None) -> None:
     _connected_as[:] = [address]
 
 
+def release_session() -> None:
+    """Shut down the Ray session plural started in this process, if any (a session the
+    caller started is left alone). For what needs Ray to itself: a Flower simulation starts
+    Ray with its own settings and shuts it down at its end."""
+    if not _connected_as:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    _connected_as.clear()
+
+
 def _check_same_cluster(ray: Any, address: str | None) -> None:
     """A run asking for a cluster by ``host:port`` that is not the one this process is
     connected to is refused (it would silently run elsewhere). The same address string as

@@ -154,6 +154,7 @@ def simulate_all(
     loaded = [(load_config(config), out) for config, out in jobs]
     from flwr.simulation import run_simulation
 
+    from plural.engine.ray_backend import release_session
     from plural.flower.client import client_app
 
     count = nodes or min(max(_clients_of(cfg) for cfg, _ in loaded), os.cpu_count() or 1)
@@ -162,6 +163,7 @@ def simulate_all(
         raise ConfigError(
             f"nodes: {count}; give 1 to {fewest} (each node holds at least one client)"
         )
+    release_session()  # a plural Ray run's session: Flower starts and stops its own
     outcome = _Outcome()
     backend_config = {
         "client_resources": {"num_cpus": cpus_per_node, "num_gpus": 0.0},
