@@ -488,11 +488,11 @@ def move_misplaced_clients(
     two clusters (at least ``share`` times ``b``'s mean within, which is > 0). The best such
     ``b`` by mutual score takes it. Only a client that is not alike its own mates moves: its
     mutual score with them is below ``share`` times their mean within without it, or that
-    mean is <= 0 (so a
-    client of a large group, whose mates' mean is exact, is not drawn into a small fragment
-    of it whose mean of two scores came out high: class pairs at 1,000 clients, 48 clients
-    of a group of 200 moved into a pair before this condition). Clients are visited in
-    order, the sums updated after each move, until a pass moves none (at most 10 passes).
+    mean is <= 0 (so a client of a large group, whose mates' mean is exact, is not drawn
+    into a small fragment of it whose mean of two scores came out high: class pairs at 1,000
+    clients, 48 clients of a group of 200 moved into a pair before this condition). Clients
+    are visited in order, the sums updated after each move, until a pass moves none (at
+    most 10 passes).
     Clients alone are left to the merge; the two clients of a pair may each move (one mate
     gives no mean within to be alike: a pair of two groups of 3, formed on a high draw,
     breaks up this way).
