@@ -472,12 +472,11 @@ def test_a_client_alike_its_mates_is_not_drawn_into_a_fragment_of_its_group() ->
     np.testing.assert_array_equal(move_misplaced_clients(scores, labels), labels)
 
 
-def test_settling_splits_joined_groups_and_moves_a_misplaced_client() -> None:
-    # Groups 0 and 1 in one cluster (as a merge can leave them when two of their singletons
-    # paired on a high draw), client 6 of group 2 with group 3 while its mates pair up.
+def test_settling_merges_pieces_and_moves_a_misplaced_client() -> None:
+    # Group 0 in two pieces; client 6 of group 2 with group 3 while its mates pair up.
     groups = np.repeat([0, 1, 2, 3], 3)
     scores = block_scores(groups, noise=0.05)
-    labels = np.array([0, 0, 0, 0, 0, 0, 1, 2, 2, 1, 1, 1])
+    labels = np.array([0, 0, 4, 1, 1, 1, 2, 3, 3, 2, 2, 2])
     np.testing.assert_array_equal(settled_clusters(scores, labels), groups)
     np.testing.assert_array_equal(settled_clusters(scores, groups), groups)
 

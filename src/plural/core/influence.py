@@ -32,7 +32,7 @@ The helpers are pure (inputs are never mutated) and deterministic given their ar
   clusters the rows with OPTICS, without being told the number of clusters, keeps the
   placements of left-out clients their rows confirm, splits clusters whose halves score each
   other low, merges clusters whose members score each other as highly as their mates, then
-  moves clients that another cluster serves better and splits and merges once more.
+  moves clients that another cluster serves better and merges once more.
 * :func:`row_modes`, :func:`own_row_peers`, :func:`helpful_side`, :func:`kmeans_peers`,
   :func:`agreed_peers` and :func:`mutual_components` are the decentral rule: every client
   keeps as its first choice the top mode of its own row (or, where the row has one mode, the
@@ -466,12 +466,10 @@ def merge_alike_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 
 
 def settled_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 0.6) -> np.ndarray:
     """The last steps of the central rule: alike clusters merged
-    (:func:`merge_alike_clusters`), clusters of unalike halves split again
-    (:func:`split_unalike_clusters`: singletons pair up on a high draw, 0.71 between two
-    groups of 3 whose mean across is 0.18, and their pair then grows with both groups),
-    misplaced clients moved (:func:`move_misplaced_clients`; after the merge, so that a
-    client's true mates are one cluster to move to), and alike clusters merged again."""
-    labels = split_unalike_clusters(scores, merge_alike_clusters(scores, labels, share), share)
+    (:func:`merge_alike_clusters`), misplaced clients moved (:func:`move_misplaced_clients`;
+    after the merge, so that a client's true mates are one cluster to move to), and alike
+    clusters merged again."""
+    labels = merge_alike_clusters(scores, labels, share)
     return merge_alike_clusters(scores, move_misplaced_clients(scores, labels, share), share)
 
 
