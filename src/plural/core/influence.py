@@ -416,6 +416,13 @@ def _two_part_cut(mutual: np.ndarray, share: float) -> np.ndarray | None:
     return second if within > 0 and across < share * within else None
 
 
+def _membership(labels: np.ndarray) -> np.ndarray:
+    """The (N, K) 0/1 matrix of which client is in which cluster (labels 0..K-1)."""
+    onehot = np.zeros((len(labels), int(labels.max(initial=-1)) + 1))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return onehot
+
+
 def merge_alike_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 0.6) -> np.ndarray:
     """Merge clusters whose members help each other about as much as they help their own
     cluster mates.
@@ -446,8 +453,7 @@ def merge_alike_clusters(scores: np.ndarray, labels: np.ndarray, share: float = 
     matrix, labels = _checked(scores, labels, share)
     finite = np.isfinite(matrix)
     np.fill_diagonal(finite, False)
-    onehot = np.zeros((len(labels), int(labels.max(initial=-1)) + 1))
-    onehot[np.arange(len(labels)), labels] = 1.0
+    onehot = _membership(labels)
     sums = onehot.T @ np.where(finite, matrix, 0.0) @ onehot  # sums[a, b]: i in a scores j in b
     counts = onehot.T @ finite.astype(np.float64) @ onehot
     alone = _singleton_references(matrix, labels, onehot.shape[1])
@@ -490,10 +496,9 @@ def move_misplaced_clients(
     into a small fragment of it whose mean of two scores came out high: class pairs at 1,000
     clients, 48 clients of a group of 200 moved into a pair before this condition). Clients
     are visited in order, the sums updated after each move, until a pass moves none (at
-    most 10 passes).
-    Clients alone are left to the merge; the two clients of a pair may each move (one mate
-    gives no mean within to be alike: a pair of two groups of 3, formed on a high draw,
-    breaks up this way).
+    most 10 passes). Clients alone are left to the merge; the two clients of a pair may each
+    move (one mate gives no mean within to be alike: a pair of two groups of 3, formed on a
+    high draw, breaks up this way).
 
     OPTICS's leaves are never checked by the scores: among 20 groups of 3, one client sat in
     the leaf of another group (scores 0.08 across against 1.0 within) while its two mates
@@ -534,8 +539,7 @@ class _MoveTables:
             np.where(known, mutual, 0.0),
             known.astype(np.float64),
         )
-        onehot = np.zeros((len(labels), int(labels.max(initial=-1)) + 1))
-        onehot[np.arange(len(labels)), labels] = 1.0
+        onehot = _membership(labels)
         self.sums = [column @ onehot for column in self.columns]  # (N, K) each
         self.within = np.array([(onehot * self.sums[k]).sum(axis=0) for k in (2, 3)])
         self.sizes = onehot.sum(axis=0)
