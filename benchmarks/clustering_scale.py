@@ -11,11 +11,10 @@ Three experiments (all by default; ``--experiments`` picks some):
   the measured level; ARI per seed and clusters found.
 * ``federations``: every method on rotation (4 groups), label swap (4), class pairs
   (``class_groups``, 5 groups of 2 classes) and mixed (2 rotations x 2 label permutations
-  drawn independently: 4 groups of unequal sizes), at each ``--sizes`` client count (unequal
-  group sizes are in ``synthetic`` only: the transforms make equal groups): ARI, clusters
-  (decentral: neighbourhood
-  purity and recall), mean and worst-10% test accuracy and their gap to Oracle, lazy-phase
-  bytes and seconds.
+  drawn independently: 4 groups of unequal sizes), unequal (label swap, 6 groups with
+  shares 50/30/12/5/2/1%: 250 to 5 clients a group at 500 clients) and IID, at each
+  ``--sizes`` client count: ARI, clusters (decentral: neighbourhood purity and recall), mean
+  and worst-10% test accuracy and their gap to Oracle, lazy-phase bytes and seconds.
 * ``lazy``: pFedLIA's lazy phase at ``--lazy-sizes`` clients: seconds with the lazy models
   evaluated together for all clients (vectorized backend), stacked client by client and one
   model at a time (sequential backend; up to ``--one-at-a-time-max`` clients; see
@@ -77,12 +76,18 @@ FEDERATIONS: dict[str, dict[str, Any]] = {
     "label swap": {"transforms": [{"name": "label_swap", "groups": 4}]},
     "class pairs": {"partition": {"name": "class_groups", "groups": 5, "classes_per_group": 2}},
     "iid": {},  # no groups: a clustered method should keep one cluster
+    # very unequal groups: 250, 150, 60, 25, 10 and 5 clients at 500 clients
+    "unequal": {
+        "transforms": [
+            {"name": "label_swap", "groups": 6, "shares": [0.5, 0.3, 0.12, 0.05, 0.02, 0.01]}
+        ]
+    },
     # 2 rotations x 2 label permutations, drawn independently: 4 groups of unequal sizes
     "mixed": {
         "transforms": [{"name": "rotation", "groups": 2}, {"name": "label_swap", "groups": 2}]
     },
 }
-GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5, "mixed": 4, "iid": 1}
+GROUPS = {"rotation": 4, "label swap": 4, "class pairs": 5, "mixed": 4, "iid": 1, "unequal": 6}
 METHODS: dict[str, dict[str, Any]] = {
     "pFedLIA central": {"name": "pfedlia"},
     "pFedLIA spectral": {"name": "pfedlia", "clustering": "spectral"},

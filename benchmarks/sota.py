@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine_info
 
 import plural
+from plural.safety.diskio import atomic_write
 
 HERE = Path(__file__).parent
 METHODS = (
@@ -138,27 +140,61 @@ def run_one(cfg: dict[str, Any], method: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def summarise(federation: str, method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of each figure, PFLlib's number beside them."""
+    row: dict[str, Any] = {"federation": federation, "method": method, "seeds": len(runs)}
+    for key in runs[0]:
+        values = np.array([r[key] for r in runs], dtype=np.float64)
+        row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
+    row["pfllib"] = PFLLIB.get(federation, {}).get(method)
+    return row
+
+
+def save(out: Path, payload: dict[str, Any]) -> None:
+    """Rewrite the results file whole (atomically), so a stopped grid keeps what it ran."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n"))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the default: one small federation")
     parser.add_argument("--full", action="store_true", help="the issue's grid (hours)")
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--federations", nargs="*", default=list(FEDERATIONS))
+    parser.add_argument("--rounds", type=int, default=None, help="50 in --full")
+    parser.add_argument("--seeds", type=int, default=None, help="3 in --full")
+    parser.add_argument("--max-samples", type=int, default=None, help="all in --full")
+    parser.add_argument("--federations", nargs="*", default=None, choices=list(FEDERATIONS))
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
-    args = parser.parse_args()
-    args.quick = not args.full
-    if args.quick:
+    parser.add_argument("--out", type=Path, default=None, help="results file (JSON)")
+    args = parser.parse_args(argv)
+    unknown = sorted(m for m in args.methods if m not in plural.ALGORITHMS)
+    if unknown:
+        parser.error(
+            f"unknown method(s) {unknown}; registered: {sorted(plural.ALGORITHMS.names())}"
+        )
+    grid_asked = args.full or any(
+        value is not None for value in (args.rounds, args.seeds, args.max_samples, args.federations)
+    )
+    if args.quick or not grid_asked:  # the smoke run; grid flags given alone refine --full
+        args.quick = True
         args.rounds, args.seeds, args.max_samples = 3, 1, 2000
         args.federations = ["fmnist-pat-20"]
+    args.rounds = 50 if args.rounds is None else args.rounds
+    args.seeds = 3 if args.seeds is None else args.seeds
+    args.federations = list(FEDERATIONS) if args.federations is None else args.federations
+    if args.out is None:
+        args.out = HERE / "results" / ("sota_quick.json" if args.quick else "sota.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(1)
-    rows = []
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    payload: dict[str, Any] = {"settings": settings, "machine": machine_info(), "rows": []}
+    payload["runs"] = []
     for federation in args.federations:
         for method in args.methods:
-            if method not in plural.ALGORITHMS:
-                print(f"{federation:<18} {method:<11} skipped: not registered")
-                continue
             runs = []
             for seed in range(args.seeds):
                 cfg = config(federation, args.rounds, seed, args.max_samples)
@@ -166,24 +202,23 @@ def main() -> None:
                     runs.append(run_one(cfg, method))
                 except Exception as err:  # record and go on: one method must not stop the grid
                     print(f"{federation:<18} {method:<11} seed {seed} failed: {err}")
+                    continue
+                payload["runs"].append(
+                    {"federation": federation, "method": method, "seed": seed, **runs[-1]}
+                )
+                save(args.out, payload)
             if not runs:
                 continue
-            row = {"federation": federation, "method": method, "seeds": len(runs)}
-            for key in runs[0]:
-                values = np.array([r[key] for r in runs], dtype=np.float64)
-                row[key], row[f"{key}_std"] = float(values.mean()), float(values.std())
-            row["pfllib"] = PFLLIB.get(federation, {}).get(method)
-            rows.append(row)
+            row = summarise(federation, method, runs)
+            payload["rows"].append(row)
+            save(args.out, payload)
             print(
                 f"{federation:<18} {method:<11} mean {row['mean']:.3f} ± {row['mean_std']:.3f}  "
                 f"worst10 {row['worst10']:.3f}  {row['MB']:8.1f} MB  {row['GFLOPs']:8.1f} GFLOP  "
-                f"{row['seconds']:5.0f} s  PFLlib {row['pfllib']}"
+                f"{row['seconds']:5.0f} s  PFLlib {row['pfllib']}",
+                flush=True,
             )
-    out = HERE / "results" / ("sota_quick.json" if args.quick else "sota.json")
-    out.parent.mkdir(exist_ok=True)
-    settings = {k: v for k, v in vars(args).items()}
-    out.write_text(json.dumps({"settings": settings, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

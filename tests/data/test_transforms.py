@@ -64,10 +64,12 @@ def transform(
     return entry.target(cfg).apply(federation, rng=np.random.default_rng(seed))
 
 
-def array_federation(x: np.ndarray, y: np.ndarray, num_classes: int = 10) -> FederatedDataset:
-    """8 clients of consecutive samples, split 70/10/20."""
+def array_federation(
+    x: np.ndarray, y: np.ndarray, num_classes: int = 10, clients: int = 8
+) -> FederatedDataset:
+    """``clients`` clients of consecutive samples, split 70/10/20."""
     data = ArrayDataset("arrays", x, y, num_classes, tuple(x.shape[1:]))
-    parts = np.array_split(np.arange(len(y)), 8)
+    parts = np.array_split(np.arange(len(y)), clients)
     rng = np.random.default_rng(0)
     return FederatedDataset.build(data, Partition(parts), val=0.1, test=0.2, rng=rng)
 
@@ -381,6 +383,46 @@ def test_two_transforms_of_a_kind_get_distinct_groupings(base: FederatedDataset)
     fed = transform(transform(base, "rotation"), "rotation", seed=1, groups=2, angles=[0, 90])
     assert set(fed.group_ids) == {"rotation", "rotation_2"}
     assert len(np.unique(fed.groups)) > 4
+
+
+@pytest.mark.parametrize("name", ["rotation", "noise", "brightness", "permutation", "label_swap"])
+@pytest.mark.parametrize(
+    ("clients", "shares", "counts"),
+    [
+        (100, [0.7, 0.2, 0.07, 0.03], [70, 20, 7, 3]),
+        (10, [5, 3, 1, 1], [5, 3, 1, 1]),  # shares need not sum to 1
+        (7, [1, 1, 1, 1], [2, 2, 2, 1]),  # largest remainders; the counts sum to the clients
+        (1000, [250, 250, 250, 240, 7, 3], [250, 250, 250, 240, 7, 3]),
+    ],
+)
+def test_grouping_transforms_size_groups_by_their_shares(
+    name: str, clients: int, shares: list[float], counts: list[int]
+) -> None:
+    rng = np.random.default_rng(clients)
+    images = rng.normal(size=(10 * clients, 1, 4, 4)).astype(np.float32)
+    fed = array_federation(images, rng.integers(0, 10, 10 * clients), clients=clients)
+    groups = len(shares)
+    settings: dict[str, Any] = {"groups": groups, "shares": shares}
+    if name == "brightness":
+        settings["brightness"] = [0.0] * groups
+    grouped = transform(fed, name, seed=3, **settings)
+    assert np.bincount(grouped.group_ids[name], minlength=groups).tolist() == counts
+    again = transform(fed, name, seed=4, **settings).group_ids[name]
+    assert not np.array_equal(again, grouped.group_ids[name])  # placed at random, per seed
+    assert np.bincount(again, minlength=groups).tolist() == counts
+
+
+def test_shares_too_small_for_the_clients_are_refused_before_any_work(
+    base: FederatedDataset,
+) -> None:
+    with pytest.raises(
+        ConfigError, match=r"label_swap\.shares: group\(s\) \[2, 3\] get no client of 8"
+    ):
+        transform(base, "label_swap", groups=4, shares=[0.9, 0.05, 0.04, 0.01])
+    with pytest.raises(ConfigError, match=r"shares: 3 values for groups = 4"):
+        plural.load_config(config({"name": "rotation", "shares": [0.5, 0.3, 0.2]}))
+    with pytest.raises(ConfigError, match=r"shares\[1\]: must be > 0"):
+        plural.load_config(config({"name": "label_swap", "shares": [0.5, 0, 0.3, 0.2]}))
 
 
 @pytest.mark.parametrize("name", NAMES)

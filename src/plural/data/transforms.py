@@ -19,11 +19,12 @@ Kinds of skew:
 * temporal skew, P(x, y; t): ``drift`` (some clients switch to data changed by another
   transform, abruptly or gradually).
 
-Transforms with groups put every client in a group, balanced and at random (a random
-permutation of ``arange(clients) % groups``), and record it in ``federation.group_ids``
-under their name (``rotation``, or ``rotation_2`` for a second rotation, ...), so that
-``federation.groups`` is every distinct combination of the groupings. Settings that the
-data cannot satisfy raise :class:`~plural.config.ConfigError` before any work.
+Transforms with groups put every client in a group at random, balanced (a random
+permutation of ``arange(clients) % groups``) or in the proportions ``shares`` gives, and
+record it in ``federation.group_ids`` under their name (``rotation``, or ``rotation_2`` for a
+second rotation, ...), so that ``federation.groups`` is every distinct combination of the
+groupings. Settings that the data cannot satisfy raise :class:`~plural.config.ConfigError`
+before any work.
 """
 
 from __future__ import annotations
@@ -73,13 +74,41 @@ SplitFn = Callable[[SplitName, TensorSplit], TensorSplit]
 # ---------------------------------------------------------------------------------------------
 
 
-def _assign_groups(num_clients: int, groups: int, rng: np.random.Generator, who: str) -> np.ndarray:
-    """Balanced random groups: a random permutation of ``arange(num_clients) % groups``."""
+def _assign_groups(
+    num_clients: int,
+    groups: int,
+    rng: np.random.Generator,
+    who: str,
+    shares: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Random groups: balanced (a random permutation of ``arange(num_clients) % groups``), or
+    with ``shares`` each group's share of the clients (:func:`group_counts`), shuffled."""
     if groups > num_clients:
         raise ConfigError(
             f"{who}.groups: {groups} groups for {num_clients} clients; use groups <= {num_clients}"
         )
-    return rng.permutation(np.arange(num_clients) % groups).astype(np.int64)
+    if shares is None:
+        return rng.permutation(np.arange(num_clients) % groups).astype(np.int64)
+    counts = group_counts(num_clients, shares, who)
+    return rng.permutation(np.repeat(np.arange(groups), counts)).astype(np.int64)
+
+
+def group_counts(num_clients: int, shares: Sequence[float], who: str) -> np.ndarray:
+    """Clients per group in proportion to ``shares`` (largest remainders, so the counts sum to
+    ``num_clients``); a ConfigError if a group would get no client."""
+    weights = np.asarray(shares, dtype=np.float64)
+    exact = num_clients * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    left = num_clients - int(counts.sum())
+    counts[np.argsort(-(exact - counts), kind="stable")[:left]] += 1
+    if (counts == 0).any():
+        empty = np.flatnonzero(counts == 0).tolist()
+        raise ConfigError(
+            f"{who}.shares: group(s) {empty} get no client of {num_clients} (their shares are "
+            f"too small); raise those shares to at least {weights.sum() / num_clients:.3g} "
+            "of the total, or use fewer groups"
+        )
+    return counts
 
 
 def _choose_clients(num_clients: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -131,6 +160,21 @@ def _check_per_group(config: Any, *fields: str) -> None:
                 f"{field}: {len(values)} values for groups = {config.groups}; give one value "
                 f"per group, or null for the default"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupSizes:
+    """The setting every grouping transform shares: how many of the clients each group gets."""
+
+    shares: tuple[float, ...] | None = setting(
+        None,
+        help="each group's share of the clients, e.g. [0.5, 0.3, 0.15, 0.05] (normalised; "
+        "null: groups of equal size)",
+        gt=0.0,
+    )
+
+    def __post_init__(self) -> None:
+        _check_per_group(self, "shares")
 
 
 def _per_group(values: tuple[float, ...] | None, default: np.ndarray) -> np.ndarray:
@@ -195,7 +239,9 @@ class _GroupTransform:
 
     def apply(self, federation: FederatedDataset, *, rng: np.random.Generator) -> FederatedDataset:
         self.check(federation)
-        groups = _assign_groups(federation.num_clients, self.config.groups, rng, self.name)
+        groups = _assign_groups(
+            federation.num_clients, self.config.groups, rng, self.name, self.config.shares
+        )
         params = self.group_params(federation, rng)
         split_fns = [self.split_fn(params[g], rng) for g in groups]
         return federation.with_clients(
@@ -250,7 +296,7 @@ def rotate_images(x: torch.Tensor, angle: float) -> torch.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class RotationConfig:
+class RotationConfig(_GroupSizes):
     groups: int = setting(4, help="number of groups, each rotated by its own angle", ge=1)
     angles: tuple[float, ...] | None = setting(
         None,
@@ -259,6 +305,7 @@ class RotationConfig:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_per_group(self, "angles")
 
 
@@ -298,7 +345,7 @@ class RotationTransform(_GroupTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseConfig:
+class NoiseConfig(_GroupSizes):
     groups: int = setting(4, help="number of groups, each with its own noise level", ge=1)
     levels: tuple[float, ...] | None = setting(
         None, help="noise std of each group (null: evenly spaced from 0 to max_std)", ge=0.0
@@ -306,6 +353,7 @@ class NoiseConfig:
     max_std: float = setting(0.5, help="largest default noise std (when levels is null)", ge=0.0)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_per_group(self, "levels")
 
 
@@ -345,7 +393,7 @@ class NoiseTransform(_GroupTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class BrightnessConfig:
+class BrightnessConfig(_GroupSizes):
     groups: int = setting(
         4, help="number of groups, each with its own contrast and brightness", ge=1
     )
@@ -357,6 +405,7 @@ class BrightnessConfig:
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_per_group(self, "contrast", "brightness")
 
 
@@ -400,7 +449,7 @@ class BrightnessTransform(_GroupTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class PermutationConfig:
+class PermutationConfig(_GroupSizes):
     groups: int = setting(4, help="number of groups, each with its own feature order", ge=1)
     identity_first: bool = setting(True, help="group 0 keeps the original feature order")
 
@@ -442,7 +491,7 @@ class PermutationTransform(_GroupTransform):
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelSwapConfig:
+class LabelSwapConfig(_GroupSizes):
     groups: int = setting(4, help="number of groups, each with its own label permutation", ge=1)
     swaps: int | None = setting(
         None,
