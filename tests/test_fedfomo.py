@@ -10,7 +10,12 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.fedfomo import combine, fedfomo_state, first_order_weights
+from plural.algorithms.fedfomo import (
+    combine,
+    fedfomo_state,
+    first_order_weights,
+    gains_per_distance,
+)
 from plural.core.params import nbytes, state_of
 from plural.experiment import load_config
 from plural.report.rundir import deterministic
@@ -33,10 +38,12 @@ def test_no_model_received_is_local_training(tiny_config: dict[str, Any]) -> Non
 
 
 def test_weights_are_positive_gain_per_distance_normalised() -> None:
-    weights = first_order_weights(1.0, [0.5, 1.5, 0.8, 0.9], [1.0, 1.0, 0.5, 0.0])
-    # gains 0.5/1, 0 (worse), 0.2/0.5 = 0.4, and a model at distance 0 gets no weight
-    np.testing.assert_allclose(weights, [0.5 / 0.9, 0.0, 0.4 / 0.9, 0.0])
-    assert not first_order_weights(1.0, [1.2, 1.0], [1.0, 2.0]).any()
+    gains = gains_per_distance(1.0, [0.5, 1.5, 0.8, 0.9], [1.0, 1.0, 0.5, 0.0])
+    # gains 0.5/1, -0.5/1 (worse: signed, for the affinity), 0.2/0.5 = 0.4, and a model at
+    # distance 0 gets nothing
+    np.testing.assert_allclose(gains, [0.5, -0.5, 0.4, 0.0])
+    np.testing.assert_allclose(first_order_weights(gains), [0.5 / 0.9, 0.0, 0.4 / 0.9, 0.0])
+    assert not first_order_weights(gains_per_distance(1.0, [1.2, 1.0], [1.0, 2.0])).any()
     own = {"w": torch.zeros(3), "steps": torch.tensor(4)}
     others = [
         {"w": torch.ones(3), "steps": torch.tensor(9)},
@@ -85,6 +92,10 @@ def test_same_group_clients_get_the_weight_on_a_grouped_federation(
     same = (groups[:, None] == groups[None, :]) & others
     cross = (groups[:, None] != groups[None, :]) & others
     assert affinity[same].mean() > 0 and affinity[same].mean() > 10 * affinity[cross].mean()
+    # a model that hurt lowers its affinity (signed gains, as in the paper's Algorithm 1):
+    # every other group's model that was sent and scored has a negative affinity
+    scored_cross = cross & (affinity != 0)
+    assert scored_cross.any() and (affinity[scored_cross] < 0).all()
     fedavg = run(tiny_config, {"name": "fedavg"})
     accuracy = fomo.summary["test"]["accuracy"]["mean"]
     assert accuracy > fedavg.summary["test"]["accuracy"]["mean"] + 0.2

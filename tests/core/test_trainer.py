@@ -53,6 +53,10 @@ def test_epochs_and_steps_budget() -> None:
     assert trainer.fit(params, x, y, rng=torch_generator(0), epochs=0).steps == 0
     stepped, _ = make(local_steps=7)
     assert stepped.fit(params, x, y, rng=torch_generator(0)).steps == 7
+    # a method's own epochs (fine-tuning, head epochs) stay epochs under local_steps
+    per_epoch = -(-len(y) // stepped.config.batch_size)
+    assert stepped.fit(params, x, y, rng=torch_generator(0), epochs=2).steps == 2 * per_epoch
+    assert stepped.fit(params, x, y, rng=torch_generator(0), epochs=2, steps=3).steps == 3
 
 
 def test_zero_epochs_returns_the_start() -> None:

@@ -31,7 +31,7 @@ from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import setting
 from plural.core.algorithm import ModelMessage, ServerState, Update
 from plural.core.params import Params
-from plural.core.trainer import LocalTrainer, epoch_budget, proximal_term
+from plural.core.trainer import LocalTrainer, proximal_term
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
@@ -93,6 +93,6 @@ class Ditto(PersonalModels, FedAvg):
             train.y,
             rng=rng,
             loss_terms=[proximal_term(message.params, self.config.lam)],
-            **epoch_budget(trainer, len(train), self.config.personal_epochs),
+            epochs=self.config.personal_epochs,
         )
         return fit.params

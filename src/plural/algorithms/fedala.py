@@ -22,12 +22,13 @@ Defaults and choices:
   phase) and one pass afterwards; here the start phase is ``start_epochs`` passes (a bound
   instead of a convergence test) and later rounds one pass.
 * The official code projects ``W`` on [0, 1] after every step; here the mixed model clamps
-  ``W`` in its forward pass (a step outside acts as the boundary value) and the stored
-  weights are clamped after training. The difference: an entry one step pushes outside
-  [0, 1] gets no gradient through the clamp, so it stays at the boundary for the rest of
-  that pass, where the projection lets a later step move it back in (from the next pass
-  on the two agree again). The trainer has no per-step projection hook (the vectorized
-  backend batches this fit too), so the clamp stays; not measured.
+  ``W`` in its forward pass (a step outside acts as the boundary value) and the weights are
+  projected after every pass (the start phase runs its passes one at a time). The
+  difference: an entry one step pushes outside [0, 1] gets no gradient through the clamp,
+  so it stays at the boundary for the rest of that pass, where the projection lets a later
+  step move it back in. The trainer has no per-step projection hook (the vectorized backend
+  batches this fit too). Projecting only after the whole start phase left entries stuck
+  outside for all its passes (20 of 24 head weights of a small model after 10 passes).
 * The random sample is a random subset (the official code takes a contiguous slice at a
   random offset).
 * A client's first participation has no local model yet (``L = G``): ALA is skipped, as in
@@ -184,18 +185,21 @@ class FedALA(FedAvg):
             lr=self.config.eta, momentum=0.0, weight_decay=0.0, max_grad_norm=None, local_steps=None
         )
         ala = LocalTrainer(mix, view.config, {}, trainer.meter)
-        initial = {TEMPLATE + n: t for n, t in received.items()}
-        initial.update({WEIGHTS + _key(n): state.weights[n] for n in top})
-        epochs = 1 if state.started else self.config.start_epochs
-        fit = ala.fit(
-            initial,
-            train.x[sample],
-            train.y[sample],
-            rng=rng,
-            epochs=epochs,
-            trainable=lambda n: n.startswith(WEIGHTS),
-        )
-        weights = {n: fit.params[WEIGHTS + _key(n)].clamp(0.0, 1.0) for n in top}
+        weights = dict(state.weights)
+        for _ in range(1 if state.started else self.config.start_epochs):
+            # one pass at a time, projected on [0, 1] after each: an entry a step pushed out
+            # would get no gradient through the forward pass's clamp and stay stuck there
+            params = {TEMPLATE + n: t for n, t in received.items()}
+            params.update({WEIGHTS + _key(n): weights[n] for n in top})
+            fit = ala.fit(
+                params,
+                train.x[sample],
+                train.y[sample],
+                rng=rng,
+                epochs=1,
+                trainable=lambda n: n.startswith(WEIGHTS),
+            )
+            weights = {n: fit.params[WEIGHTS + _key(n)].clamp(0.0, 1.0) for n in top}
         mix.weights.load_state_dict({_key(n): w for n, w in weights.items()})
         with torch.no_grad():
             start = {n: t.detach().clone() for n, t in mix.mixed().items()}

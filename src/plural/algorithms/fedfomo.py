@@ -3,17 +3,24 @@ First Order Model Optimization", ICLR 2021; arXiv 2012.08565).
 
 Every client keeps its own model. The server stores the latest model each client uploaded
 and sends each sampled client ``models_per_client`` (M) of the other clients' models. The
-client weighs each received model ``theta_n`` by how much it lowers its own validation loss
-per unit of distance,
+client weighs each candidate ``theta_n`` (the M received models and its own latest trained
+model, which it holds) by how much it lowers its own validation loss, against the model it
+started its previous local training from (``theta_old``), per unit of distance,
 
     w_n = max(L(theta_old) - L(theta_n), 0) / ||theta_n - theta_old||,
 
-normalised to sum to 1 (all zero: it keeps its own model), moves to
+normalised to sum to 1 (all zero: it keeps its own trained model), moves to
 ``theta_old + sum_n w_n (theta_n - theta_old)``, trains locally from there (the trainer's
-local epochs) and uploads the result with its weights. The server adds the weights to an
-affinity matrix ``P`` (``P[i, n] += w_n``) and picks whom to send next: the M clients of
-highest affinity, or, with probability ``epsilon`` (decaying by ``epsilon_decay`` a round),
-M clients drawn at random among those with a model (epsilon-greedy exploration).
+local epochs) and uploads the result with the signed gains of the received models (the
+``w_n`` before the max and the normalisation). The server adds them to an affinity matrix
+``P`` (``P[i, n] += w_n``, so a model that hurt a client lowers its affinity) and picks whom to
+send next: the M clients of highest affinity, or, with probability ``epsilon`` (decaying by
+``epsilon_decay`` a round), M clients drawn at random among those with a model
+(epsilon-greedy exploration). The baseline ``theta_old`` and the client's own trained model
+among the candidates are what the authors' code and PFLlib do (the paper's notation leaves
+open whether ``theta_old`` is taken before or after local training): measured against the
+freshly trained model instead, a same-group model seldom wins, so the combination and the
+affinity lose most of their signal.
 
 Choices and defaults:
 
@@ -22,14 +29,15 @@ Choices and defaults:
 * ``L`` is the loss on the client's validation split (the paper holds out part of the local
   data); a client without validation data uses its training split.
 * A client that has not trained starts from its architecture's initial model (every client
-  has the same one, so nothing needs to be sent); round 1 sends no model. Ties in affinity
-  are broken at random. A client kept out of training (``split.unseen_clients``) is served
-  by the same first step, with M random models (see :meth:`FedFomo.newcomer`).
+  has the same one, so nothing needs to be sent; it is both ``theta_old`` and its own
+  model); round 1 sends no model. Client state: :class:`FomoClientState` (two models). Ties
+  in affinity are broken at random. A client kept out of training (``split.unseen_clients``)
+  is served by the same first step, with M random models (see :meth:`FedFomo.newcomer`).
 * The server never averages, so aggregation rules and model-poisoning attacks do not apply
   (the engine refuses them).
 
 Bytes: downlink M models (fewer while fewer clients have uploaded); uplink the client's
-model and its M weights (float32).
+model and its M gains (float32).
 """
 
 from __future__ import annotations
@@ -55,10 +63,17 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-__all__ = ["FedFomo", "FedFomoConfig", "FedFomoState", "FomoMessage", "fedfomo_state"]
+__all__ = [
+    "FedFomo",
+    "FedFomoConfig",
+    "FedFomoState",
+    "FomoClientState",
+    "FomoMessage",
+    "fedfomo_state",
+]
 
 WEIGHTS_KEY = "weights"
-"""``Update.extra``: the weights the client gave the models it received, in their order."""
+"""``Update.extra``: the signed gains of the models the client received, in their order."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +102,15 @@ class FedFomoState:
     """(clients, clients) float64, ``P[i, n]``: summed weights client i gave n."""
 
 
+@dataclasses.dataclass(frozen=True)
+class FomoClientState:
+    """What a client keeps: its latest trained model and the model that training started
+    from (the baseline ``theta_old`` of the next round's weights)."""
+
+    trained: Params
+    start: Params
+
+
 def fedfomo_state(server: ServerState) -> FedFomoState:
     """FedFomo's part of ``server``."""
     return server.part(FedFomoState)
@@ -103,18 +127,26 @@ class FomoMessage:
         return {name: stacked[k] for name, stacked in self.models.items()}
 
 
-def first_order_weights(
+def gains_per_distance(
     own_loss: float, losses: Sequence[float], distances: Sequence[float]
 ) -> np.ndarray:
-    """FedFomo's normalised weights: positive loss improvement per unit distance (all 0 when
-    no model improves on the client's own)."""
-    raw = np.array(
+    """Each received model's loss improvement per unit of distance, signed (0 at distance 0):
+    what the server adds to the affinity matrix, so that a model that hurt a client lowers
+    its affinity (the paper's Algorithm 1; PFLlib and the authors' code add the signed
+    values too)."""
+    return np.array(
         [
-            max(own_loss - loss, 0.0) / dist if dist > 0 else 0.0
+            (own_loss - loss) / dist if dist > 0 else 0.0
             for loss, dist in zip(losses, distances, strict=True)
         ],
         dtype=np.float64,
     )
+
+
+def first_order_weights(gains: np.ndarray) -> np.ndarray:
+    """FedFomo's combination weights: the positive gains, normalised to sum to 1 (all 0 when
+    no model improves on the client's own)."""
+    raw = np.maximum(gains, 0.0)
     total = raw.sum()
     return raw / total if total > 0 else raw
 
@@ -197,7 +229,7 @@ class FedFomo(Algorithm):
         messages: Mapping[int, FomoMessage],
         updates: Sequence[Update],
     ) -> ServerState:
-        """Store the uploaded models and add the clients' weights to the affinity matrix."""
+        """Store the uploaded models and add the clients' signed gains to the affinity matrix."""
         kept = fedfomo_state(server)
         models = {name: stacked.clone() for name, stacked in kept.models.items()}
         uploaded = kept.uploaded.clone()
@@ -214,10 +246,10 @@ class FedFomo(Algorithm):
         return server.with_parts(FedFomoState(models, uploaded, affinity))
 
     def personalized(
-        self, server: ServerState, state: Params | None, client_id: int
+        self, server: ServerState, state: FomoClientState | None, client_id: int
     ) -> Params | OnClient:
-        """The client's own model (its initial model before it has trained)."""
-        return OnClient({}) if state is None else state
+        """The client's own trained model (its initial model before it has trained)."""
+        return OnClient({}) if state is None else state.trained
 
     def newcomer(
         self, server: ServerState, client: ClientData, trainer: LocalTrainer, rng: torch.Generator
@@ -230,8 +262,8 @@ class FedFomo(Algorithm):
             return None
         draws = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=rng)))
         message = self.message(server, self.choose(server, client.client_id, 1.0, draws))
-        _, params = self.client_update(message, None, client, trainer, rng)
-        return params
+        _, state = self.client_update(message, None, client, trainer, rng)
+        return state.trained
 
     def summary(self, server: ServerState) -> dict[str, Any]:
         return {"clients_with_a_model": int(fedfomo_state(server).uploaded.sum())}
@@ -241,25 +273,28 @@ class FedFomo(Algorithm):
     def client_update(
         self,
         message: FomoMessage,
-        state: Params | None,
+        state: FomoClientState | None,
         client: ClientData,
         trainer: LocalTrainer,
         rng: torch.Generator,
-    ) -> tuple[Update, Params]:
-        """Combine the received models by first-order weights, then train locally."""
-        own = trainer.initial_params if state is None else state
+    ) -> tuple[Update, FomoClientState]:
+        """Combine the candidates by first-order weights against the last start, then train."""
+        initial = trainer.initial_params
+        own, old = (initial, initial) if state is None else (state.trained, state.start)
         check = client.val if len(client.val) else client.train
         others = [message.model(k) for k in range(len(message.ids))]
-        own_loss = trainer.evaluate(own, check.x, check.y).loss
-        losses = [trainer.evaluate(other, check.x, check.y).loss for other in others]
-        weights = first_order_weights(own_loss, losses, [distance(o, own) for o in others])
-        start = combine(own, others, weights) if weights.sum() > 0 else own
+        candidates = [own, *others]
+        old_loss = trainer.evaluate(old, check.x, check.y).loss
+        losses = [trainer.evaluate(c, check.x, check.y).loss for c in candidates]
+        gains = gains_per_distance(old_loss, losses, [distance(c, old) for c in candidates])
+        weights = first_order_weights(gains)
+        start = combine(old, candidates, weights) if weights.sum() > 0 else own
         train = client.train
         fit = trainer.fit(start, train.x, train.y, rng=rng)
         update = Update(
             len(train),
             fit.params,
-            extra={WEIGHTS_KEY: torch.as_tensor(weights, dtype=torch.float32)},
+            extra={WEIGHTS_KEY: torch.as_tensor(gains[1:], dtype=torch.float32)},
             loss=fit.mean_loss,
         )
-        return update, fit.params
+        return update, FomoClientState(fit.params, start)

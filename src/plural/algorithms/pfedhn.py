@@ -5,7 +5,7 @@ The server holds a hypernetwork ``h(v_i; phi)`` and one embedding ``v_i`` per cl
 client's embedding to the weights ``theta_i`` of that client's model. Each round it generates
 ``theta_i`` for every sampled client and sends it; the client trains it locally (the trainer's
 local epochs) and sends back its trained weights ``theta~_i``. The server then moves ``phi``
-and the embeddings along ``(grad_phi theta_i)^T (theta_i - theta~_i)``, averaged over the
+and the embeddings along ``(grad_phi theta_i)^T (theta_i - theta~_i)``, summed over the
 cohort: the chain rule through the hypernetwork of the client's update. A client is evaluated
 with ``h(v_i; phi)``, so every client, sampled or not, has its own model.
 
@@ -18,8 +18,10 @@ decay 0.001, clipping at 50. The clients' local training uses the run's ``train`
 (the paper: 50 steps at learning rate 0.005 with momentum 0.9).
 
 Only the model's parameters are generated; buffers (batch-norm statistics) stay with the
-client as its state. Several clients per round average their contributions (the paper
-samples one). The hypernetwork's heads hold ``hidden x (model size)`` numbers, so this suits
+client as its state. The paper samples one client per step; with several a round their
+contributions are summed, not averaged, so each embedding still moves by its own client's full
+gradient and ``phi`` about as far as that many one-client steps would take it (clipping bounds
+the step). The hypernetwork's heads hold ``hidden x (model size)`` numbers, so this suits
 small target models, as in the paper.
 
 Bytes: downlink the generated parameters, uplink the trained ones.
@@ -204,7 +206,7 @@ class PFedHN(Algorithm):
         messages: Mapping[int, ModelMessage],
         updates: Sequence[Update],
     ) -> ServerState:
-        """One SGD step of the hypernetwork along the cohort's mean of
+        """One SGD step of the hypernetwork along the cohort's sum of
         ``(grad_phi theta_i)^T (theta_i - theta~_i)``."""
         cfg = self.config
         kept = pfedhn_state(server)

@@ -58,7 +58,7 @@ from plural.core.algorithm import (
     personal_state,
 )
 from plural.core.params import Params, clone
-from plural.core.trainer import FitResult, LocalTrainer, epoch_budget
+from plural.core.trainer import FitResult, LocalTrainer
 from plural.data.federated import ClientData
 from plural.models.adapters import AdaptedModel, build_adapter, is_adapter_entry
 from plural.registry import ALGORITHMS
@@ -228,10 +228,9 @@ class PFedLoRA(FedAvg):
         """``epochs`` passes (null: the trainer's own budget) training what ``trainable``
         selects."""
         train = client.train
-        budget = epoch_budget(trainer, len(train), epochs)
         if self.config.clip is not None:
             trainer = trainer.view(max_grad_norm=self.config.clip)
-        return trainer.fit(params, train.x, train.y, rng=rng, trainable=trainable, **budget)
+        return trainer.fit(params, train.x, train.y, rng=rng, trainable=trainable, epochs=epochs)
 
 
 def _trains(local: bool, adapter: bool) -> Any:

@@ -53,7 +53,10 @@ class TrainConfig:
     batch_size: int = setting(32, help="local minibatch size", ge=1)
     local_epochs: int = setting(1, help="passes over the client's training split per round", ge=0)
     local_steps: int | None = setting(
-        None, help="if set, exactly this many minibatch steps per round instead of epochs", ge=0
+        None,
+        help="if set, exactly this many minibatch steps per round instead of local_epochs (a "
+        "method's own epochs settings, e.g. fine-tuning epochs, stay epochs)",
+        ge=0,
     )
     max_grad_norm: float | None = setting(None, help="clip the gradient norm to this value", gt=0)
     loss: Literal["cross_entropy", "mse"] = setting(
@@ -407,8 +410,12 @@ class LocalTrainer:
         return FitResult(state_of(self.model), total_loss / max(done, 1), done, seen)
 
     def budget(self, n: int, epochs: int | None, steps: int | None) -> tuple[int, int | None]:
-        """(epochs to iterate, step cap or None)."""
-        steps = self.config.local_steps if steps is None else steps
+        """(epochs to iterate, step cap or None): ``steps`` if given; else exactly ``epochs``
+        if given (a method's own epochs setting, such as fine-tuning or head epochs, means
+        epochs even when ``train.local_steps`` is set); else the trainer's ``local_steps``,
+        or its ``local_epochs``."""
+        if steps is None and epochs is None:
+            steps = self.config.local_steps
         epochs = self.config.local_epochs if epochs is None else epochs
         if steps is not None:
             per_epoch = -(-n // self.config.batch_size) if n else 1
@@ -654,12 +661,3 @@ def proximal_term(anchor: Mapping[str, torch.Tensor], mu: float) -> LossTerm:
         return 0.5 * mu * sum((p - anchor[n]).pow(2).sum() for n, p in live.items())
 
     return term
-
-
-def epoch_budget(trainer: LocalTrainer, num_samples: int, epochs: int | None) -> dict[str, int]:
-    """``trainer.fit`` keywords for exactly ``epochs`` passes even when ``train.local_steps``
-    is set (empty for None: the trainer's own budget)."""
-    if epochs is None:
-        return {}
-    per_epoch = -(-num_samples // trainer.config.batch_size)
-    return {"epochs": epochs, "steps": epochs * per_epoch}
