@@ -56,6 +56,15 @@ def test_scaffold_first_round_is_fedavgs_first_step(tiny_config: dict[str, Any])
     assert not same(run(tiny_config, {"name": "fedavg"}, rounds=2), second)
 
 
+def test_scaffold_counts_only_the_clients_that_train(tiny_config: dict[str, Any]) -> None:
+    """N in c += |S|/N mean(dc) is the clients that train: unseen clients never hold a
+    control variate, so counting them would shrink every move of c."""
+    clients = tiny_config["partition"]["num_clients"]
+    tiny_config["split"] = {**tiny_config.get("split", {}), "unseen_clients": 0.5}
+    results = run(tiny_config, {"name": "scaffold"}, rounds=1, sampling={})
+    assert scaffold_state(results.server).num_clients == clients - round(0.5 * clients)
+
+
 def test_fedadam_without_adaptivity_is_fedavg_with_a_server_lr(tiny_config: dict[str, Any]) -> None:
     sgd = run(tiny_config, {"name": "fedavg", "server_lr": 0.5}, rounds=3)
     adam = {

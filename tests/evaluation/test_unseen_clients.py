@@ -82,6 +82,12 @@ def test_clustered_newcomers_join_the_cluster_that_fits_their_training_data(
 ) -> None:
     results, trainer, federation, last = newcomers_of(tiny_config, {"name": "ifca", "k": 3})
     models = cluster_state(results.server).models
+    # the server never clusters them: no cluster recorded for an unseen client
+    assignment = cluster_state(results.server).assignment
+    assert (assignment[list(federation.unseen)] == -1).all()
+    assert (
+        assignment[[c for c in range(len(assignment)) if c not in federation.unseen]] >= 0
+    ).all()
     for cid in federation.unseen:
         client = federation.client(cid)
         losses = [trainer.evaluate(m, client.train.x, client.train.y).loss for m in models]

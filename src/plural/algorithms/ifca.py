@@ -167,7 +167,7 @@ class IFCA(Clustered):
         server = self.aggregate(server, updates, ctx.rng("aggregate"))
         chosen = {cid: reported_cluster(u) for cid, u in zip(cohort, updates, strict=True)}
         if ctx.evaluating and self.config.k > 1:
-            everyone = list(range(ctx.num_clients))
+            everyone = list(ctx.clients)  # unseen clients pick when served (newcomer)
             replies = ctx.map("choose_cluster", everyone, self.broadcast(server))
             chosen = {cid: int(r) for cid, r in zip(everyone, replies, strict=True)}
         assignment = self.assignment(server)

@@ -15,7 +15,7 @@ travel; with local momentum ``beta`` the step size is taken as the heavy-ball ef
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
-from plural.core.algorithm import FederationInfo, ServerState, Update
+from plural.core.algorithm import FederationInfo, RoundContext, ServerState, Update
 from plural.core.params import Params
 from plural.core.trainer import FitResult, LocalTrainer, LossTerm
 from plural.registry import ALGORITHMS
@@ -52,7 +52,9 @@ class ScaffoldState:
     control: Params
     """The server's control variate ``c`` (one entry per trainable parameter)."""
     num_clients: int
-    """``N``, the federation's size: ``c`` moves by ``|S|/N`` of the mean control change."""
+    """``N``, the clients that train (``split.unseen_clients`` left out, set at the first
+    round): ``c`` moves by ``|S|/N`` of the mean control change, so it stays the mean of the
+    clients' control variates."""
 
 
 def scaffold_state(server: ServerState) -> ScaffoldState:
@@ -82,6 +84,12 @@ class Scaffold(FedAvg):
         names = info.parameters or tuple(n for n, t in params.items() if t.is_floating_point())
         control = {n: torch.zeros_like(params[n]) for n in names}
         return ServerState(params).with_parts(ScaffoldState(control, info.num_clients))
+
+    def round(self, server: ServerState, cohort: Sequence[int], ctx: RoundContext) -> ServerState:
+        kept = scaffold_state(server)
+        if kept.num_clients != len(ctx.clients):  # unseen clients never hold a control variate
+            server = server.with_parts(dataclasses.replace(kept, num_clients=len(ctx.clients)))
+        return super().round(server, cohort, ctx)
 
     def broadcast(self, server: ServerState) -> ScaffoldMessage:
         return ScaffoldMessage(server.params, scaffold_state(server).control)
