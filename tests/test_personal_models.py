@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import plural
-from plural.algorithms.apfl import APFLState
+from plural.algorithms.apfl import APFLState, Mixture
 from plural.core.params import Params, max_abs_difference, nbytes
 from plural.report.rundir import RunDirectory
 from tiny_config import run_algorithm as run
@@ -138,6 +138,22 @@ def test_apfl_learns_alpha_within_the_unit_interval(
     alphas = [s.alpha for s in RunDirectory(tmp_path).load_checkpoint()["store"].values()]
     assert all(0.0 <= a <= 1.0 for a in alphas)
     assert any(a != 0.25 for a in alphas)
+
+
+def test_a_mixing_weight_pushed_out_of_the_unit_interval_can_come_back() -> None:
+    """APFL's alpha outside [0, 1] mixes as the boundary value but still gets its gradient
+    (projected SGD lets it return at once); with a plain clamp alpha and, at 0, v stopped."""
+    template = torch.nn.Linear(3, 2)
+    shared = {n: torch.zeros_like(t) for n, t in template.state_dict().items()}
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    for stored, used in ((-0.3, 0.0), (1.4, 1.0), (0.6, 0.6)):
+        mixture = Mixture(template, shared, alpha_grad_scale=1.0)
+        with torch.no_grad():
+            mixture.alpha.fill_(stored)
+        assert float(mixture.mixing_weight()) == pytest.approx(used)
+        loss = torch.nn.functional.cross_entropy(mixture(x), y)
+        (grad,) = torch.autograd.grad(loss, [mixture.alpha])
+        assert float(grad) != 0.0
 
 
 # ---- personalization on pathological label skew ----------------------------------------------

@@ -23,9 +23,11 @@ Only ``w`` is sent back (FedAvg's bytes). Departures and choices the paper leave
   the global one.)
 * The personalized model that is evaluated mixes ``v_k`` with the current global model
   (``server.params``), the model every client holds after synchronisation in the paper.
-* ``alpha`` is projected on [0, 1] as in the paper: the mixture clamps it in ``forward``
-  (so a step that leaves [0, 1] acts as the boundary value) and the stored value is clamped
-  after each round, so it can leave the boundary again next round.
+* ``alpha`` is kept in [0, 1] as in the paper: the mixture clamps it in ``forward`` with
+  the gradient of the identity (:func:`~plural.core.params.clamp_passing_gradient`: a step
+  that leaves [0, 1] acts as the boundary value, and the next steps can bring it back; a
+  plain clamp gave it no gradient, and at 0 none to ``v`` either, so both stopped training
+  for the rest of the round), and the stored value is projected after each round.
 * ``alpha_lr``: the paper uses one step size for all three variables; a separate one is
   common in implementations. The trainer has one learning rate, so ``alpha``'s gradient is
   scaled by ``alpha_lr / train.lr``, which makes its SGD step ``alpha_lr * grad``
@@ -51,7 +53,7 @@ from plural.algorithms.ditto import PersonalModels
 from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import setting
 from plural.core.algorithm import ModelMessage, ServerState, Update
-from plural.core.params import Params
+from plural.core.params import Params, clamp_passing_gradient
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -105,7 +107,7 @@ class Mixture(nn.Module):
         self.alpha_grad_scale = alpha_grad_scale
 
     def mixing_weight(self) -> torch.Tensor:
-        return with_grad_scale(self.alpha, self.alpha_grad_scale).clamp(0.0, 1.0)
+        return clamp_passing_gradient(with_grad_scale(self.alpha, self.alpha_grad_scale), 0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha = self.mixing_weight()

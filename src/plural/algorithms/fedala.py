@@ -21,14 +21,15 @@ Defaults and choices:
 * The paper trains ``W`` until its loss stops moving the first time ALA runs (the start
   phase) and one pass afterwards; here the start phase is ``start_epochs`` passes (a bound
   instead of a convergence test) and later rounds one pass.
-* The official code projects ``W`` on [0, 1] after every step; here the mixed model clamps
-  ``W`` in its forward pass (a step outside acts as the boundary value) and the weights are
-  projected after every pass (the start phase runs its passes one at a time). The
-  difference: an entry one step pushes outside [0, 1] gets no gradient through the clamp,
-  so it stays at the boundary for the rest of that pass, where the projection lets a later
-  step move it back in. The trainer has no per-step projection hook (the vectorized backend
-  batches this fit too). Projecting only after the whole start phase left entries stuck
-  outside for all its passes (20 of 24 head weights of a small model after 10 passes).
+* The official code projects ``W`` on [0, 1] after every step; the trainer has no per-step
+  projection hook (the vectorized backend batches this fit too), so here the mixed model
+  clamps ``W`` in its forward pass with the gradient of the identity
+  (:func:`~plural.core.params.clamp_passing_gradient`: an entry a step pushed outside acts
+  as the boundary value and still gets gradient, so a later step can bring it back) and
+  the weights are projected after every pass (the start phase runs its passes one at a
+  time). With a plain clamp and one projection after the whole start phase, entries a step
+  pushed outside got no gradient and stayed there for all its passes (20 of 24 head weights
+  of a small model after 10 passes).
 * The random sample is a random subset (the official code takes a contiguous slice at a
   random offset).
 * A client's first participation has no local model yet (``L = G``): ALA is skipped, as in
@@ -55,7 +56,7 @@ from plural.algorithms.fedavg import AveragingConfig, FedAvg
 from plural.config import ConfigError, setting
 from plural.core.algorithm import FederationInfo, ModelMessage, ServerState, Update
 from plural.core.masks import module_prefix, top_module_names
-from plural.core.params import Params, clone
+from plural.core.params import Params, clamp_passing_gradient, clone
 from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
@@ -108,7 +109,7 @@ class AdaptiveMix(nn.Module):
     def mixed(self) -> Params:
         out = dict(self.received)
         for name in self.top:
-            weight = self.weights[_key(name)].clamp(0.0, 1.0)
+            weight = clamp_passing_gradient(self.weights[_key(name)], 0.0, 1.0)
             gap = self.received[name] - self.local[name]
             out[name] = self.received[name] - gap * (1 - weight)
         return out

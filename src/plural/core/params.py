@@ -126,3 +126,12 @@ def _entry(params: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
     if name not in params:
         raise KeyError(f"parameter {name!r} is missing (have: {', '.join(params)})")
     return params[name]
+
+
+def clamp_passing_gradient(tensor: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``tensor`` clamped to [low, high] in value, with the gradient of the identity: a
+    trained weight kept in a box (APFL's mixing weight, FedALA's aggregation weights) that a
+    step pushed outside still gets gradient (evaluated at the boundary) and can come back
+    within the same fit, as projected SGD lets it; a plain clamp gives it none, so it stayed
+    at the boundary until the fit ended. The stored value is projected after the fit."""
+    return tensor + (tensor.clamp(low, high) - tensor).detach()
