@@ -62,7 +62,9 @@ def test_fedproto_without_prototype_term_is_local_and_sends_prototypes_only(
 ) -> None:
     local = plural.run(family({"name": "local"}), out=tmp_path / "local")
     proto = plural.run(family({"name": "fedproto", "lam": 0.0}), out=tmp_path / "proto")
-    pd.testing.assert_frame_equal(evaluation(proto), evaluation(local))
+    own = evaluation(proto)
+    own = own[~own["split"].str.endswith("@prototypes")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(own, evaluation(local))
     assert fit_rows(proto)["loss"].tolist() == fit_rows(local)["loss"].tolist()
     local_states, proto_states = (
         client_states(tmp_path / "local"),
@@ -127,6 +129,34 @@ def test_fedproto_client_sends_the_class_means_of_its_trained_representations() 
         for c in range(CLASSES):
             expected = h[train.y == c].mean(dim=0) if counts[c] else torch.zeros(WIDTH)
             assert torch.allclose(update.extra[PROTOTYPES_KEY][c], expected, atol=1e-6)
+
+
+def test_fedproto_scores_each_client_by_its_nearest_global_prototype_too(tmp_path: Path) -> None:
+    """Rows ``test@prototypes``: the paper's inference, the class whose global prototype is
+    nearest to the representation, computed here by hand from the client's model."""
+    cfg = family({"name": "fedproto"}, sampling={"fraction": 1.0})
+    results = plural.run(cfg, out=tmp_path)
+    server = fedproto_state(results.server)
+    states = client_states(tmp_path)
+    parsed = load_config(cfg)
+    federation = build_federation(parsed)
+    models = build_client_models(parsed, federation, build_algorithm(parsed))
+    rows = results.final("test@prototypes").set_index("client")
+    assert set(rows.index) == set(states)
+    differs = 0
+    for cid, state in states.items():
+        model = models.members[models.index_of(cid)]
+        model.load_state_dict(state)
+        model.eval()
+        test = federation.client(cid).test
+        with torch.no_grad():
+            h = model.body(test.x).double()
+            nearest = torch.cdist(h, server.prototypes.double()).argmin(dim=1)
+            own = model(test.x).argmax(dim=1)
+        expected = (nearest == test.y).double().mean().item()
+        assert rows.loc[cid, "accuracy"] == pytest.approx(expected)
+        differs += int((nearest != own).any())
+    assert differs > 0  # the two rules are not the same classifier
 
 
 def update(prototypes: list[list[float]], counts: list[float]) -> Update:

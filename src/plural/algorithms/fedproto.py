@@ -37,8 +37,16 @@ Choices the paper leaves open, and the reasons for the defaults:
 * Local prototypes are computed after training, in evaluation mode, with the paper's
   definition (the official code averages the representations seen during the last training
   epoch instead, before each optimizer step).
-* Evaluation uses the client's classifier; the paper's alternative inference by the nearest
-  global prototype is not reported.
+* Each client is scored twice: with its own classifier (rows ``test``, the method's
+  result) and by the paper's inference, the class of the nearest global prototype to the
+  sample's representation (rows ``test@prototypes``; what PFLlib reports as FedProto's
+  accuracy). The second is the client's model with its classifier replaced by the linear
+  layer ``2 P h - ||P||^2`` (:func:`prototype_classifier`), whose largest logit is the
+  nearest prototype, and whose softmax is that of the negative squared distances, so its
+  loss is a cross-entropy too. A class without a global prototype gets a logit of -1e9: it
+  is never predicted, and its samples count as wrong (PFLlib's rule). Clients that never
+  trained have no representation of their own, and models whose classifier has no bias
+  cannot hold the rule: both are scored with the classifier only.
 
 Bytes: downlink ``C x d`` prototypes plus a ``C``-entry boolean mask of the classes that have
 one; uplink ``C x d`` prototypes plus ``C`` counts (the prototypes' dtype).
@@ -74,7 +82,14 @@ from plural.core.trainer import LocalTrainer
 from plural.data.federated import ClientData
 from plural.registry import ALGORITHMS
 
-__all__ = ["FedProto", "FedProtoConfig", "FedProtoState", "PrototypeMessage", "fedproto_state"]
+__all__ = [
+    "FedProto",
+    "FedProtoConfig",
+    "FedProtoState",
+    "PrototypeMessage",
+    "fedproto_state",
+    "prototype_classifier",
+]
 
 PROTOTYPES_KEY = "prototypes"
 """``Update.extra`` key of the client's (classes, width) prototypes."""
@@ -135,6 +150,28 @@ def head_weight_name(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]]
             f"representation); the last module's entries are {sorted(last)}"
         )
     return weights[0]
+
+
+ABSENT_CLASS_LOGIT = -1e9
+"""The nearest-prototype classifier's logit for a class without a global prototype."""
+
+
+def prototype_classifier(
+    params: Params, prototypes: torch.Tensor, present: torch.Tensor
+) -> Params | None:
+    """``params`` with the classifier replaced by nearest-prototype inference: weight ``2 P``,
+    bias ``-||P||^2`` (``argmax`` of ``2 P h - ||P||^2`` is ``argmin ||h - P||``), classes
+    without a prototype at :data:`ABSENT_CLASS_LOGIT`; None for a classifier without a bias
+    (the rule needs one)."""
+    weight_name = head_weight_name(list(params), {n: tuple(t.shape) for n, t in params.items()})
+    bias_name = weight_name.removesuffix("weight") + "bias"
+    if bias_name not in params:
+        return None
+    wide = prototypes.to(torch.float64) * present.unsqueeze(1)
+    absent = torch.tensor(ABSENT_CLASS_LOGIT, dtype=wide.dtype)
+    bias = torch.where(present, -(wide**2).sum(1), absent)
+    dtype = params[weight_name].dtype
+    return {**params, weight_name: (2 * wide).to(dtype), bias_name: bias.to(dtype)}
 
 
 def representation_width(params: Params, info: FederationInfo) -> int:
@@ -208,6 +245,19 @@ class FedProto(Algorithm):
     ) -> Params | OnClient:
         """The client's own model (its initial model before it has trained)."""
         return OnClient({}) if state is None else state
+
+    def evaluated(
+        self, server: ServerState, state: Params | None, client_id: int
+    ) -> dict[str, Params | OnClient]:
+        """The client's own model, and (``prototypes``) the paper's nearest-prototype
+        inference with its representation, once it has trained and prototypes exist."""
+        kept = fedproto_state(server)
+        models: dict[str, Params | OnClient] = {"": self.personalized(server, state, client_id)}
+        if state is not None and bool(kept.present.any()):
+            nearest = prototype_classifier(state, kept.prototypes, kept.present)
+            if nearest is not None:
+                models["prototypes"] = nearest
+        return models
 
     def summary(self, server: ServerState) -> dict[str, Any]:
         return {"classes_with_prototype": int(fedproto_state(server).present.sum())}
