@@ -131,13 +131,16 @@ def run_one(cfg: dict[str, Any], method: str) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         summary = plural.run({**cfg, "algorithm": {"name": method}}).summary
     accuracy = summary["test"]["accuracy"]
-    return {
+    row = {
         "mean": accuracy["mean"],
         "worst10": accuracy["worst10"],
         "MB": summary["bytes"]["total"] / 1e6,
         "GFLOPs": summary["train_flops"] / 1e9,
         "seconds": time.perf_counter() - started,
     }
+    if "test@prototypes" in summary:  # FedProto's own inference, what PFLlib reports for it
+        row["prototypes_mean"] = summary["test@prototypes"]["accuracy"]["mean"]
+    return row
 
 
 def summarise(federation: str, method: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
