@@ -1,6 +1,12 @@
 """LG-FedAvg (Liang et al. 2020, "Think Locally, Act Globally: Federated Learning with Local
 and Global Representations"): local representation layers, a shared top (see
-:mod:`plural.algorithms.partial`)."""
+:mod:`plural.algorithms.partial`).
+
+The default shares the classifier only (``shared: ['@last']``), as PFLlib does. The authors'
+code shares more of the top (the last 3 of 5 layers of its MNIST MLP: ``shared`` takes name
+patterns for such splits) and starts from a model pretrained by FedAvg; here training starts
+from the architecture's initial model, as in PFLlib (plural has no setting that loads a
+pretrained start; not reproduced)."""
 
 from __future__ import annotations
 
