@@ -15,6 +15,7 @@ from plural.core.influence import (
     OpticsFit,
     _noise_to_nearest,
     _share_lower_bound,
+    _small_top_mode,
     absorptions_the_rows_confirm,
     agreed_peers,
     client_distances,
@@ -774,6 +775,20 @@ def test_row_modes_sets_the_top_level_apart(sizes: tuple[int, int, int], seed: i
     truth = np.repeat([2, 1, 0], sizes)[order]
     top = modes == len(centres) - 1  # the client's group: what its first choice keeps
     assert (truth[top] == 2).mean() >= 0.98 and top[truth == 2].mean() >= 0.9
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_small_top_mode_is_two_or_more_clear_helpers_never_one_outlier(seed: int) -> None:
+    # 297 peers around -0.005 (sd 0.015) and a client's 2 group mates near 0.075: the mates'
+    # centre. Gaussian noise alone, or with one high value, has no small top mode. (Heavy
+    # tails can give one: Student t with 5 degrees on 73 of 200 rows; see the docstring.)
+    rng = np.random.default_rng(seed)
+    bulk = -0.005 + 0.015 * rng.standard_normal(297)
+    mates = np.array([0.073, 0.078])
+    centre = _small_top_mode(np.sort(np.concatenate([bulk, mates])), most=14)
+    assert centre == pytest.approx(mates.mean())
+    assert math.isnan(_small_top_mode(np.sort(np.append(bulk, 0.08)), most=14))
+    assert math.isnan(_small_top_mode(np.sort(bulk), most=14))
 
 
 def test_row_modes_degenerate_inputs() -> None:
