@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from helpers_scores import related_groups
+from helpers_scores import related_groups, small_related_group
 from plural.core.compression import CompressedDelta, compress, decompress
 from plural.core.influence import (
     OpticsFit,
@@ -36,7 +36,9 @@ from plural.core.influence import (
     row_modes,
     settled_clusters,
     sign_votes,
+    split_off_subgroups,
     split_unalike_clusters,
+    upper_tier,
 )
 from plural.core.params import nbytes
 
@@ -861,6 +863,78 @@ def test_decentral_neighbourhoods_leave_out_a_group_that_helps_a_little(
     assert agreed["purity"] >= 0.98 and agreed["recall"] >= 0.95
     # The 2-means first choice keeps the half-related group, and the agreement joins them.
     assert neighbourhood_quality(agreed_peers(split), groups)["purity"] < 0.6
+
+
+def test_upper_tier_is_the_higher_half_of_the_peers_without_the_client() -> None:
+    row = np.array([9.0, 0.3, 0.1, 0.5, 0.2, -1.0, 0.4])
+    peers = np.array([True, True, True, True, True, False, True])
+    # 5 peers besides client 0: the upper 3 by score (0.5, 0.4, 0.3); never client 0 itself
+    np.testing.assert_array_equal(upper_tier(row, peers, 0), [0, 1, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(upper_tier(row, np.eye(7, dtype=bool)[0], 0), np.zeros(7))
+    ties = upper_tier(np.zeros(5), np.ones(5, dtype=bool), 2)  # ties: column order
+    np.testing.assert_array_equal(ties, [1, 1, 0, 0, 0])
+
+
+def _decentral(scores: np.ndarray, tiers: bool) -> np.ndarray:
+    rows = range(len(scores))
+    first = np.array([own_row_peers(scores[i], i) for i in rows])
+    upper = np.array([upper_tier(scores[i], first[i], i) for i in rows]) if tiers else None
+    return agreed_peers(first, None, upper)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "seed"), [([90, 6, 100, 104], 0), ([90, 6, 100, 104], 1), ([180, 10, 60], 2)]
+)
+def test_a_small_group_related_to_a_large_one_is_set_apart_by_the_upper_tiers(
+    sizes: list[int], seed: int
+) -> None:
+    scores, groups = small_related_group(sizes, seed, helpers=0.003)
+    without = neighbourhood_quality(_decentral(scores, tiers=False), groups)
+    peers = _decentral(scores, tiers=True)
+    with_tiers = neighbourhood_quality(peers, groups)
+    # Without the tiers the small group joins the large one (and the large one takes it in).
+    assert without["purity"] < 0.97
+    assert with_tiers["purity"] >= 0.99 and with_tiers["recall"] >= 0.95
+    np.testing.assert_array_equal(peers, peers.T)
+    assert peers.diagonal().all()
+
+
+@pytest.mark.parametrize(("sizes", "seed"), [([150, 100], 0), ([40, 40, 40], 1), ([500], 2)])
+def test_upper_tiers_split_no_one_group_neighbourhood(sizes: list[int], seed: int) -> None:
+    # Clients that help everyone more or less (strong column effects) are held by few upper
+    # tiers, but they do not hold each other: nothing is split off.
+    scores, groups = small_related_group([*sizes[:1], 0, *sizes[1:]], seed, helpers=0.008)
+    peers = _decentral(scores, True)
+    np.testing.assert_array_equal(peers, _decentral(scores, False))
+    if len(sizes) > 1:  # (one group alone: no contrast, the first choices are noise modes)
+        assert neighbourhood_quality(peers, groups)["purity"] == 1.0
+
+
+def test_split_off_subgroups_reductions() -> None:
+    groups = np.repeat(np.arange(3), [6, 2, 5])
+    exact = groups[:, None] == groups[None, :]
+    # No tier holds anyone, or every tier holds everyone: no subgroup.
+    none, every = np.zeros_like(exact), ~np.eye(13, dtype=bool)
+    np.testing.assert_array_equal(split_off_subgroups(exact, none).toarray(), exact)
+    np.testing.assert_array_equal(split_off_subgroups(exact, every).toarray(), exact)
+    # One neighbourhood of 20 whose last 3 members hold only each other and two of the 17,
+    # and whom none of the 17 holds: held by 2 of 19 against a median of 16 of 19.
+    everyone = np.ones((20, 20), dtype=bool)
+    tiers = np.zeros((20, 20), dtype=bool)
+    tiers[:17, :17] = tiers[17:, 17:] = True
+    tiers[17:, :2] = True
+    np.fill_diagonal(tiers, False)
+    kept = split_off_subgroups(everyone, tiers).toarray()
+    side = np.arange(20) >= 17
+    np.testing.assert_array_equal(kept, side[:, None] == side[None, :])
+    # Held as often, but not by each other: clients that help everyone little stay.
+    weak = tiers.copy()
+    weak[17:, 17:] = False
+    np.testing.assert_array_equal(split_off_subgroups(everyone, weak).toarray(), everyone)
+    # A voter without an opinion on a candidate does not count against it.
+    asked = np.ones((20, 20), dtype=bool)
+    asked[:17, 17:] = False  # the 17 never scored the 3
+    np.testing.assert_array_equal(split_off_subgroups(everyone, tiers, asked).toarray(), everyone)
 
 
 def test_share_lower_bound_discounts_few_votes() -> None:

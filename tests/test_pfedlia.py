@@ -165,6 +165,21 @@ def test_decentral_neighbourhoods_hold_the_own_group() -> None:
     assert len(cluster_state(result.server).models) == 20
 
 
+def test_decentral_clients_send_their_peers_and_upper_tiers() -> None:
+    result = plural.run(grouped(variant="decentral"))
+    lia = lia_state(result.server)
+    cost = lia_records(result.server)[-1]["cost"]
+    n, model = 20, cost["model_bytes"]
+    chosen, upper = lia.choices.csr(), lia.upper.csr()
+    assert (upper - upper.multiply(chosen)).nnz == 0  # the tier is part of the first choice
+    for i in range(n):
+        others = len(lia.choices.chosen(i)) - 1  # itself is always a peer, never in its tier
+        assert len(lia.upper.chosen(i)) == (others + 1) // 2
+        assert not upper[i, i]
+    # Uplink: the lazy updates, each peer's id (int32) and its tier bit (bool).
+    assert cost["bytes_up"] == n * model + chosen.nnz * (4 + 1)
+
+
 def test_lazy_phase_cost_is_counted(central: plural.Results) -> None:
     cost = lia_records(central.server)[-1]["cost"]
     n, model = 20, cost["model_bytes"]

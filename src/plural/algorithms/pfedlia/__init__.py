@@ -34,7 +34,10 @@ The run, round by round:
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
      its first choices also chose, where they keep it too (only peer lists are exchanged):
      one row of a client with little validation data is noisy, the agreement of many is
-     not. Its scores never leave it.
+     not. Each client also marks the upper half of its peers by its own scores, and a
+     subgroup that the others' upper halves leave out but its members' hold is set apart
+     (:func:`plural.core.influence.split_off_subgroups`: a small group related to a large
+     one). Its scores never leave it.
 5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
    the FedAvg of its peers' models (decentral: each client has its own neighbourhood model).
    The updates are FedAvg's (weights, server optimizer, stragglers all apply). Each model

@@ -31,6 +31,7 @@ from plural.core.influence import (
     randomized_response,
     row_epsilon,
     sign_votes,
+    upper_tier,
 )
 from plural.core.params import Params, nbytes
 from plural.core.sparse_scores import SparseRow
@@ -38,15 +39,17 @@ from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
 
 
-def own_peers(row: SparseRow, client_id: int) -> np.ndarray:
-    """A decentral client's first choice (:func:`own_row_peers`) from its scored entries only:
-    the rule reads a row's finite entries in column order, so the result is that of the
-    dense row (NaN where not scored)."""
+def own_peers(row: SparseRow, client_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A decentral client's first choice (:func:`own_row_peers`) from its scored entries only,
+    and which of those peers are in its upper tier (:func:`upper_tier`, one bool a peer): the
+    rules read a row's finite entries in column order, so the result is that of the dense row
+    (NaN where not scored)."""
     columns, values = row.columns, row.values
     at = int(np.searchsorted(columns, client_id))
     if at == len(columns) or columns[at] != client_id:  # itself is always a peer
         columns, values = np.insert(columns, at, client_id), np.insert(values, at, np.nan)
-    return columns[own_row_peers(values, at)]
+    chosen = own_row_peers(values, at)
+    return columns[chosen], upper_tier(values, chosen, at)[chosen]
 
 
 class LazyPhase:
@@ -98,11 +101,11 @@ class LazyPhase:
         row = (own_row(state.row) or SparseRow.empty()).merged(
             peers, [self.influence(base, result) for result in results]
         )
-        released = self.release(row, client.client_id, message.num_clients, rng)
+        released, upper = self.release(row, client.client_id, message.num_clients, rng)
         if self.config.votes == "private":  # each released vote is epsilon-DP
             votes = int(torch.count_nonzero(released))
             trainer.meter.released_epsilon += row_epsilon(self.config.epsilon, votes)
-        reply = ScoreReply(released, row, (len(peers) + 1) * len(val))
+        reply = ScoreReply(released, row, (len(peers) + 1) * len(val), upper)
         return reply, LIAClientState(row=row)
 
     def influence(self, base: EvalResult, lazy: EvalResult) -> float:
@@ -113,19 +116,21 @@ class LazyPhase:
 
     def release(
         self, row: SparseRow, client_id: int, num_clients: int, rng: torch.Generator
-    ) -> torch.Tensor:
-        """What the client sends about its row (see :class:`ScoreReply`)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the client sends about its row, and (decentral) which of its peers are in its
+        upper tier (see :class:`ScoreReply`)."""
         cfg = self.config
         if cfg.variant == "decentral":
-            return torch.as_tensor(own_peers(row, client_id), dtype=torch.int32)
+            peers, upper = own_peers(row, client_id)
+            return torch.as_tensor(peers, dtype=torch.int32), torch.as_tensor(upper)
         # Central: one entry per client, as the paper's clients send (the bytes counted).
         if cfg.votes == "raw":
-            return torch.as_tensor(row.dense(num_clients), dtype=torch.float32)
+            return torch.as_tensor(row.dense(num_clients), dtype=torch.float32), None
         votes = sign_votes(row.dense(num_clients))
         if cfg.votes == "private":
             seed = int(torch.randint(0, 2**62, (1,), generator=rng))
             votes = randomized_response(votes, cfg.epsilon, np.random.default_rng(seed))
-        return torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8)
+        return torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8), None
 
     # ---- server side: the lazy phase -----------------------------------------------------------
 

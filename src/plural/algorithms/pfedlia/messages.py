@@ -41,13 +41,15 @@ class ScoreMessage:
 @dataclasses.dataclass(frozen=True)
 class ScoreReply:
     """Client to server: ``released`` is what it sends (central: its scores as float32 or its
-    votes as int8, 0 = not scored; decentral: its peers' ids). ``scores`` is its row (the
+    votes as int8, 0 = not scored; decentral: its peers' ids, and ``upper``, one bool a peer:
+    in its upper tier, :func:`~plural.core.influence.upper_tier`). ``scores`` is its row (the
     peers it scored and their scores), kept for measurement only: it is not communication
     and not counted."""
 
     released: torch.Tensor
     scores: SparseRow
     evaluated: int
+    upper: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +91,9 @@ class LIAServerState:
     """Decentral: (N, N) bool, each client's first choice of peers (stored: chosen)."""
     peers: SparseMatrix | None = None
     """Decentral: (N, N) bool, the neighbourhoods clients train with (stored: a peer)."""
+    upper: SparseMatrix | None = None
+    """Decentral: (N, N) bool, each client's upper tier of its first choice (stored: in it;
+    None in checkpoints written before the tiers were released)."""
     stale: tuple[int, ...] = ()
     """Clients whose cluster went stale: they redo the lazy phase next round."""
     records: tuple[dict[str, Any], ...] = ()
@@ -112,6 +117,7 @@ def upgraded(state: LIAServerState) -> LIAServerState:
         released=as_sparse(state.released),
         choices=as_sparse(state.choices),
         peers=as_sparse(state.peers),
+        upper=as_sparse(state.upper),
         records=tuple(
             {
                 k: as_sparse(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v

@@ -96,25 +96,33 @@ class Regrouping:
     def neighbourhoods(
         self, server: ServerState, first: bool, scorers: list[int], replies: Sequence[ScoreReply]
     ) -> tuple[ServerState, SparseMatrix]:
-        """Decentral: the scorers' new first choices (the others' kept on re-clustering) and
-        the neighbourhoods agreed from them, stored sparse (a few peers a client)."""
+        """Decentral: the scorers' new first choices and upper tiers (the others' kept on
+        re-clustering) and the neighbourhoods agreed from them, stored sparse (a few peers a
+        client)."""
         lia = lia_state(server)
         n = lia.scores.n
-        choices = SparseMatrix.empty(n, bool)
+        choices, upper = SparseMatrix.empty(n, bool), SparseMatrix.empty(n, bool)
+        # A checkpoint from before the tiers were released has first choices but no tiers:
+        # then no subgroup is split off (the kept clients' tiers are unknown).
+        tiered = first or lia.choices is None or lia.upper is not None
         if not first and lia.choices is not None:
             choices = lia.choices
-        chosen = {}
+            upper = lia.upper if lia.upper is not None else upper
+        chosen, ranked_high = {}, {}
         for i, reply in zip(scorers, replies, strict=True):
-            columns = np.unique(reply.released.numpy().astype(np.int64))
-            chosen[i] = SparseRow(columns, np.ones(len(columns), dtype=bool))
-        choices = choices.with_rows(chosen)
+            ids = reply.released.numpy().astype(np.int64)
+            chosen[i] = _bool_row(ids)
+            if reply.upper is not None:
+                ranked_high[i] = _bool_row(ids[reply.upper.numpy().astype(bool)])
+        choices, upper = choices.with_rows(chosen), upper.with_rows(ranked_high)
         peers = choices
         if self.config.peer_agreement:
             # Who scored whom (the scoring plans, not the scores): a peer votes only on the
             # clients it has an opinion on.
             scored = lia.scores.stored().csr()
-            peers = SparseMatrix.from_csr(agreed_peers(choices.csr(), scored))
-        return with_lia(server, choices=choices, peers=peers), peers
+            tiers = upper.csr() if tiered else None
+            peers = SparseMatrix.from_csr(agreed_peers(choices.csr(), scored, tiers))
+        return with_lia(server, choices=choices, upper=upper, peers=peers), peers
 
     def central_clusters(self, released: SparseMatrix) -> np.ndarray:
         cfg = self.config
@@ -239,3 +247,9 @@ class Regrouping:
             else:
                 reference[client] = min(reference[client], loss)
         return with_lia(server, reference=reference, stale=tuple(sorted(stale)))
+
+
+def _bool_row(columns: np.ndarray) -> SparseRow:
+    """A sparse bool row, True at ``columns``."""
+    columns = np.unique(columns)
+    return SparseRow(columns, np.ones(len(columns), dtype=bool))
