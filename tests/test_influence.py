@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from plural.core.influence import (
     neighbourhood_quality,
     optics_clusters,
     own_row_peers,
+    pair_lone_clients,
     randomized_response,
     rank_correlation,
     row_epsilon,
@@ -38,6 +40,7 @@ from plural.core.influence import (
     sign_votes,
     split_off_subgroups,
     split_unalike_clusters,
+    standout_peers,
     upper_tier,
 )
 from plural.core.params import nbytes
@@ -935,6 +938,83 @@ def test_split_off_subgroups_reductions() -> None:
     asked = np.ones((20, 20), dtype=bool)
     asked[:17, 17:] = False  # the 17 never scored the 3
     np.testing.assert_array_equal(split_off_subgroups(everyone, tiers, asked).toarray(), everyone)
+
+
+def test_standout_peers_are_a_few_clear_helpers_at_the_top_of_a_row() -> None:
+    rng = np.random.default_rng(0)
+    row = -0.006 + 0.014 * rng.standard_normal(300)
+    row[[10, 20]] = [0.081, 0.063]  # the 2 mates of a client of a group of 3 (measured)
+    row[0] = np.nan  # its own entry is never a standout
+    assert row_modes(np.delete(row, 0))[1].size == 1  # one mode: they stay in the bulk
+    np.testing.assert_array_equal(np.flatnonzero(standout_peers(row, 0)), [10, 20])
+    # None: one value alone, a top part larger than 5% of the row, or a negative one.
+    single = row.copy()
+    single[20] = -0.006
+    assert not standout_peers(single, 0).any()
+    wide = np.where(np.arange(300) < 40, 0.07, -0.006) + 0.005 * rng.standard_normal(300)
+    assert not standout_peers(wide, 299).any()
+    assert not standout_peers(row - 1.0, 0).any()
+
+
+def test_pair_lone_clients_pairs_only_clients_alone_that_single_each_other_out() -> None:
+    peers = np.eye(6, dtype=bool)
+    peers[0, 1] = peers[1, 0] = True  # 0 and 1 are peers; 2-5 are alone
+    standout = np.zeros((6, 6), dtype=bool)
+    standout[2, 3] = standout[3, 2] = True  # mutual: paired
+    standout[4, 5] = True  # one way only: not paired
+    standout[4, 0] = standout[0, 4] = True  # 0 is not alone, but 4 is: paired
+    got = pair_lone_clients(peers, standout).toarray().astype(bool)
+    expected = peers.copy()
+    for a, b in [(2, 3), (4, 0)]:
+        expected[a, b] = expected[b, a] = True
+    np.testing.assert_array_equal(got, expected)
+    # Nothing standing out: the neighbourhoods as they were.
+    none = pair_lone_clients(peers, np.zeros_like(peers)).toarray().astype(bool)
+    np.testing.assert_array_equal(none, peers)
+
+
+_UNEQUAL_SCORES = Path(__file__).parent / "golden" / "unequal300_scores.npz"
+
+
+def unequal_scores(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A decentral run's score matrix (float32) and true groups on the "unequal" label-swap
+    federation: 300 clients in groups of 150, 90, 36, 15, 6 and 3, 30 rounds
+    (`benchmarks/clustering_scale.py --sizes 300 --federations unequal --methods "pFedLIA
+    decentral" --seeds 1 2 --save-scores`)."""
+    saved = np.load(_UNEQUAL_SCORES)
+    return saved[f"seed{seed}_scores"].astype(np.float64), saved[f"seed{seed}_groups"]
+
+
+def _marked(scores: np.ndarray, upper: bool, standout: bool) -> dict[str, float]:
+    rows = range(len(scores))
+    first = np.array([own_row_peers(scores[i], i) for i in rows])
+    tiers = np.array([upper_tier(scores[i], first[i], i) for i in rows]) if upper else None
+    top = np.array([standout_peers(scores[i], i) for i in rows]) if standout else None
+    return agreed_peers(first, None, tiers, top)
+
+
+def test_on_real_scores_the_tiers_set_a_related_group_of_6_apart() -> None:
+    scores, groups = unequal_scores(2)  # the 6 of group 4 share most labels with group 1
+    plain = neighbourhood_quality(_marked(scores, False, False), groups)
+    tiers = neighbourhood_quality(_marked(scores, True, False), groups)
+    assert plain["purity"] < 0.97  # measured 0.962: group 4 inside group 1's neighbourhood
+    assert tiers["purity"] == 1.0 and tiers["recall"] >= plain["recall"]
+
+
+def test_on_real_scores_clients_of_tiny_groups_left_alone_find_their_mates() -> None:
+    scores, groups = unequal_scores(1)
+    plain = _marked(scores, False, False)
+    paired = _marked(scores, False, True)
+    small = groups >= 3  # the groups of 15, 6 and 3
+    assert (plain.sum(axis=1) == 1)[small].sum() >= 8  # measured 11 alone
+    assert (paired.sum(axis=1) == 1)[small].sum() <= 2
+    before, after = neighbourhood_quality(plain, groups), neighbourhood_quality(paired, groups)
+    assert after["purity"] == before["purity"] == 1.0
+    assert after["recall"] >= before["recall"] + 0.03  # measured 0.948 -> 0.984
+    # Both marks together keep each one's gain (seed 2 holds the related group of 6).
+    scores, groups = unequal_scores(2)
+    both = neighbourhood_quality(_marked(scores, True, True), groups)
+    assert both["purity"] == 1.0 and both["recall"] >= 0.98
 
 
 def test_share_lower_bound_discounts_few_votes() -> None:

@@ -165,7 +165,7 @@ def test_decentral_neighbourhoods_hold_the_own_group() -> None:
     assert len(cluster_state(result.server).models) == 20
 
 
-def test_decentral_clients_send_their_peers_and_upper_tiers() -> None:
+def test_decentral_clients_send_their_peers_upper_tiers_and_standouts() -> None:
     result = plural.run(grouped(variant="decentral"))
     lia = lia_state(result.server)
     cost = lia_records(result.server)[-1]["cost"]
@@ -176,8 +176,10 @@ def test_decentral_clients_send_their_peers_and_upper_tiers() -> None:
         others = len(lia.choices.chosen(i)) - 1  # itself is always a peer, never in its tier
         assert len(lia.upper.chosen(i)) == (others + 1) // 2
         assert not upper[i, i]
-    # Uplink: the lazy updates, each peer's id (int32) and its tier bit (bool).
-    assert cost["bytes_up"] == n * model + chosen.nnz * (4 + 1)
+    # Uplink: the lazy updates, each peer's id (int32) and its tier bit (bool), and the ids
+    # of the clients standing out (int32).
+    standout = lia.standout.csr().nnz
+    assert cost["bytes_up"] == n * model + chosen.nnz * (4 + 1) + standout * 4
 
 
 def test_lazy_phase_cost_is_counted(central: plural.Results) -> None:
@@ -384,6 +386,8 @@ def test_decentral_without_peer_agreement_keeps_the_first_choices() -> None:
     assert record["neighbourhoods"] == record["first_choices"]
     lia = lia_state(result.server)
     np.testing.assert_array_equal(lia.peers, lia.choices)
+    # What only the agreement uses is not sent: no tiers, no standouts.
+    assert lia.upper.csr().nnz == 0 and lia.standout.csr().nnz == 0
 
 
 def test_peer_agreement_is_refused_for_the_central_variant() -> None:

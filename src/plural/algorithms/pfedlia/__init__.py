@@ -37,7 +37,10 @@ The run, round by round:
      not. Each client also marks the upper half of its peers by its own scores, and a
      subgroup that the others' upper halves leave out but its members' hold is set apart
      (:func:`plural.core.influence.split_off_subgroups`: a small group related to a large
-     one). Its scores never leave it.
+     one); a client the agreement left alone pairs with the clients that stand out at the
+     top of its row and single it out in turn
+     (:func:`plural.core.influence.pair_lone_clients`: the members of a tiny group). Its
+     scores never leave it.
 5. **Training** (same round onwards): FedAvg inside each cluster (central), or for each client
    the FedAvg of its peers' models (decentral: each client has its own neighbourhood model).
    The updates are FedAvg's (weights, server optimizer, stragglers all apply). Each model

@@ -34,10 +34,11 @@ class PFedLIAConfig(AveragingConfig):
     peer_agreement: bool = setting(
         True,
         help="decentral: keep a first-choice peer only where most of the client's first "
-        "choices also chose it and it keeps the client too, and set apart a subgroup the "
-        "others' upper halves leave out (peer lists and which half of them a client ranks "
-        "higher are exchanged, scores never); false: every client keeps its own first "
-        "choice, as in the paper",
+        "choices also chose it and it keeps the client too, set apart a subgroup the "
+        "others' upper halves leave out, and pair clients left alone that single each other "
+        "out (peer lists, which half of them a client ranks higher and the few that stand "
+        "out are exchanged, scores never); false: every client keeps its own first choice, "
+        "as in the paper",
     )
     warmup_rounds: int = setting(
         5, help="FedAvg rounds over the whole federation before the lazy phase", ge=0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -31,6 +32,7 @@ from plural.core.influence import (
     randomized_response,
     row_epsilon,
     sign_votes,
+    standout_peers,
     upper_tier,
 )
 from plural.core.params import Params, nbytes
@@ -39,17 +41,28 @@ from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
 
 
-def own_peers(row: SparseRow, client_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """A decentral client's first choice (:func:`own_row_peers`) from its scored entries only,
-    and which of those peers are in its upper tier (:func:`upper_tier`, one bool a peer): the
-    rules read a row's finite entries in column order, so the result is that of the dense row
-    (NaN where not scored)."""
+def decentral_release(row: SparseRow, client_id: int, marks: bool = True) -> ScoreReply:
+    """What a decentral client sends about its row (``evaluated`` left 0): its first choice
+    (:func:`own_row_peers`) and, with ``marks`` (what the peers' agreement uses), which of
+    those peers are in its upper tier (:func:`upper_tier`, one bool a peer) and the clients
+    standing out at the top of its row (:func:`standout_peers`). Read from its scored
+    entries only: the rules read a row's finite entries in column order, so the result is
+    that of the dense row (NaN where not scored)."""
     columns, values = row.columns, row.values
     at = int(np.searchsorted(columns, client_id))
     if at == len(columns) or columns[at] != client_id:  # itself is always a peer
         columns, values = np.insert(columns, at, client_id), np.insert(values, at, np.nan)
     chosen = own_row_peers(values, at)
-    return columns[chosen], upper_tier(values, chosen, at)[chosen]
+    peers = torch.as_tensor(columns[chosen], dtype=torch.int32)
+    if not marks:
+        return ScoreReply(peers, row, 0)
+    return ScoreReply(
+        released=peers,
+        scores=row,
+        evaluated=0,
+        upper=torch.as_tensor(upper_tier(values, chosen, at)[chosen]),
+        standout=torch.as_tensor(columns[standout_peers(values, at)], dtype=torch.int32),
+    )
 
 
 class LazyPhase:
@@ -101,11 +114,11 @@ class LazyPhase:
         row = (own_row(state.row) or SparseRow.empty()).merged(
             peers, [self.influence(base, result) for result in results]
         )
-        released, upper = self.release(row, client.client_id, message.num_clients, rng)
+        reply = self.reply(row, client.client_id, message.num_clients, rng)
         if self.config.votes == "private":  # each released vote is epsilon-DP
-            votes = int(torch.count_nonzero(released))
+            votes = int(torch.count_nonzero(reply.released))
             trainer.meter.released_epsilon += row_epsilon(self.config.epsilon, votes)
-        reply = ScoreReply(released, row, (len(peers) + 1) * len(val), upper)
+        reply = dataclasses.replace(reply, evaluated=(len(peers) + 1) * len(val))
         return reply, LIAClientState(row=row)
 
     def influence(self, base: EvalResult, lazy: EvalResult) -> float:
@@ -114,23 +127,22 @@ class LazyPhase:
             return lazy.accuracy - base.accuracy
         return base.loss - lazy.loss
 
-    def release(
+    def reply(
         self, row: SparseRow, client_id: int, num_clients: int, rng: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """What the client sends about its row, and (decentral) which of its peers are in its
-        upper tier (see :class:`ScoreReply`)."""
+    ) -> ScoreReply:
+        """What the client sends about its row (see :class:`ScoreReply`; ``evaluated`` 0)."""
         cfg = self.config
         if cfg.variant == "decentral":
-            peers, upper = own_peers(row, client_id)
-            return torch.as_tensor(peers, dtype=torch.int32), torch.as_tensor(upper)
+            return decentral_release(row, client_id, cfg.peer_agreement)
         # Central: one entry per client, as the paper's clients send (the bytes counted).
         if cfg.votes == "raw":
-            return torch.as_tensor(row.dense(num_clients), dtype=torch.float32), None
+            return ScoreReply(torch.as_tensor(row.dense(num_clients), dtype=torch.float32), row, 0)
         votes = sign_votes(row.dense(num_clients))
         if cfg.votes == "private":
             seed = int(torch.randint(0, 2**62, (1,), generator=rng))
             votes = randomized_response(votes, cfg.epsilon, np.random.default_rng(seed))
-        return torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8), None
+        released = torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8)
+        return ScoreReply(released, row, 0)
 
     # ---- server side: the lazy phase -----------------------------------------------------------
 

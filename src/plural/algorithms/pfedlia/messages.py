@@ -41,15 +41,17 @@ class ScoreMessage:
 @dataclasses.dataclass(frozen=True)
 class ScoreReply:
     """Client to server: ``released`` is what it sends (central: its scores as float32 or its
-    votes as int8, 0 = not scored; decentral: its peers' ids, and ``upper``, one bool a peer:
-    in its upper tier, :func:`~plural.core.influence.upper_tier`). ``scores`` is its row (the
-    peers it scored and their scores), kept for measurement only: it is not communication
-    and not counted."""
+    votes as int8, 0 = not scored; decentral: its peers' ids, with ``upper``, one bool a peer:
+    in its upper tier, :func:`~plural.core.influence.upper_tier`, and ``standout``, the ids
+    of :func:`~plural.core.influence.standout_peers`). ``scores`` is its row (the peers it
+    scored and their scores), kept for measurement only: it is not communication and not
+    counted."""
 
     released: torch.Tensor
     scores: SparseRow
     evaluated: int
     upper: torch.Tensor | None = None
+    standout: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,9 @@ class LIAServerState:
     upper: SparseMatrix | None = None
     """Decentral: (N, N) bool, each client's upper tier of its first choice (stored: in it;
     None in checkpoints written before the tiers were released)."""
+    standout: SparseMatrix | None = None
+    """Decentral: (N, N) bool, the clients standing out at the top of each client's row
+    (stored: standing out; None in checkpoints written before they were released)."""
     stale: tuple[int, ...] = ()
     """Clients whose cluster went stale: they redo the lazy phase next round."""
     records: tuple[dict[str, Any], ...] = ()
@@ -118,6 +123,7 @@ def upgraded(state: LIAServerState) -> LIAServerState:
         choices=as_sparse(state.choices),
         peers=as_sparse(state.peers),
         upper=as_sparse(state.upper),
+        standout=as_sparse(state.standout),
         records=tuple(
             {
                 k: as_sparse(v) if isinstance(v, np.ndarray) and v.ndim == 2 else v

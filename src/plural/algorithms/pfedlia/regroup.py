@@ -12,6 +12,7 @@ from plural.algorithms.pfedlia.config import (
     PFedLIAConfig,
 )
 from plural.algorithms.pfedlia.messages import (
+    LIAServerState,
     ScoreReply,
     inherited_clusters,
     lia_state,
@@ -96,33 +97,38 @@ class Regrouping:
     def neighbourhoods(
         self, server: ServerState, first: bool, scorers: list[int], replies: Sequence[ScoreReply]
     ) -> tuple[ServerState, SparseMatrix]:
-        """Decentral: the scorers' new first choices and upper tiers (the others' kept on
-        re-clustering) and the neighbourhoods agreed from them, stored sparse (a few peers a
-        client)."""
+        """Decentral: the scorers' new first choices, upper tiers and standouts (the others'
+        kept on re-clustering) and the neighbourhoods agreed from them, stored sparse (a few
+        peers a client)."""
         lia = lia_state(server)
         n = lia.scores.n
-        choices, upper = SparseMatrix.empty(n, bool), SparseMatrix.empty(n, bool)
-        # A checkpoint from before the tiers were released has first choices but no tiers:
-        # then no subgroup is split off (the kept clients' tiers are unknown).
-        tiered = first or lia.choices is None or lia.upper is not None
-        if not first and lia.choices is not None:
-            choices = lia.choices
-            upper = lia.upper if lia.upper is not None else upper
-        chosen, ranked_high = {}, {}
+        empty = SparseMatrix.empty(n, bool)
+        kept = None if first else lia
+        choices = _kept(kept, "choices", empty)
+        # A checkpoint from before the tiers and standouts were released has first choices
+        # but neither: then they are not used (the kept clients' are unknown).
+        upper, standout = _kept(kept, "upper", None), _kept(kept, "standout", None)
+        if kept is None or kept.choices is None:
+            upper, standout = empty, empty
+        chosen, ranked_high, singled_out = {}, {}, {}
         for i, reply in zip(scorers, replies, strict=True):
             ids = reply.released.numpy().astype(np.int64)
             chosen[i] = _bool_row(ids)
-            if reply.upper is not None:
+            if reply.upper is not None and reply.standout is not None:  # peer_agreement
                 ranked_high[i] = _bool_row(ids[reply.upper.numpy().astype(bool)])
-        choices, upper = choices.with_rows(chosen), upper.with_rows(ranked_high)
+                singled_out[i] = _bool_row(reply.standout.numpy().astype(np.int64))
+        choices = choices.with_rows(chosen)
+        upper = None if upper is None else upper.with_rows(ranked_high)
+        standout = None if standout is None else standout.with_rows(singled_out)
         peers = choices
         if self.config.peer_agreement:
             # Who scored whom (the scoring plans, not the scores): a peer votes only on the
             # clients it has an opinion on.
             scored = lia.scores.stored().csr()
-            tiers = upper.csr() if tiered else None
-            peers = SparseMatrix.from_csr(agreed_peers(choices.csr(), scored, tiers))
-        return with_lia(server, choices=choices, upper=upper, peers=peers), peers
+            marks = [None if m is None else m.csr() for m in (upper, standout)]
+            peers = SparseMatrix.from_csr(agreed_peers(choices.csr(), scored, *marks))
+        server = with_lia(server, choices=choices, upper=upper, standout=standout, peers=peers)
+        return server, peers
 
     def central_clusters(self, released: SparseMatrix) -> np.ndarray:
         cfg = self.config
@@ -253,3 +259,10 @@ def _bool_row(columns: np.ndarray) -> SparseRow:
     """A sparse bool row, True at ``columns``."""
     columns = np.unique(columns)
     return SparseRow(columns, np.ones(len(columns), dtype=bool))
+
+
+def _kept(state: LIAServerState | None, name: str, default: Any) -> Any:
+    """``state``'s field ``name`` where there is a state and the field is set, else
+    ``default``."""
+    value = None if state is None else getattr(state, name)
+    return default if value is None else value
