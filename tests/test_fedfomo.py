@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,18 @@ def test_no_model_received_is_local_training(tiny_config: dict[str, Any]) -> Non
     pd.testing.assert_frame_equal(scores(fomo), scores(local))
     fit = fomo.metrics.query("split == 'fit'")
     assert (fit["bytes_down"] == 0).all()
+
+
+def test_without_a_validation_split_a_warning_says_fedfomo_equals_local(
+    tiny_config: dict[str, Any],
+) -> None:
+    config = {**tiny_config, "split": {**tiny_config.get("split", {}), "val": 0.0}}
+    with pytest.warns(UserWarning, match="split.val is 0"):
+        run(config, {"name": "fedfomo"})
+    with_val = {**tiny_config, "split": {**tiny_config.get("split", {}), "val": 0.2}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run(with_val, {"name": "fedfomo"})
 
 
 def test_weights_are_positive_gain_per_distance_normalised() -> None:
