@@ -87,6 +87,9 @@ class Clients:
             row[columns] = values
             return ScoreReply(self.algorithm.release(row, i, gen), row, len(columns))
         sparse = SparseRow(columns, values)
+        if hasattr(self.algorithm, "reply"):  # since decentral clients send tiers (2026-12-07)
+            reply = self.algorithm.reply(sparse, i, self.num_clients, gen)
+            return dataclasses.replace(reply, evaluated=len(columns))
         released = self.algorithm.release(sparse, i, self.num_clients, gen)
         return ScoreReply(released, sparse, len(columns))
 
