@@ -822,6 +822,33 @@ def test_own_row_peers_keeps_the_top_mode_where_a_group_helps_a_little() -> None
     np.testing.assert_array_equal(own_row_peers(flat, 3), helpful_side(flat, 3))
 
 
+def test_own_row_peers_keeps_everyone_where_everyone_helps() -> None:
+    # An IID federation: one mode, every score positive (0.064 +- 0.021, as measured).
+    rng = np.random.default_rng(0)
+    row = 0.064 + 0.021 * rng.standard_normal(200)
+    row[row <= 0] = 0.01
+    np.testing.assert_array_equal(own_row_peers(row, 3), np.ones(200, dtype=bool))
+    # A weak group signal: one mode too, but about half the scores negative: split as before.
+    weak = 0.05 * rng.standard_normal(200)
+    np.testing.assert_array_equal(own_row_peers(weak, 3), helpful_side(weak, 3))
+
+
+@pytest.mark.parametrize(("n", "seed"), [(50, 0), (200, 1), (500, 2)])
+def test_agreement_keeps_one_neighbourhood_where_everyone_chose_nearly_everyone(
+    n: int, seed: int
+) -> None:
+    # Each client chose each other with probability 0.95: the shares are all high, and a
+    # 2-means split of them cut noise (200 IID clients: 90 neighbourhoods).
+    rng = np.random.default_rng(seed)
+    first = rng.random((n, n)) < 0.95
+    np.fill_diagonal(first, True)
+    assert agreed_peers(first).all()
+    # From the rows themselves: every score positive, one mode (an IID federation).
+    scores = np.abs(0.064 + 0.021 * rng.standard_normal((n, n)))
+    chosen = np.array([own_row_peers(scores[i], i) for i in range(n)])
+    assert agreed_peers(chosen).all()
+
+
 def test_own_row_peers_rejects_a_bad_index() -> None:
     with pytest.raises(ValueError, match="self_index 5 out of range"):
         own_row_peers(np.zeros(3), 5)

@@ -860,7 +860,21 @@ def own_row_peers(row: np.ndarray, self_index: int) -> np.ndarray:
         peers[top[row[top] > 0]] = True
         peers[self_index] = True
         return peers
+    if len(columns) and np.mean(row[columns] > 0) >= _EVERYONE_HELPS:
+        # One mode and nearly everyone helps (an IID federation): nothing to split off.
+        peers = np.zeros(len(row), dtype=bool)
+        peers[columns[row[columns] > 0]] = True
+        peers[self_index] = True
+        return peers
     return helpful_side(row, self_index)
+
+
+# A row with one mode in which at least this share of the scored clients help keeps all of
+# them: on an IID federation of 200 clients every score was positive (0.064 +- 0.021), and
+# the 2-means split of such a row kept a random half, which the agreement then fragmented
+# (90 neighbourhoods, 5.4 points below FedAvg). Rows with a weak group signal have one mode
+# too, but about half their scores are negative (benchmarks/README.md).
+_EVERYONE_HELPS = 0.95
 
 
 def upper_tier(row: np.ndarray, peers: np.ndarray, self_index: int) -> np.ndarray:
@@ -1079,7 +1093,8 @@ def _agreement_pass(peers: csr_matrix, opinions: csr_matrix | None) -> csr_matri
         agree = np.zeros(len(columns))
         agree[np.searchsorted(columns, voted)] = yes_votes  # yes votes come from opinions
         shares = _share_lower_bound(agree, votes)
-        chosen = columns[kmeans_peers(shares, int(np.searchsorted(columns, i)))]
+        high = kmeans_peers(shares, int(np.searchsorted(columns, i)))
+        chosen = columns[high | (np.nan_to_num(shares, nan=0.0) >= _CLEAR_MAJORITY)]
         heads.append(np.full(len(chosen), i))
         tails.append(chosen)
     kept = _from_pairs(n, heads, tails)
@@ -1087,6 +1102,11 @@ def _agreement_pass(peers: csr_matrix, opinions: csr_matrix | None) -> csr_matri
 
 
 _SHARE_Z = 1.0
+# A candidate most voters keep is kept even where the shares' 2-means split falls above it:
+# where everyone keeps nearly everyone (an IID federation) the split cuts noise. The share's
+# lower bound (:func:`_share_lower_bound`) must reach this: 5 of 5 votes do (0.83), 4 of 4
+# (0.80), 9 of 10 (0.77) and 1 of 1 (0.50) do not.
+_CLEAR_MAJORITY = 0.81
 
 
 def _share_lower_bound(yes: np.ndarray, votes: np.ndarray) -> np.ndarray:
