@@ -825,9 +825,11 @@ def kmeans_peers(row: np.ndarray, self_index: int, positive_only: bool = True) -
 def own_row_peers(row: np.ndarray, self_index: int) -> np.ndarray:
     """A decentral client's first choice (a bool mask, itself included): the positive scores
     of the top mode of its row (:func:`row_modes`, its own score left out) where the row has
-    several modes and the top one's centre is positive; else :func:`helpful_side`, the higher
-    side of a 1-D 2-means split of the row (:func:`kmeans_peers`) and, where that side still
-    holds scores of 0 or less, the higher side of a split of the row's positive scores.
+    several modes and the top one's centre is positive; every positive score where the row
+    has one mode and at least 95% of its scores are positive (everyone helps); else
+    :func:`helpful_side`, the higher side of a 1-D 2-means split of the row
+    (:func:`kmeans_peers`) and, where that side still holds scores of 0 or less, the higher
+    side of a split of the row's positive scores.
 
     The top mode holds the clients that help most alike. A 2-means split cannot tell a group
     that helps a little from the client's own group: in a federation where two groups share a
@@ -945,9 +947,10 @@ def agreed_peers(
     has an opinion on ``j`` (scored it, or keeps it) votes yes if it keeps ``j``. ``i`` keeps
     ``j`` if the share of yes votes (its lower bound, :func:`_share_lower_bound`) is on the
     high side of a 1-D 2-means split of those shares (:func:`kmeans_peers`; candidates no
-    voter has an opinion on are left out), and ``j`` keeps ``i`` in the same way. Passes
-    repeat on the kept peers until they stop changing (at most 5). Returns a symmetric bool
-    matrix, True on the diagonal.
+    voter has an opinion on are left out) or at least 0.81 (a clear majority: where everyone
+    keeps nearly everyone the split would cut noise), and ``j`` keeps ``i`` in the same way.
+    Passes repeat on the kept peers until they stop changing (at most 5). Returns a symmetric
+    bool matrix, True on the diagonal.
 
     One noisy row mislabels peers independently of the others; the share of a client's
     peers that agree pools ~|peers| rows, so a cross-group client chosen by chance is rarely

@@ -28,9 +28,9 @@ The run, round by round:
      (:mod:`plural.core.score_graph`; ``clusters`` sets it instead), which holds for
      large well-separated groups but merges close small ones.
    * ``variant: decentral`` (peer to peer): each client's first choice is the top mode of
-     its own row (:func:`plural.core.influence.own_row_peers`; a row with one mode: the
-     helpful side of a 1-D k-means split, k=2, of its positive scores where zero falls
-     inside the higher side). With
+     its own row (:func:`plural.core.influence.own_row_peers`; a row with one mode: every
+     helpful client where at least 95% help, else the helpful side of a 1-D k-means split,
+     k=2, of its positive scores where zero falls inside the higher side). With
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
      its first choices also chose, where they keep it too (only peer lists are exchanged):
      one row of a client with little validation data is noisy, the agreement of many is
