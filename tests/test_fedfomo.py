@@ -38,7 +38,7 @@ def test_no_model_received_is_local_training(tiny_config: dict[str, Any]) -> Non
     assert (fit["bytes_down"] == 0).all()
 
 
-def test_without_a_validation_split_a_warning_says_fedfomo_equals_local(
+def test_without_a_validation_split_fedfomo_warns(
     tiny_config: dict[str, Any],
 ) -> None:
     config = {**tiny_config, "split": {**tiny_config.get("split", {}), "val": 0.0}}

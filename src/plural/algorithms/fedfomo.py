@@ -76,8 +76,8 @@ WEIGHTS_KEY = "weights"
 
 NO_VALIDATION = (
     "fedfomo: split.val is 0, so clients weigh the models they receive on their training data, "
-    "where their own trained model wins: FedFomo then equals local training. The paper and "
-    "PFLlib hold out part of each client's training data (e.g. split.val: 0.2)"
+    "where their own trained model fits best: FedFomo then stays near local training. The "
+    "paper and PFLlib hold out part of each client's training data (e.g. split.val: 0.2)"
 )
 
 
@@ -180,7 +180,7 @@ class FedFomo(Algorithm):
     # ---- server side -------------------------------------------------------------------------
 
     def check(self, experiment: Any) -> None:
-        if experiment.split.val <= 0:  # measured: equal to Local to 4 decimals on 2 seeds
+        if experiment.split.val <= 0:  # measured: equal to Local on 2-class clients
             warnings.warn(NO_VALIDATION, stacklevel=2)
 
     def init(self, params: Params, info: FederationInfo, rng: np.random.Generator) -> ServerState:
