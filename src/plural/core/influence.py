@@ -1005,7 +1005,7 @@ def pair_lone_clients(
 # A candidate is apart from a neighbourhood when its members' upper tiers hold it less than
 # this share of the neighbourhood's median: the 6 clients of a group related to a group of 90
 # were held at 0.04-0.07 against a median of 0.5; in one-group neighbourhoods of 200-500
-# clients (20 saved score matrices) the least-held clients reach 0.00-0.35 of the median,
+# clients (19 saved score matrices) the least-held clients reach 0.00-0.35 of the median,
 # and they fail the second test (they do not hold each other). benchmarks/README.md.
 _APART_SHARE = 0.25
 
@@ -1035,14 +1035,14 @@ def split_off_subgroups(
     graph = _union(_peer_graph(peers), identity(n, format="csr"))
     tiers = _peer_graph(upper)
     opinions = None if scored is None else _peer_graph(scored)
-    sides: dict[bytes, tuple[np.ndarray, np.ndarray | None]] = {}
+    subgroups: dict[bytes, np.ndarray | None] = {}  # members of a neighbourhood -> apart
     heads, tails = [], []
     for i in range(n):
         members, _ = _row(graph, i)
         key = members.tobytes()
-        if key not in sides:
-            sides[key] = (members, _subgroup(members, tiers, opinions))
-        _, apart = sides[key]
+        if key not in subgroups:
+            subgroups[key] = _subgroup(members, tiers, opinions)
+        apart = subgroups[key]
         kept = members if apart is None else members[apart == apart[members == i][0]]
         heads.append(np.full(len(kept), i))
         tails.append(kept)

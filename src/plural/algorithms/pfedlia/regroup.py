@@ -12,7 +12,6 @@ from plural.algorithms.pfedlia.config import (
     PFedLIAConfig,
 )
 from plural.algorithms.pfedlia.messages import (
-    LIAServerState,
     ScoreReply,
     inherited_clusters,
     lia_state,
@@ -103,13 +102,12 @@ class Regrouping:
         lia = lia_state(server)
         n = lia.scores.n
         empty = SparseMatrix.empty(n, bool)
-        kept = None if first else lia
-        choices = _kept(kept, "choices", empty)
-        # A checkpoint from before the tiers and standouts were released has first choices
-        # but neither: then they are not used (the kept clients' are unknown).
-        upper, standout = _kept(kept, "upper", None), _kept(kept, "standout", None)
-        if kept is None or kept.choices is None:
-            upper, standout = empty, empty
+        fresh = first or lia.choices is None
+        # Re-clustering keeps the clients' that are not re-scored. A checkpoint from before
+        # tiers and standouts were released has none (None): then neither rule is used.
+        choices = empty if fresh else lia.choices
+        upper = empty if fresh else lia.upper
+        standout = empty if fresh else lia.standout
         chosen, ranked_high, singled_out = {}, {}, {}
         for i, reply in zip(scorers, replies, strict=True):
             ids = reply.released.numpy().astype(np.int64)
@@ -259,10 +257,3 @@ def _bool_row(columns: np.ndarray) -> SparseRow:
     """A sparse bool row, True at ``columns``."""
     columns = np.unique(columns)
     return SparseRow(columns, np.ones(len(columns), dtype=bool))
-
-
-def _kept(state: LIAServerState | None, name: str, default: Any) -> Any:
-    """``state``'s field ``name`` where there is a state and the field is set, else
-    ``default``."""
-    value = None if state is None else getattr(state, name)
-    return default if value is None else value
