@@ -88,8 +88,7 @@ class Clients:
             return ScoreReply(self.algorithm.release(row, i, gen), row, len(columns))
         sparse = SparseRow(columns, values)
         if hasattr(self.algorithm, "reply"):  # since decentral clients send tiers (2026-12-07)
-            reply = self.algorithm.reply(sparse, i, self.num_clients, gen)
-            return dataclasses.replace(reply, evaluated=len(columns))
+            return self.algorithm.reply(sparse, i, self.num_clients, gen, len(columns))
         released = self.algorithm.release(sparse, i, self.num_clients, gen)
         return ScoreReply(released, sparse, len(columns))
 

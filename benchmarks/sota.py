@@ -128,7 +128,7 @@ def config(federation: str, rounds: int, seed: int, max_samples: int | None) -> 
 # Methods that weigh models on held-out data, as PFLlib runs them: its FedFomo client keeps
 # 20% of its training data for validation (val_ratio 0.2), i.e. 0.15 of the client's data
 # beside the 25% test split. Without it FedFomo weighs on training data, where the client's
-# own model wins, and equals Local (plural warns).
+# own model fits best, and stays near Local (plural warns).
 VALIDATION = {"fedfomo": 0.15}
 
 

@@ -77,8 +77,7 @@ class SyntheticContext:
         values = np.where(same, 1.0, -1.0) + 0.1 * self.noise.standard_normal(len(columns))
         values[columns == 3] = 0.0  # a score of 0 is a score, not "not scored"
         row = SparseRow(columns, values)
-        reply = self.algorithm.reply(row, i, self.num_clients, torch.Generator())
-        return dataclasses.replace(reply, evaluated=len(columns))
+        return self.algorithm.reply(row, i, self.num_clients, torch.Generator(), len(columns))
 
 
 def arrays(value: Any, path: str = "state") -> Iterator[tuple[str, int]]:

@@ -858,17 +858,15 @@ def own_row_peers(row: np.ndarray, self_index: int) -> np.ndarray:
     modes, centres = row_modes(row[columns])
     top = columns[modes == len(centres) - 1]
     if len(centres) > 1 and centres[-1] > 0:
-        peers = np.zeros(len(row), dtype=bool)
-        peers[top[row[top] > 0]] = True
-        peers[self_index] = True
-        return peers
-    if len(columns) and np.mean(row[columns] > 0) >= _EVERYONE_HELPS:
-        # One mode and nearly everyone helps (an IID federation): nothing to split off.
-        peers = np.zeros(len(row), dtype=bool)
-        peers[columns[row[columns] > 0]] = True
-        peers[self_index] = True
-        return peers
-    return helpful_side(row, self_index)
+        chosen = top
+    elif len(columns) and np.mean(row[columns] > 0) >= _EVERYONE_HELPS:
+        chosen = columns  # one mode and nearly everyone helps (IID): nothing to split off
+    else:
+        return helpful_side(row, self_index)
+    peers = np.zeros(len(row), dtype=bool)
+    peers[chosen[row[chosen] > 0]] = True
+    peers[self_index] = True
+    return peers
 
 
 # A row with one mode in which at least this share of the scored clients help keeps all of

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -41,8 +40,10 @@ from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
 
 
-def decentral_release(row: SparseRow, client_id: int, marks: bool = True) -> ScoreReply:
-    """What a decentral client sends about its row (``evaluated`` left 0): its first choice
+def decentral_release(
+    row: SparseRow, client_id: int, evaluated: int, marks: bool = True
+) -> ScoreReply:
+    """What a decentral client sends about its row (``evaluated``: metadata): its first choice
     (:func:`own_row_peers`) and, with ``marks`` (what the peers' agreement uses), which of
     those peers are in its upper tier (:func:`upper_tier`, one bool a peer) and the clients
     standing out at the top of its row (:func:`standout_peers`). Read from its scored
@@ -55,11 +56,11 @@ def decentral_release(row: SparseRow, client_id: int, marks: bool = True) -> Sco
     chosen = own_row_peers(values, at)
     peers = torch.as_tensor(columns[chosen], dtype=torch.int32)
     if not marks:
-        return ScoreReply(peers, row, 0)
+        return ScoreReply(peers, row, evaluated)
     return ScoreReply(
         released=peers,
         scores=row,
-        evaluated=0,
+        evaluated=evaluated,
         upper=torch.as_tensor(upper_tier(values, chosen, at)[chosen]),
         standout=torch.as_tensor(columns[standout_peers(values, at)], dtype=torch.int32),
     )
@@ -114,11 +115,11 @@ class LazyPhase:
         row = (own_row(state.row) or SparseRow.empty()).merged(
             peers, [self.influence(base, result) for result in results]
         )
-        reply = self.reply(row, client.client_id, message.num_clients, rng)
+        evaluated = (len(peers) + 1) * len(val)
+        reply = self.reply(row, client.client_id, message.num_clients, rng, evaluated)
         if self.config.votes == "private":  # each released vote is epsilon-DP
             votes = int(torch.count_nonzero(reply.released))
             trainer.meter.released_epsilon += row_epsilon(self.config.epsilon, votes)
-        reply = dataclasses.replace(reply, evaluated=(len(peers) + 1) * len(val))
         return reply, LIAClientState(row=row)
 
     def influence(self, base: EvalResult, lazy: EvalResult) -> float:
@@ -128,21 +129,27 @@ class LazyPhase:
         return base.loss - lazy.loss
 
     def reply(
-        self, row: SparseRow, client_id: int, num_clients: int, rng: torch.Generator
+        self,
+        row: SparseRow,
+        client_id: int,
+        num_clients: int,
+        rng: torch.Generator,
+        evaluated: int,
     ) -> ScoreReply:
-        """What the client sends about its row (see :class:`ScoreReply`; ``evaluated`` 0)."""
+        """What the client sends about its row (see :class:`ScoreReply`)."""
         cfg = self.config
         if cfg.variant == "decentral":
-            return decentral_release(row, client_id, cfg.peer_agreement)
+            return decentral_release(row, client_id, evaluated, cfg.peer_agreement)
         # Central: one entry per client, as the paper's clients send (the bytes counted).
         if cfg.votes == "raw":
-            return ScoreReply(torch.as_tensor(row.dense(num_clients), dtype=torch.float32), row, 0)
+            dense = torch.as_tensor(row.dense(num_clients), dtype=torch.float32)
+            return ScoreReply(dense, row, evaluated)
         votes = sign_votes(row.dense(num_clients))
         if cfg.votes == "private":
             seed = int(torch.randint(0, 2**62, (1,), generator=rng))
             votes = randomized_response(votes, cfg.epsilon, np.random.default_rng(seed))
         released = torch.as_tensor(np.nan_to_num(votes, nan=0.0), dtype=torch.int8)
-        return ScoreReply(released, row, 0)
+        return ScoreReply(released, row, evaluated)
 
     # ---- server side: the lazy phase -----------------------------------------------------------
 
