@@ -8,15 +8,14 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from plural.algorithms.pfedlia.config import (
-    PFedLIAConfig,
-)
+from plural.algorithms.pfedlia.config import PFedLIAConfig
 from plural.algorithms.pfedlia.messages import (
     NO_VALIDATION,
     LazyReply,
     LIAClientState,
     ScoreMessage,
     ScoreReply,
+    decentral_release,
     decoded,
     lia_state,
     own_row,
@@ -26,44 +25,11 @@ from plural.core.aggregators import weighted_mean
 from plural.core.algorithm import ModelMessage, RoundContext, ServerState
 from plural.core.batched_eval import evaluate_offsets, with_offset
 from plural.core.compression import CompressedDelta, compress, decompress
-from plural.core.influence import (
-    own_row_peers,
-    randomized_response,
-    row_epsilon,
-    sign_votes,
-    standout_peers,
-    upper_tier,
-)
+from plural.core.influence import randomized_response, row_epsilon, sign_votes
 from plural.core.params import Params, nbytes
 from plural.core.sparse_scores import SparseRow
 from plural.core.trainer import EvalResult, LocalTrainer
 from plural.data.federated import ClientData
-
-
-def decentral_release(
-    row: SparseRow, client_id: int, evaluated: int, marks: bool = True
-) -> ScoreReply:
-    """What a decentral client sends about its row (``evaluated``: metadata): its first choice
-    (:func:`own_row_peers`) and, with ``marks`` (what the peers' agreement uses), which of
-    those peers are in its upper tier (:func:`upper_tier`, one bool a peer) and the clients
-    standing out at the top of its row (:func:`standout_peers`). Read from its scored
-    entries only: the rules read a row's finite entries in column order, so the result is
-    that of the dense row (NaN where not scored)."""
-    columns, values = row.columns, row.values
-    at = int(np.searchsorted(columns, client_id))
-    if at == len(columns) or columns[at] != client_id:  # itself is always a peer
-        columns, values = np.insert(columns, at, client_id), np.insert(values, at, np.nan)
-    chosen = own_row_peers(values, at)
-    peers = torch.as_tensor(columns[chosen], dtype=torch.int32)
-    if not marks:
-        return ScoreReply(peers, row, evaluated)
-    return ScoreReply(
-        released=peers,
-        scores=row,
-        evaluated=evaluated,
-        upper=torch.as_tensor(upper_tier(values, chosen, at)[chosen]),
-        standout=torch.as_tensor(columns[standout_peers(values, at)], dtype=torch.int32),
-    )
 
 
 class LazyPhase:

@@ -9,11 +9,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from plural.algorithms.pfedlia.config import (
-    Votes,
-)
+from plural.algorithms.pfedlia.config import Votes
 from plural.core.algorithm import ServerState
 from plural.core.compression import CompressedDelta
+from plural.core.influence import own_row_peers, standout_peers, upper_tier
 from plural.core.params import Params
 from plural.core.sparse_scores import SparseMatrix, SparseRow
 
@@ -103,6 +102,32 @@ class LIAServerState:
     """Clients whose cluster went stale: they redo the lazy phase next round."""
     records: tuple[dict[str, Any], ...] = ()
     """One record per lazy phase (:func:`lia_records`)."""
+
+
+def decentral_release(
+    row: SparseRow, client_id: int, evaluated: int, marks: bool = True
+) -> ScoreReply:
+    """What a decentral client sends about its row (``evaluated``: metadata): its first choice
+    (:func:`own_row_peers`) and, with ``marks`` (what the peers' agreement uses), which of
+    those peers are in its upper tier (:func:`upper_tier`, one bool a peer) and the clients
+    standing out at the top of its row (:func:`standout_peers`). Read from its scored
+    entries only: the rules read a row's finite entries in column order, so the result is
+    that of the dense row (NaN where not scored)."""
+    columns, values = row.columns, row.values
+    at = int(np.searchsorted(columns, client_id))
+    if at == len(columns) or columns[at] != client_id:  # itself is always a peer
+        columns, values = np.insert(columns, at, client_id), np.insert(values, at, np.nan)
+    chosen = own_row_peers(values, at)
+    peers = torch.as_tensor(columns[chosen], dtype=torch.int32)
+    if not marks:
+        return ScoreReply(peers, row, evaluated)
+    return ScoreReply(
+        released=peers,
+        scores=row,
+        evaluated=evaluated,
+        upper=torch.as_tensor(upper_tier(values, chosen, at)[chosen]),
+        standout=torch.as_tensor(columns[standout_peers(values, at)], dtype=torch.int32),
+    )
 
 
 def lia_state(server: ServerState) -> LIAServerState:
