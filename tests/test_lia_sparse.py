@@ -164,22 +164,51 @@ def test_scored_zero_is_kept_apart_from_not_scored() -> None:
 
 def _dense_agreed_peers(first: np.ndarray, scored: np.ndarray) -> np.ndarray:
     """The dense agreement rule as it was before the matrices were sparse (reference; with
-    the shares' lower bound since)."""
-    from plural.core.influence import _share_lower_bound, kmeans_peers
+    the shares' lower bound, the clear majority, first-choice votes and following since)."""
+    from plural.core.influence import _CLEAR_MAJORITY, _share_lower_bound, kmeans_peers
 
     n = len(first)
-    peers = first | np.eye(n, dtype=bool)
+    choices = first | np.eye(n, dtype=bool)
+    peers = choices
     for _ in range(5):
         voters = peers.astype(np.float64)
-        yes, asked = voters @ voters, voters @ (scored | peers).astype(np.float64)
+        yes, asked = voters @ choices, voters @ (scored | choices).astype(np.float64)
         kept = np.zeros((n, n), dtype=bool)
         for i in range(n):
-            kept[i] = kmeans_peers(_share_lower_bound(yes[i], asked[i]), i)
+            shares = _share_lower_bound(yes[i], asked[i])
+            kept[i] = kmeans_peers(shares, i) | (np.nan_to_num(shares) >= _CLEAR_MAJORITY)
         kept &= kept.T
         if np.array_equal(kept, peers):
             break
         peers = kept
-    return peers
+    return _dense_follow(peers, choices)
+
+
+def _dense_follow(peers: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """Clients alone take the clients a majority of their first choices have as peers, if
+    those choose them more often than they choose others (reference for
+    ``follow_first_choices``)."""
+    from plural.core.influence import _share_lower_bound
+
+    n, out = len(peers), peers.copy()
+    for i in np.flatnonzero(peers.sum(axis=1) == 1):
+        voters = np.flatnonzero(choices[i])
+        voters = voters[voters != i]
+        if len(voters) == 0:
+            continue
+        held = peers[voters].sum(axis=0).astype(np.float64)
+        followed = _share_lower_bound(held, np.full(n, float(len(voters)))) >= 0.5
+        followed[i] = False
+        members = np.flatnonzero(followed)
+        if len(members) == 0:
+            continue
+        outside = ~followed
+        outside[i] = False
+        rate = choices[np.ix_(members, outside)].mean() if outside.any() else 0.0
+        toward = np.array([float(choices[members, i].sum())])
+        if _share_lower_bound(toward, np.array([float(len(members))]), z=2.0)[0] > rate:
+            out[i] |= followed
+    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -32,10 +32,12 @@ The run, round by round:
      helpful client where at least 95% help, else the helpful side of a 1-D k-means split,
      k=2, of its positive scores where zero falls inside the higher side). With
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
-     its first choices also chose, where they keep it too (only peer lists are exchanged):
-     one row of a client with little validation data is noisy, the agreement of many is
-     not. Each client also marks the upper half of its peers by its own scores, and a
-     subgroup that the others' upper halves leave out but its members' hold is set apart
+     its peers chose first, where they keep it too (only peer lists are exchanged): one row
+     of a client with little validation data is noisy, the agreement of many is not; a
+     client still alone follows, one way, the neighbourhood most of its first choices share
+     (:func:`plural.core.influence.follow_first_choices`). Each client also marks the upper
+     half of its peers by its own scores, and a subgroup that the others' upper halves
+     leave out but its members' hold is set apart
      (:func:`plural.core.influence.split_off_subgroups`: a small group related to a large
      one); a client the agreement left alone pairs with the clients that stand out at the
      top of its row and single it out in turn

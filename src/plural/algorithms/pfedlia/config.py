@@ -33,10 +33,11 @@ class PFedLIAConfig(AveragingConfig):
     )
     peer_agreement: bool = setting(
         True,
-        help="decentral: keep a first-choice peer only where most of the client's first "
-        "choices also chose it and it keeps the client too, set apart a subgroup the "
-        "others' upper halves leave out, and pair clients left alone that single each other "
-        "out (peer lists, which half of them a client ranks higher and the few that stand "
+        help="decentral: keep a candidate only where most of the client's peers chose it "
+        "first and it keeps the client too, set apart a subgroup the others' upper halves "
+        "leave out, pair clients left alone that single each other out, and let a client "
+        "still alone follow the neighbourhood of its first choices (peer lists, which half "
+        "of them a client ranks higher and the few that stand "
         "out are exchanged, scores never); false: every client keeps its own first choice, "
         "as in the paper",
     )
