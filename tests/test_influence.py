@@ -1054,7 +1054,6 @@ def test_clients_left_alone_follow_the_neighbourhood_of_their_first_choices() ->
     # agreement leaves it alone, and it follows its group one way. Client 40 chose 10 of each group
     # (no majority) and client 41 chose 5 of group 1, which never chose it (chance): both
     # stay alone.
-    n = 42
     groups = np.repeat([0, 1, 2, 3], [20, 20, 1, 1])
     choices = (groups[:, None] == groups[None, :]) & (groups[:, None] < 2)
     choices[:, 0] = False
