@@ -21,6 +21,7 @@ from plural.core.influence import (
     agreed_peers,
     client_distances,
     fixed_clusters,
+    follow_first_choices,
     helpful_side,
     influence_features,
     keep_probability,
@@ -1071,6 +1072,35 @@ def test_clients_left_alone_follow_the_neighbourhood_of_their_first_choices() ->
     # alone.
     choices[1:5, 0] = False
     assert agreed_peers(choices)[0].sum() == 1
+
+
+def _pair_beside_a_clique() -> tuple[np.ndarray, np.ndarray]:
+    """Agreed peers and first choices: clients 0 and 1 are each other's only peer; 2-31 a
+    clique that chooses each other and, a third of them, 0 and 1; 32-41 another clique.
+    0 and 1 chose 2-31 and each other."""
+    n = 42
+    peers = np.zeros((n, n), dtype=bool)
+    peers[2:32, 2:32] = peers[32:, 32:] = True
+    peers[0, 1] = peers[1, 0] = True
+    np.fill_diagonal(peers, True)
+    choices = peers.copy()
+    choices[0:2, 2:32] = True
+    choices[2:12, 0:2] = True
+    return peers, choices
+
+
+def test_a_client_with_few_peers_it_ranks_no_higher_follows_its_first_choices() -> None:
+    peers, choices = _pair_beside_a_clique()
+    upper = np.zeros_like(peers)
+    upper[0, 2:32:2] = True  # half of the clique, not its one peer: a fragment of the clique
+    upper[1, 0] = True  # client 1 ranks its one peer above the clique: a group of its own
+    upper[1, 2:5] = True
+    got = follow_first_choices(peers, choices, upper).toarray().astype(bool)
+    np.testing.assert_array_equal(np.flatnonzero(got[0]), np.arange(32))
+    assert not got[2:, 0].any()  # one way
+    np.testing.assert_array_equal(got[1:], peers[1:])
+    # Without tiers only clients with no peer follow.
+    np.testing.assert_array_equal(follow_first_choices(peers, choices).toarray(), peers)
 
 
 def test_share_lower_bound_discounts_few_votes() -> None:

@@ -34,7 +34,8 @@ The run, round by round:
      ``peer_agreement`` (the default, beyond the paper) it then keeps the candidates most of
      its peers chose first, where they keep it too (only peer lists are exchanged): one row
      of a client with little validation data is noisy, the agreement of many is not; a
-     client still alone follows, one way, the neighbourhood most of its first choices share
+     client alone, or with a few peers it ranks no higher than the others it chose,
+     follows, one way, the neighbourhood most of its first choices share
      (:func:`plural.core.influence.follow_first_choices`). Each client also marks the upper
      half of its peers by its own scores, and a subgroup that the others' upper halves
      leave out but its members' hold is set apart

@@ -36,9 +36,9 @@ class PFedLIAConfig(AveragingConfig):
         help="decentral: keep a candidate only where most of the client's peers chose it "
         "first and it keeps the client too, set apart a subgroup the others' upper halves "
         "leave out, pair clients left alone that single each other out, and let a client "
-        "still alone follow the neighbourhood of its first choices (peer lists, which half "
-        "of them a client ranks higher and the few that stand "
-        "out are exchanged, scores never); false: every client keeps its own first choice, "
+        "alone or in a small neighbourhood follow that of its first choices (peer lists, "
+        "which half of them a client ranks higher and the few that stand out are exchanged, "
+        "scores never); false: every client keeps its own first choice, "
         "as in the paper",
     )
     warmup_rounds: int = setting(
