@@ -241,6 +241,34 @@ def test_workers_give_the_same_results(tmp_path: Path, straight: tuple[Path, pd.
     pd.testing.assert_frame_equal(results(table), results(expected).reset_index(drop=True))
 
 
+def test_a_cell_finishing_while_the_table_reads_it_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parallel sweep rewrites its table while other workers' cells run: a cell that
+    finishes during that read was read part-way and must not be kept as its result."""
+    import plural.runner.sweep as sweep_module
+
+    grid = [Axis("algorithm", ("fedavg",))]
+    cell_dir = "runs/algorithm-fedavg/seed-0"
+    with pytest.raises(KeyboardInterrupt):  # a run stopped after its first of two rounds
+        run_sweep(base(), tmp_path, grid, (0,), progress=None, callbacks=InterruptAt(cell_dir, 1))
+    sweep = sweep_module.Sweep(tmp_path, base(), grid, (0,))
+    (cell,) = sweep.cells
+    read_columns = sweep_module._results_columns
+
+    def read_while_the_worker_finishes(run: Any) -> dict[str, Any]:
+        columns = read_columns(run)
+        if not sweep.finished(cell):
+            sweep_module.run_cell(sweep.base, cell, str(tmp_path / cell.dir))
+        return columns
+
+    monkeypatch.setattr(sweep_module, "_results_columns", read_while_the_worker_finishes)
+    assert sweep.results(cell)["round"] == 1  # read while the run was at round 1
+    assert sweep.finished(cell)
+    final = sweep.results(cell)
+    assert final["round"] == 2 and final["rounds_done"] == 2
+
+
 def test_sweep_cells_log_to_tensorboard_each_in_its_folder(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -305,14 +305,20 @@ class Sweep:
     def results(self, cell: Cell) -> dict[str, Any]:
         """The cell's result columns (none before its first evaluation). A finished cell's
         are read once: the table is rewritten after every cell, and rereading every finished
-        run each time would grow with the square of the number of cells."""
+        run each time would grow with the square of the number of cells.
+
+        Whether the cell has finished is asked *before* its files are read: a cell that a
+        worker process finishes during the read was read part-way, and must be read again.
+        (Asked after, such a read was kept as final: a parallel sweep's table once showed a
+        2-round cell's first round.)"""
         if cell.dir in self._finished_results:
             return self._finished_results[cell.dir]
         run_dir = self.path / cell.dir
         if not ((run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()):
             return {}
+        finished_before_reading = self.finished(cell)
         columns = _results_columns(RunRecord.load(run_dir))
-        if self.finished(cell):
+        if finished_before_reading:
             self._finished_results[cell.dir] = columns
         return columns
 
