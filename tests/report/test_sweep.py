@@ -269,6 +269,22 @@ def test_a_cell_finishing_while_the_table_reads_it_is_read_again(
     assert final["round"] == 2 and final["rounds_done"] == 2
 
 
+def test_a_run_record_never_pairs_a_later_summary_with_earlier_metrics(tmp_path: Path) -> None:
+    from plural.report.runs import RunRecord
+    from plural.runner.sweep import run_cell
+
+    grid = [Axis("algorithm", ("fedavg",))]
+    cell_dir = "runs/algorithm-fedavg/seed-0"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base(), tmp_path, grid, (0,), progress=None, callbacks=InterruptAt(cell_dir, 1))
+    record = RunRecord.load(tmp_path / cell_dir)
+    assert set(record.metrics["round"]) == {1}  # read while the run was at round 1
+    (cell,) = plan_cells(grid, (0,))
+    run_cell(base(), cell, str(tmp_path / cell_dir))  # the run finishes after that read
+    assert not record.complete  # the summary it holds is round 1's too
+    assert RunRecord.load(tmp_path / cell_dir).complete
+
+
 def test_sweep_cells_log_to_tensorboard_each_in_its_folder(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -69,6 +69,10 @@ class RunRecord:
 
     @functools.cached_property
     def metrics(self) -> pd.DataFrame:
+        """Every metric row on disk. The summary is read first: a run writes a round's
+        metrics before its summary, so a record read while the run goes never pairs a
+        summary of round t with metrics of an earlier round."""
+        _ = self.summary
         frame = self.directory.read_metrics()
         return frame if len(frame.columns) else pd.DataFrame(columns=METRIC_COLUMNS)
 
