@@ -241,6 +241,17 @@ def test_workers_give_the_same_results(tmp_path: Path, straight: tuple[Path, pd.
     pd.testing.assert_frame_equal(results(table), results(expected).reset_index(drop=True))
 
 
+ONE_CELL = [Axis("algorithm", ("fedavg",))]
+
+
+def stopped_after_round_one(out: Path) -> str:
+    """A one-cell sweep in ``out`` whose 2-round run stopped after round 1; its run dir."""
+    cell_dir = "runs/algorithm-fedavg/seed-0"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base(), out, ONE_CELL, (0,), progress=None, callbacks=InterruptAt(cell_dir, 1))
+    return cell_dir
+
+
 def test_a_cell_finishing_while_the_table_reads_it_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -248,11 +259,8 @@ def test_a_cell_finishing_while_the_table_reads_it_is_read_again(
     finishes during that read was read part-way and must not be kept as its result."""
     import plural.runner.sweep as sweep_module
 
-    grid = [Axis("algorithm", ("fedavg",))]
-    cell_dir = "runs/algorithm-fedavg/seed-0"
-    with pytest.raises(KeyboardInterrupt):  # a run stopped after its first of two rounds
-        run_sweep(base(), tmp_path, grid, (0,), progress=None, callbacks=InterruptAt(cell_dir, 1))
-    sweep = sweep_module.Sweep(tmp_path, base(), grid, (0,))
+    stopped_after_round_one(tmp_path)
+    sweep = sweep_module.Sweep(tmp_path, base(), ONE_CELL, (0,))
     (cell,) = sweep.cells
     read_columns = sweep_module._results_columns
 
@@ -273,13 +281,10 @@ def test_a_run_record_never_pairs_a_later_summary_with_earlier_metrics(tmp_path:
     from plural.report.runs import RunRecord
     from plural.runner.sweep import run_cell
 
-    grid = [Axis("algorithm", ("fedavg",))]
-    cell_dir = "runs/algorithm-fedavg/seed-0"
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(base(), tmp_path, grid, (0,), progress=None, callbacks=InterruptAt(cell_dir, 1))
+    cell_dir = stopped_after_round_one(tmp_path)
     record = RunRecord.load(tmp_path / cell_dir)
     assert set(record.metrics["round"]) == {1}  # read while the run was at round 1
-    (cell,) = plan_cells(grid, (0,))
+    (cell,) = plan_cells(ONE_CELL, (0,))
     run_cell(base(), cell, str(tmp_path / cell_dir))  # the run finishes after that read
     assert not record.complete  # the summary it holds is round 1's too
     assert RunRecord.load(tmp_path / cell_dir).complete
